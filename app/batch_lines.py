@@ -1,0 +1,211 @@
+"""The JSONL request format: parsing and checking one input line.
+
+Two forms are accepted on every line:
+
+- OpenAI batch lines: `{"custom_id", "method": "POST", "url", "body"}` with `url`
+  `/v1/completions` (body has `prompt`) or `/v1/chat/completions` (body has
+  `messages`);
+- plain lines: `{"custom_id", "prompt"}` or `{"custom_id", "messages"}`, optionally
+  with the same sampling fields as a body; the job's endpoint and defaults apply.
+
+A line that breaks this format is a `LineError` (it fails the job before anything
+runs). A well-formed request that the model cannot serve is decided later, per line,
+by the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+COMPLETIONS = "/v1/completions"
+CHAT_COMPLETIONS = "/v1/chat/completions"
+ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS)
+MAX_CUSTOM_ID_CHARS = 512
+
+
+class LineError(ValueError):
+    """A line that breaks the input format; `line` counts from 1 as editors do."""
+
+    def __init__(self, line: int, message: str, param: str | None = None) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
+        self.param = param
+
+    def as_error(self) -> dict[str, Any]:
+        """The entry in a batch's `errors.data` (OpenAI's shape)."""
+        return {"code": "invalid_request", "message": self.message, "param": self.param, "line": self.line}
+
+
+class _Body(BaseModel):
+    # Unknown fields are kept so the worker can answer each with a line error
+    # naming the field, instead of ignoring it silently.
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[int]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody]] = {
+    COMPLETIONS: CompletionBody,
+    CHAT_COMPLETIONS: ChatBody,
+}
+PLAIN_KEYS = {"custom_id", "prompt", "messages"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed input line."""
+
+    index: int  # 0-based position in the input file
+    custom_id: str
+    endpoint: str
+    body: CompletionBody | ChatBody
+    plain: bool  # the plain form, without url and body
+
+
+def _first_error(exc: ValidationError, prefix: str) -> tuple[str, str]:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    param = f"{prefix}{where}" if where else prefix.rstrip(".")
+    return param, f"{param}: {err['msg']}"
+
+
+def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
+    """Parses line `index` (0-based). `job_endpoint` is None at upload, when plain
+    lines may still go to either endpoint."""
+    line = index + 1
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(line, f"not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LineError(line, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise LineError(line, "a line must be a JSON object")
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise LineError(line, "missing custom_id (a non-empty string)", "custom_id")
+    if len(custom_id) > MAX_CUSTOM_ID_CHARS:
+        raise LineError(line, f"custom_id is longer than {MAX_CUSTOM_ID_CHARS} characters", "custom_id")
+
+    if "url" in obj or "body" in obj or "method" in obj:
+        url = obj.get("url")
+        if url not in ENDPOINTS:
+            raise LineError(line, f"unknown url {url!r}; expected one of {', '.join(ENDPOINTS)}", "url")
+        if obj.get("method", "POST") != "POST":
+            raise LineError(line, f"method must be POST, not {obj.get('method')!r}", "method")
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise LineError(line, "body must be a JSON object", "body")
+        if job_endpoint is not None and url != job_endpoint:
+            raise LineError(line, f"url {url} does not match the batch's endpoint {job_endpoint}", "url")
+        endpoint, prefix, plain = url, "body.", False
+    else:
+        body = {k: v for k, v in obj.items() if k != "custom_id"}
+        if "messages" in body:
+            endpoint = CHAT_COMPLETIONS
+        elif "prompt" in body:
+            endpoint = job_endpoint or COMPLETIONS
+        else:
+            raise LineError(line, "missing prompt (or messages, or url and body)", "prompt")
+        if endpoint == CHAT_COMPLETIONS and "prompt" in body:
+            body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
+        if job_endpoint == COMPLETIONS and endpoint == CHAT_COMPLETIONS:
+            raise LineError(line, "messages given, but the batch's endpoint is /v1/completions", "messages")
+        prefix, plain = "", True
+
+    model = BODY_MODELS[endpoint]
+    required = "prompt" if model is CompletionBody else "messages"
+    if required not in body:
+        raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
+    try:
+        parsed = model.model_validate(body)
+    except ValidationError as exc:
+        param, message = _first_error(exc, prefix)
+        raise LineError(line, message, param) from None
+    return Request(index=index, custom_id=custom_id, endpoint=endpoint, body=parsed, plain=plain)
+
+
+@dataclass
+class FileCheck:
+    """Checks a JSONL file line by line (`check` each line as it streams past);
+    memory grows only by a 16-byte digest per custom_id."""
+
+    max_errors: int
+    lines: int = 0
+    error_count: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    first_line_of: dict[str, int] = field(default_factory=dict)  # endpoint -> first line using it
+    _seen_ids: dict[bytes, int] = field(default_factory=dict)
+
+    def _error(self, err: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(err.as_error())
+
+    def check(self, raw: bytes) -> None:
+        index = self.lines
+        self.lines += 1
+        if not raw.strip():
+            self._error(LineError(index + 1, "empty line"))
+            return
+        try:
+            request = parse_line(raw, index, None)
+        except LineError as err:
+            self._error(err)
+            return
+        digest = hashlib.blake2b(request.custom_id.encode(), digest_size=16).digest()
+        first = self._seen_ids.setdefault(digest, index + 1)
+        if first != index + 1:
+            self._error(LineError(index + 1, f"duplicate custom_id {request.custom_id!r} (first on line {first})"))
+        if not request.plain:
+            self.first_line_of.setdefault(request.endpoint, index + 1)
+        elif request.endpoint == CHAT_COMPLETIONS:
+            self.first_line_of.setdefault("plain:messages", index + 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {"errors": self.errors, "error_count": self.error_count, "first_line_of": self.first_line_of}
+
+
+def endpoint_mismatch(validation: dict[str, Any], endpoint: str) -> LineError | None:
+    """The first line of an uploaded file that cannot run on `endpoint`, if any."""
+    for used, line in sorted(validation.get("first_line_of", {}).items(), key=lambda kv: kv[1]):
+        if used == "plain:messages":
+            if endpoint == COMPLETIONS:
+                return LineError(line, "messages given, but the batch's endpoint is /v1/completions", "messages")
+        elif used != endpoint:
+            return LineError(line, f"url {used} does not match the batch's endpoint {endpoint}", "url")
+    return None

@@ -1,0 +1,65 @@
+"""The one settings object, read from the environment (and `.env`) once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.demo_model import DEFAULT_OUTPUT as DEMO_MODEL_PATH
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Empty means the embedded default."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Where state lives.
+    database_url: str | None = Field(
+        default=None, description="Postgres URL; unset starts an embedded Postgres under var_dir"
+    )
+    var_dir: Path = Field(default=Path("var"), description="folder for embedded Postgres, local storage, demo model")
+    storage_url: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; unset means var_dir/storage"
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto); unset is AWS")
+    s3_region: str = "us-east-1"
+
+    # The engine a worker holds.
+    model: str = Field(default=str(DEMO_MODEL_PATH), description="model folder or Hugging Face id")
+    served_model_name: str | None = Field(default=None, description="name jobs use; default: the model's last part")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
+
+    # Jobs.
+    batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
+    default_max_tokens: int = Field(default=16, ge=1, description="max_tokens for lines that give none")
+    shard_size: int = Field(default=100_000, ge=1, description="lines per shard claimed by one worker")
+    lease_seconds: float = Field(default=60.0, gt=0, description="a claimed shard is re-claimable after this")
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0, description="how often an idle worker looks for work")
+    max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
+
+    # API.
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model.rstrip("/").split("/")[-1] if Path(self.model).exists() else self.model
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.var_dir / 'storage').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,196 @@
+"""Writes the demo model: a tiny Llama with random weights and its own tokenizer.
+
+The whole service path (upload, queue, vLLM static batches, results) runs on a
+laptop CPU with it; a real model is a setting away. The output is deterministic:
+the same seed gives the same weights and tokenizer, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+DEFAULT_OUTPUT = Path("var/models/demo-llama")
+SEED = 1234
+VOCAB_SIZE = 2048
+HIDDEN_SIZE = 128
+INTERMEDIATE_SIZE = 256
+NUM_LAYERS = 2
+NUM_HEADS = 2  # head dim 64, a size the CPU attention kernels support
+MAX_POSITIONS = 2048
+
+SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+# Llama-3's template, shortened: header tokens around each role, <|eot_id|> after each turn.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def _training_corpus() -> list[str]:
+    """A fixed English corpus, so the tokenizer is the same on every machine."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this  # the Zen of Python, shipped with every interpreter; it prints on import
+    zen = "".join(this.d.get(c, c) for c in this.s)
+    words = [
+        "the",
+        "a",
+        "an",
+        "of",
+        "to",
+        "in",
+        "is",
+        "was",
+        "for",
+        "on",
+        "that",
+        "with",
+        "as",
+        "by",
+        "at",
+        "from",
+        "it",
+        "be",
+        "this",
+        "are",
+        "or",
+        "have",
+        "not",
+        "batch",
+        "model",
+        "token",
+        "prompt",
+        "answer",
+        "question",
+        "summary",
+        "document",
+        "evaluation",
+        "synthetic",
+        "data",
+        "throughput",
+        "latency",
+        "static",
+        "continuous",
+        "engine",
+        "worker",
+        "queue",
+        "job",
+        "file",
+        "result",
+        "error",
+        "line",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "hundred",
+        "thousand",
+        "million",
+        "what",
+        "why",
+        "how",
+        "when",
+        "where",
+        "who",
+        "which",
+        "write",
+        "explain",
+        "list",
+        "describe",
+        "translate",
+        "compare",
+    ]
+    lines = zen.splitlines()
+    for i in range(4000):
+        lines.append(" ".join(words[(i * 7 + k * 13) % len(words)] for k in range(12)))
+    return lines
+
+
+def build_tokenizer(output: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = MAX_POSITIONS
+    fast.save_pretrained(str(output))
+
+
+def build_model(output: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(SEED)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=INTERMEDIATE_SIZE,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=NUM_HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=0,
+        eos_token_id=4,
+        pad_token_id=1,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(str(output), safe_serialization=True)
+
+
+def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
+    """Writes the model unless a complete one is already there; returns its folder."""
+    marker = output / "demo-model.json"
+    if marker.exists():
+        return output
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build_tokenizer(staging)
+    build_model(staging)
+    (staging / "demo-model.json").write_text(json.dumps({"seed": SEED, "vocab_size": VOCAB_SIZE}) + "\n")
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write the small demo Llama (random weights, own tokenizer).")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="model folder (default: %(default)s)")
+    args = parser.parse_args()
+    print(ensure_demo_model(args.output))
+
+
+if __name__ == "__main__":
+    main()

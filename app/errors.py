@@ -1,0 +1,45 @@
+"""Domain errors. Each carries its HTTP status and OpenAI error type; app/api/errors.py
+maps them to responses in one place."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(f"No {kind} found with id '{object_id}'.", param="id")
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class StorageUnavailable(ServiceError):
+    status_code = 503
+    error_type = "server_error"
+    code = "storage_unavailable"

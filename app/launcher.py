@@ -1,0 +1,96 @@
+"""`make run` / `llm-batch-serve`: the whole service on one machine.
+
+Starts an embedded Postgres under var/ unless DATABASE_URL is set, applies the
+migrations, makes the demo model if the configured model is the missing demo one,
+then runs the API (uvicorn) and one worker as child processes until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.config import get_settings
+from app.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
+from app.demo_model import ensure_demo_model
+from app.migrate import upgrade
+
+CHILD_STOP_SECONDS = 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="llm-batch-serve",
+        description="Run the API and one worker (embedded Postgres and local storage unless configured).",
+    )
+    parser.add_argument("--no-worker", action="store_true", help="run the API only")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes to start (default: %(default)s)")
+    args = parser.parse_args()
+
+    settings = get_settings()
+    env = dict(os.environ)
+    server = None
+    if not settings.database_url:
+        from app.embedded_db import start_embedded_postgres
+
+        url, server = start_embedded_postgres(settings.var_dir)
+        env["DATABASE_URL"] = url
+        print(f"embedded Postgres: {url}", flush=True)
+    database_url = env.get("DATABASE_URL") or settings.database_url or ""
+    upgrade(database_url)
+    if Path(settings.model).resolve() == DEMO_MODEL.resolve():
+        ensure_demo_model(DEMO_MODEL)
+
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "app.main:create_app",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.port),
+            ],
+            env=env,
+        )
+    ]
+    if not args.no_worker:
+        children += [subprocess.Popen([sys.executable, "-m", "worker"], env=env) for _ in range(args.workers)]
+    print(f"API on http://{settings.host}:{settings.port} (docs at /docs); Ctrl-C stops everything", flush=True)
+
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + CHILD_STOP_SECONDS
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if server is not None:
+            server.cleanup()
+    sys.exit(0 if stopping else 1)
+
+
+if __name__ == "__main__":
+    main()

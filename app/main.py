@@ -1,0 +1,40 @@
+"""Builds the FastAPI app: `uvicorn --factory app.main:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.main import api_router
+from app.config import Settings, get_settings
+from app.db import Database
+from app.repository import JobRepository
+from app.storage import open_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set (`make run` or `llm-batch-serve` starts an embedded Postgres)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url or "")
+        app.state.settings = settings
+        app.state.repo = JobRepository(db)
+        app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="llm-batch",
+        version="0.1.0",
+        summary="Offline batch inference: upload JSONL, run it in static batches on vLLM, download results.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(api_router)
+    return app

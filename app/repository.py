@@ -1,0 +1,349 @@
+"""Every SQL statement of the job lifecycle: create, claim, heartbeat, progress, finish.
+
+The worker and the API both go through `JobRepository`; nothing else writes a
+batch's status, its counters or a shard's lease.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+
+from app.db import Database
+from app.errors import Conflict, NotFound
+from app.models import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchRun,
+    BatchStatus,
+    FileRecord,
+    Shard,
+    ShardStatus,
+    Worker,
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ClaimedShard:
+    shard_id: int
+    batch_id: str
+    shard_index: int
+    next_line: int
+    end_line: int
+    batches_done: int
+    input_key: str
+    endpoint: str
+    batch_size: int
+    sampling_defaults: dict[str, Any]
+    model: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one static batch did, recorded in the same transaction as its progress."""
+
+    first_line: int
+    next_line: int
+    prompts: int
+    completed: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    generate_seconds: float
+
+
+# The claim, in one round trip.
+CLAIM_SHARD_SQL = text(
+    """
+    WITH candidate AS (
+        -- The oldest shard of the highest-priority runnable batch for this model that is
+        -- either waiting or held by a worker whose lease ran out. SKIP LOCKED lets many
+        -- workers claim at once without waiting on each other.
+        SELECT s.id
+        FROM shards s
+        JOIN batches b ON b.id = s.batch_id
+        WHERE b.status IN ('queued', 'in_progress')
+          AND b.model = :model
+          AND (s.status = 'queued' OR (s.status = 'running' AND s.lease_expires_at < now()))
+        ORDER BY b.priority DESC, b.created_at, s.index
+        LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED
+    ),
+    claimed AS (
+        -- Take the lease.
+        UPDATE shards s
+        SET status = 'running', worker_id = :worker_id, attempts = s.attempts + 1,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds)
+        FROM candidate
+        WHERE s.id = candidate.id
+        RETURNING s.*
+    ),
+    started AS (
+        -- The first claim moves the batch to in_progress.
+        UPDATE batches b
+        SET status = 'in_progress', in_progress_at = coalesce(b.in_progress_at, now())
+        FROM claimed
+        WHERE b.id = claimed.batch_id AND b.status = 'queued'
+        RETURNING b.id
+    )
+    SELECT claimed.id AS shard_id, claimed.batch_id, claimed.index AS shard_index, claimed.next_line,
+           claimed.end_line, claimed.batches_done, f.storage_key AS input_key, b.endpoint, b.batch_size,
+           b.sampling_defaults, b.model
+    FROM claimed
+    JOIN batches b ON b.id = claimed.batch_id
+    JOIN files f ON f.id = b.input_file_id
+    """
+)
+
+
+class JobRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # Files.
+
+    def add_file(self, record: FileRecord) -> FileRecord:
+        with self.db.session() as session:
+            session.add(record)
+        return record
+
+    def get_file(self, file_id: str) -> FileRecord:
+        with self.db.session() as session:
+            record = session.get(FileRecord, file_id)
+            if record is None:
+                raise NotFound("file", file_id)
+            return record
+
+    # Batches.
+
+    def create_batch(self, batch: Batch, shard_size: int) -> Batch:
+        """Stores a batch and, when it is queued, its shards of consecutive lines."""
+        with self.db.session() as session:
+            session.add(batch)
+            session.flush()
+            if batch.status == BatchStatus.QUEUED:
+                for index, start in enumerate(range(0, batch.request_total, shard_size)):
+                    end = min(start + shard_size, batch.request_total)
+                    session.add(Shard(batch_id=batch.id, index=index, start_line=start, end_line=end, next_line=start))
+        return batch
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with self.db.session() as session:
+            batch = session.get(Batch, batch_id)
+            if batch is None:
+                raise NotFound("batch", batch_id)
+            return batch
+
+    def list_batches(self, limit: int, after: str | None = None) -> list[Batch]:
+        """Newest first; `after` is the id of the last batch of the previous page."""
+        with self.db.session() as session:
+            query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+            if after is not None:
+                anchor = session.get(Batch, after)
+                if anchor is None:
+                    raise NotFound("batch", after)
+                query = query.where(
+                    (Batch.created_at < anchor.created_at)
+                    | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
+                )
+            return list(session.scalars(query))
+
+    def request_cancel(self, batch_id: str) -> Batch:
+        """Queued batches stop at once; running ones at their next batch boundary."""
+        with self.db.session() as session:
+            batch = session.get(Batch, batch_id, with_for_update=True)
+            if batch is None:
+                raise NotFound("batch", batch_id)
+            status = BatchStatus(batch.status)
+            if status in TERMINAL_STATUSES or status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):
+                if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+                    return batch
+                raise Conflict(f"Cannot cancel a batch that is {status.value}.")
+            batch.status = BatchStatus.CANCELLING
+            batch.cancelling_at = now()
+            # Shards nobody holds will never run; running ones stop at their next boundary.
+            session.execute(
+                update(Shard)
+                .where(Shard.batch_id == batch_id, Shard.status == ShardStatus.QUEUED)
+                .values(status=ShardStatus.STOPPED)
+            )
+            return batch
+
+    # The worker's side.
+
+    def claim_shard(self, worker_id: str, model: str, lease_seconds: float) -> ClaimedShard | None:
+        with self.db.session() as session:
+            row = session.execute(
+                CLAIM_SHARD_SQL, {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
+            ).one_or_none()
+            if row is None:
+                return None
+            session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=row.shard_id))
+            return ClaimedShard(**row._asdict())
+
+    def record_batch(
+        self, shard: ClaimedShard, seq: int, worker_id: str, result: BatchResult, lease_seconds: float
+    ) -> BatchStatus:
+        """One transaction: the batch's statistics, the shard's progress and lease, the
+        batch totals. Returns the batch's status so the worker can stop on cancel."""
+        tps = result.completion_tokens / result.generate_seconds if result.generate_seconds > 0 else 0.0
+        with self.db.session() as session:
+            moved = session.execute(
+                update(Shard)
+                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id, Shard.next_line == result.first_line)
+                .values(
+                    next_line=result.next_line,
+                    batches_done=seq + 1,
+                    lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+                )
+            ).rowcount
+            if moved != 1:
+                raise LeaseLost(shard.shard_id)
+            session.add(
+                BatchRun(
+                    batch_id=shard.batch_id,
+                    shard_index=shard.shard_index,
+                    seq=seq,
+                    first_line=result.first_line,
+                    prompts=result.prompts,
+                    completed=result.completed,
+                    failed=result.failed,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    generate_seconds=result.generate_seconds,
+                    tokens_per_second=tps,
+                    worker_id=worker_id,
+                )
+            )
+            status = session.execute(
+                update(Batch)
+                .where(Batch.id == shard.batch_id)
+                .values(
+                    request_completed=Batch.request_completed + result.completed,
+                    request_failed=Batch.request_failed + result.failed,
+                    prompt_tokens=Batch.prompt_tokens + result.prompt_tokens,
+                    completion_tokens=Batch.completion_tokens + result.completion_tokens,
+                    generate_seconds=Batch.generate_seconds + result.generate_seconds,
+                    first_batch_at=func.coalesce(Batch.first_batch_at, func.now()),
+                )
+                .returning(Batch.status)
+            ).scalar_one()
+            return BatchStatus(status)
+
+    def renew_lease(self, shard_id: int, worker_id: str, lease_seconds: float) -> bool:
+        with self.db.session() as session:
+            renewed = session.execute(
+                update(Shard)
+                .where(Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
+                .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
+            ).rowcount
+            session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=func.now()))
+            return renewed == 1
+
+    def release_shard(self, shard_id: int, worker_id: str) -> None:
+        """Gives a shard back unfinished (worker shutting down); another worker resumes it."""
+        with self.db.session() as session:
+            session.execute(
+                update(Shard)
+                .where(Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
+                .values(status=ShardStatus.QUEUED, worker_id=None, lease_expires_at=None)
+            )
+            session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
+
+    def finish_shard(self, shard: ClaimedShard, worker_id: str, stopped: bool) -> bool:
+        """Marks the shard done (or stopped); True when this was the batch's last open
+        shard, so the caller must finalize the batch."""
+        with self.db.session() as session:
+            # Lock the batch so exactly one worker sees "no shard left".
+            batch = session.get(Batch, shard.batch_id, with_for_update=True)
+            assert batch is not None
+            session.execute(
+                update(Shard)
+                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id)
+                .values(status=ShardStatus.STOPPED if stopped else ShardStatus.DONE, lease_expires_at=None)
+            )
+            session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
+            open_shards = session.scalar(
+                select(func.count())
+                .select_from(Shard)
+                .where(Shard.batch_id == shard.batch_id, Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING]))
+            )
+            if open_shards or BatchStatus(batch.status) in TERMINAL_STATUSES | {BatchStatus.FINALIZING}:
+                return False
+            if batch.status != BatchStatus.CANCELLING:
+                batch.status = BatchStatus.FINALIZING
+            batch.finalizing_at = now()
+            return True
+
+    def batch_runs(self, batch_id: str) -> list[BatchRun]:
+        """The recorded static batches in input order."""
+        with self.db.session() as session:
+            return list(
+                session.scalars(select(BatchRun).where(BatchRun.batch_id == batch_id).order_by(BatchRun.first_line))
+            )
+
+    def shards(self, batch_id: str) -> list[Shard]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Shard).where(Shard.batch_id == batch_id).order_by(Shard.index)))
+
+    def complete_batch(self, batch_id: str, output: FileRecord, errors: FileRecord, unrun_lines: int) -> None:
+        """Stores the joined output files and ends the batch (completed, or cancelled)."""
+        with self.db.session() as session:
+            session.add_all([output, errors])
+            session.flush()
+            batch = session.get(Batch, batch_id, with_for_update=True)
+            assert batch is not None
+            batch.output_file_id = output.id
+            batch.error_file_id = errors.id
+            batch.request_failed += unrun_lines
+            if batch.status == BatchStatus.CANCELLING:
+                batch.status = BatchStatus.CANCELLED
+                batch.cancelled_at = now()
+            else:
+                batch.status = BatchStatus.COMPLETED
+                batch.completed_at = now()
+
+    # Workers.
+
+    def register_worker(self, worker: Worker) -> None:
+        with self.db.session() as session:
+            session.merge(worker)
+
+    def set_worker_status(self, worker_id: str, status: str) -> None:
+        with self.db.session() as session:
+            session.execute(update(Worker).where(Worker.id == worker_id).values(status=status, heartbeat_at=func.now()))
+
+    def set_batch_tensor_parallel(self, batch_id: str, size: int) -> None:
+        with self.db.session() as session:
+            session.execute(update(Batch).where(Batch.id == batch_id).values(tensor_parallel_size=size))
+
+    def ready_workers(self, stale_after_seconds: float) -> list[Worker]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(Worker).where(
+                        Worker.status == "ready",
+                        Worker.heartbeat_at > func.now() - timedelta(seconds=stale_after_seconds),
+                    )
+                )
+            )
+
+
+class LeaseLost(RuntimeError):
+    """The shard was taken over by another worker (this one's lease ran out)."""
+
+    def __init__(self, shard_id: int) -> None:
+        super().__init__(f"lease on shard {shard_id} was lost")
+        self.shard_id = shard_id

@@ -1,0 +1,155 @@
+"""The API's JSON shapes (OpenAI's file and batch objects, plus this service's extras)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.batch_lines import ENDPOINTS
+from app.models import Batch, BatchStatus, FileRecord
+
+
+def unix(ts: datetime | None) -> int | None:
+    return int(ts.timestamp()) if ts else None
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    status_details: str | None = None
+    # Extras: what the upload check found.
+    lines: int
+    sha256: str
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FileObject:
+        return cls(
+            id=record.id,
+            bytes=record.bytes,
+            created_at=unix(record.created_at) or 0,
+            filename=record.filename,
+            purpose=record.purpose,
+            lines=record.line_count,
+            sha256=record.sha256,
+        )
+
+
+class BatchCreate(BaseModel):
+    input_file_id: str
+    endpoint: str = Field(description=f"one of {', '.join(ENDPOINTS)}")
+    completion_window: Literal["24h"] = "24h"
+    metadata: dict[str, str] | None = None
+    # This service's own fields (the openai SDK sends them through `extra_body`).
+    model: str | None = Field(default=None, description="model to run; default: the one the workers hold")
+    batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
+    max_tokens: int | None = Field(default=None, ge=1, description="default max_tokens for lines without one")
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(BaseModel):
+    code: str | None = None
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+# The statuses OpenAI's API knows; `queued` is shown as `validating` until it runs.
+OPENAI_STATUS = {BatchStatus.QUEUED: BatchStatus.VALIDATING}
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+    # Extras.
+    model: str
+    batch_size: int
+    usage: dict[str, int]
+    queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
+    throughput: dict[str, Any]
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchObject:
+        status = BatchStatus(batch.status)
+        gen_tps = batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
+        return cls(
+            id=batch.id,
+            endpoint=batch.endpoint,
+            errors=BatchErrors(data=[BatchError(**e) for e in batch.errors]) if batch.errors else None,
+            input_file_id=batch.input_file_id,
+            completion_window=batch.completion_window,
+            status=OPENAI_STATUS.get(status, status).value,
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+            created_at=unix(batch.created_at) or 0,
+            in_progress_at=unix(batch.in_progress_at),
+            expires_at=unix(batch.expires_at),
+            finalizing_at=unix(batch.finalizing_at),
+            completed_at=unix(batch.completed_at),
+            failed_at=unix(batch.failed_at),
+            expired_at=unix(batch.expired_at),
+            cancelling_at=unix(batch.cancelling_at),
+            cancelled_at=unix(batch.cancelled_at),
+            request_counts=RequestCounts(
+                total=batch.request_total, completed=batch.request_completed, failed=batch.request_failed
+            ),
+            metadata=batch.metadata_,
+            model=batch.model,
+            batch_size=batch.batch_size,
+            usage={
+                "input_tokens": batch.prompt_tokens,
+                "output_tokens": batch.completion_tokens,
+                "total_tokens": batch.prompt_tokens + batch.completion_tokens,
+            },
+            queue_status=status.value,
+            throughput={
+                "generate_seconds": round(batch.generate_seconds, 3),
+                "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
+                "tensor_parallel_size": batch.tensor_parallel_size,
+            },
+        )
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

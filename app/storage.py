@@ -1,0 +1,201 @@
+"""Object storage behind one small interface: a local folder or S3 (boto3).
+
+Both stream: writes take an iterable of chunks or a file object, reads yield
+chunks, so no object passes whole through memory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import urlparse
+
+CHUNK_BYTES = 1 << 20
+S3_PART_BYTES = 8 << 20
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStore(Protocol):
+    def put_stream(self, key: str, source: IO[bytes]) -> None:
+        """Writes everything `source.read()` yields; the object appears only when complete."""
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None: ...
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """Yields the object in chunks; raises ObjectNotFound if it is missing."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class ChunkReader:
+    """A read-only file object over an iterable of byte chunks."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class LocalStore:
+    """A folder; writes go to a temporary name and are renamed into place."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"key escapes the storage root: {key!r}")
+        return path
+
+    def put_stream(self, key: str, source: IO[bytes]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := source.read(CHUNK_BYTES):
+                    out.write(chunk)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        self.put_stream(key, ChunkReader(chunks))  # type: ignore[arg-type]
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.put_chunks(key, [data])
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115  (closed by _iter_file)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        return _iter_file(handle)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def _iter_file(handle: IO[bytes]) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield chunk
+
+
+class S3Store:
+    """An S3 bucket (AWS, MinIO, moto) under a key prefix; large writes are multipart."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str = "us-east-1"):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(retries={"max_attempts": 10, "mode": "standard"}),
+        )
+        self._transfer = TransferConfig(multipart_chunksize=S3_PART_BYTES, max_concurrency=4)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def ensure_bucket(self) -> None:
+        """Creates the bucket if it is missing (handy for MinIO and moto)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except self.client.exceptions.ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put_stream(self, key: str, source: IO[bytes]) -> None:
+        self.client.upload_fileobj(source, self.bucket, self._key(key), Config=self._transfer)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        self.put_stream(key, ChunkReader(chunks))  # type: ignore[arg-type]
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(key) from None
+        return iter(response["Body"].iter_chunks(CHUNK_BYTES))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.ClientError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_store(url: str, s3_endpoint_url: str | None = None, region: str = "us-east-1") -> ObjectStore:
+    """`file:///path` or `s3://bucket/prefix`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        store = S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url, region=region)
+        store.ensure_bucket()
+        return store
+    raise ValueError(f"storage URL must be file:// or s3://, not {url!r}")
+
+
+class LineSplitter:
+    """Cuts a chunk stream into lines (without their newline); a last line without one counts."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        return complete
+
+    def finish(self) -> list[bytes]:
+        rest, self._partial = self._partial, b""
+        return [rest] if rest else []
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    splitter = LineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.finish()

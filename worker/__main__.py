@@ -1,0 +1,58 @@
+"""`python -m worker` / `llm-batch-worker`: one process, one engine, many jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from types import FrameType
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="llm-batch-worker",
+        description="Hold one vLLM engine and run queued batch jobs from Postgres as static batches. "
+        "Every setting comes from the environment (see the README); flags override the engine's.",
+    )
+    parser.add_argument("--model", help="model folder or Hugging Face id (MODEL)")
+    parser.add_argument("--tensor-parallel-size", type=int, help="GPUs per engine (TENSOR_PARALLEL_SIZE)")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.config import get_settings
+    from app.db import Database
+    from app.repository import JobRepository
+    from app.storage import open_store
+    from worker.engine import VllmEngine
+    from worker.loop import WorkerLoop
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = get_settings().model_copy(update=overrides)
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set")
+    repo = JobRepository(Database(settings.database_url))
+    store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+    engine = VllmEngine(settings)
+    loop = WorkerLoop(
+        engine,
+        repo,
+        store,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        poll_seconds=settings.poll_seconds,
+    )
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("worker").info("signal %d: finishing the batch in flight, then stopping", signum)
+        loop.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        loop.run_forever()
+    finally:
+        engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The engine a worker holds for its whole life: one `vllm.LLM`, tensor parallel.
+
+`Engine` is the narrow surface the worker uses, so unit tests can hand it a fake;
+`VllmEngine` is the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.batch_lines import ChatBody, Request
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 512 << 20  # without a GPU: plenty for the demo model, small beside RAM
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Engine(Protocol):
+    model_name: str
+    max_model_len: int
+    tensor_parallel_size: int
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        """The request's prompt as the model sees it (chat template applied)."""
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+        """One static batch: every prompt in one `generate` call."""
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+class VllmEngine:
+    def __init__(self, settings: Settings) -> None:
+        from vllm import LLM
+
+        cuda = has_cuda()
+        kwargs: dict[str, Any] = {
+            "model": settings.model,
+            "served_model_name": settings.model_name,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "dtype": settings.dtype,
+            "gpu_memory_utilization": settings.gpu_memory_utilization,
+            "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not cuda,
+        }
+        if settings.max_model_len:
+            kwargs["max_model_len"] = settings.max_model_len
+        if not cuda:
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        log.info("loading %s with %s", settings.model, kwargs)
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model_name = settings.model_name
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self.tensor_parallel_size = settings.tensor_parallel_size
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        body = request.body
+        if isinstance(body, ChatBody):
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+        if isinstance(body.prompt, list):
+            return list(body.prompt)
+        return list(self.tokenizer.encode(body.prompt))
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompts],
+            [SamplingParams(**kw) for kw in sampling],
+            use_tqdm=False,
+        )
+        return [
+            Generation(
+                text=out.outputs[0].text,
+                prompt_tokens=len(out.prompt_token_ids or []),
+                completion_tokens=len(out.outputs[0].token_ids),
+                finish_reason=out.outputs[0].finish_reason or "stop",
+            )
+            for out in outputs
+        ]
+
+    def shutdown(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()

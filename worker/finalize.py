@@ -1,0 +1,110 @@
+"""Joins a batch's parts into one output file and one error file, in input order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from app.models import FileRecord
+from app.repository import JobRepository, new_id
+from app.storage import ChunkReader, ObjectStore, iter_lines
+from app.uploads import CheckingReader
+from worker.responses import batch_error_line
+from worker.shard_runner import _custom_id, part_key
+
+CANCELLED_MESSAGE = "The batch was cancelled before this request ran."
+
+
+def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> None:
+    batch = repo.get_batch(batch_id)
+    runs = repo.batch_runs(batch_id)
+    shards = repo.shards(batch_id)
+    input_file = repo.get_file(batch.input_file_id)
+
+    def parts(kind: str, shard_index: int | None = None) -> Iterator[bytes]:
+        for run in runs:
+            if shard_index is not None and run.shard_index != shard_index:
+                continue
+            if (run.completed if kind == "out" else run.failed) > 0:
+                yield from store.read_chunks(part_key(batch_id, run.shard_index, run.seq, kind))
+
+    def error_parts() -> Iterator[bytes]:
+        # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
+        cursor = _LineCursor(store, input_file.storage_key)
+        for shard in shards:
+            yield from parts("err", shard.index)
+            for raw in cursor.lines(shard.next_line, shard.end_line):
+                yield batch_error_line(_custom_id(raw), CANCELLED_MESSAGE, "batch_cancelled")
+
+    unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
+    output = _write_file(store, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
+    errors = _write_file(store, f"{batch_id}_error.jsonl", error_parts(), batch.request_failed + unrun)
+    store.put_bytes(f"batches/{batch_id}/stats.json", json.dumps(_stats(batch, runs), indent=2).encode())
+    repo.complete_batch(batch_id, output, errors, unrun)
+
+
+class _LineCursor:
+    """Reads the input file forward only, opening it on first use."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._lines: Iterator[tuple[int, bytes]] | None = None
+
+    def lines(self, start: int, end: int) -> Iterator[bytes]:
+        if start >= end:
+            return
+        if self._lines is None:
+            self._lines = enumerate(iter_lines(self._store.read_chunks(self._key)))
+        for index, raw in self._lines:
+            if index >= start:
+                yield raw
+            if index + 1 >= end:
+                return
+
+
+def _write_file(store: ObjectStore, filename: str, chunks: Iterator[bytes], lines: int) -> FileRecord:
+    file_id = new_id("file-")
+    key = f"files/{file_id}"
+    reader = CheckingReader(ChunkReader(chunks), None)  # type: ignore[arg-type]
+    store.put_stream(key, reader)  # type: ignore[arg-type]
+    return FileRecord(
+        id=file_id,
+        filename=filename,
+        purpose="batch_output",
+        bytes=reader.bytes,
+        sha256=reader.sha256.hexdigest(),
+        line_count=lines,
+        storage_key=key,
+        validation={},
+    )
+
+
+def _stats(batch, runs) -> dict:  # type: ignore[no-untyped-def]
+    seconds = sum(r.generate_seconds for r in runs)
+    tokens = sum(r.completion_tokens for r in runs)
+    return {
+        "batch_id": batch.id,
+        "model": batch.model,
+        "batch_size": batch.batch_size,
+        "tensor_parallel_size": batch.tensor_parallel_size,
+        "prompts": sum(r.prompts for r in runs),
+        "prompt_tokens": sum(r.prompt_tokens for r in runs),
+        "completion_tokens": tokens,
+        "generate_seconds": seconds,
+        "generation_tokens_per_second": tokens / seconds if seconds else None,
+        "batches": [
+            {
+                "shard": r.shard_index,
+                "seq": r.seq,
+                "first_line": r.first_line,
+                "prompts": r.prompts,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "generate_seconds": r.generate_seconds,
+                "tokens_per_second": r.tokens_per_second,
+                "worker_id": r.worker_id,
+            }
+            for r in runs
+        ],
+    }

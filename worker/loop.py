@@ -1,0 +1,108 @@
+"""The worker's life: load the engine once, then claim shards and run them until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from app.models import Worker
+from app.repository import ClaimedShard, JobRepository
+from app.storage import ObjectStore
+from worker.engine import Engine
+from worker.finalize import finalize_batch
+from worker.shard_runner import ShardRunner, ShutdownRequested
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerLoop:
+    def __init__(
+        self,
+        engine: Engine,
+        repo: JobRepository,
+        store: ObjectStore,
+        *,
+        lease_seconds: float,
+        heartbeat_seconds: float,
+        poll_seconds: float,
+        worker_id: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.repo = repo
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.poll_seconds = poll_seconds
+        self.worker_id = worker_id or new_worker_id()
+        self.stop_requested = threading.Event()
+        self._current: ClaimedShard | None = None
+        self.runner = ShardRunner(engine, repo, store, self.worker_id, lease_seconds, self.stop_requested)
+
+    def register(self) -> None:
+        self.repo.register_worker(
+            Worker(
+                id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                model=self.engine.model_name,
+                tensor_parallel_size=self.engine.tensor_parallel_size,
+                status="ready",
+            )
+        )
+
+    def _heartbeat(self) -> None:
+        while not self.stop_requested.wait(self.heartbeat_seconds):
+            current = self._current
+            try:
+                if current is not None:
+                    self.repo.renew_lease(current.shard_id, self.worker_id, self.lease_seconds)
+                else:
+                    self.repo.set_worker_status(self.worker_id, "ready")
+            except Exception:  # an outage must not kill the heartbeat; the next beat retries
+                log.exception("heartbeat failed")
+
+    def run_once(self) -> bool:
+        """Claims and runs one shard; False when there was nothing to claim."""
+        shard = self.repo.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
+        if shard is None:
+            return False
+        self._current = shard
+        log.info(
+            "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.batch_id, shard.next_line, shard.end_line
+        )
+        self.repo.set_batch_tensor_parallel(shard.batch_id, self.engine.tensor_parallel_size)
+        try:
+            outcome = self.runner.run(shard)
+        except ShutdownRequested:
+            self.repo.release_shard(shard.shard_id, self.worker_id)
+            log.info("released shard %s of %s for another worker", shard.shard_index, shard.batch_id)
+            return True
+        finally:
+            self._current = None
+        if self.repo.finish_shard(shard, self.worker_id, stopped=outcome.stopped):
+            finalize_batch(self.repo, self.store, shard.batch_id)
+            log.info("finalized %s", shard.batch_id)
+        return True
+
+    def run_forever(self) -> None:
+        self.register()
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stop_requested.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    log.exception("shard failed; it will be retried when its lease runs out")
+                    worked = False
+                if not worked:
+                    self.stop_requested.wait(self.poll_seconds)
+        finally:
+            self.repo.set_worker_status(self.worker_id, "stopped")

@@ -1,0 +1,175 @@
+"""Runs one claimed shard as static batches.
+
+Three stages overlap so the engine never waits on I/O: while batch k is in
+`generate`, a thread prepares batch k+1 (reading, parsing, tokenizing) and another
+writes batch k-1's results to storage and its progress to Postgres.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.batch_lines import LineError, Request, parse_line
+from app.models import BatchStatus
+from app.repository import BatchResult, ClaimedShard, JobRepository
+from app.storage import ObjectStore, iter_lines
+from worker.engine import Engine, Generation
+from worker.responses import request_error_line, success_line
+from worker.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
+
+log = logging.getLogger(__name__)
+
+STOPPING_STATUSES = {BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.EXPIRED, BatchStatus.FAILED}
+
+
+def part_key(batch_id: str, shard_index: int, seq: int, kind: str) -> str:
+    """Where one static batch's results live; `kind` is `out` or `err`."""
+    return f"batches/{batch_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
+
+
+@dataclass
+class PreparedBatch:
+    """One static batch, ready for the engine."""
+
+    seq: int
+    first_line: int
+    next_line: int
+    runnable: list[Request] = field(default_factory=list)
+    prompts: list[list[int]] = field(default_factory=list)
+    sampling: list[dict[str, Any]] = field(default_factory=list)
+    # Lines answered without the engine, keyed by input index.
+    errors: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class ShardOutcome:
+    stopped: bool  # cut short by cancel or expiry
+    batches: int
+
+
+class ShardRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        repo: JobRepository,
+        store: ObjectStore,
+        worker_id: str,
+        lease_seconds: float,
+        stop_requested: threading.Event,
+    ) -> None:
+        self.engine = engine
+        self.repo = repo
+        self.store = store
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.stop_requested = stop_requested
+
+    def _input_lines(self, shard: ClaimedShard) -> Iterator[tuple[int, bytes]]:
+        lines = iter_lines(self.store.read_chunks(shard.input_key))
+        return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
+
+    def _prepare(self, shard: ClaimedShard, seq: int, chunk: list[tuple[int, bytes]]) -> PreparedBatch:
+        batch = PreparedBatch(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
+        for index, raw in chunk:
+            try:
+                request = parse_line(raw, index, shard.endpoint)
+                kwargs = sampling_kwargs(request.body, shard.sampling_defaults)
+                ids = self.engine.prompt_token_ids(request)
+                wanted = len(ids) + max_tokens_of(request.body, shard.sampling_defaults)
+                if wanted > self.engine.max_model_len:
+                    raise UnsupportedRequest(
+                        f"This model's maximum context length is {self.engine.max_model_len} tokens. However, "
+                        f"you requested {wanted} tokens ({len(ids)} in the prompt, {wanted - len(ids)} for the "
+                        "completion). Please reduce the prompt or max_tokens.",
+                        param="max_tokens",
+                        code="context_length_exceeded",
+                    )
+            except LineError as err:  # the file changed since upload; still answer per line
+                batch.errors[index] = request_error_line(_custom_id(raw), err.message, err.param, "invalid_request")
+                continue
+            except UnsupportedRequest as err:
+                batch.errors[index] = request_error_line(request.custom_id, err.message, err.param, err.code)
+                continue
+            batch.runnable.append(request)
+            batch.prompts.append(ids)
+            batch.sampling.append(kwargs)
+        return batch
+
+    def _write(self, shard: ClaimedShard, batch: PreparedBatch, generations: list[Generation], seconds: float):
+        """Stores the batch's results, then records its progress in one transaction."""
+        done = dict(zip((r.index for r in batch.runnable), generations, strict=True))
+        by_index = {r.index: r for r in batch.runnable}
+        out = [success_line(by_index[i], g, self.engine.model_name) for i, g in sorted(done.items())]
+        err = [line for _, line in sorted(batch.errors.items())]
+        if out:
+            self.store.put_bytes(part_key(shard.batch_id, shard.shard_index, batch.seq, "out"), b"".join(out))
+        if err:
+            self.store.put_bytes(part_key(shard.batch_id, shard.shard_index, batch.seq, "err"), b"".join(err))
+        result = BatchResult(
+            first_line=batch.first_line,
+            next_line=batch.next_line,
+            prompts=len(batch.runnable),
+            completed=len(out),
+            failed=len(err),
+            prompt_tokens=sum(g.prompt_tokens for g in generations),
+            completion_tokens=sum(g.completion_tokens for g in generations),
+            generate_seconds=seconds,
+        )
+        return self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds)
+
+    def run(self, shard: ClaimedShard) -> ShardOutcome:
+        batch_size = shard.batch_size
+        lines = self._input_lines(shard)
+        chunks = iter(lambda: list(itertools.islice(lines, batch_size)), [])
+        seqs = itertools.count(shard.batches_done)
+        batches = 0
+        with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
+
+            def prepare_next() -> Future[PreparedBatch] | None:
+                chunk = next(chunks, None)
+                return preparer.submit(self._prepare, shard, next(seqs), chunk) if chunk else None
+
+            pending_prep = prepare_next()
+            pending_write: Future[BatchStatus] | None = None
+            cut_short = False
+            while pending_prep is not None:
+                batch = pending_prep.result()
+                pending_prep = prepare_next()  # tokenizes batch k+1 while k generates
+                started = time.perf_counter()
+                generations = self.engine.generate(batch.prompts, batch.sampling) if batch.prompts else []
+                seconds = time.perf_counter() - started
+                previous, pending_write = pending_write, writer.submit(self._write, shard, batch, generations, seconds)
+                batches += 1
+                # The previous batch's transaction tells whether the batch was cancelled meanwhile.
+                if previous is not None and previous.result() in STOPPING_STATUSES:
+                    cut_short = True
+                if cut_short or self.stop_requested.is_set():
+                    break
+            last_status = pending_write.result() if pending_write is not None else None
+            if pending_prep is not None:
+                pending_prep.cancel()
+        cut_short = cut_short or last_status in STOPPING_STATUSES
+        if pending_prep is not None and not cut_short:
+            raise ShutdownRequested
+        return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
+
+
+class ShutdownRequested(Exception):
+    """The worker is stopping; the shard is released for another worker to resume."""
+
+
+def _custom_id(raw: bytes) -> str:
+    import json
+
+    try:
+        value = json.loads(raw).get("custom_id")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
