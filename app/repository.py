@@ -298,15 +298,18 @@ class JobRepository:
         with self.db.session() as session:
             return list(session.scalars(select(Shard).where(Shard.batch_id == batch_id).order_by(Shard.index)))
 
-    def complete_batch(self, batch_id: str, output: FileRecord, errors: FileRecord, unrun_lines: int) -> None:
-        """Stores the joined output files and ends the batch (completed, or cancelled)."""
+    def complete_batch(
+        self, batch_id: str, output: FileRecord, errors: FileRecord | None, unrun_lines: int
+    ) -> None:
+        """Stores the joined output files and ends the batch (completed, or cancelled).
+        The output file exists even when empty; the error file only when a line failed."""
         with self.db.session() as session:
-            session.add_all([output, errors])
+            session.add_all([output] + ([errors] if errors else []))
             session.flush()
             batch = session.get(Batch, batch_id, with_for_update=True)
             assert batch is not None
             batch.output_file_id = output.id
-            batch.error_file_id = errors.id
+            batch.error_file_id = errors.id if errors else None
             batch.request_failed += unrun_lines
             if batch.status == BatchStatus.CANCELLING:
                 batch.status = BatchStatus.CANCELLED

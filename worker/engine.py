@@ -98,7 +98,5 @@ class VllmEngine:
         ]
 
     def shutdown(self) -> None:
-        engine = getattr(self.llm, "llm_engine", None)
-        shutdown = getattr(engine, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        """Stops the engine's processes; without this, interpreter exit waits on them."""
+        self.llm.llm_engine.engine_core.shutdown()

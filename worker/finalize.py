@@ -38,7 +38,8 @@ def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> No
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
     output = _write_file(store, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
-    errors = _write_file(store, f"{batch_id}_error.jsonl", error_parts(), batch.request_failed + unrun)
+    failed = batch.request_failed + unrun
+    errors = _write_file(store, f"{batch_id}_error.jsonl", error_parts(), failed) if failed else None
     store.put_bytes(f"batches/{batch_id}/stats.json", json.dumps(_stats(batch, runs), indent=2).encode())
     repo.complete_batch(batch_id, output, errors, unrun)
 

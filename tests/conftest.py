@@ -1,0 +1,145 @@
+"""Shared fixtures: a database per test cloned from a migrated template, storage on a
+local folder or on moto's S3 server over HTTP, and one real vLLM engine per run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.db import Database
+from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+from app.main import create_app
+from app.migrate import upgrade
+from app.repository import JobRepository
+from app.storage import LocalStore, ObjectStore, S3Store
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DEMO_MODEL = ROOT / DEFAULT_OUTPUT
+
+
+def _url_for(database: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A database migrated once per run; each test gets a copy of it."""
+    name = f"llmbatch_tmpl_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    upgrade(_url_for(name))
+    yield name
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    name = f"llmbatch_t_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield _url_for(name)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def repo(database_url: str) -> Iterator[JobRepository]:
+    db = Database(database_url)
+    yield JobRepository(db)
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server, spoken to over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "storage")
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str) -> S3Store:
+    store = S3Store(f"bucket-{uuid.uuid4().hex[:8]}", "jobs", endpoint_url=s3_endpoint)
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> ObjectStore:
+    """Each storage backend in turn."""
+    fixture = "local_store" if request.param == "local" else "s3_store"
+    result: ObjectStore = request.getfixturevalue(fixture)
+    return result
+
+
+def make_settings(database_url: str, store: ObjectStore, **overrides: object) -> Settings:
+    if isinstance(store, S3Store):
+        storage_url = f"s3://{store.bucket}/{store.prefix}"
+        endpoint = store.client.meta.endpoint_url
+    else:
+        assert isinstance(store, LocalStore)
+        storage_url, endpoint = f"file://{store.root}", None
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "storage_url": storage_url,
+        "s3_endpoint_url": endpoint,
+        "model": str(DEMO_MODEL),
+        "max_model_len": 256,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, store: ObjectStore) -> Settings:
+    return make_settings(database_url, store)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return ensure_demo_model(DEMO_MODEL)
+
+
+@pytest.fixture(scope="session")
+def engine(demo_model: Path):  # type: ignore[no-untyped-def]
+    """The real vLLM engine on the demo model, loaded once per test run."""
+    from worker.engine import VllmEngine
+
+    vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
+    yield vllm_engine
+    vllm_engine.shutdown()

@@ -1,0 +1,99 @@
+"""Runs the service as a user does: the API under uvicorn and workers as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_MODEL, ROOT, free_port
+
+STARTUP_SECONDS = 240
+LOGS = ROOT / "test-artifacts" / "logs"
+
+
+class Service:
+    """The API process plus any number of worker processes sharing one database and storage."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.env = env
+        self.name = name
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+        LOGS.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(LOGS / f"{self.name}-{log_name}.log", "wb")  # noqa: SIM115  (kept open for the child)
+        process = subprocess.Popen(
+            [sys.executable, *args], env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> None:
+        self._spawn(["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(self.port)], "api")
+        self.wait_for("/healthz")
+
+    def start_worker(self, log_name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:
+        return self._spawn(["-m", "worker"], log_name, extra_env)
+
+    def wait_for(self, path: str, timeout: float = STARTUP_SECONDS) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited with {process.returncode}; see {LOGS}")
+            try:
+                response = httpx.get(self.url + path, timeout=5)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{path} not ready after {timeout}s; see {LOGS}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def service_env(database_url: str, tmp_path: Path, demo_model: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env.update(
+        DATABASE_URL=database_url,
+        STORAGE_URL=f"file://{tmp_path / 'storage'}",
+        MODEL=str(DEMO_MODEL),
+        MAX_MODEL_LEN="256",
+        PORT=str(free_port()),
+        POLL_SECONDS="0.2",
+        HEARTBEAT_SECONDS="2",
+    )
+    return env
+
+
+@pytest.fixture
+def service(service_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Service]:
+    svc = Service(service_env, request.node.name)
+    try:
+        yield svc
+    finally:
+        svc.stop()

@@ -1,0 +1,51 @@
+"""Small builders for test data and the API calls every test makes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+
+def jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def read_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def completion_line(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": {"prompt": prompt, **body}}
+
+
+def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": messages, **body},
+    }
+
+
+def upload(client: TestClient, data: bytes, filename: str = "input.jsonl") -> dict[str, Any]:
+    response = client.post("/v1/files", files={"file": (filename, data)}, data={"purpose": "batch"})
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def create_batch(client: TestClient, file_id: str, endpoint: str = "/v1/completions", **extra: Any) -> dict[str, Any]:
+    body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h", **extra}
+    response = client.post("/v1/batches", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def download(client: TestClient, file_id: str) -> list[dict[str, Any]]:
+    response = client.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 200, response.text
+    return read_jsonl(response.content)

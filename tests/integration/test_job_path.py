@@ -1,0 +1,157 @@
+"""A job through the API and a worker holding the real vLLM engine, on each storage backend."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.db import Database
+from app.repository import JobRepository
+from app.storage import ObjectStore
+from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
+from worker.loop import WorkerLoop
+
+pytestmark = pytest.mark.engine
+
+
+def run_worker_until_idle(engine, settings: Settings, store: ObjectStore) -> WorkerLoop:  # type: ignore[no-untyped-def]
+    db = Database(settings.database_url or "")
+    loop = WorkerLoop(
+        engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1
+    )
+    loop.register()
+    while loop.run_once():
+        pass
+    db.dispose()
+    return loop
+
+
+def test_every_line_comes_back_in_input_order(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+    rows = []
+    for i in range(70):
+        if i % 3 == 0:
+            rows.append({"custom_id": f"plain-{i}", "prompt": f"write a summary of document {i}"})
+        else:
+            rows.append(completion_line(f"req-{i}", f"explain item {i}", max_tokens=5 + i % 7, temperature=0.7, seed=i))
+    file = upload(client, jsonl(rows))
+    assert file["lines"] == 70
+    batch = create_batch(client, file["id"], batch_size=16)
+    assert batch["request_counts"]["total"] == 70
+
+    run_worker_until_idle(engine, settings, store)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 70, "completed": 70, "failed": 0}
+    assert done["error_file_id"] is None
+    output = download(client, done["output_file_id"])
+    assert [line["custom_id"] for line in output] == [row["custom_id"] for row in rows]
+    for row, line in zip(rows, output, strict=True):
+        body = line["response"]["body"]
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        assert body["object"] == "text_completion"
+        wanted = row.get("body", {}).get("max_tokens", settings.default_max_tokens)
+        assert 1 <= body["usage"]["completion_tokens"] <= wanted
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    generated = sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+    assert done["usage"]["output_tokens"] == generated
+    assert done["throughput"]["generation_tokens_per_second"] > 0
+
+
+def test_chat_lines_go_through_the_chat_template(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+    rows = [chat_line(f"chat-{i}", f"question number {i}", max_tokens=6) for i in range(5)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], endpoint="/v1/chat/completions")
+    run_worker_until_idle(engine, settings, store)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    output = download(client, done["output_file_id"])
+    tokenizer = engine.tokenizer
+    for row, line in zip(rows, output, strict=True):
+        body = line["response"]["body"]
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        rendered = tokenizer.apply_chat_template(row["body"]["messages"], add_generation_prompt=True, tokenize=False)
+        assert rendered.startswith("<|begin_of_text|><|start_header_id|>system")
+        assert body["usage"]["prompt_tokens"] == len(tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def test_a_prompt_too_long_for_the_context_is_one_error_line(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+    rows = [
+        completion_line("short-1", "hello", max_tokens=4),
+        completion_line("too-long", "word " * 400, max_tokens=4),
+        completion_line("short-2", "again", max_tokens=4),
+    ]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"])
+    run_worker_until_idle(engine, settings, store)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    assert [line["custom_id"] for line in download(client, done["output_file_id"])] == ["short-1", "short-2"]
+    [error] = download(client, done["error_file_id"])
+    assert error["custom_id"] == "too-long"
+    assert error["response"]["status_code"] == 400
+    assert error["response"]["body"]["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 256 tokens" in error["response"]["body"]["error"]["message"]
+
+
+def test_an_unsupported_field_is_refused_on_its_line(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+    rows = [completion_line("ok", "hi", max_tokens=2), completion_line("odd", "hi", max_tokens=2, best_of=3)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"])
+    run_worker_until_idle(engine, settings, store)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    [error] = download(client, done["error_file_id"])
+    assert error["custom_id"] == "odd"
+    assert "best_of" in error["response"]["body"]["error"]["message"]
+
+
+def test_each_static_batch_records_its_statistics(client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository):  # type: ignore[no-untyped-def]
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(10)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    run_worker_until_idle(engine, settings, store)
+
+    runs = repo.batch_runs(batch["id"])
+    assert [(r.first_line, r.prompts) for r in runs] == [(0, 4), (4, 4), (8, 2)]
+    for run in runs:
+        assert run.prompt_tokens > 0 and run.completion_tokens > 0 and run.generate_seconds > 0
+        assert run.tokens_per_second == pytest.approx(run.completion_tokens / run.generate_seconds)
+    assert store.exists(f"batches/{batch['id']}/stats.json")
+
+
+def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository):  # type: ignore[no-untyped-def]
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
+
+    # Cancel as soon as the second static batch has been recorded.
+    original = repo.record_batch
+    db = Database(settings.database_url or "")
+    worker_repo = JobRepository(db)
+    recorded = threading.Event()
+
+    def record_then_cancel(*args, **kwargs):  # type: ignore[no-untyped-def]
+        status = original.__func__(worker_repo, *args, **kwargs)  # type: ignore[attr-defined]
+        if args[1] == 1:
+            client.post(f"/v1/batches/{batch['id']}/cancel")
+            recorded.set()
+        return status
+
+    worker_repo.record_batch = record_then_cancel  # type: ignore[method-assign]
+    loop = WorkerLoop(engine, worker_repo, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
+    loop.register()
+    while loop.run_once():
+        pass
+    db.dispose()
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert recorded.is_set()
+    assert done["status"] == "cancelled" and done["cancelled_at"] is not None
+    kept = download(client, done["output_file_id"])
+    assert 4 <= len(kept) < 12
+    assert [line["custom_id"] for line in kept] == [f"r{i}" for i in range(len(kept))]
+    rest = download(client, done["error_file_id"])
+    assert [line["custom_id"] for line in rest] == [f"r{i}" for i in range(len(kept), 12)]
+    assert {line["error"]["code"] for line in rest} == {"batch_cancelled"}
