@@ -14,3 +14,17 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     command.upgrade(config, revision)
+
+
+def main() -> None:
+    """`python -m app.migrate`: upgrade DATABASE_URL to the newest schema."""
+    from app.config import get_settings
+
+    url = get_settings().database_url
+    if not url:
+        raise SystemExit("DATABASE_URL is not set")
+    upgrade(url)
+
+
+if __name__ == "__main__":
+    main()

@@ -208,8 +208,9 @@ class JobRepository:
                     batches_done=seq + 1,
                     lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
                 )
-            ).rowcount
-            if moved != 1:
+                .returning(Shard.id)
+            ).first()
+            if moved is None:
                 raise LeaseLost(shard.shard_id)
             session.add(
                 BatchRun(
@@ -248,9 +249,10 @@ class JobRepository:
                 update(Shard)
                 .where(Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
                 .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
-            ).rowcount
+                .returning(Shard.id)
+            ).first()
             session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=func.now()))
-            return renewed == 1
+            return renewed is not None
 
     def release_shard(self, shard_id: int, worker_id: str) -> None:
         """Gives a shard back unfinished (worker shutting down); another worker resumes it."""
@@ -298,9 +300,7 @@ class JobRepository:
         with self.db.session() as session:
             return list(session.scalars(select(Shard).where(Shard.batch_id == batch_id).order_by(Shard.index)))
 
-    def complete_batch(
-        self, batch_id: str, output: FileRecord, errors: FileRecord | None, unrun_lines: int
-    ) -> None:
+    def complete_batch(self, batch_id: str, output: FileRecord, errors: FileRecord | None, unrun_lines: int) -> None:
         """Stores the joined output files and ends the batch (completed, or cancelled).
         The output file exists even when empty; the error file only when a line failed."""
         with self.db.session() as session:

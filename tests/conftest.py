@@ -20,6 +20,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.repository import JobRepository
 from app.storage import LocalStore, ObjectStore, S3Store
+from worker.engine import VllmEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -136,10 +137,8 @@ def demo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(demo_model: Path):  # type: ignore[no-untyped-def]
+def engine(demo_model: Path) -> Iterator[VllmEngine]:
     """The real vLLM engine on the demo model, loaded once per test run."""
-    from worker.engine import VllmEngine
-
     vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
     yield vllm_engine
     vllm_engine.shutdown()

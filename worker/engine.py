@@ -71,9 +71,9 @@ class VllmEngine:
     def prompt_token_ids(self, request: Request) -> list[int]:
         body = request.body
         if isinstance(body, ChatBody):
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            messages: list[Any] = [{"role": m.role, "content": m.text()} for m in body.messages]
             rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+            return list(self.tokenizer.encode(str(rendered), add_special_tokens=False))
         if isinstance(body.prompt, list):
             return list(body.prompt)
         return list(self.tokenizer.encode(body.prompt))

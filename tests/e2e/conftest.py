@@ -30,10 +30,16 @@ class Service:
         self.processes: list[subprocess.Popen[bytes]] = []
         LOGS.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], log_name: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(LOGS / f"{self.name}-{log_name}.log", "wb")  # noqa: SIM115  (kept open for the child)
         process = subprocess.Popen(
-            [sys.executable, *args], env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [sys.executable, *args],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         self.processes.append(process)
         return process

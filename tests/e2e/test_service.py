@@ -42,8 +42,12 @@ def test_upload_run_download_with_worker_process(service: Service) -> None:
         assert file["object"] == "file" and file["bytes"] == len(jsonl(rows)) and file["purpose"] == "batch"
         batch = client.post(
             "/v1/batches",
-            json={"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h",
-                  "batch_size": 64},
+            json={
+                "input_file_id": file["id"],
+                "endpoint": "/v1/completions",
+                "completion_window": "24h",
+                "batch_size": 64,
+            },
         ).json()
         assert batch["object"] == "batch" and batch["batch_size"] == 64
 
@@ -65,9 +69,12 @@ def test_sigterm_lets_the_worker_finish_its_batch_and_another_resumes(service: S
     service.wait_for("/readyz")
     rows = [chat_line(f"c{i}", f"topic {i}", max_tokens=48) for i in range(400)]
     with service.client() as client:
-        file_id = client.post("/v1/files", files={"file": ("c.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()["id"]
-        batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                                 "batch_size": 16}).json()
+        file_id = client.post("/v1/files", files={"file": ("c.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
+            "id"
+        ]
+        batch = client.post(
+            "/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "batch_size": 16}
+        ).json()
         while client.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] == 0:
             time.sleep(0.1)
         first.terminate()

