@@ -53,10 +53,15 @@ class _Body(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    n: int = Field(default=1, ge=1, le=16)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionBody(_Body):
     prompt: str | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="top log probabilities per token")
 
 
 class ChatMessage(BaseModel):
@@ -74,6 +79,8 @@ class ChatMessage(BaseModel):
 class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from app.auth import Principal
 from app.batch_lines import ENDPOINTS, endpoint_mismatch
 from app.config import Settings
 from app.errors import InvalidRequest
@@ -14,7 +15,7 @@ from app.schemas import BatchCreate
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 
 
-def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate) -> Batch:
+def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate, caller: Principal) -> Batch:
     """The batch is queued, or failed with line-numbered errors when its file breaks
     the input format (nothing runs then)."""
     if request.endpoint not in ENDPOINTS:
@@ -26,7 +27,7 @@ def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate) 
         raise InvalidRequest(
             f"Model {model!r} is not served here; workers hold {settings.model_name!r}.", param="model"
         )
-    source = repo.get_file(request.input_file_id)
+    source = repo.get_file(request.input_file_id, caller.scope)
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id")
 
@@ -42,6 +43,8 @@ def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate) 
     defaults = {"max_tokens": request.max_tokens or settings.default_max_tokens}
     batch = Batch(
         id=new_id("batch_"),
+        owner=caller.owner,
+        priority=request.priority,
         input_file_id=source.id,
         endpoint=request.endpoint,
         completion_window=request.completion_window,

@@ -21,6 +21,16 @@ class InvalidRequest(ServiceError):
     pass
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"

@@ -23,6 +23,22 @@ from app.migrate import upgrade
 CHILD_STOP_SECONDS = 60
 
 
+def _print_admin_key_if_none(database_url: str) -> None:
+    """The service never runs open: with no admin key yet, make one and show it once."""
+    from app.auth import create_key
+    from app.db import Database
+    from app.repository import JobRepository
+
+    db = Database(database_url)
+    try:
+        repo = JobRepository(db)
+        if not repo.has_admin_key():
+            _, secret = create_key(repo, "admin", admin=True, name="made by llm-batch-serve")
+            print(f"\nNo admin key existed, so one was made (shown only now):\n\n    {secret}\n", flush=True)
+    finally:
+        db.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="llm-batch-serve",
@@ -43,6 +59,7 @@ def main() -> None:
         print(f"embedded Postgres: {url}", flush=True)
     database_url = env.get("DATABASE_URL") or settings.database_url or ""
     upgrade(database_url)
+    _print_admin_key_if_none(database_url)
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
         ensure_demo_model(DEMO_MODEL)
 

@@ -11,6 +11,7 @@ from app.api.errors import install_error_handlers
 from app.api.main import api_router
 from app.config import Settings, get_settings
 from app.db import Database
+from app.expiry import ExpirySweeper
 from app.repository import JobRepository
 from app.storage import open_store
 
@@ -26,7 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.repo = JobRepository(db)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+        sweeper = ExpirySweeper(app.state.repo, app.state.store, settings.expiry_sweep_seconds)
+        sweeper.start()
         yield
+        sweeper.stop()
         db.dispose()
 
     app = FastAPI(

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -17,6 +17,7 @@ class Base(DeclarativeBase):
 
 class BatchStatus(enum.StrEnum):
     VALIDATING = "validating"
+    EXPIRING = "expiring"  # past expires_at; stops at the next batch boundary, ends `expired`
     FAILED = "failed"
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
@@ -37,10 +38,27 @@ class ShardStatus(enum.StrEnum):
     STOPPED = "stopped"  # cut short by cancel or expiry; its remaining lines are not run
 
 
+class ApiKey(Base):
+    """An API key, stored as the SHA-256 of the secret (keys are 256-bit random, so a
+    fast hash is enough); the secret itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class FileRecord(Base):
     __tablename__ = "files"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True, default="")
     filename: Mapped[str] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -50,12 +68,14 @@ class FileRecord(Base):
     # For batch input: line errors found at upload, and the first line of each url seen.
     validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Batch(Base):
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True, default="")
     input_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     endpoint: Mapped[str] = mapped_column(String(64))
     completion_window: Mapped[str] = mapped_column(String(16))

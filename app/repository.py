@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from app.db import Database
 from app.errors import Conflict, NotFound
 from app.models import (
     TERMINAL_STATUSES,
+    ApiKey,
     Batch,
     BatchRun,
     BatchStatus,
@@ -75,6 +77,7 @@ CLAIM_SHARD_SQL = text(
         FROM shards s
         JOIN batches b ON b.id = s.batch_id
         WHERE b.status IN ('queued', 'in_progress')
+          AND b.expires_at > now()
           AND b.model = :model
           AND (s.status = 'queued' OR (s.status = 'running' AND s.lease_expires_at < now()))
         ORDER BY b.priority DESC, b.created_at, s.index
@@ -119,11 +122,47 @@ class JobRepository:
             session.add(record)
         return record
 
-    def get_file(self, file_id: str) -> FileRecord:
+    def get_file(self, file_id: str, scope: str | None = None) -> FileRecord:
+        """A live file; `scope` is the caller's owner (None for admins and the worker).
+        Another owner's file is "not found", never forbidden, so ids leak nothing."""
         with self.db.session() as session:
             record = session.get(FileRecord, file_id)
-            if record is None:
+            if record is None or record.deleted_at is not None or (scope is not None and record.owner != scope):
                 raise NotFound("file", file_id)
+            return record
+
+    def list_files(self, scope: str | None, purpose: str | None, limit: int, after: str | None) -> list[FileRecord]:
+        """Newest first; `after` is the last id of the previous page."""
+        with self.db.session() as session:
+            query = select(FileRecord).where(FileRecord.deleted_at.is_(None))
+            if scope is not None:
+                query = query.where(FileRecord.owner == scope)
+            if purpose is not None:
+                query = query.where(FileRecord.purpose == purpose)
+            if after is not None:
+                anchor = self.get_file(after, scope)
+                query = query.where(
+                    (FileRecord.created_at < anchor.created_at)
+                    | ((FileRecord.created_at == anchor.created_at) & (FileRecord.id < anchor.id))
+                )
+            query = query.order_by(FileRecord.created_at.desc(), FileRecord.id.desc()).limit(limit)
+            return list(session.scalars(query))
+
+    def delete_file(self, file_id: str, scope: str | None) -> FileRecord:
+        """Marks a file deleted (the caller removes its object); refused while a batch
+        that reads it is still running."""
+        with self.db.session() as session:
+            record = session.get(FileRecord, file_id, with_for_update=True)
+            if record is None or record.deleted_at is not None or (scope is not None and record.owner != scope):
+                raise NotFound("file", file_id)
+            running = session.scalar(
+                select(func.count())
+                .select_from(Batch)
+                .where(Batch.input_file_id == file_id, Batch.status.not_in([s.value for s in TERMINAL_STATUSES]))
+            )
+            if running:
+                raise Conflict(f"File {file_id} is the input of a batch that has not ended.", param="file_id")
+            record.deleted_at = now()
             return record
 
     # Batches.
@@ -139,47 +178,77 @@ class JobRepository:
                     session.add(Shard(batch_id=batch.id, index=index, start_line=start, end_line=end, next_line=start))
         return batch
 
-    def get_batch(self, batch_id: str) -> Batch:
+    def get_batch(self, batch_id: str, scope: str | None = None) -> Batch:
         with self.db.session() as session:
             batch = session.get(Batch, batch_id)
-            if batch is None:
+            if batch is None or (scope is not None and batch.owner != scope):
                 raise NotFound("batch", batch_id)
             return batch
 
-    def list_batches(self, limit: int, after: str | None = None) -> list[Batch]:
+    def list_batches(self, scope: str | None, limit: int, after: str | None = None) -> list[Batch]:
         """Newest first; `after` is the id of the last batch of the previous page."""
         with self.db.session() as session:
             query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+            if scope is not None:
+                query = query.where(Batch.owner == scope)
             if after is not None:
-                anchor = session.get(Batch, after)
-                if anchor is None:
-                    raise NotFound("batch", after)
+                anchor = self.get_batch(after, scope)
                 query = query.where(
                     (Batch.created_at < anchor.created_at)
                     | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
                 )
             return list(session.scalars(query))
 
-    def request_cancel(self, batch_id: str) -> Batch:
-        """Queued batches stop at once; running ones at their next batch boundary."""
+    def request_cancel(self, batch_id: str, scope: str | None) -> tuple[Batch, bool]:
+        """Queued work stops at once, running shards at their next batch boundary.
+        Returns the batch and whether the caller must finalize it now (no shard runs)."""
         with self.db.session() as session:
             batch = session.get(Batch, batch_id, with_for_update=True)
-            if batch is None:
+            if batch is None or (scope is not None and batch.owner != scope):
                 raise NotFound("batch", batch_id)
             status = BatchStatus(batch.status)
-            if status in TERMINAL_STATUSES or status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):
-                if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
-                    return batch
+            if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+                return batch, False
+            if status not in (BatchStatus.QUEUED, BatchStatus.IN_PROGRESS):
                 raise Conflict(f"Cannot cancel a batch that is {status.value}.")
             batch.status = BatchStatus.CANCELLING
             batch.cancelling_at = now()
-            # Shards nobody holds will never run; running ones stop at their next boundary.
-            session.execute(
-                update(Shard)
-                .where(Shard.batch_id == batch_id, Shard.status == ShardStatus.QUEUED)
-                .values(status=ShardStatus.STOPPED)
+            return batch, self._stop_shards(session, batch)
+
+    def expire_due(self) -> list[str]:
+        """Moves batches past their expires_at to `expiring`; returns those the caller
+        must finalize now (no shard is running)."""
+        to_finalize = []
+        with self.db.session() as session:
+            due = session.scalars(
+                select(Batch)
+                .where(Batch.status.in_([BatchStatus.QUEUED, BatchStatus.IN_PROGRESS]), Batch.expires_at < func.now())
+                .with_for_update(skip_locked=True)
             )
-            return batch
+            for batch in due:
+                batch.status = BatchStatus.EXPIRING
+                if self._stop_shards(session, batch):
+                    to_finalize.append(batch.id)
+        return to_finalize
+
+    @staticmethod
+    def _stop_shards(session: Session, batch: Batch) -> bool:
+        """Stops the shards nobody holds; True when none runs, so finalization is due now
+        (and this caller owns it: finalizing_at marks the one finalizer)."""
+        session.execute(
+            update(Shard)
+            .where(Shard.batch_id == batch.id, Shard.status == ShardStatus.QUEUED)
+            .values(status=ShardStatus.STOPPED)
+        )
+        running = session.scalar(
+            select(func.count())
+            .select_from(Shard)
+            .where(Shard.batch_id == batch.id, Shard.status == ShardStatus.RUNNING)
+        )
+        if running or batch.finalizing_at is not None:
+            return False
+        batch.finalizing_at = now()
+        return True
 
     # The worker's side.
 
@@ -282,9 +351,9 @@ class JobRepository:
                 .select_from(Shard)
                 .where(Shard.batch_id == shard.batch_id, Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING]))
             )
-            if open_shards or BatchStatus(batch.status) in TERMINAL_STATUSES | {BatchStatus.FINALIZING}:
+            if open_shards or batch.finalizing_at is not None or BatchStatus(batch.status) in TERMINAL_STATUSES:
                 return False
-            if batch.status != BatchStatus.CANCELLING:
+            if batch.status not in (BatchStatus.CANCELLING, BatchStatus.EXPIRING):
                 batch.status = BatchStatus.FINALIZING
             batch.finalizing_at = now()
             return True
@@ -314,9 +383,44 @@ class JobRepository:
             if batch.status == BatchStatus.CANCELLING:
                 batch.status = BatchStatus.CANCELLED
                 batch.cancelled_at = now()
+            elif batch.status == BatchStatus.EXPIRING:
+                batch.status = BatchStatus.EXPIRED
+                batch.expired_at = now()
             else:
                 batch.status = BatchStatus.COMPLETED
                 batch.completed_at = now()
+
+    # API keys.
+
+    def add_key(self, key: ApiKey) -> ApiKey:
+        with self.db.session() as session:
+            session.add(key)
+        return key
+
+    def revoke_key(self, key_id_or_prefix: str) -> int:
+        with self.db.session() as session:
+            return len(
+                session.execute(
+                    update(ApiKey)
+                    .where(
+                        (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix),
+                        ApiKey.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=func.now())
+                    .returning(ApiKey.id)
+                ).all()
+            )
+
+    def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        with self.db.session() as session:
+            return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+
+    def has_admin_key(self) -> bool:
+        with self.db.session() as session:
+            found = session.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.is_admin, ApiKey.revoked_at.is_(None))
+            )
+            return bool(found)
 
     # Workers.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from app.batch_lines import ENDPOINTS
 from app.models import Batch, BatchStatus, FileRecord
@@ -41,11 +41,57 @@ class FileObject(BaseModel):
         )
 
 
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class _Page(BaseModel):
+    object: Literal["list"] = "list"
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileList(_Page):
+    data: list[FileObject]
+
+    @classmethod
+    def of(cls, data: list[FileObject], has_more: bool) -> FileList:
+        return cls(
+            data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+        )
+
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+
 class BatchCreate(BaseModel):
     input_file_id: str
     endpoint: str = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(
+        default=None, description="up to 16 pairs; keys up to 64 characters, values up to 512"
+    )
+    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_METADATA_PAIRS:
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} pairs")
+        for key, item in value.items():
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
+            if len(item) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
+        return value
+
     # This service's own fields (the openai SDK sends them through `extra_body`).
     model: str | None = Field(default=None, description="model to run; default: the one the workers hold")
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
@@ -70,8 +116,9 @@ class BatchErrors(BaseModel):
     data: list[BatchError]
 
 
-# The statuses OpenAI's API knows; `queued` is shown as `validating` until it runs.
-OPENAI_STATUS = {BatchStatus.QUEUED: BatchStatus.VALIDATING}
+# The statuses OpenAI's API knows: `queued` shows as `validating` until a worker
+# takes it; `expiring` (stopping at a batch boundary) as `finalizing`.
+OPENAI_STATUS = {BatchStatus.QUEUED: BatchStatus.VALIDATING, BatchStatus.EXPIRING: BatchStatus.FINALIZING}
 
 
 class BatchObject(BaseModel):
@@ -98,7 +145,8 @@ class BatchObject(BaseModel):
     # Extras.
     model: str
     batch_size: int
-    usage: dict[str, int]
+    priority: int
+    usage: dict[str, Any]
     queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
     throughput: dict[str, Any]
 
@@ -132,15 +180,28 @@ class BatchObject(BaseModel):
             batch_size=batch.batch_size,
             usage={
                 "input_tokens": batch.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens": batch.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": batch.prompt_tokens + batch.completion_tokens,
             },
+            priority=batch.priority,
             queue_status=status.value,
             throughput={
                 "generate_seconds": round(batch.generate_seconds, 3),
                 "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
                 "tensor_parallel_size": batch.tensor_parallel_size,
             },
+        )
+
+
+class BatchList(_Page):
+    data: list[BatchObject]
+
+    @classmethod
+    def of(cls, data: list[BatchObject], has_more: bool) -> BatchList:
+        return cls(
+            data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
         )
 
 

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import IO
 
 from app.batch_lines import FileCheck
+from app.errors import PayloadTooLarge
 from app.models import FileRecord
 from app.repository import JobRepository, new_id
 from app.storage import LineSplitter, ObjectStore
 
 
-class CheckingReader:
-    """A file object that hashes and checks what passes through it on its way to storage."""
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int
+    max_lines: int
+    max_errors: int
 
-    def __init__(self, source: IO[bytes], check: FileCheck | None) -> None:
+
+class CheckingReader:
+    """A file object that hashes and checks what passes through it on its way to storage,
+    and stops it with PayloadTooLarge past the limits."""
+
+    def __init__(self, source: IO[bytes], check: FileCheck | None, limits: UploadLimits | None = None) -> None:
         self._source = source
         self._check = check
+        self._limits = limits
         self._lines = LineSplitter()
         self.sha256 = hashlib.sha256()
         self.bytes = 0
@@ -28,6 +39,13 @@ class CheckingReader:
         if self._check is not None:
             for line in self._lines.feed(data) if data else self._lines.finish():
                 self._check.check(line)
+        if self._limits is not None:
+            if self.bytes > self._limits.max_bytes:
+                raise PayloadTooLarge(f"The file is larger than the limit of {self._limits.max_bytes} bytes.")
+            if self._check is not None and self._check.lines > self._limits.max_lines:
+                raise PayloadTooLarge(
+                    f"The file has more than the limit of {self._limits.max_lines} lines.", code="too_many_lines"
+                )
         return data
 
     def readable(self) -> bool:
@@ -35,16 +53,28 @@ class CheckingReader:
 
 
 def store_upload(
-    repo: JobRepository, store: ObjectStore, source: IO[bytes], filename: str, purpose: str, max_errors: int
+    repo: JobRepository,
+    store: ObjectStore,
+    source: IO[bytes],
+    *,
+    owner: str,
+    filename: str,
+    purpose: str,
+    limits: UploadLimits,
 ) -> FileRecord:
     """Writes the upload to storage, then records it; batch input is checked on the way."""
     file_id = new_id("file-")
     key = f"files/{file_id}"
-    check = FileCheck(max_errors=max_errors) if purpose == "batch" else None
-    reader = CheckingReader(source, check)
-    store.put_stream(key, reader)  # type: ignore[arg-type]
+    check = FileCheck(max_errors=limits.max_errors) if purpose == "batch" else None
+    reader = CheckingReader(source, check, limits)
+    try:
+        store.put_stream(key, reader)  # type: ignore[arg-type]
+    except PayloadTooLarge:
+        store.delete(key)  # a multipart upload aborted by the error leaves nothing; a folder may
+        raise
     record = FileRecord(
         id=file_id,
+        owner=owner,
         filename=filename,
         purpose=purpose,
         bytes=reader.bytes,

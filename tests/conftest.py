@@ -11,8 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.auth import create_key
 from app.config import Settings
 from app.db import Database
 from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
@@ -126,9 +128,32 @@ def settings(database_url: str, store: ObjectStore) -> Settings:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    with TestClient(application):  # runs the lifespan once for every client below
+        yield application
+
+
+def client_for(app: FastAPI, repo: JobRepository, owner: str, *, admin: bool = False) -> TestClient:
+    _, secret = create_key(repo, owner, admin=admin)
+    return TestClient(app, headers={"Authorization": f"Bearer {secret}"})
+
+
+@pytest.fixture
+def client(app: FastAPI, repo: JobRepository) -> TestClient:
+    """A user's client (owner "alice")."""
+    return client_for(app, repo, "alice")
+
+
+@pytest.fixture
+def other_client(app: FastAPI, repo: JobRepository) -> TestClient:
+    """Another owner's client ("bob")."""
+    return client_for(app, repo, "bob")
+
+
+@pytest.fixture
+def admin_client(app: FastAPI, repo: JobRepository) -> TestClient:
+    return client_for(app, repo, "ops", admin=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,23 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.batch_lines import ChatBody, Request
 from app.config import Settings
+from app.output_lines import Choice, Generation, TokenLogprob
 
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 512 << 20  # without a GPU: plenty for the demo model, small beside RAM
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
 
 
 class Engine(Protocol):
@@ -81,21 +73,51 @@ class VllmEngine:
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
 
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompts],
-            [SamplingParams(**kw) for kw in sampling],
-            use_tqdm=False,
-        )
+        params = []
+        for kwargs in sampling:
+            structured = kwargs.get("structured_outputs")
+            if structured is not None:
+                kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
+            params.append(SamplingParams(**kwargs))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
         return [
             Generation(
-                text=out.outputs[0].text,
                 prompt_tokens=len(out.prompt_token_ids or []),
-                completion_tokens=len(out.outputs[0].token_ids),
-                finish_reason=out.outputs[0].finish_reason or "stop",
+                choices=[
+                    Choice(
+                        text=choice.text,
+                        completion_tokens=len(choice.token_ids),
+                        finish_reason=choice.finish_reason or "stop",
+                        logprobs=self._logprobs(choice, kw.get("logprobs")),
+                    )
+                    for choice in out.outputs
+                ],
             )
-            for out in outputs
+            for out, kw in zip(outputs, sampling, strict=True)
         ]
+
+    def _logprobs(self, choice: Any, top_n: int | None) -> list[TokenLogprob] | None:
+        if top_n is None or choice.logprobs is None:
+            return None
+        tokens = []
+        for token_id, candidates in zip(choice.token_ids, choice.logprobs, strict=False):
+            chosen = candidates[token_id]
+            ranked = sorted(
+                (c for c in candidates.values() if c.rank is not None and c.rank <= top_n), key=lambda c: c.rank
+            )
+            tokens.append(
+                TokenLogprob(
+                    token=self._token_text(token_id, chosen.decoded_token),
+                    logprob=float(chosen.logprob),
+                    top=[(c.decoded_token or "", float(c.logprob)) for c in ranked],
+                )
+            )
+        return tokens
+
+    def _token_text(self, token_id: int, decoded: str | None) -> str:
+        return decoded if decoded is not None else str(self.tokenizer.decode([token_id]))
 
     def shutdown(self) -> None:
         """Stops the engine's processes; without this, interpreter exit waits on them."""

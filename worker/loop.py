@@ -8,11 +8,11 @@ import socket
 import threading
 import uuid
 
+from app.finalize import finalize_batch
 from app.models import Worker
 from app.repository import ClaimedShard, JobRepository
 from app.storage import ObjectStore
 from worker.engine import Engine
-from worker.finalize import finalize_batch
 from worker.shard_runner import ShardRunner, ShutdownRequested
 
 log = logging.getLogger(__name__)

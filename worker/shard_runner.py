@@ -18,20 +18,21 @@ from typing import Any
 
 from app.batch_lines import LineError, Request, parse_line
 from app.models import BatchStatus
+from app.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.repository import BatchResult, ClaimedShard, JobRepository
 from app.storage import ObjectStore, iter_lines
-from worker.engine import Engine, Generation
-from worker.responses import request_error_line, success_line
+from worker.engine import Engine
 from worker.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
 
 log = logging.getLogger(__name__)
 
-STOPPING_STATUSES = {BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.EXPIRED, BatchStatus.FAILED}
-
-
-def part_key(batch_id: str, shard_index: int, seq: int, kind: str) -> str:
-    """Where one static batch's results live; `kind` is `out` or `err`."""
-    return f"batches/{batch_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
+STOPPING_STATUSES = {
+    BatchStatus.CANCELLING,
+    BatchStatus.CANCELLED,
+    BatchStatus.EXPIRING,
+    BatchStatus.EXPIRED,
+    BatchStatus.FAILED,
+}
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ShardRunner:
                         code="context_length_exceeded",
                     )
             except LineError as err:  # the file changed since upload; still answer per line
-                batch.errors[index] = request_error_line(_custom_id(raw), err.message, err.param, "invalid_request")
+                batch.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
             except UnsupportedRequest as err:
                 batch.errors[index] = request_error_line(request.custom_id, err.message, err.param, err.code)
@@ -102,11 +103,14 @@ class ShardRunner:
             batch.sampling.append(kwargs)
         return batch
 
-    def _write(self, shard: ClaimedShard, batch: PreparedBatch, generations: list[Generation], seconds: float):
+    def _write(
+        self, shard: ClaimedShard, batch: PreparedBatch, generations: list[Generation], seconds: float
+    ) -> BatchStatus:
         """Stores the batch's results, then records its progress in one transaction."""
-        done = dict(zip((r.index for r in batch.runnable), generations, strict=True))
-        by_index = {r.index: r for r in batch.runnable}
-        out = [success_line(by_index[i], g, self.engine.model_name) for i, g in sorted(done.items())]
+        out = [
+            success_line(request, generation, self.engine.model_name)
+            for request, generation in zip(batch.runnable, generations, strict=True)
+        ]
         err = [line for _, line in sorted(batch.errors.items())]
         if out:
             self.store.put_bytes(part_key(shard.batch_id, shard.shard_index, batch.seq, "out"), b"".join(out))
@@ -163,13 +167,3 @@ class ShardRunner:
 
 class ShutdownRequested(Exception):
     """The worker is stopping; the shard is released for another worker to resume."""
-
-
-def _custom_id(raw: bytes) -> str:
-    import json
-
-    try:
-        value = json.loads(raw).get("custom_id")
-    except (ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""

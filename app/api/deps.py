@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth import Principal, authenticate
 from app.config import Settings
+from app.errors import Forbidden
 from app.repository import JobRepository
 from app.storage import ObjectStore
 
@@ -29,3 +32,24 @@ def get_store(request: Request) -> ObjectStore:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RepoDep = Annotated[JobRepository, Depends(get_repo)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+bearer = HTTPBearer(auto_error=False, description="an API key made with `llm-batch keys create`")
+
+
+def current_principal(
+    repo: RepoDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    return authenticate(repo, credentials.credentials if credentials else None)
+
+
+CallerDep = Annotated[Principal, Depends(current_principal)]
+
+
+def require_admin(caller: CallerDep) -> Principal:
+    if not caller.is_admin:
+        raise Forbidden("This needs an admin key.")
+    return caller
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.auth import create_key
+from app.db import Database
+from app.repository import JobRepository
 from tests.conftest import DEMO_MODEL, ROOT, free_port
 
 STARTUP_SECONDS = 240
@@ -66,8 +69,16 @@ class Service:
             time.sleep(0.5)
         raise TimeoutError(f"{path} not ready after {timeout}s; see {LOGS}")
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def api_key(self, owner: str = "e2e", admin: bool = False) -> str:
+        db = Database(self.env["DATABASE_URL"])
+        try:
+            return create_key(JobRepository(db), owner, admin=admin)[1]
+        finally:
+            db.dispose()
+
+    def client(self, owner: str = "e2e") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key(owner)}"}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
     def stop(self) -> None:
         for process in self.processes:

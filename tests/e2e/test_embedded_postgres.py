@@ -6,10 +6,13 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from app.auth import create_key
 from app.config import Settings
+from app.db import Database
 from app.embedded_db import start_embedded_postgres
 from app.main import create_app
 from app.migrate import upgrade
+from app.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -18,7 +21,10 @@ def test_the_embedded_default_database_serves_the_api(tmp_path: Path) -> None:
     try:
         upgrade(url)
         settings = Settings(database_url=url, storage_url=f"file://{tmp_path / 'storage'}")
-        with TestClient(create_app(settings)) as client:
+        db = Database(url)
+        _, secret = create_key(JobRepository(db), "someone")
+        db.dispose()
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {secret}"}) as client:
             assert client.get("/healthz").json() == {"status": "ok"}
             batch = create_batch(client, upload(client, jsonl([completion_line("a", "hi")]))["id"])
             assert client.get(f"/v1/batches/{batch['id']}").json()["queue_status"] == "queued"

@@ -6,44 +6,43 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import RepoDep, SettingsDep
+from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
 from app.batch_service import create_batch
-from app.schemas import BatchCreate, BatchObject
+from app.finalize import finalize_batch
+from app.schemas import BatchCreate, BatchList, BatchObject
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 @router.post("", response_model=BatchObject)
-def create(body: BatchCreate, repo: RepoDep, settings: SettingsDep) -> BatchObject:
+def create(body: BatchCreate, caller: CallerDep, repo: RepoDep, settings: SettingsDep) -> BatchObject:
     """Create a batch from an uploaded file; a file that breaks the format gives a failed batch."""
-    return BatchObject.of(create_batch(repo, settings, body))
+    return BatchObject.of(create_batch(repo, settings, body, caller))
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
-def get(batch_id: str, repo: RepoDep) -> BatchObject:
+def get(batch_id: str, caller: CallerDep, repo: RepoDep) -> BatchObject:
     """A batch's status, counts and throughput."""
-    return BatchObject.of(repo.get_batch(batch_id))
+    return BatchObject.of(repo.get_batch(batch_id, caller.scope))
 
 
-@router.get("")
+@router.get("", response_model=BatchList)
 def list_batches(
+    caller: CallerDep,
     repo: RepoDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, object]:
-    """Batches, newest first, paged with `after`."""
-    page = repo.list_batches(limit + 1, after)
-    data = [BatchObject.of(b) for b in page[:limit]]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0].id if data else None,
-        "last_id": data[-1].id if data else None,
-        "has_more": len(page) > limit,
-    }
+) -> BatchList:
+    """Your batches, newest first, paged with `after`."""
+    page = repo.list_batches(caller.scope, limit + 1, after)
+    return BatchList.of([BatchObject.of(b) for b in page[:limit]], has_more=len(page) > limit)
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
-def cancel(batch_id: str, repo: RepoDep) -> BatchObject:
+def cancel(batch_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> BatchObject:
     """Cancel: the batch stops at its next static-batch boundary and keeps what it did."""
-    return BatchObject.of(repo.request_cancel(batch_id))
+    batch, finalize_now = repo.request_cancel(batch_id, caller.scope)
+    if finalize_now:  # nothing runs, so nobody else will join its files
+        finalize_batch(repo, store, batch_id)
+        batch = repo.get_batch(batch_id)
+    return BatchObject.of(batch)

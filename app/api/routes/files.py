@@ -1,45 +1,68 @@
-"""Files: upload, metadata, content."""
+"""Files: upload, list, metadata, content, delete."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import RepoDep, SettingsDep, StoreDep
-from app.schemas import FileObject
-from app.uploads import store_upload
+from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
+from app.schemas import FileDeleted, FileList, FileObject
+from app.uploads import UploadLimits, store_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
 @router.post("", response_model=FileObject)
 async def upload_file(
+    caller: CallerDep,
     repo: RepoDep,
     store: StoreDep,
     settings: SettingsDep,
     file: UploadFile,
-    purpose: Annotated[Literal["batch", "batch_output"], Form()] = "batch",
+    purpose: Annotated[Literal["batch"], Form()] = "batch",
 ) -> FileObject:
     """Upload a JSONL file; batch input is checked line by line as it streams to storage."""
+    limits = UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors)
     record = await run_in_threadpool(
-        store_upload, repo, store, file.file, file.filename or "upload.jsonl", purpose, settings.max_reported_errors
+        lambda: store_upload(
+            repo,
+            store,
+            file.file,
+            owner=caller.owner,
+            filename=file.filename or "upload.jsonl",
+            purpose=purpose,
+            limits=limits,
+        )
     )
     return FileObject.of(record)
 
 
+@router.get("", response_model=FileList)
+def list_files(
+    caller: CallerDep,
+    repo: RepoDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> FileList:
+    """Your files, newest first, paged with `after`."""
+    page = repo.list_files(caller.scope, purpose, limit + 1, after)
+    return FileList.of([FileObject.of(f) for f in page[:limit]], has_more=len(page) > limit)
+
+
 @router.get("/{file_id}", response_model=FileObject)
-def get_file(file_id: str, repo: RepoDep) -> FileObject:
+def get_file(file_id: str, caller: CallerDep, repo: RepoDep) -> FileObject:
     """A file's metadata."""
-    return FileObject.of(repo.get_file(file_id))
+    return FileObject.of(repo.get_file(file_id, caller.scope))
 
 
 @router.get("/{file_id}/content")
-def get_file_content(file_id: str, repo: RepoDep, store: StoreDep) -> StreamingResponse:
+def get_file_content(file_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> StreamingResponse:
     """The file's bytes, streamed."""
-    record = repo.get_file(file_id)
+    record = repo.get_file(file_id, caller.scope)
     return StreamingResponse(
         store.read_chunks(record.storage_key),
         media_type="application/jsonl",
@@ -48,3 +71,11 @@ def get_file_content(file_id: str, repo: RepoDep, store: StoreDep) -> StreamingR
             "Content-Disposition": f'attachment; filename="{record.filename}"',
         },
     )
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> FileDeleted:
+    """Delete a file (refused while a running batch reads it)."""
+    record = repo.delete_file(file_id, caller.scope)
+    store.delete(record.storage_key)
+    return FileDeleted(id=record.id)

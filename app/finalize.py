@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from app.models import FileRecord
+from app.models import BatchStatus, FileRecord
+from app.output_lines import batch_error_line, custom_id_of, part_key
 from app.repository import JobRepository, new_id
 from app.storage import ChunkReader, ObjectStore, iter_lines
 from app.uploads import CheckingReader
-from worker.responses import batch_error_line
-from worker.shard_runner import _custom_id, part_key
 
-CANCELLED_MESSAGE = "The batch was cancelled before this request ran."
+# Why a line never ran, by the status the batch ended in.
+UNRUN_REASONS = {
+    BatchStatus.CANCELLING: ("batch_cancelled", "The batch was cancelled before this request ran."),
+    BatchStatus.EXPIRING: ("batch_expired", "This request could not be executed before the completion window expired."),
+}
 
 
 def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> None:
@@ -31,15 +34,16 @@ def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> No
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         cursor = _LineCursor(store, input_file.storage_key)
+        code, message = UNRUN_REASONS.get(BatchStatus(batch.status), ("batch_cancelled", "Not run."))
         for shard in shards:
             yield from parts("err", shard.index)
             for raw in cursor.lines(shard.next_line, shard.end_line):
-                yield batch_error_line(_custom_id(raw), CANCELLED_MESSAGE, "batch_cancelled")
+                yield batch_error_line(custom_id_of(raw), message, code)
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
-    output = _write_file(store, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
+    output = _write_file(store, batch.owner, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
     failed = batch.request_failed + unrun
-    errors = _write_file(store, f"{batch_id}_error.jsonl", error_parts(), failed) if failed else None
+    errors = _write_file(store, batch.owner, f"{batch_id}_error.jsonl", error_parts(), failed) if failed else None
     store.put_bytes(f"batches/{batch_id}/stats.json", json.dumps(_stats(batch, runs), indent=2).encode())
     repo.complete_batch(batch_id, output, errors, unrun)
 
@@ -64,13 +68,14 @@ class _LineCursor:
                 return
 
 
-def _write_file(store: ObjectStore, filename: str, chunks: Iterator[bytes], lines: int) -> FileRecord:
+def _write_file(store: ObjectStore, owner: str, filename: str, chunks: Iterator[bytes], lines: int) -> FileRecord:
     file_id = new_id("file-")
     key = f"files/{file_id}"
     reader = CheckingReader(ChunkReader(chunks), None)  # type: ignore[arg-type]
     store.put_stream(key, reader)  # type: ignore[arg-type]
     return FileRecord(
         id=file_id,
+        owner=owner,
         filename=filename,
         purpose="batch_output",
         bytes=reader.bytes,

@@ -1,0 +1,230 @@
+"""`llm-batch`: submit, watch, list, cancel and download batches; manage API keys.
+
+Everything but `keys` talks HTTP to the API like any client. `keys` is a server-side
+command: it writes to the database at DATABASE_URL directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+POLL_SECONDS = 1.0
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=300)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise ApiError(f"{response.status_code}: {message}")
+        result: dict[str, Any] = response.json()
+        return result
+
+    def download(self, file_id: str, target: Path) -> int:
+        with self.http.stream("GET", f"/v1/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(f"{response.status_code}: {response.text}")
+            size = 0
+            with open(target, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    size += len(chunk)
+        return size
+
+
+def _guess_endpoint(path: Path) -> str:
+    with open(path, "rb") as handle:
+        first = json.loads(handle.readline() or b"{}")
+    if isinstance(first, dict) and first.get("url"):
+        return str(first["url"])
+    return "/v1/chat/completions" if isinstance(first, dict) and "messages" in first else "/v1/completions"
+
+
+def _summary(batch: dict[str, Any]) -> str:
+    counts = batch["request_counts"]
+    tps = batch.get("throughput", {}).get("generation_tokens_per_second")
+    return (
+        f"{batch['id']}  {batch.get('queue_status', batch['status']):<11} "
+        f"{counts['completed']}/{counts['total']} done, {counts['failed']} failed"
+        + (f", {tps:.0f} tokens/s" if tps else "")
+    )
+
+
+def watch(client: Client, batch_id: str) -> dict[str, Any]:
+    """Polls until the batch ends, with a progress bar of lines and tokens/s."""
+    from tqdm import tqdm
+
+    batch = client.call("GET", f"/v1/batches/{batch_id}")
+    with tqdm(total=batch["request_counts"]["total"], unit="line", desc=batch_id[:18]) as bar:
+        while True:
+            counts = batch["request_counts"]
+            bar.update(counts["completed"] + counts["failed"] - bar.n)
+            tps = batch.get("throughput", {}).get("generation_tokens_per_second")
+            bar.set_postfix(status=batch.get("queue_status", batch["status"]), tokens_per_s=f"{tps or 0:.0f}")
+            if batch["status"] in TERMINAL:
+                return batch
+            time.sleep(POLL_SECONDS)
+            batch = client.call("GET", f"/v1/batches/{batch_id}")
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    endpoint = args.endpoint or _guess_endpoint(path)
+    with open(path, "rb") as handle:
+        file = client.call("POST", "/v1/files", files={"file": (path.name, handle)}, data={"purpose": "batch"})
+    body: dict[str, Any] = {"input_file_id": file["id"], "endpoint": endpoint, "completion_window": "24h"}
+    for name in ("batch_size", "max_tokens", "model", "priority"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.metadata:
+        body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
+    batch = client.call("POST", "/v1/batches", json=body)
+    print(batch["id"])
+    if batch["status"] == "failed":
+        for error in batch["errors"]["data"]:
+            print(f"  line {error.get('line')}: {error['message']}", file=sys.stderr)
+        return 1
+    if args.wait:
+        batch = watch(client, batch["id"])
+        print(_summary(batch))
+        return 0 if batch["status"] == "completed" else 1
+    return 0
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    batch = client.call("GET", f"/v1/batches/{args.batch_id}")
+    print(json.dumps(batch, indent=2) if args.json else _summary(batch))
+    return 0
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    page = client.call("GET", "/v1/batches", params={"limit": args.limit})
+    for batch in page["data"]:
+        print(_summary(batch))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    print(_summary(client.call("POST", f"/v1/batches/{args.batch_id}/cancel")))
+    return 0
+
+
+def cmd_download(client: Client, args: argparse.Namespace) -> int:
+    batch = client.call("GET", f"/v1/batches/{args.batch_id}")
+    if not batch["output_file_id"]:
+        raise ApiError(f"{args.batch_id} has no output yet (status {batch['status']})")
+    size = client.download(batch["output_file_id"], Path(args.output))
+    print(f"{args.output}: {size} bytes")
+    if args.errors and batch["error_file_id"]:
+        size = client.download(batch["error_file_id"], Path(args.errors))
+        print(f"{args.errors}: {size} bytes")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.auth import create_key
+    from app.config import get_settings
+    from app.db import Database
+    from app.repository import JobRepository
+
+    url = get_settings().database_url
+    if not url:
+        raise ApiError("keys needs DATABASE_URL (the service's database)")
+    db = Database(url)
+    try:
+        repo = JobRepository(db)
+        if args.keys_command == "create":
+            key, secret = create_key(repo, args.owner, admin=args.admin, name=args.name)
+            print(secret)
+            print(f"id {key.id}, owner {key.owner}{', admin' if key.is_admin else ''}", file=sys.stderr)
+        else:
+            if not repo.revoke_key(args.key):
+                raise ApiError(f"no active key {args.key}")
+            print(f"revoked {args.key}")
+    finally:
+        db.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("LLM_BATCH_URL", DEFAULT_URL), help="API base URL")
+    parser.add_argument("--api-key", default=os.environ.get("LLM_BATCH_API_KEY"), help="or LLM_BATCH_API_KEY")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="upload a JSONL file and create a batch")
+    submit.add_argument("file")
+    submit.add_argument("--endpoint", help="default: from the first line")
+    submit.add_argument("--batch-size", type=int, dest="batch_size")
+    submit.add_argument("--max-tokens", type=int, dest="max_tokens", help="default for lines without one")
+    submit.add_argument("--model")
+    submit.add_argument("--priority", type=int)
+    submit.add_argument("--metadata", nargs="*", metavar="KEY=VALUE")
+    submit.add_argument("--wait", action="store_true", help="show progress until the batch ends")
+    submit.set_defaults(run=cmd_submit)
+
+    status = sub.add_parser("status", help="one batch")
+    status.add_argument("batch_id")
+    status.add_argument("--json", action="store_true", help="the whole batch object")
+    status.set_defaults(run=cmd_status)
+
+    listing = sub.add_parser("list", help="your batches, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(run=cmd_list)
+
+    cancel = sub.add_parser("cancel", help="stop a batch at its next batch boundary")
+    cancel.add_argument("batch_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    download = sub.add_parser("download", help="save a batch's output (and error) file")
+    download.add_argument("batch_id")
+    download.add_argument("-o", "--output", required=True)
+    download.add_argument("--errors", help="also save the error file here")
+    download.set_defaults(run=cmd_download)
+
+    keys = sub.add_parser("keys", help="create or revoke API keys (server side: uses DATABASE_URL)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it once")
+    create.add_argument("--owner", required=True)
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--name", default="")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "keys":
+            return cmd_keys(args)
+        return int(args.run(Client(args.url, args.api_key), args))
+    except (ApiError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The output and error lines, in OpenAI's batch output shape."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.batch_lines import CHAT_COMPLETIONS, Request
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]  # the most likely tokens at this position, best first
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the engine made of one request: `n` choices."""
+
+    prompt_tokens: int
+    choices: list[Choice]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)
+
+
+def _chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(*top) for top in t.top]} for t in tokens]}
+
+
+def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    offsets, position = [], 0
+    for t in tokens:
+        offsets.append(position)
+        position += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def _line(custom_id: str, status_code: int, body: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
+    request_id = uuid.uuid4().hex
+    response = {"status_code": status_code, "request_id": request_id, "body": body} if body is not None else None
+    record = {"id": f"batch_req_{request_id[:24]}", "custom_id": custom_id, "response": response, "error": error}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def success_line(request: Request, generation: Generation, model: str) -> bytes:
+    usage = {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+    }
+    created = int(time.time())
+    chat = request.endpoint == CHAT_COMPLETIONS
+    choices = []
+    for index, choice in enumerate(generation.choices):
+        logprobs = None
+        if choice.logprobs is not None:
+            logprobs = (_chat_logprobs if chat else _completion_logprobs)(choice.logprobs)
+        if chat:
+            message = {"role": "assistant", "content": choice.text}
+            choices.append(
+                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+            )
+        else:
+            choices.append(
+                {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+            )
+    body = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
+    return _line(request.custom_id, 200, body, None)
+
+
+def request_error_line(custom_id: str, message: str, param: str | None, code: str) -> bytes:
+    """A request the model could not serve: HTTP 400 inside the response, as OpenAI does."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return _line(custom_id, 400, {"error": error}, None)
+
+
+def batch_error_line(custom_id: str, message: str, code: str) -> bytes:
+    """A line the batch never ran (cancelled, expired): `response` is null."""
+    return _line(custom_id, 0, None, {"code": code, "message": message})
+
+
+def part_key(batch_id: str, shard_index: int, seq: int, kind: str) -> str:
+    """Where one static batch's results live; `kind` is `out` or `err`."""
+    return f"batches/{batch_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
+
+
+def custom_id_of(raw: bytes) -> str:
+    """The custom_id of a raw input line, or "" when it has none."""
+    try:
+        value = json.loads(raw).get("custom_id")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
