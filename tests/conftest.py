@@ -29,12 +29,12 @@ ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1
 DEMO_MODEL = ROOT / DEFAULT_OUTPUT
 
 
-def _url_for(database: str) -> str:
+def url_for(database: str) -> str:
     base, _, _ = ADMIN_URL.rpartition("/")
     return f"{base}/{database}"
 
 
-def _admin(sql: str) -> None:
+def admin_sql(sql: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(sql)
 
@@ -49,18 +49,18 @@ def free_port() -> int:
 def template_database() -> Iterator[str]:
     """A database migrated once per run; each test gets a copy of it."""
     name = f"llmbatch_tmpl_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    upgrade(_url_for(name))
+    admin_sql(f'CREATE DATABASE "{name}"')
+    upgrade(url_for(name))
     yield name
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def database_url(template_database: str) -> Iterator[str]:
     name = f"llmbatch_t_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield _url_for(name)
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield url_for(name)
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from app.auth import create_key
 from app.db import Database
 from app.repository import JobRepository
-from tests.conftest import DEMO_MODEL, ROOT, free_port
+from tests.conftest import DEMO_MODEL, ROOT, admin_sql, free_port, url_for
 
 STARTUP_SECONDS = 240
 LOGS = ROOT / "test-artifacts" / "logs"
@@ -92,12 +93,11 @@ class Service:
                 process.wait()
 
 
-@pytest.fixture
-def service_env(database_url: str, tmp_path: Path, demo_model: Path) -> dict[str, str]:
+def _env(database_url: str, storage: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     env.update(
         DATABASE_URL=database_url,
-        STORAGE_URL=f"file://{tmp_path / 'storage'}",
+        STORAGE_URL=f"file://{storage}",
         MODEL=str(DEMO_MODEL),
         MAX_MODEL_LEN="256",
         PORT=str(free_port()),
@@ -108,9 +108,32 @@ def service_env(database_url: str, tmp_path: Path, demo_model: Path) -> dict[str
 
 
 @pytest.fixture
+def service_env(database_url: str, tmp_path: Path, demo_model: Path) -> dict[str, str]:
+    return _env(database_url, tmp_path / "storage")
+
+
+@pytest.fixture
 def service(service_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Service]:
     svc = Service(service_env, request.node.name)
     try:
         yield svc
     finally:
         svc.stop()
+
+
+@pytest.fixture(scope="module")
+def running_service(
+    template_database: str, tmp_path_factory: pytest.TempPathFactory, demo_model: Path, request: pytest.FixtureRequest
+) -> Iterator[Service]:
+    """One API and one worker shared by a module's tests (the engine loads once)."""
+    name = f"llmbatch_m_{uuid.uuid4().hex[:12]}"
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    svc = Service(_env(url_for(name), tmp_path_factory.mktemp("storage")), request.module.__name__.split(".")[-1])
+    try:
+        svc.start_api()
+        svc.start_worker()
+        svc.wait_for("/readyz")
+        yield svc
+    finally:
+        svc.stop()
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

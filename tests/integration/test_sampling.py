@@ -1,0 +1,88 @@
+"""OpenAI request fields reach vLLM's SamplingParams and come back in OpenAI's shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.storage import ObjectStore
+from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
+from tests.integration.test_job_path import run_worker_until_idle
+from worker.engine import VllmEngine
+
+pytestmark = pytest.mark.engine
+
+
+def run(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, rows: list, endpoint: str
+) -> dict:  # type: ignore[type-arg]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], endpoint=endpoint)
+    run_worker_until_idle(engine, settings, store)
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed"
+    out = {line["custom_id"]: line for line in download(client, done["output_file_id"])}
+    if done["error_file_id"]:
+        out.update({line["custom_id"]: line for line in download(client, done["error_file_id"])})
+    return out
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_completion_fields(client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine) -> None:
+    rows = [
+        completion_line("n3", "hello", max_tokens=4, n=3, temperature=1.0, seed=7),
+        completion_line("seeded-a", "same", max_tokens=8, temperature=1.0, seed=42),
+        completion_line("seeded-b", "same", max_tokens=8, temperature=1.0, seed=42),
+        completion_line("penalties", "x", max_tokens=4, presence_penalty=1.5, frequency_penalty=-0.5),
+        completion_line("logprobs", "y", max_tokens=3, logprobs=2),
+        completion_line("stop", "z", max_tokens=20, stop=["e"]),
+        completion_line("bias", "z", max_tokens=2, logit_bias={"1": 5}),
+    ]
+    out = run(client, settings, store, engine, rows, "/v1/completions")
+
+    n3 = out["n3"]["response"]["body"]
+    assert [c["index"] for c in n3["choices"]] == [0, 1, 2]
+    assert 3 <= n3["usage"]["completion_tokens"] <= 3 * 4
+    text = lambda cid: out[cid]["response"]["body"]["choices"][0]["text"]  # noqa: E731
+    assert text("seeded-a") == text("seeded-b")
+    lp = out["logprobs"]["response"]["body"]["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 3
+    assert all(len(top) <= 2 for top in lp["top_logprobs"]) and all(p <= 0 for p in lp["token_logprobs"])
+    assert "e" not in text("stop")
+    refused = out["bias"]["response"]
+    assert refused["status_code"] == 400 and "logit_bias" in refused["body"]["error"]["message"]
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_chat_fields(client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    rows = [
+        chat_line("logprobs", "q", max_completion_tokens=3, logprobs=True, top_logprobs=2),
+        chat_line(
+            "json",
+            "q",
+            max_tokens=40,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        ),
+        chat_line("tools", "q", max_tokens=2, tools=[{"type": "function", "function": {"name": "f"}}]),
+    ]
+    out = run(client, settings, store, engine, rows, "/v1/chat/completions")
+
+    choice = out["logprobs"]["response"]["body"]["choices"][0]
+    assert out["logprobs"]["response"]["body"]["usage"]["completion_tokens"] <= 3
+    content = choice["logprobs"]["content"]
+    assert len(content) == out["logprobs"]["response"]["body"]["usage"]["completion_tokens"]
+    assert all(len(c["top_logprobs"]) <= 2 and c["bytes"] == list(c["token"].encode()) for c in content)
+    made = out["json"]["response"]["body"]["choices"][0]
+    if made["finish_reason"] == "stop":  # a random model may run out of tokens first
+        assert isinstance(json.loads(made["message"]["content"])["a"], int)
+    else:
+        assert made["message"]["content"].lstrip().startswith("{")
+    assert out["tools"]["response"]["status_code"] == 400
