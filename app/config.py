@@ -42,7 +42,12 @@ class Settings(BaseSettings):
     shard_size: int = Field(default=100_000, ge=1, description="lines per shard claimed by one worker")
     lease_seconds: float = Field(default=60.0, gt=0, description="a claimed shard is re-claimable after this")
     heartbeat_seconds: float = Field(default=10.0, gt=0)
-    poll_seconds: float = Field(default=1.0, gt=0, description="how often an idle worker looks for work")
+    poll_seconds: float = Field(
+        default=5.0, gt=0, description="idle workers look for work this often (NOTIFY wakes them sooner)"
+    )
+    max_batch_attempts: int = Field(
+        default=3, ge=1, description="a static batch that kills its worker this often goes to the error file"
+    )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 
     # API.

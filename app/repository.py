@@ -45,6 +45,7 @@ class ClaimedShard:
     next_line: int
     end_line: int
     batches_done: int
+    attempts: int  # claims since the shard last made progress
     input_key: str
     endpoint: str
     batch_size: int
@@ -65,6 +66,8 @@ class BatchResult:
     completion_tokens: int
     generate_seconds: float
 
+
+WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
 
 # The claim, in one round trip.
 CLAIM_SHARD_SQL = text(
@@ -102,8 +105,8 @@ CLAIM_SHARD_SQL = text(
         RETURNING b.id
     )
     SELECT claimed.id AS shard_id, claimed.batch_id, claimed.index AS shard_index, claimed.next_line,
-           claimed.end_line, claimed.batches_done, f.storage_key AS input_key, b.endpoint, b.batch_size,
-           b.sampling_defaults, b.model
+           claimed.end_line, claimed.batches_done, claimed.attempts, f.storage_key AS input_key, b.endpoint,
+           b.batch_size, b.sampling_defaults, b.model
     FROM claimed
     JOIN batches b ON b.id = claimed.batch_id
     JOIN files f ON f.id = b.input_file_id
@@ -176,6 +179,7 @@ class JobRepository:
                 for index, start in enumerate(range(0, batch.request_total, shard_size)):
                     end = min(start + shard_size, batch.request_total)
                     session.add(Shard(batch_id=batch.id, index=index, start_line=start, end_line=end, next_line=start))
+                session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # wakes idle workers at commit
         return batch
 
     def get_batch(self, batch_id: str, scope: str | None = None) -> Batch:
@@ -275,11 +279,14 @@ class JobRepository:
                 .values(
                     next_line=result.next_line,
                     batches_done=seq + 1,
+                    attempts=1,  # progress: this claim works
                     lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
                 )
                 .returning(Shard.id)
             ).first()
             if moved is None:
+                if self._already_recorded(session, shard.shard_id, worker_id, result.next_line):
+                    return BatchStatus(session.get_one(Batch, shard.batch_id).status)  # a retried commit
                 raise LeaseLost(shard.shard_id)
             session.add(
                 BatchRun(
@@ -312,6 +319,13 @@ class JobRepository:
             ).scalar_one()
             return BatchStatus(status)
 
+    @staticmethod
+    def _already_recorded(session: Session, shard_id: int, worker_id: str, next_line: int) -> bool:
+        """True when this worker's earlier try of the same commit went through (the
+        connection dropped before the answer came back)."""
+        shard = session.get(Shard, shard_id)
+        return shard is not None and shard.worker_id == worker_id and shard.next_line == next_line
+
     def renew_lease(self, shard_id: int, worker_id: str, lease_seconds: float) -> bool:
         with self.db.session() as session:
             renewed = session.execute(
@@ -323,14 +337,22 @@ class JobRepository:
             session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=func.now()))
             return renewed is not None
 
-    def release_shard(self, shard_id: int, worker_id: str) -> None:
-        """Gives a shard back unfinished (worker shutting down); another worker resumes it."""
+    def release_shard(self, shard_id: int, worker_id: str, *, failed: bool = False) -> None:
+        """Gives a shard back unfinished; another worker resumes it. A graceful stop
+        forgets the attempt; a failure (`failed`) keeps it, so a batch that keeps
+        killing engines is eventually set aside."""
         with self.db.session() as session:
             session.execute(
                 update(Shard)
                 .where(Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
-                .values(status=ShardStatus.QUEUED, worker_id=None, lease_expires_at=None)
+                .values(
+                    status=ShardStatus.QUEUED,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    attempts=Shard.attempts if failed else Shard.attempts - 1,
+                )
             )
+            session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
             session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
 
     def finish_shard(self, shard: ClaimedShard, worker_id: str, stopped: bool) -> bool:

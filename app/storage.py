@@ -7,6 +7,7 @@ chunks, so no object passes whole through memory.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -199,3 +200,26 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     for chunk in chunks:
         yield from splitter.feed(chunk)
     yield from splitter.finish()
+
+
+def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
+    """The object's lines; a transient storage failure mid-read reopens the object and
+    carries on after the last line handed out."""
+    from app.retry import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
+
+    handed_out = 0
+    backoff = FIRST_BACKOFF_SECONDS
+    deadline = time.monotonic() + give_up_after_seconds
+    while True:
+        try:
+            for index, line in enumerate(iter_lines(store.read_chunks(key))):
+                if index >= handed_out:
+                    handed_out += 1
+                    backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds
+                    yield line
+            return
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + backoff > deadline:
+                raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

@@ -25,6 +25,7 @@ def main() -> None:
     from app.storage import open_store
     from worker.engine import VllmEngine
     from worker.loop import WorkerLoop
+    from worker.waker import Waker
 
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
@@ -40,6 +41,8 @@ def main() -> None:
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds,
+        max_batch_attempts=settings.max_batch_attempts,
+        waker=Waker(settings.database_url),
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -7,15 +7,20 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from app.finalize import finalize_batch
 from app.models import Worker
 from app.repository import ClaimedShard, JobRepository
+from app.retry import retry_transient
 from app.storage import ObjectStore
 from worker.engine import Engine
-from worker.shard_runner import ShardRunner, ShutdownRequested
+from worker.shard_runner import EngineFailed, ShardRunner, ShutdownRequested
+from worker.waker import Waker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def new_worker_id() -> str:
@@ -32,8 +37,11 @@ class WorkerLoop:
         lease_seconds: float,
         heartbeat_seconds: float,
         poll_seconds: float,
+        max_batch_attempts: int = 3,
+        waker: Waker | None = None,
         worker_id: str | None = None,
     ) -> None:
+        self.waker = waker
         self.engine = engine
         self.repo = repo
         self.store = store
@@ -43,7 +51,9 @@ class WorkerLoop:
         self.worker_id = worker_id or new_worker_id()
         self.stop_requested = threading.Event()
         self._current: ClaimedShard | None = None
-        self.runner = ShardRunner(engine, repo, store, self.worker_id, lease_seconds, self.stop_requested)
+        self.runner = ShardRunner(
+            engine, repo, store, self.worker_id, lease_seconds, self.stop_requested, max_batch_attempts
+        )
 
     def register(self) -> None:
         self.repo.register_worker(
@@ -84,12 +94,27 @@ class WorkerLoop:
             self.repo.release_shard(shard.shard_id, self.worker_id)
             log.info("released shard %s of %s for another worker", shard.shard_index, shard.batch_id)
             return True
+        except EngineFailed:
+            self.repo.release_shard(shard.shard_id, self.worker_id, failed=True)
+            raise
         finally:
             self._current = None
-        if self.repo.finish_shard(shard, self.worker_id, stopped=outcome.stopped):
-            finalize_batch(self.repo, self.store, shard.batch_id)
+        last = self._patiently(
+            lambda: self.repo.finish_shard(shard, self.worker_id, stopped=outcome.stopped), "finishing the shard"
+        )
+        if last:
+            self._patiently(lambda: finalize_batch(self.repo, self.store, shard.batch_id), "finalizing")
             log.info("finalized %s", shard.batch_id)
         return True
+
+    def _patiently(self, action: Callable[[], T], what: str) -> T:
+        return retry_transient(action, what=what, give_up_after_seconds=self.lease_seconds)
+
+    def _idle(self) -> None:
+        if self.waker is not None:
+            self.waker.wait(self.poll_seconds, self.stop_requested)
+        else:
+            self.stop_requested.wait(self.poll_seconds)
 
     def run_forever(self) -> None:
         self.register()
@@ -99,10 +124,18 @@ class WorkerLoop:
             while not self.stop_requested.is_set():
                 try:
                     worked = self.run_once()
+                except EngineFailed:
+                    raise  # the process ends; its supervisor starts a fresh engine
                 except Exception:
                     log.exception("shard failed; it will be retried when its lease runs out")
                     worked = False
                 if not worked:
-                    self.stop_requested.wait(self.poll_seconds)
+                    self._idle()
         finally:
-            self.repo.set_worker_status(self.worker_id, "stopped")
+            self.stop_requested.set()
+            if self.waker is not None:
+                self.waker.close()
+            try:
+                self.repo.set_worker_status(self.worker_id, "stopped")
+            except Exception:
+                log.warning("could not record this worker as stopped")

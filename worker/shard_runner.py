@@ -11,20 +11,23 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from app.batch_lines import LineError, Request, parse_line
 from app.models import BatchStatus
 from app.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.repository import BatchResult, ClaimedShard, JobRepository
-from app.storage import ObjectStore, iter_lines
+from app.retry import retry_transient
+from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
 from worker.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STOPPING_STATUSES = {
     BatchStatus.CANCELLING,
@@ -64,7 +67,9 @@ class ShardRunner:
         worker_id: str,
         lease_seconds: float,
         stop_requested: threading.Event,
+        max_batch_attempts: int = 3,
     ) -> None:
+        self.max_batch_attempts = max_batch_attempts
         self.engine = engine
         self.repo = repo
         self.store = store
@@ -73,7 +78,7 @@ class ShardRunner:
         self.stop_requested = stop_requested
 
     def _input_lines(self, shard: ClaimedShard) -> Iterator[tuple[int, bytes]]:
-        lines = iter_lines(self.store.read_chunks(shard.input_key))
+        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds)
         return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
 
     def _prepare(self, shard: ClaimedShard, seq: int, chunk: list[tuple[int, bytes]]) -> PreparedBatch:
@@ -103,6 +108,17 @@ class ShardRunner:
             batch.sampling.append(kwargs)
         return batch
 
+    def _set_aside(self, batch: PreparedBatch, attempts: int) -> PreparedBatch:
+        """A batch that killed the engine on every try: its lines become error lines."""
+        message = (
+            f"The engine failed {attempts - 1} times on the static batch holding this request "
+            "(lines {first}-{last}); the batch was set aside so the rest of the job could run."
+        ).format(first=batch.first_line + 1, last=batch.next_line)
+        for request in batch.runnable:
+            batch.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
+        batch.runnable, batch.prompts, batch.sampling = [], [], []
+        return batch
+
     def _write(
         self, shard: ClaimedShard, batch: PreparedBatch, generations: list[Generation], seconds: float
     ) -> BatchStatus:
@@ -112,10 +128,11 @@ class ShardRunner:
             for request, generation in zip(batch.runnable, generations, strict=True)
         ]
         err = [line for _, line in sorted(batch.errors.items())]
-        if out:
-            self.store.put_bytes(part_key(shard.batch_id, shard.shard_index, batch.seq, "out"), b"".join(out))
-        if err:
-            self.store.put_bytes(part_key(shard.batch_id, shard.shard_index, batch.seq, "err"), b"".join(err))
+        for kind, lines in (("out", out), ("err", err)):
+            if lines:
+                key = part_key(shard.batch_id, shard.shard_index, batch.seq, kind)
+                data = b"".join(lines)
+                self._patiently(partial(self.store.put_bytes, key, data), f"storing {key}")
         result = BatchResult(
             first_line=batch.first_line,
             next_line=batch.next_line,
@@ -126,7 +143,14 @@ class ShardRunner:
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
         )
-        return self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds)
+        return self._patiently(
+            lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),
+            f"recording batch {batch.seq} of shard {shard.shard_index}",
+        )
+
+    def _patiently(self, action: Callable[[], T], what: str) -> T:
+        """Rides out a storage or database outage shorter than the lease."""
+        return retry_transient(action, what=what, give_up_after_seconds=self.lease_seconds)
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
@@ -146,8 +170,13 @@ class ShardRunner:
             while pending_prep is not None:
                 batch = pending_prep.result()
                 pending_prep = prepare_next()  # tokenizes batch k+1 while k generates
+                if batches == 0 and shard.attempts > self.max_batch_attempts:
+                    batch = self._set_aside(batch, shard.attempts)
                 started = time.perf_counter()
-                generations = self.engine.generate(batch.prompts, batch.sampling) if batch.prompts else []
+                try:
+                    generations = self.engine.generate(batch.prompts, batch.sampling) if batch.prompts else []
+                except Exception as exc:
+                    raise EngineFailed(f"generate failed on lines {batch.first_line + 1}-{batch.next_line}") from exc
                 seconds = time.perf_counter() - started
                 previous, pending_write = pending_write, writer.submit(self._write, shard, batch, generations, seconds)
                 batches += 1
@@ -167,3 +196,7 @@ class ShardRunner:
 
 class ShutdownRequested(Exception):
     """The worker is stopping; the shard is released for another worker to resume."""
+
+
+class EngineFailed(RuntimeError):
+    """`generate` raised: the engine's state is unknown, so the worker process must end."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from app.config import Settings
 from app.db import Database
+from app.expiry import expire_overdue
 from app.repository import JobRepository
 from app.storage import ObjectStore
 from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
@@ -131,34 +133,39 @@ def test_each_static_batch_records_its_statistics(
     assert store.exists(f"batches/{batch['id']}/stats.json")
 
 
-def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
-    client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository
-):  # type: ignore[no-untyped-def]
-    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
-
-    # Cancel as soon as the second static batch has been recorded.
-    original = repo.record_batch
+def run_worker_with_hook_after_batch(
+    engine: VllmEngine, settings: Settings, store: ObjectStore, after_seq: int, hook: Callable[[], object]
+) -> None:
+    """Runs a worker until idle, calling `hook` right after static batch `after_seq` is recorded."""
     db = Database(settings.database_url or "")
     worker_repo = JobRepository(db)
-    recorded = threading.Event()
+    original = worker_repo.record_batch
 
-    def record_then_cancel(*args, **kwargs):  # type: ignore[no-untyped-def]
-        status = original.__func__(worker_repo, *args, **kwargs)  # type: ignore[attr-defined]
-        if args[1] == 1:
-            client.post(f"/v1/batches/{batch['id']}/cancel")
-            recorded.set()
+    def record_then_hook(shard, seq, *args, **kwargs):  # type: ignore[no-untyped-def]
+        status = original(shard, seq, *args, **kwargs)
+        if seq == after_seq:
+            hook()
         return status
 
-    worker_repo.record_batch = record_then_cancel  # type: ignore[method-assign]
+    worker_repo.record_batch = record_then_hook  # type: ignore[method-assign]
     loop = WorkerLoop(engine, worker_repo, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
     loop.register()
     while loop.run_once():
         pass
     db.dispose()
 
+
+def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
+
+    run_worker_with_hook_after_batch(
+        engine, settings, store, 1, lambda: client.post(f"/v1/batches/{batch['id']}/cancel")
+    )
+
     done = client.get(f"/v1/batches/{batch['id']}").json()
-    assert recorded.is_set()
     assert done["status"] == "cancelled" and done["cancelled_at"] is not None
     kept = download(client, done["output_file_id"])
     assert 4 <= len(kept) < 12
@@ -166,3 +173,29 @@ def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
     rest = download(client, done["error_file_id"])
     assert [line["custom_id"] for line in rest] == [f"r{i}" for i in range(len(kept), 12)]
     assert {line["error"]["code"] for line in rest} == {"batch_cancelled"}
+
+
+def test_a_running_batch_that_expires_stops_at_a_boundary_and_keeps_what_was_done(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, repo: JobRepository
+) -> None:
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
+
+    def overdue() -> None:
+        with repo.db.session() as session:
+            session.execute(
+                text("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}
+            )
+        assert expire_overdue(repo, store) == []  # a shard is running: its worker finalizes
+        assert client.get(f"/v1/batches/{batch['id']}").json()["status"] == "finalizing"
+
+    run_worker_with_hook_after_batch(engine, settings, store, 0, overdue)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "expired" and done["expired_at"] is not None
+    kept = download(client, done["output_file_id"])
+    rest = download(client, done["error_file_id"])
+    assert 2 <= len(kept) < 12 and len(kept) + len(rest) == 12
+    assert [line["custom_id"] for line in kept + rest] == [f"r{i}" for i in range(12)]
+    assert {line["error"]["code"] for line in rest} == {"batch_expired"}
+    assert done["request_counts"] == {"total": 12, "completed": len(kept), "failed": len(rest)}
