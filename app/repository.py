@@ -387,6 +387,14 @@ class JobRepository:
                 session.scalars(select(BatchRun).where(BatchRun.batch_id == batch_id).order_by(BatchRun.first_line))
             )
 
+    def worker_count(self, batch_id: str) -> int:
+        """How many workers ran static batches of this batch."""
+        with self.db.session() as session:
+            return int(
+                session.scalar(select(func.count(BatchRun.worker_id.distinct())).where(BatchRun.batch_id == batch_id))
+                or 0
+            )
+
     def shards(self, batch_id: str) -> list[Shard]:
         with self.db.session() as session:
             return list(session.scalars(select(Shard).where(Shard.batch_id == batch_id).order_by(Shard.index)))

@@ -151,7 +151,7 @@ class BatchObject(BaseModel):
     throughput: dict[str, Any]
 
     @classmethod
-    def of(cls, batch: Batch) -> BatchObject:
+    def of(cls, batch: Batch, workers: int | None = None) -> BatchObject:
         status = BatchStatus(batch.status)
         gen_tps = batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
         return cls(
@@ -191,6 +191,7 @@ class BatchObject(BaseModel):
                 "generate_seconds": round(batch.generate_seconds, 3),
                 "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
                 "tensor_parallel_size": batch.tensor_parallel_size,
+                "workers": workers,
             },
         )
 

@@ -33,7 +33,7 @@ class CheckingReader:
         self.bytes = 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
+        data = self._read_fully(size)
         self.bytes += len(data)
         self.sha256.update(data)
         if self._check is not None:
@@ -47,6 +47,20 @@ class CheckingReader:
                     f"The file has more than the limit of {self._limits.max_lines} lines.", code="too_many_lines"
                 )
         return data
+
+    def _read_fully(self, size: int) -> bytes:
+        """Reads `size` bytes unless the source ends first: boto3 takes a short read for
+        the end of the stream, which would store a truncated object."""
+        if size is None or size < 0:
+            return self._source.read()
+        parts, wanted = [], size
+        while wanted > 0:
+            part = self._source.read(wanted)
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
 
     def readable(self) -> bool:
         return True

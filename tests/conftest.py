@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,18 +71,44 @@ def repo(database_url: str) -> Iterator[JobRepository]:
     db.dispose()
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's standalone S3 server, spoken to over real HTTP."""
-    from moto.server import ThreadedMotoServer
+class MotoServer:
+    """moto's standalone S3 server on a fixed port; it keeps its data across a restart."""
 
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def start(self) -> None:
+        self._server.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("moto server did not start")
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = MotoServer()
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(moto_server: MotoServer) -> str:
+    """moto's standalone S3 server, spoken to over real HTTP."""
+    return moto_server.endpoint
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ def main() -> None:
     from app.storage import open_store
     from worker.engine import VllmEngine
     from worker.loop import WorkerLoop
+    from worker.orphan_guard import guard_process_group
     from worker.waker import Waker
 
     overrides = {k: v for k, v in vars(args).items() if v is not None}
@@ -33,6 +34,7 @@ def main() -> None:
         raise SystemExit("DATABASE_URL is not set")
     repo = JobRepository(Database(settings.database_url))
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+    guard_process_group()
     engine = VllmEngine(settings)
     loop = WorkerLoop(
         engine,

@@ -23,7 +23,8 @@ def create(body: BatchCreate, caller: CallerDep, repo: RepoDep, settings: Settin
 @router.get("/{batch_id}", response_model=BatchObject)
 def get(batch_id: str, caller: CallerDep, repo: RepoDep) -> BatchObject:
     """A batch's status, counts and throughput."""
-    return BatchObject.of(repo.get_batch(batch_id, caller.scope))
+    batch = repo.get_batch(batch_id, caller.scope)
+    return BatchObject.of(batch, workers=repo.worker_count(batch_id))
 
 
 @router.get("", response_model=BatchList)

