@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 DEMO_MODEL := var/models/demo-llama/demo-model.json
 PYTEST_ARGS ?=
 
-.PHONY: install model run test lint typecheck clean
+.PHONY: install model run test lint typecheck test-tools clean
 
 install: $(STAMP)
 
@@ -40,7 +40,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install model lint typecheck
+# Outside Python: a compose CLI to validate docker/compose.yaml (Debian's docker-compose
+# when the `docker compose` plugin is missing).
+test-tools:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
+
+test: install model test-tools lint typecheck
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     model: str = Field(default=str(DEMO_MODEL_PATH), description="model folder or Hugging Face id")
     served_model_name: str | None = Field(default=None, description="name jobs use; default: the model's last part")
     tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="stages across nodes (with the Ray executor)")
+    distributed_executor_backend: str | None = Field(
+        default=None, description="'ray' to span machines; unset: vLLM's choice (processes on one machine)"
+    )
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)

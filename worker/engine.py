@@ -45,10 +45,13 @@ class VllmEngine:
             "model": settings.model,
             "served_model_name": settings.model_name,
             "tensor_parallel_size": settings.tensor_parallel_size,
+            "pipeline_parallel_size": settings.pipeline_parallel_size,
             "dtype": settings.dtype,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
             "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not cuda,
         }
+        if settings.distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = settings.distributed_executor_backend
         if settings.max_model_len:
             kwargs["max_model_len"] = settings.max_model_len
         if not cuda:

@@ -1,0 +1,145 @@
+"""Scale-out: one job on one worker against the same job on two workers, each worker's
+engine pinned to its own core. Prints the figures and writes bench/results/scale_out.json.
+
+    python -m bench.scale_out [--lines 3000] [--max-tokens 32] [--batch-size 32] [--shard-size 250]
+
+Uses DATABASE_URL if set, else an embedded Postgres under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from app.auth import Principal
+from app.batch_service import create_batch
+from app.config import Settings
+from app.db import Database
+from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+from app.migrate import upgrade
+from app.repository import JobRepository
+from app.schemas import BatchCreate
+from app.storage import LocalStore
+from app.uploads import UploadLimits, store_upload
+
+RESULTS = Path(__file__).resolve().parent / "results"
+READY_TIMEOUT_SECONDS = 300
+
+
+def make_job(repo: JobRepository, store: LocalStore, settings: Settings, lines: int, max_tokens: int) -> str:
+    import io
+
+    rows = b"".join(
+        json.dumps({"custom_id": f"r{i}", "prompt": f"benchmark document {i}", "max_tokens": max_tokens}).encode()
+        + b"\n"
+        for i in range(lines)
+    )
+    owner = Principal(owner="bench", is_admin=True, key_id="bench")
+    file = store_upload(
+        repo,
+        store,
+        io.BytesIO(rows),
+        owner="bench",
+        filename="bench.jsonl",
+        purpose="batch",
+        limits=UploadLimits(10**10, 10**8, 10),
+    )
+    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint="/v1/completions"), owner)
+    return batch.id
+
+
+def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path) -> dict[str, float]:
+    settings = Settings(
+        database_url=database_url,
+        storage_url=f"file://{storage}",
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        model=str(DEFAULT_OUTPUT),
+    )
+    db = Database(database_url)
+    repo = JobRepository(db)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "STORAGE_URL": f"file://{storage}",
+        "SHARD_SIZE": str(args.shard_size),
+        "POLL_SECONDS": "0.2",
+        "MODEL": str(DEFAULT_OUTPUT),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            env={**env, "VLLM_CPU_OMP_THREADS_BIND": str(core)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for core in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while len(repo.ready_workers(60)) < workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not become ready")
+            time.sleep(0.5)
+        started = time.monotonic()
+        batch_id = make_job(repo, LocalStore(storage), settings, args.lines, args.max_tokens)
+        while repo.get_batch(batch_id).status != "completed":
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        batch = repo.get_batch(batch_id)
+        return {
+            "workers": workers,
+            "seconds": round(seconds, 2),
+            "completion_tokens": batch.completion_tokens,
+            "tokens_per_second": round(batch.completion_tokens / seconds, 1),
+            "workers_that_ran_batches": repo.worker_count(batch_id),
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+        db.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=3000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=250)
+    args = parser.parse_args()
+
+    ensure_demo_model(DEFAULT_OUTPUT)
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url = os.environ.get("DATABASE_URL")
+        server = None
+        if not database_url:
+            from app.embedded_db import start_embedded_postgres
+
+            database_url, server = start_embedded_postgres(Path(tmp))
+        upgrade(database_url)
+        one = run(1, args, database_url, Path(tmp) / "one")
+        two = run(2, args, database_url, Path(tmp) / "two")
+        if server is not None:
+            server.cleanup()
+    result = {
+        "one_worker": one,
+        "two_workers": two,
+        "ratio": round(two["seconds"] / one["seconds"], 3),
+        "settings": vars(args),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale_out.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"two workers took {result['ratio']:.2f} of one worker's time (goal: at most 0.60)")
+
+
+if __name__ == "__main__":
+    main()
