@@ -40,11 +40,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Outside Python: a compose CLI to validate docker/compose.yaml (Debian's docker-compose
-# when the `docker compose` plugin is missing).
+# Outside Python, from Debian's packages: Chromium for the dashboard's browser tests
+# (Playwright's own browser download does not work offline), and a compose CLI to
+# validate docker/compose.yaml (docker-compose when the `docker compose` plugin is missing).
+DEBIAN_TEST_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) \
+	$(if $(shell docker compose version >/dev/null 2>&1 && echo y; command -v docker-compose),,docker-compose)
+
 test-tools:
-	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
+	$(if $(strip $(DEBIAN_TEST_PACKAGES)),apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) >/dev/null,@true)
 
 test: install model test-tools lint typecheck
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 
     # API.
+    session_secret: str | None = Field(
+        default=None, description="signs admin sessions; unset: random per API process (set it when running several)"
+    )
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
     expiry_sweep_seconds: float = Field(default=30.0, gt=0, description="how often the API expires overdue batches")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from app.models import BatchStatus, FileRecord
 from app.output_lines import batch_error_line, custom_id_of, part_key
 from app.repository import JobRepository, new_id
+from app.stats import batch_series, job_stats
 from app.storage import ChunkReader, ObjectStore, iter_lines
 from app.uploads import CheckingReader
 
@@ -44,7 +45,10 @@ def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> No
     output = _write_file(store, batch.owner, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
     failed = batch.request_failed + unrun
     errors = _write_file(store, batch.owner, f"{batch_id}_error.jsonl", error_parts(), failed) if failed else None
-    store.put_bytes(f"batches/{batch_id}/stats.json", json.dumps(_stats(batch, runs), indent=2).encode())
+    store.put_bytes(
+        f"batches/{batch_id}/stats.json",
+        json.dumps({**job_stats(batch, runs), "batches": batch_series(runs)}, indent=2).encode(),
+    )
     repo.complete_batch(batch_id, output, errors, unrun)
 
 
@@ -84,33 +88,3 @@ def _write_file(store: ObjectStore, owner: str, filename: str, chunks: Iterator[
         storage_key=key,
         validation={},
     )
-
-
-def _stats(batch, runs) -> dict:  # type: ignore[no-untyped-def]
-    seconds = sum(r.generate_seconds for r in runs)
-    tokens = sum(r.completion_tokens for r in runs)
-    return {
-        "batch_id": batch.id,
-        "model": batch.model,
-        "batch_size": batch.batch_size,
-        "tensor_parallel_size": batch.tensor_parallel_size,
-        "prompts": sum(r.prompts for r in runs),
-        "prompt_tokens": sum(r.prompt_tokens for r in runs),
-        "completion_tokens": tokens,
-        "generate_seconds": seconds,
-        "generation_tokens_per_second": tokens / seconds if seconds else None,
-        "batches": [
-            {
-                "shard": r.shard_index,
-                "seq": r.seq,
-                "first_line": r.first_line,
-                "prompts": r.prompts,
-                "prompt_tokens": r.prompt_tokens,
-                "completion_tokens": r.completion_tokens,
-                "generate_seconds": r.generate_seconds,
-                "tokens_per_second": r.tokens_per_second,
-                "worker_id": r.worker_id,
-            }
-            for r in runs
-        ],
-    }

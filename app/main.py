@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.admin.routes import install_admin
+from app.admin.session import SessionSigner
 from app.api.errors import install_error_handlers
 from app.api.main import api_router
 from app.config import Settings, get_settings
@@ -27,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.repo = JobRepository(db)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+        app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
         sweeper = ExpirySweeper(app.state.repo, app.state.store, settings.expiry_sweep_seconds)
         sweeper.start()
         yield
@@ -41,4 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    install_admin(app)
     return app

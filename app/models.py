@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,6 +114,8 @@ class Shard(Base):
     """Consecutive input lines [start_line, end_line) that one worker claims at a time."""
 
     __tablename__ = "shards"
+    # The claim looks only at open shards.
+    __table_args__ = (Index("ix_shards_open", "batch_id", postgresql_where=text("status IN ('queued', 'running')")),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
@@ -145,6 +147,7 @@ class BatchRun(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     generate_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)
+    output_lengths: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)  # app.stats histogram
     worker_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

@@ -65,6 +65,7 @@ class BatchResult:
     prompt_tokens: int
     completion_tokens: int
     generate_seconds: float
+    output_lengths: list[int] | None = None  # histogram over app.stats.OUTPUT_LENGTH_EDGES
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
@@ -301,6 +302,7 @@ class JobRepository:
                     completion_tokens=result.completion_tokens,
                     generate_seconds=result.generate_seconds,
                     tokens_per_second=tps,
+                    output_lengths=result.output_lengths,
                     worker_id=worker_id,
                 )
             )
@@ -445,12 +447,84 @@ class JobRepository:
         with self.db.session() as session:
             return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
 
+    def key_by_id(self, key_id: str) -> ApiKey | None:
+        with self.db.session() as session:
+            return session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+
     def has_admin_key(self) -> bool:
         with self.db.session() as session:
             found = session.scalar(
                 select(func.count()).select_from(ApiKey).where(ApiKey.is_admin, ApiKey.revoked_at.is_(None))
             )
             return bool(found)
+
+    # Metrics and the dashboard.
+
+    def metrics_snapshot(self, batch_seconds_buckets: list[float]) -> MetricsSnapshot:
+        """Everything /metrics reports, read in one transaction."""
+        with self.db.session() as session:
+            statuses = dict(session.execute(select(Batch.status, func.count()).group_by(Batch.status)).all())
+            queued_lines = session.scalar(
+                select(func.coalesce(func.sum(Shard.end_line - Shard.next_line), 0)).where(
+                    Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING])
+                )
+            )
+            per_worker = session.execute(
+                select(
+                    BatchRun.worker_id,
+                    func.count(),
+                    func.sum(BatchRun.prompt_tokens),
+                    func.sum(BatchRun.completion_tokens),
+                    func.sum(BatchRun.generate_seconds),
+                    *[func.count().filter(BatchRun.generate_seconds <= edge) for edge in batch_seconds_buckets],
+                ).group_by(BatchRun.worker_id)
+            ).all()
+            workers = list(session.scalars(select(Worker)))
+        return MetricsSnapshot(
+            batches_by_status={str(k): int(v) for k, v in statuses.items()},
+            queued_lines=int(queued_lines or 0),
+            per_worker=[
+                WorkerTotals(
+                    worker_id=row[0],
+                    batches=int(row[1]),
+                    prompt_tokens=int(row[2] or 0),
+                    completion_tokens=int(row[3] or 0),
+                    generate_seconds=float(row[4] or 0),
+                    seconds_at_or_below=[int(c) for c in row[5:]],
+                )
+                for row in per_worker
+            ],
+            workers=workers,
+        )
+
+    def shard_by_id(self, shard_id: int | None) -> Shard | None:
+        if shard_id is None:
+            return None
+        with self.db.session() as session:
+            return session.get(Shard, shard_id)
+
+    def list_workers(self) -> list[Worker]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Worker).order_by(Worker.heartbeat_at.desc())))
+
+    def recent_worker_rates(self, since_seconds: float) -> dict[str, float]:
+        """Generated tokens per generate-second of each worker's recent static batches."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(BatchRun.worker_id, func.sum(BatchRun.completion_tokens), func.sum(BatchRun.generate_seconds))
+                .where(BatchRun.created_at > func.now() - timedelta(seconds=since_seconds))
+                .group_by(BatchRun.worker_id)
+            ).all()
+        return {row[0]: float(row[1]) / float(row[2]) for row in rows if row[2]}
+
+    def list_all_batches(self, status: str | None, owner: str | None, limit: int) -> list[Batch]:
+        with self.db.session() as session:
+            query = select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+            if status:
+                query = query.where(Batch.status == status)
+            if owner:
+                query = query.where(Batch.owner == owner)
+            return list(session.scalars(query))
 
     # Workers.
 
@@ -476,6 +550,24 @@ class JobRepository:
                     )
                 )
             )
+
+
+@dataclass(frozen=True)
+class WorkerTotals:
+    worker_id: str
+    batches: int
+    prompt_tokens: int
+    completion_tokens: int
+    generate_seconds: float
+    seconds_at_or_below: list[int]  # cumulative counts for the histogram buckets asked for
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    batches_by_status: dict[str, int]
+    queued_lines: int
+    per_worker: list[WorkerTotals]
+    workers: list[Worker]
 
 
 class LeaseLost(RuntimeError):

@@ -15,6 +15,10 @@ def unix(ts: datetime | None) -> int | None:
     return int(ts.timestamp()) if ts else None
 
 
+def _seconds_between(earlier: datetime | None, later: datetime | None) -> float | None:
+    return round((later - earlier).total_seconds(), 3) if earlier and later else None
+
+
 class FileObject(BaseModel):
     id: str
     object: Literal["file"] = "file"
@@ -154,6 +158,8 @@ class BatchObject(BaseModel):
     def of(cls, batch: Batch, workers: int | None = None) -> BatchObject:
         status = BatchStatus(batch.status)
         gen_tps = batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
+        ended = batch.completed_at or batch.cancelled_at or batch.expired_at
+        wall = (ended - batch.in_progress_at).total_seconds() if ended and batch.in_progress_at else None
         return cls(
             id=batch.id,
             endpoint=batch.endpoint,
@@ -190,6 +196,10 @@ class BatchObject(BaseModel):
             throughput={
                 "generate_seconds": round(batch.generate_seconds, 3),
                 "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
+                "end_to_end_seconds": round(wall, 3) if wall is not None else None,
+                "end_to_end_tokens_per_second": round(batch.completion_tokens / wall, 1) if wall else None,
+                "queue_wait_seconds": _seconds_between(batch.created_at, batch.in_progress_at),
+                "time_to_first_batch_seconds": _seconds_between(batch.in_progress_at, batch.first_batch_at),
                 "tensor_parallel_size": batch.tensor_parallel_size,
                 "workers": workers,
             },

@@ -1,7 +1,7 @@
 """Scale-out: one job on one worker against the same job on two workers, each worker's
 engine pinned to its own core. Prints the figures and writes bench/results/scale_out.json.
 
-    python -m bench.scale_out [--lines 3000] [--max-tokens 32] [--batch-size 32] [--shard-size 250]
+    python -m bench.scale_out [--lines 8000] [--max-tokens 32] [--batch-size 256] [--shard-size 1000]
 
 Uses DATABASE_URL if set, else an embedded Postgres under a temporary folder.
 """
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.auth import Principal
@@ -29,6 +30,7 @@ from app.storage import LocalStore
 from app.uploads import UploadLimits, store_upload
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LOGS = RESULTS / "logs"
 READY_TIMEOUT_SECONDS = 300
 
 
@@ -54,6 +56,10 @@ def make_job(repo: JobRepository, store: LocalStore, settings: Settings, lines: 
     return batch.id
 
 
+def pin_to(core: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, {core})
+
+
 def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path) -> dict[str, float]:
     settings = Settings(
         database_url=database_url,
@@ -76,8 +82,8 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
         subprocess.Popen(
             [sys.executable, "-m", "worker"],
             env={**env, "VLLM_CPU_OMP_THREADS_BIND": str(core)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=open(LOGS / f"worker-{workers}-{core}.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
         )
         for core in range(workers)
     ]
@@ -87,8 +93,8 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
             if time.monotonic() > deadline:
                 raise TimeoutError("workers did not become ready")
             time.sleep(0.5)
-        started = time.monotonic()
         batch_id = make_job(repo, LocalStore(storage), settings, args.lines, args.max_tokens)
+        started = time.monotonic()  # from the moment the job is queued to the moment it is completed
         while repo.get_batch(batch_id).status != "completed":
             time.sleep(0.1)
         seconds = time.monotonic() - started
@@ -110,13 +116,14 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=3000)
+    parser.add_argument("--lines", type=int, default=8000)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=1000)
     args = parser.parse_args()
 
     ensure_demo_model(DEFAULT_OUTPUT)
+    LOGS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         database_url = os.environ.get("DATABASE_URL")
         server = None

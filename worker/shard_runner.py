@@ -22,6 +22,7 @@ from app.models import BatchStatus
 from app.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.repository import BatchResult, ClaimedShard, JobRepository
 from app.retry import retry_transient
+from app.stats import length_histogram
 from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
 from worker.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
@@ -142,6 +143,7 @@ class ShardRunner:
             prompt_tokens=sum(g.prompt_tokens for g in generations),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
+            output_lengths=length_histogram(g.completion_tokens for g in generations),
         )
         return self._patiently(
             lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),

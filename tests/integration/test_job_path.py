@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -130,7 +131,18 @@ def test_each_static_batch_records_its_statistics(
     for run in runs:
         assert run.prompt_tokens > 0 and run.completion_tokens > 0 and run.generate_seconds > 0
         assert run.tokens_per_second == pytest.approx(run.completion_tokens / run.generate_seconds)
-    assert store.exists(f"batches/{batch['id']}/stats.json")
+    stats = client.get(f"/v1/batches/{batch['id']}/stats").json()
+    assert stats["static_batches"] == 3 and stats["batch_size"] == 4 and stats["workers"] == 1
+    assert stats["completion_tokens"] == sum(r.completion_tokens for r in runs)
+    assert stats["generation_tokens_per_second"] == pytest.approx(
+        stats["completion_tokens"] / sum(r.generate_seconds for r in runs), rel=1e-3
+    )
+    assert sum(bucket["lines"] for bucket in stats["output_length_histogram"]) == 10
+    assert all(bucket["from_tokens"] <= 3 for bucket in stats["output_length_histogram"])  # max_tokens=3
+    assert [b["first_line"] for b in sorted(stats["batches"], key=lambda b: b["first_line"])] == [0, 4, 8]
+    assert stats["queue_wait_seconds"] >= 0 and stats["end_to_end_tokens_per_second"] > 0
+    written = json.loads(b"".join(store.read_chunks(f"batches/{batch['id']}/stats.json")))
+    assert written["completion_tokens"] == stats["completion_tokens"] and len(written["batches"]) == 3
 
 
 def run_worker_with_hook_after_batch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -10,6 +10,7 @@ from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
 from app.batch_service import create_batch
 from app.finalize import finalize_batch
 from app.schemas import BatchCreate, BatchList, BatchObject
+from app.stats import batch_series, job_stats
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -37,6 +38,14 @@ def list_batches(
     """Your batches, newest first, paged with `after`."""
     page = repo.list_batches(caller.scope, limit + 1, after)
     return BatchList.of([BatchObject.of(b) for b in page[:limit]], has_more=len(page) > limit)
+
+
+@router.get("/{batch_id}/stats")
+def stats(batch_id: str, caller: CallerDep, repo: RepoDep) -> dict[str, Any]:
+    """Throughput of a batch: totals, rates, timings, output lengths and the per-batch series."""
+    batch = repo.get_batch(batch_id, caller.scope)
+    runs = repo.batch_runs(batch_id)
+    return {**job_stats(batch, runs), "batches": batch_series(runs)}
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)

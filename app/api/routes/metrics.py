@@ -1,0 +1,19 @@
+"""Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app import metrics
+from app.api.deps import RepoDep
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics(repo: RepoDep) -> Response:
+    """Tokens, static batches, batch seconds per worker; jobs by status; queue depth."""
+    return Response(await run_in_threadpool(metrics.render, repo), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,59 @@
+"""`GET /metrics` in Prometheus' text format, read from Postgres at scrape time so it is
+right however many API and worker processes there are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.models import BatchStatus
+from app.repository import JobRepository
+
+BATCH_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+
+
+class ServiceCollector(Collector):
+    def __init__(self, repo: JobRepository) -> None:
+        self.repo = repo
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.repo.metrics_snapshot(BATCH_SECONDS_BUCKETS)
+        jobs = GaugeMetricFamily("llm_batch_jobs", "Batches (jobs) by status", labels=["status"])
+        for status in BatchStatus:
+            jobs.add_metric([status.value], snap.batches_by_status.get(status.value, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "llm_batch_queue_depth_lines", "Input lines waiting or running", value=snap.queued_lines
+        )
+
+        generated = CounterMetricFamily("llm_batch_generated_tokens", "Generated tokens", labels=["worker"])
+        prompt = CounterMetricFamily("llm_batch_prompt_tokens", "Prompt tokens", labels=["worker"])
+        batches = CounterMetricFamily("llm_batch_static_batches", "Static batches run", labels=["worker"])
+        seconds = HistogramMetricFamily(
+            "llm_batch_static_batch_seconds", "Seconds of each static batch's generate call", labels=["worker"]
+        )
+        for w in snap.per_worker:
+            generated.add_metric([w.worker_id], w.completion_tokens)
+            prompt.add_metric([w.worker_id], w.prompt_tokens)
+            batches.add_metric([w.worker_id], w.batches)
+            buckets = [
+                (str(edge), count) for edge, count in zip(BATCH_SECONDS_BUCKETS, w.seconds_at_or_below, strict=True)
+            ]
+            seconds.add_metric([w.worker_id], [*buckets, ("+Inf", w.batches)], sum_value=w.generate_seconds)
+        yield from (generated, prompt, batches, seconds)
+
+        up = GaugeMetricFamily(
+            "llm_batch_worker_heartbeat_timestamp_seconds", "Last heartbeat", labels=["worker", "model"]
+        )
+        for worker in snap.workers:
+            up.add_metric([worker.id, worker.model], worker.heartbeat_at.timestamp())
+        yield up
+
+
+def render(repo: JobRepository) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(repo))
+    return bytes(generate_latest(registry))

@@ -1,0 +1,84 @@
+"""Throughput statistics of a job, from its recorded static batches."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from typing import Any
+
+from app.models import Batch, BatchRun
+
+# Output-length histogram buckets: [1, 2), [2, 4), [4, 8), … generated tokens per line.
+# A wide spread inside a static batch means idle slots: short answers wait for long ones.
+OUTPUT_LENGTH_EDGES = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+
+
+def length_histogram(lengths: Iterable[int]) -> list[int]:
+    counts = [0] * len(OUTPUT_LENGTH_EDGES)
+    for length in lengths:
+        counts[bisect_right(OUTPUT_LENGTH_EDGES, length) - 1] += 1
+    return counts
+
+
+def _seconds(later: Any, earlier: Any) -> float | None:
+    return (later - earlier).total_seconds() if later and earlier else None
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 1) if denominator else None
+
+
+def job_stats(batch: Batch, runs: list[BatchRun]) -> dict[str, Any]:
+    """Totals, rates, timings and the output-length distribution of one job."""
+    generate_seconds = sum(r.generate_seconds for r in runs)
+    completion_tokens = sum(r.completion_tokens for r in runs)
+    ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at
+    last_run = max((r.created_at for r in runs), default=None)
+    wall = _seconds(ended or last_run, batch.in_progress_at)
+    histogram = [0] * len(OUTPUT_LENGTH_EDGES)
+    for run in runs:
+        for i, count in enumerate(run.output_lengths or []):
+            histogram[i] += count
+    return {
+        "batch_id": batch.id,
+        "model": batch.model,
+        "batch_size": batch.batch_size,
+        "tensor_parallel_size": batch.tensor_parallel_size,
+        "workers": len({r.worker_id for r in runs}),
+        "static_batches": len(runs),
+        "prompts": sum(r.prompts for r in runs),
+        "prompt_tokens": sum(r.prompt_tokens for r in runs),
+        "completion_tokens": completion_tokens,
+        "generate_seconds": round(generate_seconds, 3),
+        "generation_tokens_per_second": _ratio(completion_tokens, generate_seconds),
+        "end_to_end_seconds": round(wall, 3) if wall is not None else None,
+        "end_to_end_tokens_per_second": _ratio(completion_tokens, wall),
+        "queue_wait_seconds": _seconds(batch.in_progress_at, batch.created_at),
+        "time_to_first_batch_seconds": _seconds(batch.first_batch_at, batch.in_progress_at),
+        "output_length_histogram": [
+            {"from_tokens": low, "below_tokens": high, "lines": count}
+            for low, high, count in zip(OUTPUT_LENGTH_EDGES, [*OUTPUT_LENGTH_EDGES[1:], None], histogram, strict=True)
+            if count
+        ],
+    }
+
+
+def batch_series(runs: list[BatchRun]) -> list[dict[str, Any]]:
+    """One entry per static batch, in the order they were recorded."""
+    return [
+        {
+            "shard": r.shard_index,
+            "seq": r.seq,
+            "first_line": r.first_line,
+            "prompts": r.prompts,
+            "completed": r.completed,
+            "failed": r.failed,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "generate_seconds": round(r.generate_seconds, 4),
+            "tokens_per_second": round(r.tokens_per_second, 1),
+            "worker_id": r.worker_id,
+            "recorded_at": r.created_at.isoformat(),
+        }
+        for r in sorted(runs, key=lambda r: r.created_at)
+    ]

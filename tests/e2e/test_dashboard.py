@@ -1,0 +1,145 @@
+"""An admin's browser (Playwright driving Debian's Chromium) against a running service
+with a finished job and a running job: every figure on the pages matches the database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from app.db import Database
+from app.repository import JobRepository
+from app.stats import job_stats
+from tests.conftest import ROOT
+from tests.e2e.conftest import Service
+from tests.e2e.test_service import wait_until_done
+from tests.helpers import chat_line, completion_line, jsonl
+
+pytestmark = pytest.mark.engine
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def submit(service: Service, rows: list[dict], endpoint: str, batch_size: int) -> str:  # type: ignore[type-arg]
+    with service.client("analyst") as client:
+        file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
+            "id"
+        ]
+        batch = client.post(
+            "/v1/batches", json={"input_file_id": file_id, "endpoint": endpoint, "batch_size": batch_size}
+        )
+        return str(batch.json()["id"])
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def cell(page: Page, batch_id: str, css: str) -> str:
+    return page.locator(f'tr[data-batch-id="{batch_id}"] {css}').inner_text().strip()
+
+
+def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(service: Service, browser: Browser) -> None:
+    service.start_api()
+    service.start_worker()
+    service.wait_for("/readyz")
+    finished = submit(
+        service,
+        [completion_line(f"f{i}", f"done {i}", max_tokens=3 + i % 5) for i in range(120)],
+        "/v1/completions",
+        16,
+    )
+    with service.client("analyst") as client:
+        wait_until_done(client, finished)
+    running = submit(
+        service, [chat_line(f"r{i}", f"long {i}", max_tokens=128) for i in range(3000)], "/v1/chat/completions", 4
+    )
+    db = Database(service.env["DATABASE_URL"])
+    repo = JobRepository(db)
+    while repo.get_batch(running).request_completed == 0:
+        time.sleep(0.2)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{service.url}/admin")
+    assert page.url.endswith("/admin/login")  # logged out: nothing but the login form
+    assert finished not in page.content()
+    page.fill('input[name="api_key"]', service.api_key("ops", admin=True))
+    page.click('button[type="submit"]')
+    page.wait_for_url(f"{service.url}/admin")
+
+    # Jobs: the finished job's figures are exactly the database's; the running one is in progress.
+    done = repo.get_batch(finished)
+    assert cell(page, finished, ".status") == "completed"
+    assert cell(page, finished, ".lines") == f"{done.request_completed}/{done.request_total}"
+    assert int(cell(page, finished, ".tokens")) == done.completion_tokens
+    assert float(cell(page, finished, ".tps")) == pytest.approx(
+        done.completion_tokens / done.generate_seconds, abs=0.06
+    )
+    assert cell(page, finished, ".owner") == "analyst"
+    assert cell(page, running, ".status") == "in_progress"
+    assert int(cell(page, running, ".tokens")) <= repo.get_batch(running).completion_tokens
+    shot(page, "jobs")
+    page.select_option('select[name="status"]', "completed")
+    page.click("form.filters button")
+    assert page.locator(f'tr[data-batch-id="{running}"]').count() == 0
+    assert page.locator(f'tr[data-batch-id="{finished}"]').count() == 1
+
+    # One job: the cards and the per-batch chart match its recorded static batches.
+    page.goto(f"{service.url}/admin/batches/{finished}")
+    runs = repo.batch_runs(finished)
+    stats = job_stats(done, runs)
+    assert int(page.inner_text("#tokens")) == stats["completion_tokens"]
+    assert int(page.inner_text("#static-batches")) == len(runs) == 8
+    assert float(page.inner_text("#gen-tps")) == stats["generation_tokens_per_second"]
+    points = page.evaluate("Chart.getChart('per-batch').data.datasets[0].data")
+    assert points == [pytest.approx(round(r.tokens_per_second, 1)) for r in sorted(runs, key=lambda r: r.created_at)]
+    assert page.evaluate("Chart.getChart('lengths').data.datasets[0].data.reduce((a, b) => a + b, 0)") == 120
+    assert page.locator("#output-link").count() == 1
+    shot(page, "job")
+
+    page.goto(f"{service.url}/admin/throughput")
+    assert float(cell(page, finished, ".tps")) == pytest.approx(
+        done.completion_tokens / done.generate_seconds, abs=0.06
+    )
+    assert page.evaluate("Chart.getChart('throughput').data.datasets[0].data.length") >= 1
+    shot(page, "throughput")
+
+    page.goto(f"{service.url}/admin/workers")
+    [worker] = repo.list_workers()
+    row = page.locator(f'tr[data-worker-id="{worker.id}"]')
+    assert "demo-llama" in row.inner_text() and running in row.inner_text()
+    shot(page, "workers")
+    page.close()
+    db.dispose()
+
+
+def test_a_non_admin_cannot_open_the_dashboard(service: Service, browser: Browser) -> None:
+    service.start_api()
+    page = browser.new_page()
+    page.goto(f"{service.url}/admin/login")
+    page.fill('input[name="api_key"]', service.api_key("analyst"))
+    page.click('button[type="submit"]')
+    assert "admin" in page.content() and page.locator("table").count() == 0
+    response = page.goto(f"{service.url}/admin")
+    assert response is not None and response.url.endswith("/admin/login")
+    page.close()
