@@ -13,6 +13,7 @@ def start_embedded_postgres(var_dir: Path) -> tuple[str, Any]:
 
     The server stops when the process that started it exits.
     """
+    var_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str((var_dir / "run").resolve()))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

@@ -14,22 +14,38 @@ import subprocess
 import sys
 
 WATCHDOG = """
-import os, signal, sys
-sys.stdin.buffer.read()  # returns at EOF: the worker is gone
+import os, signal, sys, time
+leader = int(sys.argv[1])
+sys.stdin.buffer.read()  # returns at EOF: the worker is exiting or gone
+
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+deadline = time.monotonic() + float(sys.argv[2])
+while running(leader) and time.monotonic() < deadline:  # a clean exit gets to finish
+    time.sleep(0.1)
 try:
-    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+    os.killpg(leader, signal.SIGKILL)  # whatever of the group is left: engine processes
 except ProcessLookupError:
     pass
 """
+EXIT_GRACE_SECONDS = 30
+_watchdog: subprocess.Popen[bytes] | None = None  # held for the life of the process
 
 
 def guard_process_group() -> subprocess.Popen[bytes]:
     """Call once, before the engine starts its processes."""
+    global _watchdog
     if os.getpgrp() != os.getpid():
         os.setpgid(0, 0)
-    return subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, str(os.getpgrp())],
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(os.getpgrp()), str(EXIT_GRACE_SECONDS)],
         stdin=subprocess.PIPE,
         start_new_session=True,  # outside the group it will kill
         close_fds=True,
     )
+    return _watchdog

@@ -16,6 +16,9 @@ def queued_batch(client: TestClient, lines: int, **extra: object) -> str:
     return create_batch(client, upload(client, jsonl(rows))["id"], **extra)["id"]
 
 
+LEASE = 2.0
+
+
 def result(first: int, next_line: int) -> BatchResult:
     return BatchResult(first, next_line, next_line - first, next_line - first, 0, 5, 7, 0.5)
 
@@ -42,12 +45,12 @@ def test_an_expired_lease_is_claimed_again_and_resumes_after_the_last_recorded_b
     client: TestClient, repo: JobRepository
 ) -> None:
     batch_id = queued_batch(client, 10, batch_size=4)
-    first = repo.claim_shard("dead-worker", "demo-llama", lease_seconds=0.2)
+    first = repo.claim_shard("dead-worker", "demo-llama", lease_seconds=LEASE)
     assert first is not None and first.next_line == 0
-    repo.record_batch(first, 0, "dead-worker", result(0, 4), lease_seconds=0.2)
+    repo.record_batch(first, 0, "dead-worker", result(0, 4), lease_seconds=LEASE)
     assert repo.claim_shard("other", "demo-llama", 60) is None  # still leased
 
-    threading.Event().wait(0.5)
+    threading.Event().wait(LEASE + 0.5)
     second = repo.claim_shard("other", "demo-llama", 60)
     assert second is not None
     assert (second.shard_id, second.next_line, second.batches_done) == (first.shard_id, 4, 1)

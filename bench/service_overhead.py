@@ -1,0 +1,164 @@
+"""Service overhead: the same prompts through raw `LLM.generate` at a batch size and as
+a job through the service's worker (storage, Postgres, parsing, tokenizing, writing),
+with one engine in one process, so the ratio is the service's own cost.
+
+    python -m bench.service_overhead [--lines 2048] [--batch-size 256] [--max-tokens 32] [--runs 3]
+
+Prints the figures and writes bench/results/service_overhead.json. Uses DATABASE_URL if
+set, else an embedded Postgres in a temporary folder. Goals: generation throughput at
+least 0.97 of raw, end to end at least 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def prompts(lines: int, max_tokens: int) -> list[dict[str, Any]]:
+    return [
+        {"custom_id": f"r{i}", "prompt": f"benchmark document number {i}", "max_tokens": max_tokens}
+        for i in range(lines)
+    ]
+
+
+def raw_run(engine: Any, rows: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
+    """`LLM.generate` on each static batch of text prompts, nothing else."""
+    from vllm import SamplingParams
+
+    generated, seconds = 0, 0.0
+    wall_start = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        params = [SamplingParams(max_tokens=row["max_tokens"]) for row in chunk]
+        began = time.perf_counter()
+        outputs = engine.llm.generate([row["prompt"] for row in chunk], params, use_tqdm=False)
+        seconds += time.perf_counter() - began
+        generated += sum(len(o.outputs[0].token_ids) for o in outputs)
+    wall = time.perf_counter() - wall_start
+    return {
+        "generated_tokens": generated,
+        "generate_seconds": seconds,
+        "tokens_per_second": generated / seconds,
+        "end_to_end_tokens_per_second": generated / wall,
+    }
+
+
+def service_run(engine: Any, repo: Any, store: Any, settings: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
+    from app.auth import Principal
+    from app.batch_service import create_batch
+    from app.schemas import BatchCreate
+    from app.uploads import UploadLimits, store_upload
+    from worker.loop import WorkerLoop
+
+    data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    caller = Principal(owner="bench", is_admin=True, key_id="bench")
+    file = store_upload(
+        repo,
+        store,
+        io.BytesIO(data),
+        owner="bench",
+        filename="bench.jsonl",
+        purpose="batch",
+        limits=UploadLimits(10**11, 10**9, 10),
+    )
+    loop = WorkerLoop(engine, repo, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
+    loop.register()
+    started = time.perf_counter()
+    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint="/v1/completions"), caller)
+    while loop.run_once():
+        pass
+    wall = time.perf_counter() - started
+    done = repo.get_batch(batch.id)
+    assert done.status == "completed" and done.request_completed == len(rows), done.status
+    return {
+        "generated_tokens": done.completion_tokens,
+        "generate_seconds": done.generate_seconds,
+        "tokens_per_second": done.completion_tokens / done.generate_seconds,
+        "end_to_end_tokens_per_second": done.completion_tokens / wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", default=None, help="default: the demo model")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    args = parser.parse_args()
+
+    from app.config import Settings
+    from app.db import Database
+    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+    from app.migrate import upgrade
+    from app.repository import JobRepository
+    from app.storage import LocalStore
+    from worker.engine import VllmEngine
+
+    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url, server = os.environ.get("DATABASE_URL"), None
+        if not database_url:
+            from app.embedded_db import start_embedded_postgres
+
+            database_url, server = start_embedded_postgres(Path(tmp))
+        upgrade(database_url)
+        settings = Settings(
+            database_url=database_url,
+            model=model,
+            batch_size=args.batch_size,
+            tensor_parallel_size=args.tensor_parallel_size,
+            shard_size=10**9,
+        )
+        engine = VllmEngine(settings)
+        repo, store = JobRepository(Database(database_url)), LocalStore(Path(tmp) / "storage")
+        rows = prompts(args.lines, args.max_tokens)
+        raw_run(engine, rows[: args.batch_size], args.batch_size)  # warm-up
+        raw, service = [], []
+        for _ in range(args.runs):  # interleaved, so drift hits both alike
+            raw.append(raw_run(engine, rows, args.batch_size))
+            service.append(service_run(engine, repo, store, settings, rows))
+        engine.shutdown()
+        if server is not None:
+            server.cleanup()
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 1)
+
+    result = {
+        "settings": vars(args) | {"model": model},
+        "raw_generate_tokens_per_second": median(raw, "tokens_per_second"),
+        "raw_end_to_end_tokens_per_second": median(raw, "end_to_end_tokens_per_second"),
+        "service_generation_tokens_per_second": median(service, "tokens_per_second"),
+        "service_end_to_end_tokens_per_second": median(service, "end_to_end_tokens_per_second"),
+        "runs": {"raw": raw, "service": service},
+    }
+    result["generation_ratio"] = round(
+        result["service_generation_tokens_per_second"] / result["raw_generate_tokens_per_second"], 3
+    )
+    result["end_to_end_ratio"] = round(
+        result["service_end_to_end_tokens_per_second"] / result["raw_end_to_end_tokens_per_second"], 3
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "service_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    print(
+        f"service/raw: generation {result['generation_ratio']:.3f} (goal 0.97), "
+        f"end to end {result['end_to_end_ratio']:.3f} (goal 0.90)"
+    )
+
+
+if __name__ == "__main__":
+    main()
