@@ -2,7 +2,8 @@
 
 Starts an embedded Postgres under var/ unless DATABASE_URL is set, applies the
 migrations, makes the demo model if the configured model is the missing demo one,
-then runs the API (uvicorn) and one worker as child processes until interrupted.
+then runs the API (uvicorn) and one worker as child processes until interrupted; a
+worker that exits (an engine failure ends one) is started again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.demo_model import ensure_demo_model
 from app.migrate import upgrade
 
 CHILD_STOP_SECONDS = 60
+WORKER_RESTART_SECONDS = 2
 
 
 def _print_admin_key_if_none(database_url: str) -> None:
@@ -63,24 +65,25 @@ def main() -> None:
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
         ensure_demo_model(DEMO_MODEL)
 
-    children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "app.main:create_app",
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.port),
-            ],
-            env=env,
-        )
-    ]
-    if not args.no_worker:
-        children += [subprocess.Popen([sys.executable, "-m", "worker"], env=env) for _ in range(args.workers)]
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.main:create_app",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+        ],
+        env=env,
+    )
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "worker"], env=env)
+
+    workers = [] if args.no_worker else [start_worker() for _ in range(args.workers)]
     print(f"API on http://{settings.host}:{settings.port} (docs at /docs); Ctrl-C stops everything", flush=True)
 
     stopping = False
@@ -92,9 +95,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        while not stopping and all(child.poll() is None for child in children):
+        while not stopping and api.poll() is None:
+            for i, worker in enumerate(workers):
+                if worker.poll() is not None:  # an engine failure ends a worker; start a fresh one
+                    print(f"worker exited with {worker.returncode}; starting another", flush=True)
+                    time.sleep(WORKER_RESTART_SECONDS)
+                    workers[i] = start_worker()
             time.sleep(0.5)
     finally:
+        children = [api, *workers]
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
