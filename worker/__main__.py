@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 from types import FrameType
 
@@ -23,6 +24,7 @@ def main() -> None:
     from app.db import Database
     from app.repository import JobRepository
     from app.storage import open_store
+    from worker.affinity import restrict_to
     from worker.engine import VllmEngine
     from worker.loop import WorkerLoop
     from worker.orphan_guard import guard_process_group
@@ -35,7 +37,10 @@ def main() -> None:
     repo = JobRepository(Database(settings.database_url))
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
     guard_process_group()
+    started_on = os.sched_getaffinity(0)
     engine = VllmEngine(settings)
+    if started_on != set(range(os.cpu_count() or 1)):
+        restrict_to(started_on)  # vLLM widened it; stay on the CPUs this worker was given
     loop = WorkerLoop(
         engine,
         repo,

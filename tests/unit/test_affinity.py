@@ -1,0 +1,41 @@
+"""A worker's processes stay on the CPUs it was started on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Runs in its own process: narrowing affinity is process-wide and must not touch the test run.
+SCRIPT = textwrap.dedent(
+    """
+    import os, subprocess, sys, threading
+    from worker.affinity import restrict_to
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        assert restrict_to({0}) >= 3, "this thread, the helper thread and the child"
+        assert os.sched_getaffinity(0) == {0}
+        assert os.sched_getaffinity(helper.native_id) == {0}
+        assert os.sched_getaffinity(child.pid) == {0}
+        assert restrict_to({0}) == 0, "threads already inside are left alone"
+    finally:
+        stop.set()
+        helper.join()
+        child.kill()
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
+def test_restrict_to_narrows_every_thread_and_child_process() -> None:
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
