@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import Database
@@ -115,6 +115,11 @@ CLAIM_SHARD_SQL = text(
 )
 
 
+def _older_than(table: type[Batch] | type[FileRecord], anchor: Batch | FileRecord) -> ColumnElement[bool]:
+    """Rows after `anchor` in newest-first order (created_at, then id): the keyset cursor."""
+    return (table.created_at < anchor.created_at) | ((table.created_at == anchor.created_at) & (table.id < anchor.id))
+
+
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -144,11 +149,7 @@ class JobRepository:
             if purpose is not None:
                 query = query.where(FileRecord.purpose == purpose)
             if after is not None:
-                anchor = self.get_file(after, scope)
-                query = query.where(
-                    (FileRecord.created_at < anchor.created_at)
-                    | ((FileRecord.created_at == anchor.created_at) & (FileRecord.id < anchor.id))
-                )
+                query = query.where(_older_than(FileRecord, self.get_file(after, scope)))
             query = query.order_by(FileRecord.created_at.desc(), FileRecord.id.desc()).limit(limit)
             return list(session.scalars(query))
 
@@ -197,11 +198,7 @@ class JobRepository:
             if scope is not None:
                 query = query.where(Batch.owner == scope)
             if after is not None:
-                anchor = self.get_batch(after, scope)
-                query = query.where(
-                    (Batch.created_at < anchor.created_at)
-                    | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
-                )
+                query = query.where(_older_than(Batch, self.get_batch(after, scope)))
             return list(session.scalars(query))
 
     def request_cancel(self, batch_id: str, scope: str | None) -> tuple[Batch, bool]:
