@@ -115,6 +115,11 @@ CLAIM_SHARD_SQL = text(
 )
 
 
+def _visible_to(scope: str | None, owner: str) -> bool:
+    """Whether a caller scoped to `scope` (None: admins and workers) may see `owner`'s object."""
+    return scope is None or owner == scope
+
+
 def _older_than(table: type[Batch] | type[FileRecord], anchor: Batch | FileRecord) -> ColumnElement[bool]:
     """Rows after `anchor` in newest-first order (created_at, then id): the keyset cursor."""
     return (table.created_at < anchor.created_at) | ((table.created_at == anchor.created_at) & (table.id < anchor.id))
@@ -136,7 +141,7 @@ class JobRepository:
         Another owner's file is "not found", never forbidden, so ids leak nothing."""
         with self.db.session() as session:
             record = session.get(FileRecord, file_id)
-            if record is None or record.deleted_at is not None or (scope is not None and record.owner != scope):
+            if record is None or record.deleted_at is not None or not _visible_to(scope, record.owner):
                 raise NotFound("file", file_id)
             return record
 
@@ -158,7 +163,7 @@ class JobRepository:
         that reads it is still running."""
         with self.db.session() as session:
             record = session.get(FileRecord, file_id, with_for_update=True)
-            if record is None or record.deleted_at is not None or (scope is not None and record.owner != scope):
+            if record is None or record.deleted_at is not None or not _visible_to(scope, record.owner):
                 raise NotFound("file", file_id)
             running = session.scalar(
                 select(func.count())
@@ -187,7 +192,7 @@ class JobRepository:
     def get_batch(self, batch_id: str, scope: str | None = None) -> Batch:
         with self.db.session() as session:
             batch = session.get(Batch, batch_id)
-            if batch is None or (scope is not None and batch.owner != scope):
+            if batch is None or not _visible_to(scope, batch.owner):
                 raise NotFound("batch", batch_id)
             return batch
 
@@ -206,7 +211,7 @@ class JobRepository:
         Returns the batch and whether the caller must finalize it now (no shard runs)."""
         with self.db.session() as session:
             batch = session.get(Batch, batch_id, with_for_update=True)
-            if batch is None or (scope is not None and batch.owner != scope):
+            if batch is None or not _visible_to(scope, batch.owner):
                 raise NotFound("batch", batch_id)
             status = BatchStatus(batch.status)
             if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
