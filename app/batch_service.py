@@ -1,23 +1,38 @@
-"""Creating a batch from an uploaded file: decide at once whether it can run."""
+"""Creating a batch from an uploaded file: decide at once whether it can run, or price
+it without running it (a dry run)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from app.auth import Principal
 from app.batch_lines import ENDPOINTS, endpoint_mismatch
 from app.config import Settings
 from app.errors import InvalidRequest
-from app.models import Batch, BatchStatus
+from app.estimate import estimate_job
+from app.models import Batch, BatchStatus, FileRecord
 from app.repository import JobRepository, new_id, now
 from app.schemas import BatchCreate
+from app.storage import ObjectStore, iter_lines
+
+log = logging.getLogger(__name__)
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 
 
-def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate, caller: Principal) -> Batch:
-    """The batch is queued, or failed with line-numbered errors when its file breaks
-    the input format (nothing runs then)."""
+@dataclass(frozen=True)
+class CheckedRequest:
+    source: FileRecord
+    model: str
+    batch_size: int
+    sampling_defaults: dict[str, Any]
+    file_errors: list[dict[str, Any]]  # line-numbered format errors: the batch fails as a whole
+
+
+def check_request(repo: JobRepository, settings: Settings, request: BatchCreate, caller: Principal) -> CheckedRequest:
     if request.endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"Unsupported endpoint {request.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
@@ -38,25 +53,88 @@ def create_batch(repo: JobRepository, settings: Settings, request: BatchCreate, 
     errors.sort(key=lambda e: e.get("line") or 0)
     if source.line_count == 0:
         errors = [{"code": "empty_file", "message": "The input file has no lines.", "param": "input_file_id"}]
+    defaults: dict[str, Any] = {"max_tokens": request.max_tokens or settings.default_max_tokens}
+    if request.truncate_prompts:
+        defaults["truncate_prompts"] = True
+    return CheckedRequest(
+        source=source,
+        model=model,
+        batch_size=request.batch_size or settings.batch_size,
+        sampling_defaults=defaults,
+        file_errors=errors[: settings.max_reported_errors],
+    )
 
+
+def create_batch(
+    repo: JobRepository,
+    settings: Settings,
+    request: BatchCreate,
+    caller: Principal,
+    parent_batch_id: str | None = None,
+) -> Batch:
+    """The batch is queued, or failed with line-numbered errors when its file breaks
+    the input format (nothing runs then)."""
+    checked = check_request(repo, settings, request, caller)
     created = now()
-    defaults = {"max_tokens": request.max_tokens or settings.default_max_tokens}
     batch = Batch(
         id=new_id("batch_"),
         owner=caller.owner,
         priority=request.priority,
-        input_file_id=source.id,
+        input_file_id=checked.source.id,
         endpoint=request.endpoint,
         completion_window=request.completion_window,
-        model=model,
-        batch_size=request.batch_size or settings.batch_size,
-        status=BatchStatus.FAILED if errors else BatchStatus.QUEUED,
-        sampling_defaults=defaults,
+        model=checked.model,
+        batch_size=checked.batch_size,
+        status=BatchStatus.FAILED if checked.file_errors else BatchStatus.QUEUED,
+        sampling_defaults=checked.sampling_defaults,
         metadata_=request.metadata,
-        errors=errors[: settings.max_reported_errors] or None,
-        request_total=source.line_count,
+        errors=checked.file_errors or None,
+        request_total=checked.source.line_count,
         created_at=created,
         expires_at=created + COMPLETION_WINDOWS[request.completion_window],
-        failed_at=created if errors else None,
+        failed_at=created if checked.file_errors else None,
+        parent_batch_id=parent_batch_id,
     )
     return repo.create_batch(batch, settings.shard_size)
+
+
+def dry_run(
+    repo: JobRepository, store: ObjectStore, settings: Settings, request: BatchCreate, caller: Principal
+) -> dict[str, Any]:
+    """What the batch would do, without queueing it: every line planned as the worker
+    would, tokens counted with the model's tokenizer, and an ETA."""
+    checked = check_request(repo, settings, request, caller)
+    return {
+        "object": "batch.estimate",
+        "input_file_id": checked.source.id,
+        "endpoint": request.endpoint,
+        "model": checked.model,
+        "would_fail": bool(checked.file_errors),
+        "file_errors": checked.file_errors,
+        **_estimate(repo, store, settings, checked, request.endpoint),
+    }
+
+
+def _estimate(
+    repo: JobRepository, store: ObjectStore, settings: Settings, checked: CheckedRequest, endpoint: str
+) -> dict[str, Any]:
+    return estimate_job(
+        repo,
+        settings,
+        iter_lines(store.read_chunks(checked.source.storage_key)),
+        endpoint=endpoint,
+        defaults=checked.sampling_defaults,
+        model=checked.model,
+        batch_size=checked.batch_size,
+    )
+
+
+def record_estimate(repo: JobRepository, store: ObjectStore, settings: Settings, batch_id: str) -> None:
+    """Counts a queued batch's tokens and ETA after it is created (it shows on the batch)."""
+    try:
+        batch = repo.get_batch(batch_id)
+        source = repo.get_file(batch.input_file_id)
+        checked = CheckedRequest(source, batch.model, batch.batch_size, batch.sampling_defaults, [])
+        repo.set_estimate(batch_id, _estimate(repo, store, settings, checked, batch.endpoint))
+    except Exception:  # an estimate is a courtesy; the batch runs without one
+        log.exception("could not estimate %s", batch_id)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -41,17 +41,21 @@ class Client:
         result: dict[str, Any] = response.json()
         return result
 
-    def download(self, file_id: str, target: Path) -> int:
-        with self.http.stream("GET", f"/v1/files/{file_id}/content") as response:
+    def download(self, path: str, target: Path, params: dict[str, Any] | None = None) -> int:
+        """Streams GET `path` into `target`; returns the bytes written."""
+        with open(target, "wb") as out:
+            return self.stream_into(path, out, params)[0]
+
+    def stream_into(self, path: str, out: IO[bytes], params: dict[str, Any] | None = None) -> tuple[int, httpx.Headers]:
+        with self.http.stream("GET", path, params=params) as response:
             if response.status_code >= 400:
                 response.read()
                 raise ApiError(f"{response.status_code}: {response.text}")
             size = 0
-            with open(target, "wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-                    size += len(chunk)
-        return size
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                size += len(chunk)
+        return size, response.headers
 
 
 def _guess_endpoint(path: Path) -> str:
@@ -131,14 +135,37 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def follow(client: Client, batch_id: str, target: Path) -> int:
+    """Appends the batch's finished lines to `target` as they come, until the batch ends;
+    returns the number of lines written."""
+    after = 0
+    with open(target, "wb") as out:
+        while True:
+            _, headers = client.stream_into(f"/v1/batches/{batch_id}/results", out, {"after": after})
+            out.flush()
+            fresh, after = int(headers["X-Next-After"]) - after, int(headers["X-Next-After"])
+            if headers["X-Complete"] == "true":
+                return after
+            if not fresh:
+                time.sleep(POLL_SECONDS)
+
+
 def cmd_download(client: Client, args: argparse.Namespace) -> int:
+    if args.follow:
+        lines = follow(client, args.batch_id, Path(args.output))
+        print(f"{args.output}: {lines} lines")
+        return 0
+    if args.merged:
+        size = client.download(f"/v1/batches/{args.batch_id}/merged_output", Path(args.output))
+        print(f"{args.output}: {size} bytes")
+        return 0
     batch = client.call("GET", f"/v1/batches/{args.batch_id}")
     if not batch["output_file_id"]:
         raise ApiError(f"{args.batch_id} has no output yet (status {batch['status']})")
-    size = client.download(batch["output_file_id"], Path(args.output))
+    size = client.download(f"/v1/files/{batch['output_file_id']}/content", Path(args.output))
     print(f"{args.output}: {size} bytes")
     if args.errors and batch["error_file_id"]:
-        size = client.download(batch["error_file_id"], Path(args.errors))
+        size = client.download(f"/v1/files/{batch['error_file_id']}/content", Path(args.errors))
         print(f"{args.errors}: {size} bytes")
     return 0
 
@@ -202,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("batch_id")
     download.add_argument("-o", "--output", required=True)
     download.add_argument("--errors", help="also save the error file here")
+    how = download.add_mutually_exclusive_group()
+    how.add_argument(
+        "--follow",
+        action="store_true",
+        help="while the batch runs, write its finished lines (output and errors, in input order) as they come",
+    )
+    how.add_argument(
+        "--merged", action="store_true", help="the output with the lines its retries answered filled in, in input order"
+    )
     download.set_defaults(run=cmd_download)
 
     keys = sub.add_parser("keys", help="create or revoke API keys (server side: uses DATABASE_URL)")

@@ -12,11 +12,13 @@ from app.stats import batch_series, job_stats
 from app.storage import ChunkReader, ObjectStore, iter_lines
 from app.uploads import CheckingReader
 
-# Why a line never ran, by the status the batch ended in.
-UNRUN_REASONS = {
-    BatchStatus.CANCELLING: ("batch_cancelled", "The batch was cancelled before this request ran."),
-    BatchStatus.EXPIRING: ("batch_expired", "This request could not be executed before the completion window expired."),
-}
+CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
+EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")
+
+
+def unrun_reason(status: BatchStatus) -> tuple[str, str]:
+    """Why a line never ran (error code and message), by the batch's status."""
+    return EXPIRED_REASON if status in (BatchStatus.EXPIRING, BatchStatus.EXPIRED) else CANCELLED_REASON
 
 
 def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> None:
@@ -35,7 +37,7 @@ def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> No
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         cursor = _LineCursor(store, input_file.storage_key)
-        code, message = UNRUN_REASONS.get(BatchStatus(batch.status), ("batch_cancelled", "Not run."))
+        code, message = unrun_reason(BatchStatus(batch.status))
         for shard in shards:
             yield from parts("err", shard.index)
             for raw in cursor.lines(shard.next_line, shard.end_line):

@@ -86,6 +86,10 @@ class Batch(Base):
     sampling_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, nullable=True)
     errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
+    # Lines, prompt tokens, requested output tokens and ETA (app.estimate), while queued.
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # A retry's parent: the batch whose failed lines this one runs again.
+    parent_batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), nullable=True, index=True)
 
     request_total: Mapped[int] = mapped_column(Integer, default=0)
     request_completed: Mapped[int] = mapped_column(Integer, default=0)
@@ -148,6 +152,12 @@ class BatchRun(Base):
     generate_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)
     output_lengths: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)  # app.stats histogram
+    # Offsets (from first_line) of the lines that went to the error part; the rest, in
+    # order, are the output part's. Lets results be served in input order mid-run.
+    error_lines: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
+    # What the engine reported about this batch (worker.telemetry): prefill and decode
+    # rates, KV-cache use, preemptions, the idle tail.
+    engine_stats: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     worker_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

@@ -66,6 +66,8 @@ class BatchResult:
     completion_tokens: int
     generate_seconds: float
     output_lengths: list[int] | None = None  # histogram over app.stats.OUTPUT_LENGTH_EDGES
+    error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
+    engine_stats: dict[str, Any] | None = None  # worker.telemetry
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
@@ -206,6 +208,24 @@ class JobRepository:
                 query = query.where(_older_than(Batch, self.get_batch(after, scope)))
             return list(session.scalars(query))
 
+    def child_ids(self, batch_id: str) -> list[str]:
+        """The batch's retries, oldest first."""
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(Batch.id).where(Batch.parent_batch_id == batch_id).order_by(Batch.created_at, Batch.id)
+                )
+            )
+
+    def descendants(self, batch_id: str) -> list[Batch]:
+        """Retries of the batch, of its retries, and so on, oldest first."""
+        with self.db.session() as session:
+            tree = select(Batch.id).where(Batch.parent_batch_id == batch_id).cte("tree", recursive=True)
+            tree = tree.union_all(select(Batch.id).join(tree, Batch.parent_batch_id == tree.c.id))
+            return list(
+                session.scalars(select(Batch).join(tree, Batch.id == tree.c.id).order_by(Batch.created_at, Batch.id))
+            )
+
     def request_cancel(self, batch_id: str, scope: str | None) -> tuple[Batch, bool]:
         """Queued work stops at once, running shards at their next batch boundary.
         Returns the batch and whether the caller must finalize it now (no shard runs)."""
@@ -305,6 +325,8 @@ class JobRepository:
                     generate_seconds=result.generate_seconds,
                     tokens_per_second=tps,
                     output_lengths=result.output_lengths,
+                    error_lines=result.error_lines,
+                    engine_stats=result.engine_stats,
                     worker_id=worker_id,
                 )
             )
@@ -390,6 +412,26 @@ class JobRepository:
             return list(
                 session.scalars(select(BatchRun).where(BatchRun.batch_id == batch_id).order_by(BatchRun.first_line))
             )
+
+    def measured_rate(self, model: str, batch_size: int, days: float) -> tuple[float, int] | None:
+        """Generated tokens per generate-second of recent static batches of jobs on `model`
+        at `batch_size`, and how many static batches that is; None without any."""
+        with self.db.session() as session:
+            tokens, seconds, count = session.execute(
+                select(func.sum(BatchRun.completion_tokens), func.sum(BatchRun.generate_seconds), func.count())
+                .join(Batch, Batch.id == BatchRun.batch_id)
+                .where(
+                    Batch.model == model,
+                    Batch.batch_size == batch_size,
+                    BatchRun.prompts > 0,
+                    BatchRun.created_at > func.now() - timedelta(days=days),
+                )
+            ).one()
+        return (float(tokens) / float(seconds), int(count)) if seconds else None
+
+    def set_estimate(self, batch_id: str, estimate: dict[str, Any]) -> None:
+        with self.db.session() as session:
+            session.execute(update(Batch).where(Batch.id == batch_id).values(estimate=estimate))
 
     def worker_count(self, batch_id: str) -> int:
         """How many workers ran static batches of this batch."""

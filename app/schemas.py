@@ -100,6 +100,24 @@ class BatchCreate(BaseModel):
     model: str | None = Field(default=None, description="model to run; default: the one the workers hold")
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
     max_tokens: int | None = Field(default=None, ge=1, description="default max_tokens for lines without one")
+    truncate_prompts: bool = Field(
+        default=False,
+        description="cut prompts too long for the context to fit (keeping their end) instead of failing those lines",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="check every line and count tokens with the model's tokenizer, return the estimate, queue nothing",
+    )
+
+
+class BatchRetry(BaseModel):
+    """Overrides for a retry; everything else is the parent's."""
+
+    max_tokens: int | None = Field(default=None, ge=1, description="replaces each line's max_tokens")
+    truncate_prompts: bool = Field(default=False, description="cut prompts too long for the context to fit")
+    batch_size: int | None = Field(default=None, ge=1, le=100_000)
+    priority: int | None = Field(default=None, ge=-100, le=100)
+    metadata: dict[str, str] | None = None
 
 
 class RequestCounts(BaseModel):
@@ -153,9 +171,14 @@ class BatchObject(BaseModel):
     usage: dict[str, Any]
     queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
     throughput: dict[str, Any]
+    estimate: dict[str, Any] | None = Field(
+        default=None, description="lines, prompt tokens, requested output tokens and ETA, counted when queued"
+    )
+    parent_batch_id: str | None = Field(default=None, description="the batch whose failed lines this one retries")
+    child_batch_ids: list[str] | None = Field(default=None, description="retries of this batch, oldest first")
 
     @classmethod
-    def of(cls, batch: Batch, workers: int | None = None) -> BatchObject:
+    def of(cls, batch: Batch, workers: int | None = None, children: list[str] | None = None) -> BatchObject:
         status = BatchStatus(batch.status)
         gen_tps = batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
         ended = batch.completed_at or batch.cancelled_at or batch.expired_at
@@ -203,7 +226,41 @@ class BatchObject(BaseModel):
                 "tensor_parallel_size": batch.tensor_parallel_size,
                 "workers": workers,
             },
+            estimate=batch.estimate,
+            parent_batch_id=batch.parent_batch_id,
+            child_batch_ids=children,
         )
+
+
+class FailingLine(BaseModel):
+    line: int
+    custom_id: str
+    code: str
+    param: str | None
+    message: str
+
+
+class BatchEstimate(BaseModel):
+    """A dry run's answer: what the batch would do. Nothing is queued."""
+
+    object: Literal["batch.estimate"] = "batch.estimate"
+    input_file_id: str
+    endpoint: str
+    model: str
+    batch_size: int
+    would_fail: bool = Field(description="the file breaks the input format, so the batch would fail as a whole")
+    file_errors: list[dict[str, Any]]
+    lines: int
+    runnable_lines: int
+    prompt_tokens: int = Field(description="counted with the model's tokenizer, chat template applied")
+    requested_output_tokens: int = Field(description="the sum of every runnable line's max_tokens times n")
+    failing_lines: int = Field(description="lines that would go to the error file")
+    failing: list[FailingLine] = Field(description="the first of them, with the reason")
+    context_length: int
+    eta_seconds: float | None = Field(description="null when no worker has measured this model at this batch size")
+    basis: str = Field(description="where the ETA comes from")
+    tokens_per_second_per_worker: float | None = None
+    ready_workers: int
 
 
 class BatchList(_Page):

@@ -7,6 +7,13 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.db import Database
+from app.repository import JobRepository
+from app.storage import ObjectStore
+from worker.engine import Engine
+from worker.loop import WorkerLoop
+
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
@@ -49,3 +56,17 @@ def download(client: TestClient, file_id: str) -> list[dict[str, Any]]:
     response = client.get(f"/v1/files/{file_id}/content")
     assert response.status_code == 200, response.text
     return read_jsonl(response.content)
+
+
+def run_worker_until_idle(
+    engine: Engine, settings: Settings, store: ObjectStore, max_shards: int | None = None
+) -> WorkerLoop:
+    """A worker in this process runs shards until none is left (or `max_shards` ran)."""
+    db = Database(settings.database_url or "")
+    loop = WorkerLoop(engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
+    loop.register()
+    ran = 0
+    while (max_shards is None or ran < max_shards) and loop.run_once():
+        ran += 1
+    db.dispose()
+    return loop

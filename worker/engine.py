@@ -11,9 +11,10 @@ import os
 import shutil
 from typing import Any, Protocol
 
-from app.batch_lines import ChatBody, Request
+from app.batch_lines import Request
 from app.config import Settings
 from app.output_lines import Choice, Generation, TokenLogprob
+from app.prompts import prompt_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,7 @@ class VllmEngine:
         self.tensor_parallel_size = settings.tensor_parallel_size
 
     def prompt_token_ids(self, request: Request) -> list[int]:
-        body = request.body
-        if isinstance(body, ChatBody):
-            messages: list[Any] = [{"role": m.role, "content": m.text()} for m in body.messages]
-            rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return list(self.tokenizer.encode(str(rendered), add_special_tokens=False))
-        if isinstance(body.prompt, list):
-            return list(body.prompt)
-        return list(self.tokenizer.encode(body.prompt))
+        return prompt_token_ids(self.tokenizer, request)
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         from vllm import SamplingParams

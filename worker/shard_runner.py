@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from app.batch_lines import LineError, Request, parse_line
+from app.batch_lines import LineError, Request
 from app.models import BatchStatus
 from app.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.repository import BatchResult, ClaimedShard, JobRepository
+from app.request_plan import plan_request
 from app.retry import retry_transient
+from app.sampling import UnsupportedRequest
 from app.stats import length_histogram
 from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
-from worker.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,27 +87,23 @@ class ShardRunner:
         batch = PreparedBatch(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
         for index, raw in chunk:
             try:
-                request = parse_line(raw, index, shard.endpoint)
-                kwargs = sampling_kwargs(request.body, shard.sampling_defaults)
-                ids = self.engine.prompt_token_ids(request)
-                wanted = len(ids) + max_tokens_of(request.body, shard.sampling_defaults)
-                if wanted > self.engine.max_model_len:
-                    raise UnsupportedRequest(
-                        f"This model's maximum context length is {self.engine.max_model_len} tokens. However, "
-                        f"you requested {wanted} tokens ({len(ids)} in the prompt, {wanted - len(ids)} for the "
-                        "completion). Please reduce the prompt or max_tokens.",
-                        param="max_tokens",
-                        code="context_length_exceeded",
-                    )
+                planned = plan_request(
+                    raw,
+                    index,
+                    shard.endpoint,
+                    shard.sampling_defaults,
+                    self.engine.prompt_token_ids,
+                    self.engine.max_model_len,
+                )
             except LineError as err:  # the file changed since upload; still answer per line
                 batch.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
             except UnsupportedRequest as err:
-                batch.errors[index] = request_error_line(request.custom_id, err.message, err.param, err.code)
+                batch.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
                 continue
-            batch.runnable.append(request)
-            batch.prompts.append(ids)
-            batch.sampling.append(kwargs)
+            batch.runnable.append(planned.request)
+            batch.prompts.append(planned.prompt)
+            batch.sampling.append(planned.sampling)
         return batch
 
     def _set_aside(self, batch: PreparedBatch, attempts: int) -> PreparedBatch:
@@ -144,6 +141,7 @@ class ShardRunner:
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations),
+            error_lines=[index - batch.first_line for index in sorted(batch.errors)],
         )
         return self._patiently(
             lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),

@@ -14,21 +14,11 @@ from app.db import Database
 from app.expiry import expire_overdue
 from app.repository import JobRepository
 from app.storage import ObjectStore
-from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
+from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 from worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.engine
-
-
-def run_worker_until_idle(engine: VllmEngine, settings: Settings, store: ObjectStore) -> WorkerLoop:
-    db = Database(settings.database_url or "")
-    loop = WorkerLoop(engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
-    loop.register()
-    while loop.run_once():
-        pass
-    db.dispose()
-    return loop
 
 
 def test_every_line_comes_back_in_input_order(

@@ -9,8 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.storage import ObjectStore
-from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, upload
-from tests.integration.test_job_path import run_worker_until_idle
+from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 
 pytestmark = pytest.mark.engine

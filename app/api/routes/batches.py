@@ -4,28 +4,47 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
-from app.batch_service import create_batch
+from app.batch_service import create_batch, dry_run, record_estimate
 from app.finalize import finalize_batch
-from app.schemas import BatchCreate, BatchList, BatchObject
+from app.models import BatchStatus
+from app.rerun import merged_output, retry_failed
+from app.results import results_page
+from app.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
 from app.stats import batch_series, job_stats
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
-@router.post("", response_model=BatchObject)
-def create(body: BatchCreate, caller: CallerDep, repo: RepoDep, settings: SettingsDep) -> BatchObject:
-    """Create a batch from an uploaded file; a file that breaks the format gives a failed batch."""
-    return BatchObject.of(create_batch(repo, settings, body, caller))
+@router.post("", response_model=BatchObject | BatchEstimate)
+def create(
+    body: BatchCreate,
+    caller: CallerDep,
+    repo: RepoDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> BatchObject | BatchEstimate:
+    """Create a batch from an uploaded file; a file that breaks the format gives a failed batch.
+
+    With `dry_run: true`, nothing is queued: the answer is an estimate (lines, prompt
+    tokens, requested output tokens, the lines that would fail and why, an ETA)."""
+    if body.dry_run:
+        return BatchEstimate(**dry_run(repo, store, settings, body, caller))
+    batch = create_batch(repo, settings, body, caller)
+    if batch.status == BatchStatus.QUEUED:
+        background.add_task(record_estimate, repo, store, settings, batch.id)
+    return BatchObject.of(batch)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
 def get(batch_id: str, caller: CallerDep, repo: RepoDep) -> BatchObject:
     """A batch's status, counts and throughput."""
     batch = repo.get_batch(batch_id, caller.scope)
-    return BatchObject.of(batch, workers=repo.worker_count(batch_id))
+    return BatchObject.of(batch, workers=repo.worker_count(batch_id), children=repo.child_ids(batch_id))
 
 
 @router.get("", response_model=BatchList)
@@ -46,6 +65,65 @@ def stats(batch_id: str, caller: CallerDep, repo: RepoDep) -> dict[str, Any]:
     batch = repo.get_batch(batch_id, caller.scope)
     runs = repo.batch_runs(batch_id)
     return {**job_stats(batch, runs), "batches": batch_series(runs)}
+
+
+@router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}, "description": "output and error lines in input order"}},
+)
+def results(
+    batch_id: str,
+    caller: CallerDep,
+    repo: RepoDep,
+    store: StoreDep,
+    after: Annotated[int, Query(ge=0, description="lines already read (0 for the start)")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> StreamingResponse:
+    """The lines finished so far, in input order, from line `after` on, while the batch runs.
+
+    Each line is in the output or error file's shape. `X-Next-After` is the cursor for
+    the next call; `X-Complete: true` says no more lines will come.
+    """
+    batch = repo.get_batch(batch_id, caller.scope)
+    source = repo.get_file(batch.input_file_id)
+    page = results_page(
+        store, batch, repo.batch_runs(batch_id), repo.shards(batch_id), source.storage_key, after, limit
+    )
+    return StreamingResponse(
+        page.lines,
+        media_type="application/jsonl",
+        headers={
+            "X-Next-After": str(page.next_after),
+            "X-Complete": "true" if page.complete else "false",
+            "X-Lines": str(page.next_after - page.after),
+        },
+    )
+
+
+@router.post("/{batch_id}/retry", response_model=BatchObject)
+def retry(
+    batch_id: str,
+    caller: CallerDep,
+    repo: RepoDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    body: BatchRetry | None = None,
+) -> BatchObject:
+    """A new batch of this finished batch's failed and unrun lines, linked to it as its child,
+    optionally with a new `max_tokens` for every line or prompts cut to fit the context."""
+    child = retry_failed(repo, store, settings, batch_id, body or BatchRetry(), caller)
+    return BatchObject.of(child)
+
+
+@router.get(
+    "/{batch_id}/merged_output",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}, "description": "output lines in input order"}},
+)
+def merged(batch_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> StreamingResponse:
+    """The batch's output with the lines its retries answered filled in, in input order."""
+    return StreamingResponse(merged_output(repo, store, batch_id, caller), media_type="application/jsonl")
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)

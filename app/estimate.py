@@ -1,0 +1,113 @@
+"""Pricing a job before it runs: every line planned as the worker would plan it, tokens
+counted with the model's own tokenizer, and an ETA from what workers measured.
+
+The ETA divides the requested output tokens (every line's `max_tokens` times `n`,
+an upper bound: lines may stop early) by the generation rate that workers holding
+this model recorded on recent jobs at the same batch size, times the number of such
+workers that are up. With no such history it says so instead of guessing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+from app.batch_lines import LineError, Request
+from app.config import Settings
+from app.output_lines import custom_id_of
+from app.prompts import prompt_token_ids
+from app.repository import JobRepository
+from app.request_plan import plan_request
+from app.sampling import UnsupportedRequest
+
+HISTORY_DAYS = 7
+WORKER_STALE_SECONDS = 120
+
+
+@functools.lru_cache(maxsize=2)
+def model_tokenizer(model: str) -> Any:
+    """The model's tokenizer (the same files the engine loads), once per process."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+@functools.lru_cache(maxsize=2)
+def model_context_length(model: str, configured: int | None) -> int:
+    if configured:
+        return configured
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model).max_position_embeddings)
+
+
+def count_lines(lines: Iterable[bytes], endpoint: str, defaults: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Plans every line; returns the counts and the lines that would fail, and why."""
+    tokenizer = model_tokenizer(settings.model)
+
+    def tokenize(request: Request) -> list[int]:
+        return prompt_token_ids(tokenizer, request)
+
+    max_model_len = model_context_length(settings.model, settings.max_model_len)
+    counts = {"lines": 0, "runnable_lines": 0, "prompt_tokens": 0, "requested_output_tokens": 0, "failing_lines": 0}
+    failing: list[dict[str, Any]] = []
+    for index, raw in enumerate(lines):
+        counts["lines"] += 1
+        try:
+            planned = plan_request(raw, index, endpoint, defaults, tokenize, max_model_len)
+        except (LineError, UnsupportedRequest) as err:
+            counts["failing_lines"] += 1
+            if len(failing) < settings.max_reported_errors:
+                code = err.code if isinstance(err, UnsupportedRequest) else "invalid_request"
+                failing.append(
+                    {
+                        "line": index + 1,
+                        "custom_id": custom_id_of(raw),
+                        "code": code,
+                        "param": err.param,
+                        "message": err.message,
+                    }
+                )
+            continue
+        counts["runnable_lines"] += 1
+        counts["prompt_tokens"] += len(planned.prompt)
+        counts["requested_output_tokens"] += planned.max_tokens * planned.request.body.n
+    return {**counts, "failing": failing, "context_length": max_model_len}
+
+
+def eta(repo: JobRepository, model: str, batch_size: int, output_tokens: int) -> dict[str, Any]:
+    """Seconds to generate `output_tokens`, from the rate workers measured recently."""
+    measured = repo.measured_rate(model, batch_size, HISTORY_DAYS)
+    workers = sum(1 for w in repo.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
+    if measured is None:
+        return {
+            "eta_seconds": None,
+            "basis": f"no history: no worker holding {model} has run a batch of size {batch_size} "
+            f"in the last {HISTORY_DAYS} days",
+            "ready_workers": workers,
+        }
+    tokens_per_second, static_batches = measured
+    return {
+        "eta_seconds": round(output_tokens / (tokens_per_second * max(workers, 1)), 1),
+        "basis": f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
+        f"{tokens_per_second:.0f} generated tokens/s per worker, {max(workers, 1)} worker(s); "
+        "an upper bound, as every line is counted at its max_tokens",
+        "tokens_per_second_per_worker": round(tokens_per_second, 1),
+        "ready_workers": workers,
+    }
+
+
+def estimate_job(
+    repo: JobRepository,
+    settings: Settings,
+    lines: Iterable[bytes],
+    *,
+    endpoint: str,
+    defaults: dict[str, Any],
+    model: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The whole estimate: counts, failing lines and the ETA."""
+    counted = count_lines(lines, endpoint, defaults, settings)
+    return {**counted, "batch_size": batch_size, **eta(repo, model, batch_size, counted["requested_output_tokens"])}

@@ -1,0 +1,120 @@
+"""Retry what failed: a child batch of a finished batch's failed and unrun lines, and
+the parent's output with the answers its retries found filled in.
+
+A child's input file holds the parent's input lines whose custom_id is in the
+parent's error file, in input order, with the overrides applied to each line (so
+the file says exactly what ran). The child links to its parent; retries of a
+child link to the child, and the merged output of any batch takes the latest
+answer for each of its lines from everything below it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+
+from app.auth import Principal
+from app.batch_service import create_batch
+from app.config import Settings
+from app.errors import Conflict
+from app.models import TERMINAL_STATUSES, Batch, BatchStatus
+from app.output_lines import custom_id_of
+from app.repository import JobRepository
+from app.schemas import BatchCreate, BatchRetry
+from app.storage import ChunkReader, ObjectStore, iter_lines
+from app.uploads import UploadLimits, store_upload
+
+
+def _digest(custom_id: str) -> bytes:
+    return hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+
+
+def _lines_of(store: ObjectStore, key: str) -> Iterator[bytes]:
+    return (line for line in iter_lines(store.read_chunks(key)) if line.strip())
+
+
+def _with_overrides(raw: bytes, overrides: BatchRetry) -> bytes:
+    if overrides.max_tokens is None:
+        return raw
+    line = json.loads(raw)
+    body = line["body"] if isinstance(line.get("body"), dict) else line
+    body.pop("max_completion_tokens", None)
+    body["max_tokens"] = overrides.max_tokens
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def retry_failed(
+    repo: JobRepository,
+    store: ObjectStore,
+    settings: Settings,
+    parent_id: str,
+    overrides: BatchRetry,
+    caller: Principal,
+) -> Batch:
+    """A new queued batch of the parent's failed and unrun lines."""
+    parent = repo.get_batch(parent_id, caller.scope)
+    status = BatchStatus(parent.status)
+    if status not in TERMINAL_STATUSES:
+        raise Conflict(f"Batch {parent_id} is {status.value}; retry it once it has ended.")
+    if parent.error_file_id is None:
+        raise Conflict(f"Batch {parent_id} has no failed lines to retry.")
+    failed = {_digest(custom_id_of(line)) for line in _lines_of(store, repo.get_file(parent.error_file_id).storage_key)}
+    source = repo.get_file(parent.input_file_id)
+    picked = (
+        _with_overrides(raw, overrides) + b"\n"
+        for raw in _lines_of(store, source.storage_key)
+        if _digest(custom_id_of(raw)) in failed
+    )
+    retry_file = store_upload(
+        repo,
+        store,
+        ChunkReader(picked),  # type: ignore[arg-type]
+        owner=parent.owner,
+        filename=f"{parent_id}_retry.jsonl",
+        purpose="batch",
+        limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
+    )
+    request = BatchCreate(
+        input_file_id=retry_file.id,
+        endpoint=parent.endpoint,
+        model=parent.model,
+        batch_size=overrides.batch_size or parent.batch_size,
+        max_tokens=parent.sampling_defaults.get("max_tokens"),
+        priority=parent.priority if overrides.priority is None else overrides.priority,
+        metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
+        truncate_prompts=overrides.truncate_prompts or bool(parent.sampling_defaults.get("truncate_prompts")),
+    )
+    owner = Principal(owner=parent.owner, is_admin=caller.is_admin, key_id=caller.key_id)
+    return create_batch(repo, settings, request, owner, parent_batch_id=parent.id)
+
+
+def merged_output(repo: JobRepository, store: ObjectStore, batch_id: str, caller: Principal) -> Iterator[bytes]:
+    """The batch's output lines with the lines its retries answered filled in, in input
+    order; a line no attempt answered is left out (the last retry's error file has it)."""
+    batch = repo.get_batch(batch_id, caller.scope)
+    if batch.output_file_id is None:
+        raise Conflict(f"Batch {batch_id} has no output yet (it is {batch.status}).")
+    answered: dict[bytes, bytes] = {}
+    for child in repo.descendants(batch_id):  # oldest first: a later retry's answer wins
+        if child.output_file_id is not None:
+            for line in _lines_of(store, repo.get_file(child.output_file_id).storage_key):
+                answered[_digest(custom_id_of(line))] = line
+    own = _lines_of(store, repo.get_file(batch.output_file_id).storage_key)
+    inputs = _lines_of(store, repo.get_file(batch.input_file_id).storage_key)
+    return _merge(inputs, own, answered)
+
+
+def _merge(inputs: Iterable[bytes], own: Iterator[bytes], answered: dict[bytes, bytes]) -> Iterator[bytes]:
+    """Walks the input in order, taking each line's answer from the retries or, in turn,
+    from the batch's own output (which holds its answered lines in input order)."""
+    pending: bytes | None = next(own, None)
+    pending_id = custom_id_of(pending) if pending is not None else None
+    for raw in inputs:
+        custom_id = custom_id_of(raw)
+        if pending is not None and custom_id == pending_id:
+            yield pending + b"\n"
+            pending = next(own, None)
+            pending_id = custom_id_of(pending) if pending is not None else None
+        elif (retried := answered.get(_digest(custom_id))) is not None:
+            yield retried + b"\n"

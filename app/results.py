@@ -1,0 +1,110 @@
+"""Results so far: the finished lines of a batch, in input order, while it runs.
+
+Each recorded static batch covers consecutive input lines; its output part holds
+the lines that succeeded and its error part the others, and the run records which
+offsets went to the error part. So any stretch of lines can be served in input
+order from the parts, without waiting for the final join. Only the contiguous
+prefix is served: with several workers, a later shard may finish before an
+earlier one, and its lines wait until the gap before them closes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from app.finalize import unrun_reason
+from app.models import TERMINAL_STATUSES, Batch, BatchRun, BatchStatus, Shard
+from app.output_lines import batch_error_line, custom_id_of, part_key
+from app.storage import ObjectStore, iter_lines
+
+
+@dataclass(frozen=True)
+class _Stretch:
+    """Consecutive input lines [start, end) answered by one run, or never run."""
+
+    start: int
+    end: int
+    run: BatchRun | None  # None: lines a cancelled or expired batch never ran
+
+
+@dataclass(frozen=True)
+class ResultsPage:
+    after: int  # the first line (0-based) in this page
+    next_after: int  # where the next page starts
+    complete: bool  # no more lines will come
+    lines: Iterator[bytes]
+
+
+def _stretches(batch: Batch, runs: list[BatchRun], shards: list[Shard]) -> list[_Stretch]:
+    stretches = [_Stretch(r.first_line, r.first_line + r.completed + r.failed, r) for r in runs]
+    if BatchStatus(batch.status) in TERMINAL_STATUSES:
+        stretches += [_Stretch(s.next_line, s.end_line, None) for s in shards if s.next_line < s.end_line]
+    return sorted(stretches, key=lambda s: s.start)
+
+
+def _contiguous_end(stretches: list[_Stretch], after: int) -> int:
+    """The end of the stretches that follow one another without a gap from line `after`."""
+    end = after
+    for stretch in stretches:
+        if stretch.end <= end:
+            continue
+        if stretch.start > end:
+            break
+        end = stretch.end
+    return end
+
+
+def results_page(
+    store: ObjectStore, batch: Batch, runs: list[BatchRun], shards: list[Shard], input_key: str, after: int, limit: int
+) -> ResultsPage:
+    """Up to `limit` finished lines from line `after` on (0-based), in input order."""
+    stretches = _stretches(batch, runs, shards)
+    next_after = min(_contiguous_end(stretches, after), after + limit)
+    terminal = BatchStatus(batch.status) in TERMINAL_STATUSES
+    complete = terminal and next_after >= _contiguous_end(stretches, next_after)
+    wanted = [s for s in stretches if s.end > after and s.start < next_after]
+    return ResultsPage(after, next_after, complete, _lines(store, batch, wanted, input_key, after, next_after))
+
+
+def _lines(
+    store: ObjectStore, batch: Batch, stretches: list[_Stretch], input_key: str, after: int, end: int
+) -> Iterator[bytes]:
+    for stretch in stretches:
+        if stretch.run is not None:
+            lines = _run_lines(store, batch.id, stretch.run)
+        else:
+            lines = _unrun_lines(store, batch, input_key, stretch.start)
+        for index, line in enumerate(lines, start=stretch.start):
+            if index >= end or index >= stretch.end:
+                break
+            if index >= after:
+                yield line + b"\n"
+
+
+def _read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
+    return iter_lines(store.read_chunks(key))
+
+
+def _run_lines(store: ObjectStore, batch_id: str, run: BatchRun) -> Iterator[bytes]:
+    """One run's lines in input order: its output and error parts interleaved."""
+    out = _read_lines(store, part_key(batch_id, run.shard_index, run.seq, "out")) if run.completed else iter(())
+    err = _read_lines(store, part_key(batch_id, run.shard_index, run.seq, "err")) if run.failed else iter(())
+    if run.error_lines is None:  # recorded before error offsets were: outputs, then errors
+        yield from out
+        yield from err
+        return
+    failed = set(run.error_lines)
+    for offset in range(run.completed + run.failed):
+        line = next(err if offset in failed else out, None)
+        if line is None:
+            return
+        yield line
+
+
+def _unrun_lines(store: ObjectStore, batch: Batch, input_key: str, start: int) -> Iterator[bytes]:
+    """The input file's lines from `start` on as "never ran" error lines."""
+    code, message = unrun_reason(BatchStatus(batch.status))
+    for raw in itertools.islice(_read_lines(store, input_key), start, None):
+        yield batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n")
