@@ -102,8 +102,12 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     for name in ("batch_size", "max_tokens", "model", "priority"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
+    if args.truncate_prompts:
+        body["truncate_prompts"] = True
     if args.metadata:
         body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
+    if args.dry_run:
+        return _print_estimate(client.call("POST", "/v1/batches", json={**body, "dry_run": True}))
     batch = client.call("POST", "/v1/batches", json=body)
     print(batch["id"])
     if batch["status"] == "failed":
@@ -117,6 +121,21 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_estimate(estimate: dict[str, Any]) -> int:
+    """A dry run's answer; exit status 1 when the batch would fail or lines would."""
+    print(
+        f"{estimate['lines']} lines, {estimate['prompt_tokens']} prompt tokens, "
+        f"{estimate['requested_output_tokens']} output tokens at most, {estimate['failing_lines']} lines would fail"
+    )
+    eta = estimate["eta_seconds"]
+    print(f"ETA {eta:.0f} s ({estimate['basis']})" if eta is not None else f"ETA unknown: {estimate['basis']}")
+    for error in estimate["file_errors"]:
+        print(f"  line {error.get('line')}: {error['message']} (the whole batch would fail)", file=sys.stderr)
+    for line in estimate["failing"]:
+        print(f"  line {line['line']} ({line['custom_id']}): {line['message']}", file=sys.stderr)
+    return 1 if estimate["would_fail"] or estimate["failing_lines"] else 0
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     batch = client.call("GET", f"/v1/batches/{args.batch_id}")
     print(json.dumps(batch, indent=2) if args.json else _summary(batch))
@@ -127,6 +146,19 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     page = client.call("GET", "/v1/batches", params={"limit": args.limit})
     for batch in page["data"]:
         print(_summary(batch))
+    return 0
+
+
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"truncate_prompts": args.truncate_prompts}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    batch = client.call("POST", f"/v1/batches/{args.batch_id}/retry", json=body)
+    print(batch["id"])
+    if args.wait:
+        batch = watch(client, batch["id"])
+        print(_summary(batch))
+        return 0 if batch["status"] == "completed" else 1
     return 0
 
 
@@ -210,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int)
     submit.add_argument("--metadata", nargs="*", metavar="KEY=VALUE")
     submit.add_argument("--wait", action="store_true", help="show progress until the batch ends")
+    submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        dest="dry_run",
+        help="check every line and count its tokens, print the estimate and ETA, queue nothing",
+    )
+    submit.add_argument(
+        "--truncate-prompts",
+        action="store_true",
+        dest="truncate_prompts",
+        help="cut prompts too long for the context to fit instead of failing those lines",
+    )
     submit.set_defaults(run=cmd_submit)
 
     status = sub.add_parser("status", help="one batch")
@@ -224,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="stop a batch at its next batch boundary")
     cancel.add_argument("batch_id")
     cancel.set_defaults(run=cmd_cancel)
+
+    retry = sub.add_parser("retry", help="run a finished batch's failed lines again as a child batch")
+    retry.add_argument("batch_id")
+    retry.add_argument("--max-tokens", type=int, dest="max_tokens", help="replaces each retried line's max_tokens")
+    retry.add_argument(
+        "--truncate-prompts", action="store_true", dest="truncate_prompts", help="cut prompts to fit the context"
+    )
+    retry.add_argument("--wait", action="store_true", help="show progress until the retry ends")
+    retry.set_defaults(run=cmd_retry)
 
     download = sub.add_parser("download", help="save a batch's output (and error) file")
     download.add_argument("batch_id")

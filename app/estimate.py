@@ -89,7 +89,7 @@ def eta(repo: JobRepository, model: str, batch_size: int, output_tokens: int) ->
         }
     tokens_per_second, static_batches = measured
     return {
-        "eta_seconds": round(output_tokens / (tokens_per_second * max(workers, 1)), 1),
+        "eta_seconds": round(output_tokens / (tokens_per_second * max(workers, 1)), 3),
         "basis": f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
         f"{tokens_per_second:.0f} generated tokens/s per worker, {max(workers, 1)} worker(s); "
         "an upper bound, as every line is counted at its max_tokens",

@@ -24,9 +24,7 @@ def settings(database_url: str, store: ObjectStore) -> Settings:
 
 
 def rows_with_failures(count: int) -> list[dict[str, object]]:
-    return [
-        completion_line(f"r{i}", TOO_LONG if i in (5, 17) else f"item {i}", max_tokens=3) for i in range(count)
-    ]
+    return [completion_line(f"r{i}", TOO_LONG if i in (5, 17) else f"item {i}", max_tokens=3) for i in range(count)]
 
 
 def results(client: TestClient, batch_id: str, **params: int) -> tuple[list[dict[str, object]], int, bool]:
