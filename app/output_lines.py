@@ -27,11 +27,23 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class RequestTiming:
+    """When the engine scheduled a request and produced its first and last tokens
+    (the engine's monotonic clock, seconds), and how often it was preempted."""
+
+    scheduled: float
+    first_token: float
+    last_token: float
+    preemptions: int = 0
+
+
+@dataclass(frozen=True)
 class Generation:
     """What the engine made of one request: `n` choices."""
 
     prompt_tokens: int
     choices: list[Choice]
+    timing: RequestTiming | None = None
 
     @property
     def completion_tokens(self) -> int:

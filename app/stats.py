@@ -55,6 +55,7 @@ def job_stats(batch: Batch, runs: list[BatchRun]) -> dict[str, Any]:
         "end_to_end_tokens_per_second": _ratio(completion_tokens, wall),
         "queue_wait_seconds": _seconds(batch.in_progress_at, batch.created_at),
         "time_to_first_batch_seconds": _seconds(batch.first_batch_at, batch.in_progress_at),
+        "engine": engine_totals(runs),
         "output_length_histogram": [
             {"from_tokens": low, "below_tokens": high, "lines": count}
             for low, high, count in zip(OUTPUT_LENGTH_EDGES, [*OUTPUT_LENGTH_EDGES[1:], None], histogram, strict=True)
@@ -79,6 +80,31 @@ def batch_series(runs: list[BatchRun]) -> list[dict[str, Any]]:
             "tokens_per_second": round(r.tokens_per_second, 1),
             "worker_id": r.worker_id,
             "recorded_at": r.created_at.isoformat(),
+            "engine": r.engine_stats,
         }
         for r in sorted(runs, key=lambda r: r.created_at)
     ]
+
+
+def engine_totals(runs: list[BatchRun]) -> dict[str, Any] | None:
+    """The engine's telemetry over all of a job's static batches (worker.telemetry)."""
+    reported = [(r, r.engine_stats) for r in runs if r.engine_stats]
+    if not reported:
+        return None
+    prefill = sum(e["prefill_seconds"] for _, e in reported)
+    decode = sum(e["decode_seconds"] for _, e in reported)
+    decoded = sum((e["decode_tokens_per_second"] or 0) * e["decode_seconds"] for _, e in reported)
+    idle_tail = sum(e["idle_tail_seconds"] for _, e in reported)
+    generate = sum(r.generate_seconds for r, _ in reported)
+    demands = [e["kv_cache_demand"] for _, e in reported if e.get("kv_cache_demand") is not None]
+    return {
+        "static_batches": len(reported),
+        "prefill_seconds": round(prefill, 3),
+        "prefill_tokens_per_second": _ratio(sum(r.prompt_tokens for r, _ in reported), prefill),
+        "decode_seconds": round(decode, 3),
+        "decode_tokens_per_second": _ratio(decoded, decode),
+        "idle_tail_seconds": round(idle_tail, 3),
+        "idle_tail_share_of_generate": round(idle_tail / generate, 4) if generate else None,
+        "preemptions": sum(e["preemptions"] for _, e in reported),
+        "peak_kv_cache_demand": max(demands) if demands else None,
+    }

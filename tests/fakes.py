@@ -14,6 +14,7 @@ class FakeEngine:
     model_name = "demo-llama"
     max_model_len = 256
     tensor_parallel_size = 1
+    kv_cache_tokens = None
 
     def __init__(self, poison: str | None = None) -> None:
         self.poison = poison

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from app.batch_lines import Request
 from app.config import Settings
-from app.output_lines import Choice, Generation, TokenLogprob
+from app.output_lines import Choice, Generation, RequestTiming, TokenLogprob
 from app.prompts import prompt_token_ids
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ class Engine(Protocol):
     model_name: str
     max_model_len: int
     tensor_parallel_size: int
+    kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The request's prompt as the model sees it (chat template applied)."""
@@ -57,12 +58,15 @@ class VllmEngine:
             kwargs["max_model_len"] = settings.max_model_len
         if not cuda:
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for worker.telemetry
         log.info("loading %s with %s", settings.model, kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = settings.model_name
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.tensor_parallel_size = settings.tensor_parallel_size
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        self.kv_cache_tokens = (cache.num_gpu_blocks or 0) * cache.block_size or None
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
@@ -91,6 +95,7 @@ class VllmEngine:
                     )
                     for choice in out.outputs
                 ],
+                timing=_timing(out.metrics),
             )
             for out, kw in zip(outputs, sampling, strict=True)
         ]
@@ -119,3 +124,15 @@ class VllmEngine:
     def shutdown(self) -> None:
         """Stops the engine's processes; without this, interpreter exit waits on them."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _timing(stats: Any) -> RequestTiming | None:
+    """vLLM's per-request stats (present when stats logging is on)."""
+    if stats is None or not getattr(stats, "first_token_ts", 0):
+        return None
+    return RequestTiming(
+        scheduled=float(stats.scheduled_ts),
+        first_token=float(stats.first_token_ts),
+        last_token=float(stats.last_token_ts),
+        preemptions=int(stats.num_preemptions),
+    )

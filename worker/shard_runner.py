@@ -27,6 +27,7 @@ from app.sampling import UnsupportedRequest
 from app.stats import length_histogram
 from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
+from worker.telemetry import batch_telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,6 +143,7 @@ class ShardRunner:
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations),
             error_lines=[index - batch.first_line for index in sorted(batch.errors)],
+            engine_stats=batch_telemetry(generations, self.engine.kv_cache_tokens),
         )
         return self._patiently(
             lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),

@@ -1,0 +1,40 @@
+"""Per-batch engine telemetry from request timings."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.output_lines import Choice, Generation, RequestTiming
+from worker.telemetry import batch_telemetry
+
+
+def generation(prompt: int, completion: int, scheduled: float, first: float, last: float, preempted: int = 0):
+    return Generation(
+        prompt_tokens=prompt,
+        choices=[Choice(text="x", completion_tokens=completion, finish_reason="length")],
+        timing=RequestTiming(scheduled=scheduled, first_token=first, last_token=last, preemptions=preempted),
+    )
+
+
+def test_prefill_decode_and_the_idle_tail_of_one_long_answer() -> None:
+    batch = [
+        generation(100, 11, scheduled=10.0, first=10.5, last=11.0),
+        generation(100, 11, scheduled=10.0, first=11.0, last=12.0, preempted=1),
+        generation(200, 41, scheduled=10.0, first=11.0, last=15.0),
+    ]
+    stats = batch_telemetry(batch, kv_cache_tokens=1000)
+    assert stats == {
+        "prefill_seconds": 1.0,
+        "prefill_tokens_per_second": 400.0,
+        "decode_seconds": 4.0,
+        "decode_tokens_per_second": pytest.approx((63 - 3) / 4.0, abs=0.1),
+        "idle_tail_seconds": 3.0,
+        "idle_tail_fraction": 0.6,
+        "preemptions": 1,
+        "kv_cache_demand": 0.463,
+    }
+
+
+def test_no_timings_no_telemetry() -> None:
+    untimed = Generation(prompt_tokens=3, choices=[Choice(text="x", completion_tokens=1, finish_reason="stop")])
+    assert batch_telemetry([untimed], kv_cache_tokens=None) is None
