@@ -82,6 +82,7 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
         subprocess.Popen(
             [sys.executable, "-m", "worker"],
             env={**env, "VLLM_CPU_OMP_THREADS_BIND": str(core)},
+            preexec_fn=pin_to(core),  # the whole worker (main, engine core, compute) on its core
             stdout=open(LOGS / f"worker-{workers}-{core}.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
