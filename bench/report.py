@@ -1,0 +1,5 @@
+"""Placeholder."""
+
+
+def write() -> None:
+    pass
