@@ -110,7 +110,10 @@ def wait_for_port(port: int, process: Any, timeout: float = PORT_WAIT_SECONDS) -
 
 
 def database_on(server_url: str, name: str) -> str:
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    """The URL of database `name` on the server of `server_url` (query options such as a socket kept)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
 
 
 @contextmanager
