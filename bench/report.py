@@ -41,8 +41,9 @@ def _chart(name: str, draw: Any) -> str:
 
 def _bars(title: str, ylabel: str, labels: list[str], values: list[float]) -> Any:
     def draw(plt: Any) -> Any:
-        figure, axis = plt.subplots(figsize=(7, 3.5))
+        figure, axis = plt.subplots(figsize=(8, 4))
         axis.bar(labels, values, color="tab:blue")
+        axis.tick_params(axis="x", labelrotation=30)
         axis.set_title(title)
         axis.set_ylabel(ylabel)
         for x, value in enumerate(values):
