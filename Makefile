@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 DEMO_MODEL := var/models/demo-llama/demo-model.json
 PYTEST_ARGS ?=
 
-.PHONY: install model run test lint typecheck test-tools clean
+.PHONY: install model run bench test lint typecheck test-tools clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ $(DEMO_MODEL): $(STAMP) app/demo_model.py
 
 run: install model
 	$(BIN)/python -m app.launcher
+
+# Every benchmark scenario (~20 min on 2 CPU cores), then docs/benchmarks.md; BENCH_ARGS="--help" for options.
+BENCH_ARGS ?=
+bench: install model
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check app worker migrations tests bench

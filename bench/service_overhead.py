@@ -4,7 +4,8 @@ with one engine in one process, so the ratio is the service's own cost.
 
     python -m bench.service_overhead [--lines 2048] [--batch-size 256] [--max-tokens 32] [--runs 3]
 
-Prints the figures and writes bench/results/service_overhead.json. Uses DATABASE_URL if
+(`python -m bench` runs it as one of its scenarios.) Prints the figures and writes
+bench/results/service_overhead.json. Uses DATABASE_URL if
 set, else an embedded Postgres in a temporary folder. Goals: generation throughput at
 least 0.97 of raw, end to end at least 0.90.
 """
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_TOKENS = 32
 
 
 def prompts(lines: int, max_tokens: int) -> list[dict[str, Any]]:
@@ -53,7 +55,9 @@ def raw_run(engine: Any, rows: list[dict[str, Any]], batch_size: int) -> dict[st
     }
 
 
-def service_run(engine: Any, repo: Any, store: Any, settings: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
+def service_run(
+    engine: Any, repo: Any, store: Any, settings: Any, rows: list[dict[str, Any]], endpoint: str = "/v1/completions"
+) -> dict[str, float]:
     """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
     from app.auth import Principal
     from app.batch_service import create_batch
@@ -75,7 +79,7 @@ def service_run(engine: Any, repo: Any, store: Any, settings: Any, rows: list[di
     loop = WorkerLoop(engine, repo, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
     loop.register()
     started = time.perf_counter()
-    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint="/v1/completions"), caller)
+    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint=endpoint), caller)
     while loop.run_once():
         pass
     wall = time.perf_counter() - started
@@ -89,61 +93,61 @@ def service_run(engine: Any, repo: Any, store: Any, settings: Any, rows: list[di
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--model", default=None, help="default: the demo model")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    args = parser.parse_args()
+class ServiceBench:
+    """The worker's path with an engine already loaded: a database and a storage folder."""
 
-    from app.config import Settings
-    from app.db import Database
-    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-    from app.migrate import upgrade
-    from app.repository import JobRepository
-    from app.storage import LocalStore
-    from worker.engine import VllmEngine
+    def __init__(self, engine: Any, config: Any, database_url: str, storage: Path, batch_size: int) -> None:
+        from app.db import Database
+        from app.repository import JobRepository
+        from app.storage import LocalStore
+        from bench.engines import engine_settings
 
-    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
-    with tempfile.TemporaryDirectory() as tmp:
-        database_url, server = os.environ.get("DATABASE_URL"), None
-        if not database_url:
-            from app.embedded_db import start_embedded_postgres
+        self.engine = engine
+        self.db = Database(database_url)
+        self.repo = JobRepository(self.db)
+        self.store = LocalStore(storage)
+        self.settings = engine_settings(config, database_url=database_url, batch_size=batch_size, shard_size=10**9)
 
-            database_url, server = start_embedded_postgres(Path(tmp))
-        upgrade(database_url)
-        settings = Settings(
-            database_url=database_url,
-            model=model,
-            batch_size=args.batch_size,
-            tensor_parallel_size=args.tensor_parallel_size,
-            shard_size=10**9,
-        )
-        engine = VllmEngine(settings)
-        repo, store = JobRepository(Database(database_url)), LocalStore(Path(tmp) / "storage")
-        rows = prompts(args.lines, args.max_tokens)
-        raw_run(engine, rows[: args.batch_size], args.batch_size)  # warm-up
-        raw, service = [], []
-        for _ in range(args.runs):  # interleaved, so drift hits both alike
-            raw.append(raw_run(engine, rows, args.batch_size))
-            service.append(service_run(engine, repo, store, settings, rows))
-        engine.shutdown()
-        if server is not None:
-            server.cleanup()
+    def run(self, rows: list[dict[str, Any]], endpoint: str = "/v1/completions") -> dict[str, float]:
+        return service_run(self.engine, self.repo, self.store, self.settings, rows, endpoint)
 
-    def median(runs: list[dict[str, float]], key: str) -> float:
-        return round(statistics.median(r[key] for r in runs), 1)
+    def close(self) -> None:
+        self.db.dispose()
 
-    result = {
-        "settings": vars(args) | {"model": model},
+
+def measure(
+    engine: Any,
+    config: Any,
+    database_url: str,
+    storage: Path,
+    lines: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> dict[str, Any]:
+    """Raw and service runs interleaved, so drift hits both alike; medians and their ratios."""
+    service = ServiceBench(engine, config, database_url, storage, batch_size)
+    rows = prompts(lines, max_tokens)
+    raw_run(engine, rows[:batch_size], batch_size)  # warm-up
+    raw, through_service = [], []
+    try:
+        for _ in range(config.runs):
+            raw.append(raw_run(engine, rows, batch_size))
+            through_service.append(service.run(rows))
+    finally:
+        service.close()
+
+    def median(per_run: list[dict[str, float]], key: str) -> float:
+        return round(statistics.median(r[key] for r in per_run), 1)
+
+    result: dict[str, Any] = {
+        "lines": lines,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
         "raw_generate_tokens_per_second": median(raw, "tokens_per_second"),
         "raw_end_to_end_tokens_per_second": median(raw, "end_to_end_tokens_per_second"),
-        "service_generation_tokens_per_second": median(service, "tokens_per_second"),
-        "service_end_to_end_tokens_per_second": median(service, "end_to_end_tokens_per_second"),
-        "runs": {"raw": raw, "service": service},
+        "service_generation_tokens_per_second": median(through_service, "tokens_per_second"),
+        "service_end_to_end_tokens_per_second": median(through_service, "end_to_end_tokens_per_second"),
+        "runs": {"raw": raw, "service": through_service},
     }
     result["generation_ratio"] = round(
         result["service_generation_tokens_per_second"] / result["raw_generate_tokens_per_second"], 3
@@ -151,8 +155,45 @@ def main() -> None:
     result["end_to_end_ratio"] = round(
         result["service_end_to_end_tokens_per_second"] / result["raw_end_to_end_tokens_per_second"], 3
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "service_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", default=None, help="default: the demo model")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    args = parser.parse_args()
+
+    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+    from bench.common import BenchConfig, write_result
+    from bench.engines import load_engine
+
+    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
+    config = BenchConfig(model=model, tensor_parallel_size=args.tensor_parallel_size, runs=args.runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url, server = os.environ.get("DATABASE_URL"), None
+        if not database_url:
+            from app.embedded_db import start_embedded_postgres
+
+            database_url, server = start_embedded_postgres(Path(tmp))
+        from app.migrate import upgrade
+
+        upgrade(database_url)
+        engine = load_engine(config)
+        try:
+            result = measure(
+                engine, config, database_url, Path(tmp) / "storage", args.lines, args.batch_size, args.max_tokens
+            )
+        finally:
+            engine.shutdown()
+            if server is not None:
+                server.cleanup()
+    result["settings"] = vars(args) | {"model": model}
+    write_result("service_overhead", result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     print(
         f"service/raw: generation {result['generation_ratio']:.3f} (goal 0.97), "

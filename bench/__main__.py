@@ -1,0 +1,241 @@
+"""`python -m bench` (`make bench`): every benchmark scenario, then docs/benchmarks.md.
+
+Runs on the demo model with the CPU engine by default; `--model` and
+`--tensor-parallel-size` run the same scenarios on any model (a 2-GPU box with
+Llama-3-70B-Instruct, say). Each scenario writes bench/results/<name>.json; the report
+(docs/benchmarks.md and docs/benchmarks/*.png) is written from those files. Figures are
+medians of `--runs` runs, and each comparison is a ratio of figures from the same run.
+Only one vLLM engine runs at a time: the in-process engine (scenarios 1a, 2 and the
+service side of 3) first, then vLLM's server (1b), then vLLM's run-batch (3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import BenchConfig, fresh_database, write_result
+
+SCENARIOS = ["static_vs_continuous", "service_overhead", "peer", "ingest", "polling", "queue", "scale_out"]
+ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
+DEFAULT_PEER_BATCH_SIZE = 512
+
+QUICK = {"runs": 3, "prompts": 512, "max_tokens": 128, "lines": 2048, "ingest_mb": 1024, "scale_out_lines": 4000}
+FULL = {"runs": 5, "prompts": 2048, "max_tokens": 512, "lines": 8192, "ingest_mb": 1024, "scale_out_lines": 8000}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = parser.add_argument_group("model and engine")
+    model.add_argument("--model", help="model folder or Hugging Face id (default: the demo model, built if missing)")
+    model.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs (or CPU ranks) per engine")
+    model.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    sizes = parser.add_argument_group("sizes (default: a ~20 minute run on a 2-core CPU)")
+    sizes.add_argument("--full", action="store_true", help=f"full sizes: {FULL}")
+    sizes.add_argument("--runs", type=int, help="runs per figure; figures are medians (default 3, full 5)")
+    sizes.add_argument("--prompts", type=int, help="scenario 1: prompts per run (default 512, full 2048)")
+    sizes.add_argument("--max-tokens", type=int, help="longest output of the seeded 4..N spread (default 128)")
+    sizes.add_argument("--lines", type=int, help="scenarios 2 and 3: lines per job (default 2048, full 8192)")
+    sizes.add_argument("--ingest-mb", type=int, help="scenario 4: upload size in MB (default 1024)")
+    sizes.add_argument("--poll-clients", type=int, default=100, help="scenario 5: concurrent clients")
+    sizes.add_argument("--poll-seconds", type=float, default=30.0, help="scenario 5: seconds of polling")
+    sizes.add_argument("--poll-interval", type=float, default=1.0, help="scenario 5: seconds between a client's polls")
+    sizes.add_argument("--queue-jobs", type=int, default=10_000, help="scenario 6: queued jobs")
+    sizes.add_argument("--queue-workers", type=int, default=4, help="scenario 6: claiming processes")
+    sizes.add_argument("--scale-out-lines", type=int, help="scenario 7: lines of the job (default 4000, full 8000)")
+    sizes.add_argument("--peer-batch-size", type=int, help="scenario 3: service batch size (default: best of 1a)")
+    sizes.add_argument("--seed", type=int, default=1234, help="seed of the output-length spread")
+    which = parser.add_argument_group("which scenarios")
+    which.add_argument("--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"run these: {SCENARIOS}")
+    which.add_argument("--skip", nargs="+", choices=SCENARIOS, default=[], metavar="NAME", help="skip these")
+    which.add_argument("--report-only", action="store_true", help="rewrite the report from existing results")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="a Postgres server; each scenario makes its own database there (default: DATABASE_URL, "
+        "else an embedded Postgres in a temporary folder)",
+    )
+    return parser.parse_args()
+
+
+def build_config(args: argparse.Namespace, model: str, server_url: str) -> BenchConfig:
+    sizes = FULL if args.full else QUICK
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return sizes[name] if value is None else value
+
+    return BenchConfig(
+        model=model,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len,
+        runs=pick("runs"),
+        prompts=pick("prompts"),
+        max_tokens=pick("max_tokens"),
+        lines=pick("lines"),
+        seed=args.seed,
+        ingest_bytes=pick("ingest_mb") << 20,
+        poll_clients=args.poll_clients,
+        poll_seconds=args.poll_seconds,
+        poll_interval=args.poll_interval,
+        queue_jobs=args.queue_jobs,
+        queue_workers=args.queue_workers,
+        scale_out_lines=pick("scale_out_lines"),
+        database_url=server_url,
+    )
+
+
+@contextmanager
+def postgres(database_url: str | None) -> Iterator[str]:
+    """The given server, or an embedded one for the length of the run."""
+    if database_url:
+        yield database_url
+        return
+    from app.embedded_db import start_embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
+        url, server = start_embedded_postgres(Path(tmp))
+        try:
+            yield url
+        finally:
+            server.cleanup()
+
+
+def best_static_batch_size(static: dict[str, Any] | None, lines: int) -> int:
+    if not static:
+        return DEFAULT_PEER_BATCH_SIZE
+    sizes = static["by_batch_size"]
+    best = max(sizes, key=lambda size: sizes[size]["tokens_per_second"])
+    return lines if best == "all" else int(best)
+
+
+def engine_phase(config: BenchConfig, selected: set[str], peer_batch_size: int | None) -> dict[str, Any]:
+    """Everything that runs on the in-process engine, loaded once."""
+    from bench import peer, service_overhead, static_batches
+    from bench.engines import load_engine, max_num_seqs
+
+    found: dict[str, Any] = {}
+    engine = load_engine(config)
+    try:
+        found["max_num_seqs"] = max_num_seqs(engine)
+        found["model_name"] = engine.model_name
+        if "static_vs_continuous" in selected:
+            print("scenario 1a: static batches", flush=True)
+            found["static"] = static_batches.run(engine, config)
+            write_result("static_batches", found["static"] | {"max_num_seqs": found["max_num_seqs"]})
+        with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+            if "service_overhead" in selected:
+                print("scenario 2: service overhead", flush=True)
+                with fresh_database(config.database_url, "bench_overhead") as url:
+                    result = service_overhead.measure(engine, config, url, Path(tmp) / "overhead", config.lines)
+                write_result("service_overhead", result)
+            if "peer" in selected:
+                size = peer_batch_size or best_static_batch_size(found.get("static"), config.lines)
+                print(f"scenario 3: the service's side, batch size {size}", flush=True)
+                lines = peer.chat_lines(config.lines, config.max_tokens, config.seed, engine.model_name)
+                with fresh_database(config.database_url, "bench_peer") as url:
+                    bench = service_overhead.ServiceBench(engine, config, url, Path(tmp) / "peer", size)
+                    try:
+                        found["peer_service"] = peer.run_service(bench, lines, config.runs) | {"batch_size": size}
+                    finally:
+                        bench.close()
+                found["peer_lines"] = lines
+    finally:
+        engine.shutdown()
+    return found
+
+
+def run_peer_side(config: BenchConfig, found: dict[str, Any]) -> None:
+    from bench import peer
+
+    print("scenario 3: vLLM run-batch", flush=True)
+    theirs = peer.run_vllm_batch(config, found["peer_lines"], found["model_name"], found["max_num_seqs"])
+    ours = found["peer_service"]
+    write_result(
+        "peer",
+        {
+            "lines": config.lines,
+            "max_num_seqs": found["max_num_seqs"],
+            "service": ours,
+            "run_batch": theirs,
+            "ratio_end_to_end": round(
+                ours["median"]["end_to_end_tokens_per_second"] / theirs["median"]["tokens_per_second"], 3
+            ),
+            "ratio_generation": round(ours["median"]["tokens_per_second"] / theirs["median"]["tokens_per_second"], 3),
+        },
+    )
+
+
+def run_continuous(config: BenchConfig, found: dict[str, Any]) -> None:
+    from bench import continuous_batching
+
+    write_result("continuous_batching", continuous_batching.run(config, found.get("max_num_seqs")))
+
+
+def run_module(module_name: str, result_name: str, config: BenchConfig) -> None:
+    """A scenario module whose `run(config)` returns its figures."""
+    module = importlib.import_module(f"bench.{module_name}")
+    write_result(result_name, module.run(config))
+
+
+def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namespace) -> dict[str, float]:
+    """Runs the selected scenarios in an order that keeps one engine at a time; their seconds."""
+    seconds: dict[str, float] = {}
+    found: dict[str, Any] = {}
+    if selected & ENGINE_SCENARIOS:
+        began = time.perf_counter()
+        found = engine_phase(config, selected, args.peer_batch_size)
+        seconds["engine_phase"] = round(time.perf_counter() - began, 1)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("static_vs_continuous", lambda: run_continuous(config, found)),
+        ("peer", lambda: run_peer_side(config, found)),
+        ("ingest", lambda: run_module("ingest", "ingest", config)),
+        ("polling", lambda: run_module("polling", "polling", config)),
+        ("queue", lambda: run_module("queue_claims", "queue", config)),
+        ("scale_out", lambda: run_module("scale_out_runner", "scale_out_summary", config)),
+    ]
+    for name, step in steps:
+        if name in selected:
+            print(f"scenario {name}", flush=True)
+            began = time.perf_counter()
+            step()
+            seconds[name] = round(time.perf_counter() - began, 1)
+    return seconds
+
+
+def main() -> None:
+    args = parse_args()
+    if args.report_only:
+        report.write()
+        return
+    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+    from bench.machine import describe
+
+    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
+    selected = set(args.only or SCENARIOS) - set(args.skip)
+    started = time.perf_counter()
+    with postgres(args.database_url) as server_url:
+        config = build_config(args, model, server_url)
+        seconds = run_scenarios(config, selected, args)
+        machine = describe(server_url)
+    settings = config.as_dict() | {"database_url": "(per scenario)", "scenarios": sorted(selected)}
+    total = round(time.perf_counter() - started, 1)
+    write_result("harness", {"machine": machine, "settings": settings, "seconds": seconds, "total_seconds": total})
+    report.write()
+    print(f"done in {total / 60:.1f} min; see docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

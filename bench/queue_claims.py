@@ -1,0 +1,141 @@
+"""Scenario 6: many queued jobs, several worker processes (each with its own connections)
+claiming shards through `JobRepository.claim_shard` as fast as they can until none is
+left. Reports claim latency and how many shards were claimed more than once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from multiprocessing import get_context
+from typing import Any
+
+from bench.common import BenchConfig, fresh_database, percentile
+
+MODEL = "queue-bench"
+LEASE_SECONDS = 3600.0  # longer than the run: a claimed shard is never re-claimable here
+START_DELAY_SECONDS = 3.0  # time for every process to start before they claim together
+INSERT_CHUNK = 2000
+
+
+def queue_jobs(database_url: str, jobs: int) -> None:
+    """`jobs` queued one-shard batches of one input file, inserted in bulk."""
+    from sqlalchemy import insert
+
+    from app.db import Database
+    from app.models import Batch, FileRecord, Shard
+    from app.repository import new_id
+
+    db = Database(database_url)
+    expires = datetime.now(UTC) + timedelta(days=1)
+    try:
+        with db.session() as session:
+            file_id = new_id("file-")
+            session.add(
+                FileRecord(
+                    id=file_id,
+                    owner="bench",
+                    filename="q.jsonl",
+                    purpose="batch",
+                    bytes=1,
+                    sha256="0" * 64,
+                    line_count=1,
+                    storage_key=f"files/{file_id}",
+                )
+            )
+            session.flush()
+            ids = [new_id("batch_") for _ in range(jobs)]
+            for first in range(0, jobs, INSERT_CHUNK):
+                chunk = ids[first : first + INSERT_CHUNK]
+                batch_rows = [
+                    {
+                        "id": batch_id,
+                        "owner": "bench",
+                        "input_file_id": file_id,
+                        "endpoint": "/v1/completions",
+                        "completion_window": "24h",
+                        "model": MODEL,
+                        "batch_size": 64,
+                        "status": "queued",
+                        "sampling_defaults": {"max_tokens": 16},
+                        "request_total": 1,
+                        "expires_at": expires,
+                    }
+                    for batch_id in chunk
+                ]
+                session.execute(insert(Batch), batch_rows)
+                shard_rows = [
+                    {"batch_id": batch_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0}
+                    for batch_id in chunk
+                ]
+                session.execute(insert(Shard), shard_rows)
+    finally:
+        db.dispose()
+
+
+def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[list[int], list[float]]:
+    """One worker process: claims until the queue is empty; the shards and each claim's seconds."""
+    import os
+    import socket
+
+    from app.db import Database
+    from app.models import Worker
+    from app.repository import JobRepository
+
+    db = Database(database_url)
+    repo = JobRepository(db)
+    worker_id = f"bench-worker-{worker_number}"
+    repo.register_worker(
+        Worker(
+            id=worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            model=MODEL,
+            tensor_parallel_size=1,
+            status="ready",
+        )
+    )
+    repo.claim_shard("bench-nobody", "no-such-model", LEASE_SECONDS)  # opens the pool's connection
+    time.sleep(max(0.0, start_at - time.time()))
+    shards: list[int] = []
+    seconds: list[float] = []
+    try:
+        while True:
+            began = time.perf_counter()
+            claimed = repo.claim_shard(worker_id, MODEL, LEASE_SECONDS)
+            seconds.append(time.perf_counter() - began)
+            if claimed is None:
+                return shards, seconds[:-1]  # the last, empty claim is not a claim
+            shards.append(claimed.shard_id)
+    finally:
+        db.dispose()
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    with fresh_database(config.database_url, "bench_queue") as url:
+        began = time.perf_counter()
+        queue_jobs(url, config.queue_jobs)
+        insert_seconds = time.perf_counter() - began
+        start_at = time.time() + START_DELAY_SECONDS
+        workers = config.queue_workers
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            started = time.perf_counter()
+            done = list(pool.map(claim_all, [url] * workers, range(workers), [start_at] * workers))
+            wall = time.perf_counter() - started - START_DELAY_SECONDS
+    claimed = [shard for shards, _ in done for shard in shards]
+    latencies = [s for _, seconds in done for s in seconds]
+    duplicates = sum(count - 1 for count in Counter(claimed).values() if count > 1)
+    return {
+        "jobs": config.queue_jobs,
+        "workers": workers,
+        "insert_seconds": round(insert_seconds, 2),
+        "claimed": len(claimed),
+        "unclaimed": config.queue_jobs - len(set(claimed)),
+        "duplicates": duplicates,
+        "claims_per_second": round(len(claimed) / wall, 1),
+        "claim_median_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "claim_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "claims_per_worker": [len(shards) for shards, _ in done],
+    }
