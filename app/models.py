@@ -118,8 +118,21 @@ class Shard(Base):
     """Consecutive input lines [start_line, end_line) that one worker claims at a time."""
 
     __tablename__ = "shards"
-    # The claim looks only at open shards.
-    __table_args__ = (Index("ix_shards_open", "batch_id", postgresql_where=text("status IN ('queued', 'running')")),)
+    # Partial indexes over open shards only. The claim walks ix_shards_claim_order in
+    # claim order and stops at the first shard it may take, however long the queue;
+    # lost leases are found through ix_shards_running_lease (one row per busy worker).
+    __table_args__ = (
+        Index("ix_shards_open", "batch_id", postgresql_where=text("status IN ('queued', 'running')")),
+        Index(
+            "ix_shards_claim_order",
+            text("priority DESC"),
+            "batch_created_at",
+            "batch_id",
+            "index",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index("ix_shards_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
@@ -132,6 +145,9 @@ class Shard(Base):
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The batch's claim order, copied here so one index serves the claim.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    batch_created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class BatchRun(Base):
