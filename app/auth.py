@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from app.errors import Unauthorized
@@ -50,10 +52,40 @@ def create_key(repo: JobRepository, owner: str, *, admin: bool = False, name: st
     return repo.add_key(key), secret
 
 
-def authenticate(repo: JobRepository, secret: str | None) -> Principal:
+class KeyCache:
+    """Recently verified keys, by hash, for `ttl_seconds`: a client polling every second
+    costs no key lookup per request. A revoked key keeps working for at most the TTL."""
+
+    def __init__(self, ttl_seconds: float, max_keys: int = 10_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_keys = max_keys
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_keys:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl_seconds, principal)
+
+
+def authenticate(repo: JobRepository, secret: str | None, cache: KeyCache | None = None) -> Principal:
     if not secret:
         raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-    key = repo.key_by_hash(hash_secret(secret.strip()))
+    key_hash = hash_secret(secret.strip())
+    cached = cache.get(key_hash) if cache is not None else None
+    if cached is not None:
+        return cached
+    key = repo.key_by_hash(key_hash)
     if key is None:
         raise Unauthorized("Incorrect or revoked API key.")
-    return Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
+    principal = Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
+    if cache is not None:
+        cache.put(key_hash, principal)
+    return principal

@@ -12,6 +12,7 @@ from app.admin.routes import install_admin
 from app.admin.session import SessionSigner
 from app.api.errors import install_error_handlers
 from app.api.main import api_router
+from app.auth import KeyCache
 from app.config import Settings, get_settings
 from app.db import Database
 from app.expiry import ExpirySweeper
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.database_url or "")
         app.state.settings = settings
         app.state.repo = JobRepository(db)
+        app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
         sweeper = ExpirySweeper(app.state.repo, app.state.store, settings.expiry_sweep_seconds)

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.orm import Session, aliased
 
 from app.db import Database
 from app.errors import Conflict, NotFound
@@ -237,6 +238,24 @@ class JobRepository:
             if after is not None:
                 query = query.where(_older_than(Batch, self.get_batch(after, scope)))
             return list(session.scalars(query))
+
+    def batch_view(self, batch_id: str, scope: str | None = None) -> tuple[Batch, int, list[str]]:
+        """A batch with how many workers ran it and its retries' ids, in one query: what
+        a poll of `GET /v1/batches/{id}` needs."""
+        child = aliased(Batch)
+        workers = (
+            select(func.count(BatchRun.worker_id.distinct())).where(BatchRun.batch_id == Batch.id).scalar_subquery()
+        )
+        children = (
+            select(func.array_agg(aggregate_order_by(child.id, child.created_at, child.id)))
+            .where(child.parent_batch_id == Batch.id)
+            .scalar_subquery()
+        )
+        with self.db.session() as session:
+            row = session.execute(select(Batch, workers, children).where(Batch.id == batch_id)).one_or_none()
+            if row is None or not _visible_to(scope, row[0].owner):
+                raise NotFound("batch", batch_id)
+            return row[0], int(row[1] or 0), list(row[2] or [])
 
     def child_ids(self, batch_id: str) -> list[str]:
         """The batch's retries, oldest first."""

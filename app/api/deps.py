@@ -5,26 +5,29 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth import Principal, authenticate
+from app.auth import KeyCache, Principal, authenticate, hash_secret
 from app.config import Settings
 from app.errors import Forbidden
 from app.repository import JobRepository
 from app.storage import ObjectStore
 
+# The trivial dependencies are `async def`: a sync one costs a thread-pool hop per request.
 
-def get_settings_dep(request: Request) -> Settings:
+
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_repo(request: Request) -> JobRepository:
+async def get_repo(request: Request) -> JobRepository:
     repo: JobRepository = request.app.state.repo
     return repo
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     store: ObjectStore = request.app.state.store
     return store
 
@@ -37,16 +40,21 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 bearer = HTTPBearer(auto_error=False, description="an API key made with `llm-batch keys create`")
 
 
-def current_principal(
-    repo: RepoDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+async def current_principal(
+    request: Request, repo: RepoDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    return authenticate(repo, credentials.credentials if credentials else None)
+    """The caller; a key verified in the last few seconds is not looked up again."""
+    secret = credentials.credentials if credentials else None
+    cache: KeyCache = request.app.state.key_cache
+    if secret and (cached := cache.get(hash_secret(secret.strip()))) is not None:
+        return cached
+    return await run_in_threadpool(authenticate, repo, secret, cache)
 
 
 CallerDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require_admin(caller: CallerDep) -> Principal:
+async def require_admin(caller: CallerDep) -> Principal:
     if not caller.is_admin:
         raise Forbidden("This needs an admin key.")
     return caller

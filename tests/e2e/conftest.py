@@ -103,6 +103,7 @@ def _env(database_url: str, storage: Path) -> dict[str, str]:
         PORT=str(free_port()),
         POLL_SECONDS="0.2",
         HEARTBEAT_SECONDS="2",
+        KEY_CACHE_SECONDS="1",
     )
     return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from app.config import Settings
 from app.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
@@ -42,14 +43,22 @@ def test_requests_without_a_valid_key_get_401(app, repo: JobRepository) -> None:
     assert wrong.get("/v1/files").status_code == 401
 
 
-def test_a_revoked_key_stops_working(app, repo: JobRepository) -> None:  # type: ignore[no-untyped-def]
+def test_a_revoked_key_stops_working_once_the_key_cache_forgets_it(settings: Settings, repo: JobRepository) -> None:
+    import time
+
     from app.auth import create_key
+    from app.main import create_app
 
     key, secret = create_key(repo, "carol")
-    carol = TestClient(app, headers={"Authorization": f"Bearer {secret}"})
-    assert carol.get("/v1/batches").status_code == 200
-    assert repo.revoke_key(key.prefix) == 1
-    assert carol.get("/v1/batches").status_code == 401
+    with TestClient(
+        create_app(settings.model_copy(update={"key_cache_seconds": 1.0})),
+        headers={"Authorization": f"Bearer {secret}"},
+    ) as carol:
+        assert carol.get("/v1/batches").status_code == 200
+        assert repo.revoke_key(key.prefix) == 1
+        assert carol.get("/v1/batches").status_code == 200  # still trusted from the cache
+        time.sleep(1.1)
+        assert carol.get("/v1/batches").status_code == 401
 
 
 def test_keys_are_stored_as_hashes(repo: JobRepository) -> None:

@@ -43,8 +43,8 @@ def create(
 @router.get("/{batch_id}", response_model=BatchObject)
 def get(batch_id: str, caller: CallerDep, repo: RepoDep) -> BatchObject:
     """A batch's status, counts and throughput."""
-    batch = repo.get_batch(batch_id, caller.scope)
-    return BatchObject.of(batch, workers=repo.worker_count(batch_id), children=repo.child_ids(batch_id))
+    batch, workers, children = repo.batch_view(batch_id, caller.scope)
+    return BatchObject.of(batch, workers=workers, children=children)
 
 
 @router.get("", response_model=BatchList)
