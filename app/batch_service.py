@@ -3,6 +3,7 @@ it without running it (a dry run)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -116,25 +117,34 @@ def dry_run(
 
 
 def _estimate(
-    repo: JobRepository, store: ObjectStore, settings: Settings, checked: CheckedRequest, endpoint: str
+    repo: JobRepository,
+    store: ObjectStore,
+    settings: Settings,
+    checked: CheckedRequest,
+    endpoint: str,
+    max_lines: int | None = None,
 ) -> dict[str, Any]:
+    lines = iter_lines(store.read_chunks(checked.source.storage_key))
     return estimate_job(
         repo,
         settings,
-        iter_lines(store.read_chunks(checked.source.storage_key)),
+        itertools.islice(lines, max_lines) if max_lines else lines,
         endpoint=endpoint,
         defaults=checked.sampling_defaults,
         model=checked.model,
         batch_size=checked.batch_size,
+        total_lines=checked.source.line_count,
     )
 
 
 def record_estimate(repo: JobRepository, store: ObjectStore, settings: Settings, batch_id: str) -> None:
-    """Counts a queued batch's tokens and ETA after it is created (it shows on the batch)."""
+    """Counts a queued batch's tokens and ETA after it is created (it shows on the batch).
+    Past ESTIMATE_MAX_LINES lines the figures are scaled up from the first lines."""
     try:
         batch = repo.get_batch(batch_id)
         source = repo.get_file(batch.input_file_id)
         checked = CheckedRequest(source, batch.model, batch.batch_size, batch.sampling_defaults, [])
-        repo.set_estimate(batch_id, _estimate(repo, store, settings, checked, batch.endpoint))
+        estimate = _estimate(repo, store, settings, checked, batch.endpoint, settings.estimate_max_lines)
+        repo.set_estimate(batch_id, estimate)
     except Exception:  # an estimate is a courtesy; the batch runs without one
         log.exception("could not estimate %s", batch_id)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
     expiry_sweep_seconds: float = Field(default=30.0, gt=0, description="how often the API expires overdue batches")
+    estimate_max_lines: int = Field(
+        default=200_000, ge=1, description="a queued batch's estimate reads this many lines and scales up"
+    )
     key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long the API trusts a verified key (a revoked key works this much longer)"
     )

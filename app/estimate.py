@@ -107,7 +107,16 @@ def estimate_job(
     defaults: dict[str, Any],
     model: str,
     batch_size: int,
+    total_lines: int | None = None,
 ) -> dict[str, Any]:
-    """The whole estimate: counts, failing lines and the ETA."""
+    """The whole estimate: counts, failing lines and the ETA. When `lines` is the start of
+    a file of `total_lines`, the counts are scaled up to the whole file (`sampled_lines`
+    says how many were read)."""
     counted = count_lines(lines, endpoint, defaults, settings)
+    read = counted["lines"]
+    if total_lines and 0 < read < total_lines:
+        scale = total_lines / read
+        for name in ("lines", "runnable_lines", "prompt_tokens", "requested_output_tokens", "failing_lines"):
+            counted[name] = round(counted[name] * scale)
+        counted["sampled_lines"] = read
     return {**counted, "batch_size": batch_size, **eta(repo, model, batch_size, counted["requested_output_tokens"])}

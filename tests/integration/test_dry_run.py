@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth import create_key
 from app.batch_lines import parse_line
 from app.config import Settings
+from app.repository import JobRepository
 from app.storage import ObjectStore
 from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
@@ -74,3 +76,16 @@ def test_the_eta_comes_from_what_workers_measured_at_that_batch_size(
     assert at_eight["tokens_per_second_per_worker"] == pytest.approx(measured, rel=0.01)
     assert at_eight["eta_seconds"] == pytest.approx(at_eight["requested_output_tokens"] / measured, rel=0.02)
     assert dry_run(client, file["id"], batch_size=3)["eta_seconds"] is None
+
+
+def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settings, repo: JobRepository) -> None:
+    from app.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"estimate_max_lines": 4}))) as app_client:
+        _, secret = create_key(repo, "alice")
+        app_client.headers["Authorization"] = f"Bearer {secret}"
+        rows = [chat_line(f"s{i}", f"sample {i}", max_tokens=8) for i in range(16)]
+        queued = create_batch(app_client, upload(app_client, jsonl(rows))["id"], endpoint=CHAT)
+        estimate = app_client.get(f"/v1/batches/{queued['id']}").json()["estimate"]
+    assert estimate["sampled_lines"] == 4
+    assert estimate["lines"] == 16 and estimate["requested_output_tokens"] == 128
