@@ -149,3 +149,9 @@ def test_the_file_check_keeps_about_ten_bytes_a_line() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20  # the digest dict this replaced took 30 MB here
+
+
+def test_past_the_suspect_ids_kept_a_duplicate_is_still_found_without_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.batch_lines.SUSPECT_IDS_KEPT", 0)
+    check = checked([line({"custom_id": i, "prompt": "p"}) for i in ["a", "b", "a"]])
+    assert [(e["line"], e["message"]) for e in check.errors] == [(3, "duplicate custom_id (first on line 1)")]
