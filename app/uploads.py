@@ -37,8 +37,7 @@ class CheckingReader:
         self.bytes += len(data)
         self.sha256.update(data)
         if self._check is not None:
-            for line in self._lines.feed(data) if data else self._lines.finish():
-                self._check.check(line)
+            self._check.check_lines(self._lines.feed(data) if data else self._lines.finish())
         if self._limits is not None:
             if self.bytes > self._limits.max_bytes:
                 raise PayloadTooLarge(f"The file is larger than the limit of {self._limits.max_bytes} bytes.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 
@@ -69,3 +70,88 @@ def test_the_file_check_counts_lines_and_caps_the_errors_it_keeps() -> None:
     assert check.lines == 10
     assert check.error_count == 5
     assert [e["line"] for e in check.errors] == [2, 4, 6]
+
+
+def checked(lines: list[bytes], max_errors: int = 100) -> FileCheck:
+    check = FileCheck(max_errors=max_errors)
+    for raw in lines:
+        check.check(raw)
+    check.summary()
+    return check
+
+
+def test_each_repeated_custom_id_names_the_line_it_first_appeared_on() -> None:
+    ids = ["a", "b", "a", "c", "b", "a", "d"]
+    check = checked([line({"custom_id": i, "prompt": "p"}) for i in ids] + [b"{oops"])
+    assert [(e["line"], e["message"]) for e in check.errors] == [
+        (3, "duplicate custom_id 'a' (first on line 1)"),
+        (5, "duplicate custom_id 'b' (first on line 2)"),
+        (6, "duplicate custom_id 'a' (first on line 1)"),
+        (8, "not valid JSON: Expecting property name enclosed in double quotes at column 2"),
+    ]
+    assert check.error_count == 4
+
+
+def test_duplicates_across_many_blocks_are_counted_all_and_kept_first_by_line() -> None:
+    lines = [line({"custom_id": f"r{i % 150_000}", "prompt": "p"}) for i in range(150_003)]
+    lines[10] = b"{oops"
+    check = checked(lines, max_errors=3)
+    assert check.error_count == 1 + 3
+    assert [(e["line"], e["message"]) for e in check.errors] == [
+        (11, "not valid JSON: Expecting property name enclosed in double quotes at column 2"),
+        (150_001, "duplicate custom_id 'r0' (first on line 1)"),
+        (150_002, "duplicate custom_id 'r1' (first on line 2)"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        line({"custom_id": "a", "prompt": "x", "max_tokens": "16", "extra": {"k": 1}}),
+        line({"custom_id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}),
+        line({"custom_id": "a", "prompt": "x", "url": COMPLETIONS, "body": {"prompt": "y"}}),
+        line({"custom_id": "a", "messages": [{"role": "user", "content": "hi", "name": "n"}]}),
+        line({"custom_id": "a", "method": "POST", "url": CHAT_COMPLETIONS, "body": {"messages": [{"role": "user"}]}}),
+        line({"custom_id": "a", "url": COMPLETIONS, "body": {"messages": [{"role": "user"}]}}),
+        line({"custom_id": "a", "url": COMPLETIONS, "body": "prompt"}),
+        line({"custom_id": "a", "method": None, "url": COMPLETIONS, "body": {"prompt": "x"}}),
+        line({"custom_id": "", "prompt": "x"}),
+        line({"custom_id": "é" * 512, "prompt": "x"}),
+        line({"custom_id": "é" * 513, "prompt": "x"}),
+        b'{"custom_id": "a", "prompt": "x", "custom_id": ""}',
+        b'{"custom_id": "a", "prompt": "x", "temperature": NaN}',
+        b'{"custom_id": "a", "prompt": "x", "response_format": {"k": NaN}}',
+        b'{"custom_id": "a\tb", "prompt": "x"}',
+        b'{"custom_id": "a", "prompt": "caf\xe9"}',
+        b'\xef\xbb\xbf{"custom_id": "a", "prompt": "x"}',
+        b'{"custom_id": "a", "prompt": "x"} x',
+        b" \t",
+    ],
+)
+def test_the_upload_check_agrees_with_parse_line(raw: bytes) -> None:
+    check = checked([raw])
+    try:
+        request = parse_line(raw, 0, None)
+    except LineError as err:
+        assert check.errors == [err.as_error()] or (not raw.strip() and check.errors[0]["message"] == "empty line")
+    else:
+        assert check.errors == []
+        used = {COMPLETIONS: {}, CHAT_COMPLETIONS: {"plain:messages": 1}}[request.endpoint]
+        assert check.first_line_of == (used if request.plain else {request.endpoint: 1})
+
+
+def test_the_file_check_keeps_about_ten_bytes_a_line() -> None:
+    lines = [line({"custom_id": f"request-{i}", "prompt": "p", "max_tokens": 16}) for i in range(200_000)]
+    tracemalloc.start()
+    try:
+        checked(lines)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the digest dict this replaced took 30 MB here
+
+
+def test_past_the_suspect_ids_kept_a_duplicate_is_still_found_without_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.batch_lines.SUSPECT_IDS_KEPT", 0)
+    check = checked([line({"custom_id": i, "prompt": "p"}) for i in ["a", "b", "a"]])
+    assert [(e["line"], e["message"]) for e in check.errors] == [(3, "duplicate custom_id (first on line 1)")]
