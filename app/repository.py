@@ -329,11 +329,12 @@ class JobRepository:
     # The worker's side.
 
     def claim_shard(self, worker_id: str, model: str, lease_seconds: float) -> ClaimedShard | None:
-        with self.db.session() as session:
+        # A plain connection, not an ORM session: the claim is the hot path of a busy queue.
+        with self.db.engine.begin() as conn:
             # Walk ix_shards_claim_order even when the planner's statistics are stale (a
             # burst of new jobs): sorting the whole queue costs ~30 ms at 10,000 jobs.
-            session.execute(text("SET LOCAL enable_sort = off"))
-            row = session.execute(
+            conn.execute(text("SET LOCAL enable_sort = off"))
+            row = conn.execute(
                 CLAIM_SHARD_SQL, {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
             ).one_or_none()
             return ClaimedShard(**row._asdict()) if row is not None else None
