@@ -57,6 +57,8 @@ def check_request(repo: JobRepository, settings: Settings, request: BatchCreate,
     defaults: dict[str, Any] = {"max_tokens": request.max_tokens or settings.default_max_tokens}
     if request.truncate_prompts:
         defaults["truncate_prompts"] = True
+    if request.pack_by_length:
+        defaults["pack_window"] = settings.packing_window_batches
     return CheckedRequest(
         source=source,
         model=model,

@@ -104,6 +104,8 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
             body[name] = getattr(args, name)
     if args.truncate_prompts:
         body["truncate_prompts"] = True
+    if args.pack_by_length:
+        body["pack_by_length"] = True
     if args.metadata:
         body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
     if args.dry_run:
@@ -247,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         dest="dry_run",
         help="check every line and count its tokens, print the estimate and ETA, queue nothing",
+    )
+    submit.add_argument(
+        "--pack-by-length",
+        action="store_true",
+        dest="pack_by_length",
+        help="batch lines of similar max_tokens together (output stays in input order)",
     )
     submit.add_argument(
         "--truncate-prompts",

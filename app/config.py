@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
     expiry_sweep_seconds: float = Field(default=30.0, gt=0, description="how often the API expires overdue batches")
+    packing_window_batches: int = Field(
+        default=8, ge=2, description="static batches per window that length-aware packing sorts (pack_by_length)"
+    )
     estimate_max_lines: int = Field(
         default=200_000, ge=1, description="a queued batch's estimate reads this many lines and scales up"
     )

@@ -84,6 +84,7 @@ def retry_failed(
         priority=parent.priority if overrides.priority is None else overrides.priority,
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
         truncate_prompts=overrides.truncate_prompts or bool(parent.sampling_defaults.get("truncate_prompts")),
+        pack_by_length=bool(parent.sampling_defaults.get("pack_window")),
     )
     owner = Principal(owner=parent.owner, is_admin=caller.is_admin, key_id=caller.key_id)
     return create_batch(repo, settings, request, owner, parent_batch_id=parent.id)

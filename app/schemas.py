@@ -104,6 +104,11 @@ class BatchCreate(BaseModel):
         default=False,
         description="cut prompts too long for the context to fit (keeping their end) instead of failing those lines",
     )
+    pack_by_length: bool = Field(
+        default=False,
+        description="length-aware packing: within windows of PACKING_WINDOW_BATCHES static batches, batch lines "
+        "of similar max_tokens together so short answers do not wait for long ones (output stays in input order)",
+    )
     dry_run: bool = Field(
         default=False,
         description="check every line and count tokens with the model's tokenizer, return the estimate, queue nothing",

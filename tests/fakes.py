@@ -19,6 +19,7 @@ class FakeEngine:
     def __init__(self, poison: str | None = None) -> None:
         self.poison = poison
         self.calls: list[int] = []
+        self.max_tokens_per_call: list[list[int]] = []
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         body = request.body
@@ -27,6 +28,7 @@ class FakeEngine:
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         self.calls.append(len(prompts))
+        self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
         if self.poison and any(self.poison.encode() in bytes(p) for p in prompts):
             raise RuntimeError("engine died")
         return [

@@ -27,7 +27,7 @@ from app.sampling import UnsupportedRequest
 from app.stats import length_histogram
 from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
-from worker.telemetry import batch_telemetry
+from worker.telemetry import batch_telemetry, combine_telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +107,29 @@ class ShardRunner:
             batch.sampling.append(planned.sampling)
         return batch
 
+    def _generate(self, batch: PreparedBatch, batch_size: int) -> tuple[list[Generation], dict[str, Any] | None]:
+        """One `generate` per static batch of `batch_size`. A packed window (more lines than
+        one batch) is cut into static batches of similar requested length, so short answers
+        do not wait for long ones; the generations come back in input order."""
+        if not batch.prompts:
+            return [], None
+        kv_cache_tokens = self.engine.kv_cache_tokens
+        if len(batch.prompts) <= batch_size:
+            generations = self.engine.generate(batch.prompts, batch.sampling)
+            return generations, batch_telemetry(generations, kv_cache_tokens)
+        by_length = sorted(
+            range(len(batch.prompts)), key=lambda i: (batch.sampling[i]["max_tokens"], len(batch.prompts[i]))
+        )
+        in_order: list[Generation | None] = [None] * len(batch.prompts)
+        telemetry = []
+        for start in range(0, len(by_length), batch_size):
+            group = by_length[start : start + batch_size]
+            generated = self.engine.generate([batch.prompts[i] for i in group], [batch.sampling[i] for i in group])
+            for index, generation in zip(group, generated, strict=True):
+                in_order[index] = generation
+            telemetry.append(batch_telemetry(generated, kv_cache_tokens))
+        return [g for g in in_order if g is not None], combine_telemetry(telemetry)
+
     def _set_aside(self, batch: PreparedBatch, attempts: int) -> PreparedBatch:
         """A batch that killed the engine on every try: its lines become error lines."""
         message = (
@@ -119,7 +142,12 @@ class ShardRunner:
         return batch
 
     def _write(
-        self, shard: ClaimedShard, batch: PreparedBatch, generations: list[Generation], seconds: float
+        self,
+        shard: ClaimedShard,
+        batch: PreparedBatch,
+        generations: list[Generation],
+        seconds: float,
+        telemetry: dict[str, Any] | None,
     ) -> BatchStatus:
         """Stores the batch's results, then records its progress in one transaction."""
         out = [
@@ -143,7 +171,7 @@ class ShardRunner:
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations),
             error_lines=[index - batch.first_line for index in sorted(batch.errors)],
-            engine_stats=batch_telemetry(generations, self.engine.kv_cache_tokens),
+            engine_stats=telemetry,
         )
         return self._patiently(
             lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),
@@ -156,8 +184,10 @@ class ShardRunner:
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
+        # Length-aware packing reads a window of several static batches at a time.
+        window = batch_size * max(1, int(shard.sampling_defaults.get("pack_window") or 1))
         lines = self._input_lines(shard)
-        chunks = iter(lambda: list(itertools.islice(lines, batch_size)), [])
+        chunks = iter(lambda: list(itertools.islice(lines, window)), [])
         seqs = itertools.count(shard.batches_done)
         batches = 0
         with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
@@ -176,11 +206,14 @@ class ShardRunner:
                     batch = self._set_aside(batch, shard.attempts)
                 started = time.perf_counter()
                 try:
-                    generations = self.engine.generate(batch.prompts, batch.sampling) if batch.prompts else []
+                    generations, telemetry = self._generate(batch, batch_size)
                 except Exception as exc:
                     raise EngineFailed(f"generate failed on lines {batch.first_line + 1}-{batch.next_line}") from exc
                 seconds = time.perf_counter() - started
-                previous, pending_write = pending_write, writer.submit(self._write, shard, batch, generations, seconds)
+                previous, pending_write = (
+                    pending_write,
+                    writer.submit(self._write, shard, batch, generations, seconds, telemetry),
+                )
                 batches += 1
                 # The previous batch's transaction tells whether the batch was cancelled meanwhile.
                 if previous is not None and previous.result() in STOPPING_STATUSES:

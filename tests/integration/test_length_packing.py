@@ -1,0 +1,55 @@
+"""Length-aware packing: lines of similar max_tokens share a static batch; output stays in
+input order."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.repository import JobRepository
+from app.storage import ObjectStore
+from tests.fakes import FakeEngine
+from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
+from worker.engine import VllmEngine
+
+LONG, SHORT = 40, 2
+
+
+def alternating_rows(count: int) -> list[dict[str, object]]:
+    return [completion_line(f"r{i}", f"item {i}", max_tokens=LONG if i % 2 else SHORT) for i in range(count)]
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_packed_window_runs_short_lines_together_and_long_lines_together(
+    client: TestClient, repo: JobRepository, settings: Settings, store: ObjectStore
+) -> None:
+    batch = create_batch(client, upload(client, jsonl(alternating_rows(16)))["id"], batch_size=4, pack_by_length=True)
+    engine = FakeEngine()
+    run_worker_until_idle(engine, settings, store)
+
+    assert engine.max_tokens_per_call == [[SHORT] * 4, [SHORT] * 4, [LONG] * 4, [LONG] * 4]  # window of 8 batches
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    output = download(client, done["output_file_id"])
+    assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(16)]
+    assert all(line["response"]["body"]["choices"][0]["text"] == f"item {i}"[::-1] for i, line in enumerate(output))
+
+
+@pytest.mark.engine
+def test_packing_with_the_real_engine_keeps_every_answer_with_its_line(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
+    rows = alternating_rows(24)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4, pack_by_length=True)
+    run_worker_until_idle(engine, settings, store)
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["request_counts"] == {"total": 24, "completed": 24, "failed": 0}
+    output = download(client, done["output_file_id"])
+    assert [line["custom_id"] for line in output] == [row["custom_id"] for row in rows]
+    for i, line in enumerate(output):
+        used = line["response"]["body"]["usage"]["completion_tokens"]
+        assert used <= (LONG if i % 2 else SHORT)
+        assert line["response"]["body"]["usage"]["prompt_tokens"] == len(engine.tokenizer.encode(f"item {i}"))
+    stats = client.get(f"/v1/batches/{batch['id']}/stats").json()
+    assert stats["batches"][0]["engine"]["static_batches"] == 6  # one window of 24 lines, 6 static batches
