@@ -56,7 +56,13 @@ def raw_run(engine: Any, rows: list[dict[str, Any]], batch_size: int) -> dict[st
 
 
 def service_run(
-    engine: Any, repo: Any, store: Any, settings: Any, rows: list[dict[str, Any]], endpoint: str = "/v1/completions"
+    engine: Any,
+    repo: Any,
+    store: Any,
+    settings: Any,
+    rows: list[dict[str, Any]],
+    endpoint: str = "/v1/completions",
+    pack_by_length: bool = False,
 ) -> dict[str, float]:
     """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
     from app.auth import Principal
@@ -79,7 +85,8 @@ def service_run(
     loop = WorkerLoop(engine, repo, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
     loop.register()
     started = time.perf_counter()
-    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint=endpoint), caller)
+    request = BatchCreate(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length)
+    batch = create_batch(repo, settings, request, caller)
     while loop.run_once():
         pass
     wall = time.perf_counter() - started
@@ -108,8 +115,10 @@ class ServiceBench:
         self.store = LocalStore(storage)
         self.settings = engine_settings(config, database_url=database_url, batch_size=batch_size, shard_size=10**9)
 
-    def run(self, rows: list[dict[str, Any]], endpoint: str = "/v1/completions") -> dict[str, float]:
-        return service_run(self.engine, self.repo, self.store, self.settings, rows, endpoint)
+    def run(
+        self, rows: list[dict[str, Any]], endpoint: str = "/v1/completions", pack_by_length: bool = False
+    ) -> dict[str, float]:
+        return service_run(self.engine, self.repo, self.store, self.settings, rows, endpoint, pack_by_length)
 
     def close(self) -> None:
         self.db.dispose()
