@@ -62,30 +62,23 @@ class KeyCache:
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> Principal | None:
-        entry = self._entries.get(key_hash)
+    def get(self, secret: str) -> Principal | None:
+        entry = self._entries.get(hash_secret(secret.strip()))
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, key_hash: str, principal: Principal) -> None:
+    def put(self, secret: str, principal: Principal) -> None:
         with self._lock:
             if len(self._entries) >= self.max_keys:
                 self._entries.clear()
-            self._entries[key_hash] = (time.monotonic() + self.ttl_seconds, principal)
+            self._entries[hash_secret(secret.strip())] = (time.monotonic() + self.ttl_seconds, principal)
 
 
-def authenticate(repo: JobRepository, secret: str | None, cache: KeyCache | None = None) -> Principal:
+def authenticate(repo: JobRepository, secret: str | None) -> Principal:
     if not secret:
         raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-    key_hash = hash_secret(secret.strip())
-    cached = cache.get(key_hash) if cache is not None else None
-    if cached is not None:
-        return cached
-    key = repo.key_by_hash(key_hash)
+    key = repo.key_by_hash(hash_secret(secret.strip()))
     if key is None:
         raise Unauthorized("Incorrect or revoked API key.")
-    principal = Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
-    if cache is not None:
-        cache.put(key_hash, principal)
-    return principal
+    return Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)

@@ -17,7 +17,7 @@ from app.estimate import estimate_job
 from app.models import Batch, BatchStatus, FileRecord
 from app.repository import JobRepository, new_id, now
 from app.schemas import BatchCreate
-from app.storage import ObjectStore, iter_lines
+from app.storage import ObjectStore, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _estimate(
     endpoint: str,
     max_lines: int | None = None,
 ) -> dict[str, Any]:
-    lines = iter_lines(store.read_chunks(checked.source.storage_key))
+    lines = read_lines(store, checked.source.storage_key)
     return estimate_job(
         repo,
         settings,

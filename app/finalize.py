@@ -9,7 +9,7 @@ from app.models import BatchStatus, FileRecord
 from app.output_lines import batch_error_line, custom_id_of, part_key
 from app.repository import JobRepository, new_id
 from app.stats import batch_series, job_stats
-from app.storage import ChunkReader, ObjectStore, iter_lines
+from app.storage import ChunkReader, ObjectStore, read_lines
 from app.uploads import CheckingReader
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
@@ -66,7 +66,7 @@ class _LineCursor:
         if start >= end:
             return
         if self._lines is None:
-            self._lines = enumerate(iter_lines(self._store.read_chunks(self._key)))
+            self._lines = enumerate(read_lines(self._store, self._key))
         for index, raw in self._lines:
             if index >= start:
                 yield raw

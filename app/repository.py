@@ -257,15 +257,6 @@ class JobRepository:
                 raise NotFound("batch", batch_id)
             return row[0], int(row[1] or 0), list(row[2] or [])
 
-    def child_ids(self, batch_id: str) -> list[str]:
-        """The batch's retries, oldest first."""
-        with self.db.session() as session:
-            return list(
-                session.scalars(
-                    select(Batch.id).where(Batch.parent_batch_id == batch_id).order_by(Batch.created_at, Batch.id)
-                )
-            )
-
     def descendants(self, batch_id: str) -> list[Batch]:
         """Retries of the batch, of its retries, and so on, oldest first."""
         with self.db.session() as session:

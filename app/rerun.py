@@ -22,7 +22,7 @@ from app.models import TERMINAL_STATUSES, Batch, BatchStatus
 from app.output_lines import custom_id_of
 from app.repository import JobRepository
 from app.schemas import BatchCreate, BatchRetry
-from app.storage import ChunkReader, ObjectStore, iter_lines
+from app.storage import ChunkReader, ObjectStore, read_lines
 from app.uploads import UploadLimits, store_upload
 
 
@@ -31,7 +31,7 @@ def _digest(custom_id: str) -> bytes:
 
 
 def _lines_of(store: ObjectStore, key: str) -> Iterator[bytes]:
-    return (line for line in iter_lines(store.read_chunks(key)) if line.strip())
+    return (line for line in read_lines(store, key) if line.strip())
 
 
 def _with_overrides(raw: bytes, overrides: BatchRetry) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from app.finalize import unrun_reason
 from app.models import TERMINAL_STATUSES, Batch, BatchRun, BatchStatus, Shard
 from app.output_lines import batch_error_line, custom_id_of, part_key
-from app.storage import ObjectStore, iter_lines
+from app.storage import ObjectStore, read_lines
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,10 @@ def _lines(
                 yield line + b"\n"
 
 
-def _read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
-    return iter_lines(store.read_chunks(key))
-
-
 def _run_lines(store: ObjectStore, batch_id: str, run: BatchRun) -> Iterator[bytes]:
     """One run's lines in input order: its output and error parts interleaved."""
-    out = _read_lines(store, part_key(batch_id, run.shard_index, run.seq, "out")) if run.completed else iter(())
-    err = _read_lines(store, part_key(batch_id, run.shard_index, run.seq, "err")) if run.failed else iter(())
+    out = read_lines(store, part_key(batch_id, run.shard_index, run.seq, "out")) if run.completed else iter(())
+    err = read_lines(store, part_key(batch_id, run.shard_index, run.seq, "err")) if run.failed else iter(())
     if run.error_lines is None:  # recorded before error offsets were: outputs, then errors
         yield from out
         yield from err
@@ -106,5 +102,5 @@ def _run_lines(store: ObjectStore, batch_id: str, run: BatchRun) -> Iterator[byt
 def _unrun_lines(store: ObjectStore, batch: Batch, input_key: str, start: int) -> Iterator[bytes]:
     """The input file's lines from `start` on as "never ran" error lines."""
     code, message = unrun_reason(BatchStatus(batch.status))
-    for raw in itertools.islice(_read_lines(store, input_key), start, None):
+    for raw in itertools.islice(read_lines(store, input_key), start, None):
         yield batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from app.batch_lines import ENDPOINTS
 from app.models import Batch, BatchStatus, FileRecord
@@ -73,28 +73,33 @@ MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
 
+def _metadata_limits(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return value
+    if len(value) > MAX_METADATA_PAIRS:
+        raise ValueError(f"at most {MAX_METADATA_PAIRS} pairs")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise ValueError(f"key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
+    return value
+
+
+# OpenAI's limits on a batch's metadata, for a new batch and a retry alike.
+Metadata = Annotated[
+    dict[str, str] | None,
+    AfterValidator(_metadata_limits),
+    Field(description="up to 16 pairs; keys up to 64 characters, values up to 512"),
+]
+
+
 class BatchCreate(BaseModel):
     input_file_id: str
     endpoint: str = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
-    metadata: dict[str, str] | None = Field(
-        default=None, description="up to 16 pairs; keys up to 64 characters, values up to 512"
-    )
+    metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first")
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > MAX_METADATA_PAIRS:
-            raise ValueError(f"at most {MAX_METADATA_PAIRS} pairs")
-        for key, item in value.items():
-            if len(key) > MAX_METADATA_KEY_CHARS:
-                raise ValueError(f"key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
-            if len(item) > MAX_METADATA_VALUE_CHARS:
-                raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
-        return value
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
     model: str | None = Field(default=None, description="model to run; default: the one the workers hold")
@@ -122,7 +127,7 @@ class BatchRetry(BaseModel):
     truncate_prompts: bool = Field(default=False, description="cut prompts too long for the context to fit")
     batch_size: int | None = Field(default=None, ge=1, le=100_000)
     priority: int | None = Field(default=None, ge=-100, le=100)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
 
 
 class RequestCounts(BaseModel):

@@ -86,25 +86,50 @@ def batch_series(runs: list[BatchRun]) -> list[dict[str, Any]]:
     ]
 
 
-def engine_totals(runs: list[BatchRun]) -> dict[str, Any] | None:
-    """The engine's telemetry over all of a job's static batches (worker.telemetry)."""
-    reported = [(r, r.engine_stats) for r in runs if r.engine_stats]
+def combine_engine_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One record for several static batches' telemetry (worker.telemetry): times, tails,
+    preemptions and static batches add up, rates are weighted by their seconds, KV-cache
+    demand is the peak. A packed window's record, and a job's totals."""
+    reported = [p for p in parts if p]
     if not reported:
         return None
-    prefill = sum(e["prefill_seconds"] for _, e in reported)
-    decode = sum(e["decode_seconds"] for _, e in reported)
-    decoded = sum((e["decode_tokens_per_second"] or 0) * e["decode_seconds"] for _, e in reported)
-    idle_tail = sum(e["idle_tail_seconds"] for _, e in reported)
-    generate = sum(r.generate_seconds for r, _ in reported)
-    demands = [e["kv_cache_demand"] for _, e in reported if e.get("kv_cache_demand") is not None]
+
+    def weighted_rate(rate: str, seconds: str) -> float | None:
+        total = sum(p[seconds] for p in reported)
+        return round(sum((p[rate] or 0) * p[seconds] for p in reported) / total, 1) if total > 0 else None
+
+    prefill = sum(p["prefill_seconds"] for p in reported)
+    decode = sum(p["decode_seconds"] for p in reported)
+    idle_tail = sum(p["idle_tail_seconds"] for p in reported)
+    demands = [p["kv_cache_demand"] for p in reported if p["kv_cache_demand"] is not None]
     return {
-        "static_batches": len(reported),
-        "prefill_seconds": round(prefill, 3),
-        "prefill_tokens_per_second": _ratio(sum(r.prompt_tokens for r, _ in reported), prefill),
-        "decode_seconds": round(decode, 3),
-        "decode_tokens_per_second": _ratio(decoded, decode),
+        "prefill_seconds": round(prefill, 4),
+        "prefill_tokens_per_second": weighted_rate("prefill_tokens_per_second", "prefill_seconds"),
+        "decode_seconds": round(decode, 4),
+        "decode_tokens_per_second": weighted_rate("decode_tokens_per_second", "decode_seconds"),
+        "idle_tail_seconds": round(idle_tail, 4),
+        "idle_tail_fraction": round(idle_tail / (prefill + decode), 4) if prefill + decode > 0 else 0.0,
+        "preemptions": sum(p["preemptions"] for p in reported),
+        "kv_cache_demand": max(demands) if demands else None,
+        "static_batches": sum(p.get("static_batches", 1) for p in reported),
+    }
+
+
+def engine_totals(runs: list[BatchRun]) -> dict[str, Any] | None:
+    """The engine's telemetry over all of a job's static batches."""
+    combined = combine_engine_stats([r.engine_stats for r in runs])
+    if combined is None:
+        return None
+    generate = sum(r.generate_seconds for r in runs if r.engine_stats)
+    idle_tail = combined["idle_tail_seconds"]
+    return {
+        "static_batches": combined["static_batches"],
+        "prefill_seconds": round(combined["prefill_seconds"], 3),
+        "prefill_tokens_per_second": combined["prefill_tokens_per_second"],
+        "decode_seconds": round(combined["decode_seconds"], 3),
+        "decode_tokens_per_second": combined["decode_tokens_per_second"],
         "idle_tail_seconds": round(idle_tail, 3),
         "idle_tail_share_of_generate": round(idle_tail / generate, 4) if generate else None,
-        "preemptions": sum(e["preemptions"] for _, e in reported),
-        "peak_kv_cache_demand": max(demands) if demands else None,
+        "preemptions": combined["preemptions"],
+        "peak_kv_cache_demand": combined["kv_cache_demand"],
     }

@@ -202,6 +202,11 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield from splitter.finish()
 
 
+def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
+    """The object's lines (without their newline), streamed."""
+    return iter_lines(store.read_chunks(key))
+
+
 def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
     """The object's lines; a transient storage failure mid-read reopens the object and
     carries on after the last line handed out."""
@@ -212,7 +217,7 @@ def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) 
     deadline = time.monotonic() + give_up_after_seconds
     while True:
         try:
-            for index, line in enumerate(iter_lines(store.read_chunks(key))):
+            for index, line in enumerate(read_lines(store, key)):
                 if index >= handed_out:
                     handed_out += 1
                     backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds

@@ -24,10 +24,10 @@ from app.repository import BatchResult, ClaimedShard, JobRepository
 from app.request_plan import plan_request
 from app.retry import retry_transient
 from app.sampling import UnsupportedRequest
-from app.stats import length_histogram
+from app.stats import combine_engine_stats, length_histogram
 from app.storage import ObjectStore, resilient_lines
 from worker.engine import Engine
-from worker.telemetry import batch_telemetry, combine_telemetry
+from worker.telemetry import batch_telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,7 +128,7 @@ class ShardRunner:
             for index, generation in zip(group, generated, strict=True):
                 in_order[index] = generation
             telemetry.append(batch_telemetry(generated, kv_cache_tokens))
-        return [g for g in in_order if g is not None], combine_telemetry(telemetry)
+        return [g for g in in_order if g is not None], combine_engine_stats(telemetry)
 
     def _set_aside(self, batch: PreparedBatch, attempts: int) -> PreparedBatch:
         """A batch that killed the engine on every try: its lines become error lines."""

@@ -47,31 +47,3 @@ def batch_telemetry(generations: list[Generation], kv_cache_tokens: int | None) 
         "preemptions": sum(t.preemptions for t in timings),
         "kv_cache_demand": round((prompt_tokens + completion_tokens) / kv_cache_tokens, 4) if kv_cache_tokens else None,
     }
-
-
-def combine_telemetry(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One record for several static batches run back to back (a packed window): times,
-    tail and preemptions add up, rates are weighted by their seconds, demand is the peak."""
-    reported = [p for p in parts if p]
-    if not reported:
-        return None
-
-    def weighted_rate(rate: str, seconds: str) -> float | None:
-        total = sum(p[seconds] for p in reported)
-        return round(sum((p[rate] or 0) * p[seconds] for p in reported) / total, 1) if total > 0 else None
-
-    prefill = sum(p["prefill_seconds"] for p in reported)
-    decode = sum(p["decode_seconds"] for p in reported)
-    idle_tail = sum(p["idle_tail_seconds"] for p in reported)
-    demands = [p["kv_cache_demand"] for p in reported if p["kv_cache_demand"] is not None]
-    return {
-        "prefill_seconds": round(prefill, 4),
-        "prefill_tokens_per_second": weighted_rate("prefill_tokens_per_second", "prefill_seconds"),
-        "decode_seconds": round(decode, 4),
-        "decode_tokens_per_second": weighted_rate("decode_tokens_per_second", "decode_seconds"),
-        "idle_tail_seconds": round(idle_tail, 4),
-        "idle_tail_fraction": round(idle_tail / (prefill + decode), 4) if prefill + decode > 0 else 0.0,
-        "preemptions": sum(p["preemptions"] for p in reported),
-        "kv_cache_demand": max(demands) if demands else None,
-        "static_batches": len(reported),
-    }

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth import KeyCache, Principal, authenticate, hash_secret
+from app.auth import KeyCache, Principal, authenticate
 from app.config import Settings
 from app.errors import Forbidden
 from app.repository import JobRepository
@@ -45,10 +45,15 @@ async def current_principal(
 ) -> Principal:
     """The caller; a key verified in the last few seconds is not looked up again."""
     secret = credentials.credentials if credentials else None
+    if not secret:
+        return authenticate(repo, secret)  # raises: no key
     cache: KeyCache = request.app.state.key_cache
-    if secret and (cached := cache.get(hash_secret(secret.strip()))) is not None:
+    cached = cache.get(secret)
+    if cached is not None:
         return cached
-    return await run_in_threadpool(authenticate, repo, secret, cache)
+    principal = await run_in_threadpool(authenticate, repo, secret)
+    cache.put(secret, principal)
+    return principal
 
 
 CallerDep = Annotated[Principal, Depends(current_principal)]
