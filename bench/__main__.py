@@ -16,13 +16,12 @@ import importlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import BenchConfig, fresh_database, write_result
+from bench.common import BenchConfig, fresh_database, postgres, write_result
 
 SCENARIOS = ["static_vs_continuous", "service_overhead", "peer", "ingest", "polling", "queue", "scale_out"]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
@@ -95,22 +94,6 @@ def build_config(args: argparse.Namespace, model: str, server_url: str) -> Bench
         scale_out_lines=pick("scale_out_lines"),
         database_url=server_url,
     )
-
-
-@contextmanager
-def postgres(database_url: str | None) -> Iterator[str]:
-    """The given server, or an embedded one for the length of the run."""
-    if database_url:
-        yield database_url
-        return
-    from app.embedded_db import start_embedded_postgres
-
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
-        url, server = start_embedded_postgres(Path(tmp))
-        try:
-            yield url
-        finally:
-            server.cleanup()
 
 
 def best_static_batch_size(static: dict[str, Any] | None, lines: int) -> int:

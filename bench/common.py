@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,3 +144,20 @@ def log_file(name: str) -> Any:
 
 def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
+
+
+@contextmanager
+def postgres(database_url: str | None) -> Iterator[str]:
+    """The given server (or DATABASE_URL's), else an embedded one for the length of the run."""
+    database_url = database_url or os.environ.get("DATABASE_URL")
+    if database_url:
+        yield database_url
+        return
+    from app.embedded_db import start_embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
+        url, server = start_embedded_postgres(Path(tmp))
+        try:
+            yield url
+        finally:
+            server.cleanup()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ def main() -> None:
 
     from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
     from app.migrate import upgrade
-    from bench.common import BenchConfig, output_lengths, prompt_text, write_result
+    from bench.common import BenchConfig, output_lengths, postgres, prompt_text, write_result
     from bench.engines import load_engine
     from bench.service_overhead import ServiceBench
 
@@ -39,12 +38,7 @@ def main() -> None:
     lengths = output_lengths(args.lines, args.max_tokens, config.seed)
     rows = [{"custom_id": f"r{i}", "prompt": prompt_text(i), "max_tokens": n} for i, n in enumerate(lengths)]
     runs: dict[str, list[dict[str, float]]] = {"static": [], "packed": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        database_url, server = os.environ.get("DATABASE_URL"), None
-        if not database_url:
-            from app.embedded_db import start_embedded_postgres
-
-            database_url, server = start_embedded_postgres(Path(tmp))
+    with postgres(None) as database_url, tempfile.TemporaryDirectory() as tmp:
         upgrade(database_url)
         engine = load_engine(config)
         service = ServiceBench(engine, config, database_url, Path(tmp) / "storage", args.batch_size)
@@ -56,8 +50,6 @@ def main() -> None:
         finally:
             service.close()
             engine.shutdown()
-            if server is not None:
-                server.cleanup()
 
     def median(mode: str, key: str) -> float:
         return round(statistics.median(run[key] for run in runs[mode]), 1)

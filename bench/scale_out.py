@@ -28,6 +28,7 @@ from app.repository import JobRepository
 from app.schemas import BatchCreate
 from app.storage import LocalStore
 from app.uploads import UploadLimits, store_upload
+from bench.common import postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOGS = RESULTS / "logs"
@@ -125,18 +126,10 @@ def main() -> None:
 
     ensure_demo_model(DEFAULT_OUTPUT)
     LOGS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        database_url = os.environ.get("DATABASE_URL")
-        server = None
-        if not database_url:
-            from app.embedded_db import start_embedded_postgres
-
-            database_url, server = start_embedded_postgres(Path(tmp))
+    with postgres(None) as database_url, tempfile.TemporaryDirectory() as tmp:
         upgrade(database_url)
         one = run(1, args, database_url, Path(tmp) / "one")
         two = run(2, args, database_url, Path(tmp) / "two")
-        if server is not None:
-            server.cleanup()
     result = {
         "one_worker": one,
         "two_workers": two,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -178,17 +177,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-    from bench.common import BenchConfig, write_result
+    from bench.common import BenchConfig, postgres, write_result
     from bench.engines import load_engine
 
     model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
     config = BenchConfig(model=model, tensor_parallel_size=args.tensor_parallel_size, runs=args.runs)
-    with tempfile.TemporaryDirectory() as tmp:
-        database_url, server = os.environ.get("DATABASE_URL"), None
-        if not database_url:
-            from app.embedded_db import start_embedded_postgres
-
-            database_url, server = start_embedded_postgres(Path(tmp))
+    with postgres(None) as database_url, tempfile.TemporaryDirectory() as tmp:
         from app.migrate import upgrade
 
         upgrade(database_url)
@@ -199,8 +193,6 @@ def main() -> None:
             )
         finally:
             engine.shutdown()
-            if server is not None:
-                server.cleanup()
     result["settings"] = vars(args) | {"model": model}
     write_result("service_overhead", result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
