@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml Makefile
 
 model: $(DEMO_MODEL)
 
-$(DEMO_MODEL): $(STAMP) app/demo_model.py
-	$(BIN)/python -m app.demo_model
+$(DEMO_MODEL): $(STAMP) app/tools/demo_model.py
+	$(BIN)/python -m app.tools.demo_model
 
 run: install model
-	$(BIN)/python -m app.launcher
+	$(BIN)/python -m app.tools.launcher
 
 # Every benchmark scenario (~20 min on 2 CPU cores), then docs/benchmarks.md; BENCH_ARGS="--help" for options.
 BENCH_ARGS ?=

@@ -203,7 +203,7 @@ def main() -> None:
     if args.report_only:
         report.write()
         return
-    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
     from bench.machine import describe
 
     model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))

@@ -29,9 +29,9 @@ class RunningApi:
 
 
 def _make_key(database_url: str) -> str:
-    from app.auth import create_key
-    from app.db import Database
-    from app.repository import JobRepository
+    from app.api.auth import create_key
+    from app.core.database import Database
+    from app.data.repository import JobRepository
 
     db = Database(database_url)
     try:
@@ -53,7 +53,7 @@ def running_api(config: BenchConfig, name: str) -> Iterator[RunningApi]:
             MODEL=config.model,
             PORT=str(port),
         )
-        command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
+        command = [sys.executable, "-m", "uvicorn", "--factory", "app.api.main:create_app", "--port", str(port)]
         command += ["--log-level", "warning"]
         process = subprocess.Popen(command, env=env, stdout=log_file(f"api-{name}"), stderr=subprocess.STDOUT)
         try:

@@ -122,7 +122,7 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
     """A new, migrated database `name` on the server, dropped afterwards."""
     import psycopg
 
-    from app.migrate import upgrade
+    from app.core.migrations import upgrade
 
     admin = database_on(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -153,7 +153,7 @@ def postgres(database_url: str | None) -> Iterator[str]:
     if database_url:
         yield database_url
         return
-    from app.embedded_db import start_embedded_postgres
+    from app.core.embedded_postgres import start_embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
         url, server = start_embedded_postgres(Path(tmp))

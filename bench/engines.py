@@ -20,7 +20,7 @@ SERVER_STOP_SECONDS = 60
 
 
 def engine_settings(config: BenchConfig, **overrides: Any) -> Any:
-    from app.config import Settings
+    from app.core.settings import Settings
 
     return Settings(
         model=config.model,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from app.batch_lines import FileCheck
-from app.storage import LocalStore
-from app.uploads import CheckingReader, UploadLimits
+from app.core.storage import LocalStore
+from app.jobs.lines import FileCheck
+from app.jobs.uploads import CheckingReader, UploadLimits
 from bench.api_process import running_api
 from bench.common import BenchConfig
 from bench.ingest import PeakRss, upload, write_jsonl

@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the demo model")
     args = parser.parse_args()
 
-    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-    from app.migrate import upgrade
+    from app.core.migrations import upgrade
+    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
     from bench.common import BenchConfig, output_lengths, postgres, prompt_text, write_result
     from bench.engines import load_engine
     from bench.service_overhead import ServiceBench

@@ -21,8 +21,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def child(prompts: int, batch_size: int, max_tokens: int) -> None:
     from vllm import SamplingParams
 
-    from app.config import Settings
-    from app.demo_model import DEFAULT_OUTPUT
+    from app.core.settings import Settings
+    from app.tools.demo_model import DEFAULT_OUTPUT
     from worker.engine import VllmEngine
 
     engine = VllmEngine(Settings(model=str(DEFAULT_OUTPUT)))

@@ -24,9 +24,9 @@ def queue_jobs(database_url: str, jobs: int) -> None:
     """`jobs` queued one-shard batches of one input file, inserted in bulk."""
     from sqlalchemy import insert
 
-    from app.db import Database
-    from app.models import Batch, FileRecord, Shard
-    from app.repository import new_id
+    from app.core.database import Database
+    from app.data.models import Batch, FileRecord, Shard
+    from app.data.repository import new_id
 
     db = Database(database_url)
     expires = datetime.now(UTC) + timedelta(days=1)
@@ -80,9 +80,9 @@ def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[l
     import os
     import socket
 
-    from app.db import Database
-    from app.models import Worker
-    from app.repository import JobRepository
+    from app.core.database import Database
+    from app.data.models import Worker
+    from app.data.repository import JobRepository
 
     db = Database(database_url)
     repo = JobRepository(db)

@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.auth import Principal
-from app.batch_service import create_batch
-from app.config import Settings
-from app.db import Database
-from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-from app.migrate import upgrade
-from app.repository import JobRepository
-from app.schemas import BatchCreate
-from app.storage import LocalStore
-from app.uploads import UploadLimits, store_upload
+from app.api.auth import Principal
+from app.api.schemas import BatchCreate
+from app.core.database import Database
+from app.core.migrations import upgrade
+from app.core.settings import Settings
+from app.core.storage import LocalStore
+from app.data.repository import JobRepository
+from app.jobs.create import create_batch
+from app.jobs.uploads import UploadLimits, store_upload
+from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
 from bench.common import postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"

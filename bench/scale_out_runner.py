@@ -21,7 +21,7 @@ MIN_CORES = 2
 
 
 def _skip_reason(config: BenchConfig) -> str | None:
-    from app.demo_model import DEFAULT_OUTPUT
+    from app.tools.demo_model import DEFAULT_OUTPUT
 
     if has_cuda():
         return "pins engines to CPU cores; not meaningful on a GPU machine"

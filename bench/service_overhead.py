@@ -64,10 +64,10 @@ def service_run(
     pack_by_length: bool = False,
 ) -> dict[str, float]:
     """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
-    from app.auth import Principal
-    from app.batch_service import create_batch
-    from app.schemas import BatchCreate
-    from app.uploads import UploadLimits, store_upload
+    from app.api.auth import Principal
+    from app.api.schemas import BatchCreate
+    from app.jobs.create import create_batch
+    from app.jobs.uploads import UploadLimits, store_upload
     from worker.loop import WorkerLoop
 
     data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
@@ -103,9 +103,9 @@ class ServiceBench:
     """The worker's path with an engine already loaded: a database and a storage folder."""
 
     def __init__(self, engine: Any, config: Any, database_url: str, storage: Path, batch_size: int) -> None:
-        from app.db import Database
-        from app.repository import JobRepository
-        from app.storage import LocalStore
+        from app.core.database import Database
+        from app.core.storage import LocalStore
+        from app.data.repository import JobRepository
         from bench.engines import engine_settings
 
         self.engine = engine
@@ -176,14 +176,14 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     args = parser.parse_args()
 
-    from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
     from bench.common import BenchConfig, postgres, write_result
     from bench.engines import load_engine
 
     model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
     config = BenchConfig(model=model, tensor_parallel_size=args.tensor_parallel_size, runs=args.runs)
     with postgres(None) as database_url, tempfile.TemporaryDirectory() as tmp:
-        from app.migrate import upgrade
+        from app.core.migrations import upgrade
 
         upgrade(database_url)
         engine = load_engine(config)

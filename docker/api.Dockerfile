@@ -12,4 +12,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
 # Migrations first (idempotent), then the API.
-CMD ["sh", "-c", "python -m app.migrate && exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000"]
+CMD ["sh", "-c", "python -m app.core.migrations && exec uvicorn --factory app.api.main:create_app --host 0.0.0.0 --port 8000"]

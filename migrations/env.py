@@ -3,9 +3,9 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.config import get_settings
-from app.db import sqlalchemy_url
-from app.models import Base
+from app.core.database import sqlalchemy_url
+from app.core.settings import get_settings
+from app.data.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -15,14 +15,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.auth import create_key
-from app.config import Settings
-from app.db import Database
-from app.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-from app.main import create_app
-from app.migrate import upgrade
-from app.repository import JobRepository
-from app.storage import LocalStore, ObjectStore, S3Store
+from app.api.auth import create_key
+from app.api.main import create_app
+from app.core.database import Database
+from app.core.migrations import upgrade
+from app.core.settings import Settings
+from app.core.storage import LocalStore, ObjectStore, S3Store
+from app.data.repository import JobRepository
+from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
 from worker.engine import VllmEngine
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.batch_lines import ChatBody, Request
-from app.output_lines import Choice, Generation
+from app.jobs.lines import ChatBody, Request
+from app.jobs.output_lines import Choice, Generation
 
 
 class FakeEngine:

@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.db import Database
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.core.database import Database
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
 from worker.engine import Engine
 from worker.loop import WorkerLoop
 

@@ -20,10 +20,10 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from app.config import get_settings
-    from app.db import Database
-    from app.repository import JobRepository
-    from app.storage import open_store
+    from app.core.database import Database
+    from app.core.settings import get_settings
+    from app.core.storage import open_store
+    from app.data.repository import JobRepository
     from worker.affinity import restrict_to
     from worker.engine import VllmEngine
     from worker.loop import WorkerLoop

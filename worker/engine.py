@@ -11,10 +11,10 @@ import os
 import shutil
 from typing import Any, Protocol
 
-from app.batch_lines import Request
-from app.config import Settings
-from app.output_lines import Choice, Generation, RequestTiming, TokenLogprob
-from app.prompts import prompt_token_ids
+from app.core.settings import Settings
+from app.jobs.lines import Request
+from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
+from app.jobs.prompts import prompt_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class VllmEngine:
             kwargs["max_model_len"] = settings.max_model_len
         if not cuda:
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for worker.telemetry
+        kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
         log.info("loading %s with %s", settings.model, kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

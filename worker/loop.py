@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.finalize import finalize_batch
-from app.models import Worker
-from app.repository import ClaimedShard, JobRepository
-from app.retry import retry_transient
-from app.storage import ObjectStore
+from app.core.backoff import retry_transient
+from app.core.storage import ObjectStore
+from app.data.models import Worker
+from app.data.repository import ClaimedShard, JobRepository
+from app.jobs.finalize import finalize_batch
 from worker.engine import Engine
 from worker.shard_runner import EngineFailed, ShardRunner, ShutdownRequested
 from worker.waker import Waker

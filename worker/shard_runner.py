@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from app.batch_lines import LineError, Request
-from app.models import BatchStatus
-from app.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
-from app.repository import BatchResult, ClaimedShard, JobRepository
-from app.request_plan import plan_request
-from app.retry import retry_transient
-from app.sampling import UnsupportedRequest
-from app.stats import combine_engine_stats, length_histogram
-from app.storage import ObjectStore, resilient_lines
+from app.core.backoff import retry_transient
+from app.core.storage import ObjectStore, resilient_lines
+from app.data.models import BatchStatus
+from app.data.repository import BatchResult, ClaimedShard, JobRepository
+from app.jobs.lines import LineError, Request
+from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
+from app.jobs.planning import plan_request
+from app.jobs.sampling import UnsupportedRequest
+from app.jobs.stats import combine_engine_stats, length_histogram
+from app.jobs.telemetry import batch_telemetry
 from worker.engine import Engine
-from worker.telemetry import batch_telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

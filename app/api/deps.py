@@ -8,11 +8,11 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth import KeyCache, Principal, authenticate
-from app.config import Settings
-from app.errors import Forbidden
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.api.auth import KeyCache, Principal, authenticate
+from app.core.errors import Forbidden
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
 
 # The trivial dependencies are `async def`: a sync one costs a thread-pool hop per request.
 

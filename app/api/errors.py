@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.errors import ServiceError
+from app.core.errors import ServiceError
 
 
 def _error(status: int, message: str, error_type: str, param: str | None, code: str | None) -> JSONResponse:

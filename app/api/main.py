@@ -1,11 +1,51 @@
-"""Gathers the routers."""
+"""Builds the FastAPI app: `uvicorn --factory app.api.main:create_app`."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-from app.api.routes import batches, files, health, metrics
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-api_router = APIRouter()
-api_router.include_router(health.router)
-api_router.include_router(files.router)
-api_router.include_router(batches.router)
-api_router.include_router(metrics.router)
+from fastapi import FastAPI
+
+from app.api.admin.routes import install_admin
+from app.api.admin.session import SessionSigner
+from app.api.auth import KeyCache
+from app.api.errors import install_error_handlers
+from app.api.routes import api_router
+from app.core.database import Database
+from app.core.settings import Settings, get_settings
+from app.core.storage import open_store
+from app.data.repository import JobRepository
+from app.jobs.expiry import ExpirySweeper
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set (`make run` or `llm-batch-serve` starts an embedded Postgres)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url or "")
+        app.state.settings = settings
+        app.state.repo = JobRepository(db)
+        app.state.key_cache = KeyCache(settings.key_cache_seconds)
+        app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
+        app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
+        sweeper = ExpirySweeper(app.state.repo, app.state.store, settings.expiry_sweep_seconds)
+        sweeper.start()
+        yield
+        sweeper.stop()
+        db.dispose()
+
+    app = FastAPI(
+        title="llm-batch",
+        version="0.1.0",
+        summary="Offline batch inference: upload JSONL, run it in static batches on vLLM, download results.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(api_router)
+    install_admin(app)
+    return app

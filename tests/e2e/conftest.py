@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth import create_key
-from app.db import Database
-from app.repository import JobRepository
+from app.api.auth import create_key
+from app.core.database import Database
+from app.data.repository import JobRepository
 from tests.conftest import DEMO_MODEL, ROOT, admin_sql, free_port, url_for
 
 STARTUP_SECONDS = 240
@@ -49,7 +49,7 @@ class Service:
         return process
 
     def start_api(self) -> None:
-        self._spawn(["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(self.port)], "api")
+        self._spawn(["-m", "uvicorn", "--factory", "app.api.main:create_app", "--port", str(self.port)], "api")
         self.wait_for("/healthz")
 
     def start_worker(self, log_name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:

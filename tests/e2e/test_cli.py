@@ -19,7 +19,7 @@ pytestmark = pytest.mark.engine
 def llm_batch(service: Service, key: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**service.env, "LLM_BATCH_URL": service.url, "LLM_BATCH_API_KEY": key}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "app.tools.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
 
 

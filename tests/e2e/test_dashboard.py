@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from app.db import Database
-from app.repository import JobRepository
-from app.stats import job_stats
+from app.core.database import Database
+from app.data.repository import JobRepository
+from app.jobs.stats import job_stats
 from tests.conftest import ROOT
 from tests.e2e.conftest import Service
 from tests.e2e.test_service import wait_until_done

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.auth import create_key
-from app.config import Settings
-from app.db import Database
-from app.embedded_db import start_embedded_postgres
-from app.main import create_app
-from app.migrate import upgrade
-from app.repository import JobRepository
+from app.api.auth import create_key
+from app.api.main import create_app
+from app.core.database import Database
+from app.core.embedded_postgres import start_embedded_postgres
+from app.core.migrations import upgrade
+from app.core.settings import Settings
+from app.data.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 

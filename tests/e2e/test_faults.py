@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.embedded_db import start_embedded_postgres
-from app.migrate import upgrade
+from app.core.embedded_postgres import start_embedded_postgres
+from app.core.migrations import upgrade
 from tests.e2e.conftest import Service
 from tests.e2e.test_service import wait_until_done
 from tests.helpers import completion_line, jsonl, read_jsonl

@@ -97,4 +97,4 @@ def test_retry_runs_only_the_failures_and_download_merged_fills_them_in(
 def llm_batch_argv() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "app.cli"]
+    return [sys.executable, "-m", "app.tools.cli"]

@@ -8,9 +8,9 @@ import re
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.admin.session import SESSION_COOKIE
-from app.auth import create_key
-from app.repository import JobRepository
+from app.api.admin.session import SESSION_COOKIE
+from app.api.auth import create_key
+from app.data.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 

@@ -6,7 +6,7 @@ import json
 
 from fastapi.testclient import TestClient
 
-from app.repository import JobRepository
+from app.data.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 

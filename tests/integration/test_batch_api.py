@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.config import Settings
-from app.expiry import expire_overdue
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
+from app.jobs.expiry import expire_overdue
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
 
 

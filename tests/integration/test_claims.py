@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
-from app.repository import BatchResult, JobRepository, LeaseLost
+from app.data.repository import BatchResult, JobRepository, LeaseLost
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import create_key
-from app.batch_lines import parse_line
-from app.config import Settings
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.api.auth import create_key
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
+from app.jobs.lines import parse_line
 from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 
@@ -79,7 +79,7 @@ def test_the_eta_comes_from_what_workers_measured_at_that_batch_size(
 
 
 def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settings, repo: JobRepository) -> None:
-    from app.main import create_app
+    from app.api.main import create_app
 
     with TestClient(create_app(settings.model_copy(update={"estimate_max_lines": 4}))) as app_client:
         _, secret = create_key(repo, "alice")

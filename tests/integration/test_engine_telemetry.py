@@ -6,10 +6,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.auth import create_key
-from app.config import Settings
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.api.auth import create_key
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, run_worker_until_idle, upload
 from tests.integration.test_admin import login
 from worker.engine import VllmEngine

@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.config import Settings
-from app.db import Database
-from app.expiry import expire_overdue
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.core.database import Database
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
+from app.jobs.expiry import expire_overdue
 from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 from worker.loop import WorkerLoop

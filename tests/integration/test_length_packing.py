@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.repository import JobRepository
+from app.core.settings import Settings
+from app.data.repository import JobRepository
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -46,8 +46,8 @@ def test_requests_without_a_valid_key_get_401(app, repo: JobRepository) -> None:
 def test_a_revoked_key_stops_working_once_the_key_cache_forgets_it(settings: Settings, repo: JobRepository) -> None:
     import time
 
-    from app.auth import create_key
-    from app.main import create_app
+    from app.api.auth import create_key
+    from app.api.main import create_app
 
     key, secret = create_key(repo, "carol")
     with TestClient(
@@ -64,7 +64,7 @@ def test_a_revoked_key_stops_working_once_the_key_cache_forgets_it(settings: Set
 def test_keys_are_stored_as_hashes(repo: JobRepository) -> None:
     from sqlalchemy import text
 
-    from app.auth import create_key
+    from app.api.auth import create_key
 
     _, secret = create_key(repo, "dave")
     with repo.db.session() as session:

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.config import Settings
-from app.db import Database
-from app.storage import ObjectStore
+from app.core.database import Database
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
 from tests.conftest import make_settings
 from tests.helpers import completion_line, create_batch, download, jsonl, read_jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine

@@ -7,8 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.storage import ObjectStore
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
 from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 

@@ -8,10 +8,10 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 
-from app.errors import PayloadTooLarge
-from app.repository import JobRepository
-from app.storage import LocalStore, ObjectStore
-from app.uploads import UploadLimits, store_upload
+from app.core.errors import PayloadTooLarge
+from app.core.storage import LocalStore, ObjectStore
+from app.data.repository import JobRepository
+from app.jobs.uploads import UploadLimits, store_upload
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
 from worker.loop import WorkerLoop

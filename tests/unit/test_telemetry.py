@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.output_lines import Choice, Generation, RequestTiming
-from worker.telemetry import batch_telemetry
+from app.jobs.output_lines import Choice, Generation, RequestTiming
+from app.jobs.telemetry import batch_telemetry
 
 
 def generation(prompt: int, completion: int, scheduled: float, first: float, last: float, preempted: int = 0):

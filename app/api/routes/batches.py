@@ -8,13 +8,13 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
-from app.batch_service import create_batch, dry_run, record_estimate
-from app.finalize import finalize_batch
-from app.models import BatchStatus
-from app.rerun import merged_output, retry_failed
-from app.results import results_page
-from app.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
-from app.stats import batch_series, job_stats
+from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
+from app.data.models import BatchStatus
+from app.jobs.create import create_batch, dry_run, record_estimate
+from app.jobs.finalize import finalize_batch
+from app.jobs.results import results_page
+from app.jobs.retries import merged_output, retry_failed
+from app.jobs.stats import batch_series, job_stats
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

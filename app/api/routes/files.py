@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
-from app.schemas import FileDeleted, FileList, FileObject
-from app.uploads import UploadLimits, store_upload
+from app.api.schemas import FileDeleted, FileList, FileObject
+from app.jobs.uploads import UploadLimits, store_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import metrics
+from app.api import prometheus as metrics
 from app.api.deps import RepoDep
 
 router = APIRouter(tags=["metrics"])

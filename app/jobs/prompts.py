@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.batch_lines import ChatBody, Request
+from app.jobs.lines import ChatBody, Request
 
 
 def prompt_token_ids(tokenizer: Any, request: Request) -> list[int]:

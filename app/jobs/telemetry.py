@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.output_lines import Generation
+from app.jobs.output_lines import Generation
 
 
 def _rate(tokens: int, seconds: float) -> float | None:

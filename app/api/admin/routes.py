@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from app.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionSigner, new_pre_session
+from app.api.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionSigner, new_pre_session
+from app.api.auth import Principal, authenticate
 from app.api.deps import RepoDep, StoreDep
-from app.auth import Principal, authenticate
-from app.errors import Forbidden, Unauthorized
-from app.models import Batch, BatchStatus
-from app.repository import now
-from app.stats import batch_series, job_stats
+from app.core.errors import Forbidden, Unauthorized
+from app.data.models import Batch, BatchStatus
+from app.data.repository import now
+from app.jobs.stats import batch_series, job_stats
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 RECENT_WORKER_SECONDS = 300

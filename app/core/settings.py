@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.demo_model import DEFAULT_OUTPUT as DEMO_MODEL_PATH
+DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
 
 
 class Settings(BaseSettings):

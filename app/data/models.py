@@ -86,7 +86,7 @@ class Batch(Base):
     sampling_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, nullable=True)
     errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
-    # Lines, prompt tokens, requested output tokens and ETA (app.estimate), while queued.
+    # Lines, prompt tokens, requested output tokens and ETA (app.jobs.estimate), while queued.
     estimate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     # A retry's parent: the batch whose failed lines this one runs again.
     parent_batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), nullable=True, index=True)
@@ -167,11 +167,11 @@ class BatchRun(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     generate_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)
-    output_lengths: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)  # app.stats histogram
+    output_lengths: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)  # app.jobs.stats histogram
     # Offsets (from first_line) of the lines that went to the error part; the rest, in
     # order, are the output part's. Lets results be served in input order mid-run.
     error_lines: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
-    # What the engine reported about this batch (worker.telemetry): prefill and decode
+    # What the engine reported about this batch (app.jobs.telemetry): prefill and decode
     # rates, KV-cache use, preemptions, the idle tail.
     engine_stats: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     worker_id: Mapped[str] = mapped_column(String(64))

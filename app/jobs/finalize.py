@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from app.models import BatchStatus, FileRecord
-from app.output_lines import batch_error_line, custom_id_of, part_key
-from app.repository import JobRepository, new_id
-from app.stats import batch_series, job_stats
-from app.storage import ChunkReader, ObjectStore, read_lines
-from app.uploads import CheckingReader
+from app.core.storage import ChunkReader, ObjectStore, read_lines
+from app.data.models import BatchStatus, FileRecord
+from app.data.repository import JobRepository, new_id
+from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.stats import batch_series, job_stats
+from app.jobs.uploads import CheckingReader
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
 EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")

@@ -14,10 +14,10 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from app.finalize import unrun_reason
-from app.models import TERMINAL_STATUSES, Batch, BatchRun, BatchStatus, Shard
-from app.output_lines import batch_error_line, custom_id_of, part_key
-from app.storage import ObjectStore, read_lines
+from app.core.storage import ObjectStore, read_lines
+from app.data.models import TERMINAL_STATUSES, Batch, BatchRun, BatchStatus, Shard
+from app.jobs.finalize import unrun_reason
+from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 
 
 @dataclass(frozen=True)

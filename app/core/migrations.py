@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
@@ -17,8 +17,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 def main() -> None:
-    """`python -m app.migrate`: upgrade DATABASE_URL to the newest schema."""
-    from app.config import get_settings
+    """`python -m app.core.migrations`: upgrade DATABASE_URL to the newest schema."""
+    from app.core.settings import get_settings
 
     url = get_settings().database_url
     if not url:

@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import get_settings
-from app.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
-from app.demo_model import ensure_demo_model
-from app.migrate import upgrade
+from app.core.migrations import upgrade
+from app.core.settings import get_settings
+from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
+from app.tools.demo_model import ensure_demo_model
 
 CHILD_STOP_SECONDS = 60
 WORKER_RESTART_SECONDS = 2
@@ -27,9 +27,9 @@ WORKER_RESTART_SECONDS = 2
 
 def _print_admin_key_if_none(database_url: str) -> None:
     """The service never runs open: with no admin key yet, make one and show it once."""
-    from app.auth import create_key
-    from app.db import Database
-    from app.repository import JobRepository
+    from app.api.auth import create_key
+    from app.core.database import Database
+    from app.data.repository import JobRepository
 
     db = Database(database_url)
     try:
@@ -54,7 +54,7 @@ def main() -> None:
     env = dict(os.environ)
     server = None
     if not settings.database_url:
-        from app.embedded_db import start_embedded_postgres
+        from app.core.embedded_postgres import start_embedded_postgres
 
         url, server = start_embedded_postgres(settings.var_dir)
         env["DATABASE_URL"] = url
@@ -71,7 +71,7 @@ def main() -> None:
             "-m",
             "uvicorn",
             "--factory",
-            "app.main:create_app",
+            "app.api.main:create_app",
             "--host",
             settings.host,
             "--port",

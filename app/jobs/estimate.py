@@ -13,13 +13,13 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from app.batch_lines import LineError, Request
-from app.config import Settings
-from app.output_lines import custom_id_of
-from app.prompts import prompt_token_ids
-from app.repository import JobRepository
-from app.request_plan import plan_request
-from app.sampling import UnsupportedRequest
+from app.core.settings import Settings
+from app.data.repository import JobRepository
+from app.jobs.lines import LineError, Request
+from app.jobs.output_lines import custom_id_of
+from app.jobs.planning import plan_request
+from app.jobs.prompts import prompt_token_ids
+from app.jobs.sampling import UnsupportedRequest
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120

@@ -205,10 +205,10 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from app.auth import create_key
-    from app.config import get_settings
-    from app.db import Database
-    from app.repository import JobRepository
+    from app.api.auth import create_key
+    from app.core.database import Database
+    from app.core.settings import get_settings
+    from app.data.repository import JobRepository
 
     url = get_settings().database_url
     if not url:

@@ -14,16 +14,16 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 
-from app.auth import Principal
-from app.batch_service import create_batch
-from app.config import Settings
-from app.errors import Conflict
-from app.models import TERMINAL_STATUSES, Batch, BatchStatus
-from app.output_lines import custom_id_of
-from app.repository import JobRepository
-from app.schemas import BatchCreate, BatchRetry
-from app.storage import ChunkReader, ObjectStore, read_lines
-from app.uploads import UploadLimits, store_upload
+from app.api.auth import Principal
+from app.api.schemas import BatchCreate, BatchRetry
+from app.core.errors import Conflict
+from app.core.settings import Settings
+from app.core.storage import ChunkReader, ObjectStore, read_lines
+from app.data.models import TERMINAL_STATUSES, Batch, BatchStatus
+from app.data.repository import JobRepository
+from app.jobs.create import create_batch
+from app.jobs.output_lines import custom_id_of
+from app.jobs.uploads import UploadLimits, store_upload
 
 
 def _digest(custom_id: str) -> bytes:

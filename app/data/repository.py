@@ -15,9 +15,9 @@ from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, aliased
 
-from app.db import Database
-from app.errors import Conflict, NotFound
-from app.models import (
+from app.core.database import Database
+from app.core.errors import Conflict, NotFound
+from app.data.models import (
     TERMINAL_STATUSES,
     ApiKey,
     Batch,
@@ -66,9 +66,9 @@ class BatchResult:
     prompt_tokens: int
     completion_tokens: int
     generate_seconds: float
-    output_lengths: list[int] | None = None  # histogram over app.stats.OUTPUT_LENGTH_EDGES
+    output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
-    engine_stats: dict[str, Any] | None = None  # worker.telemetry
+    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim

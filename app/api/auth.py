@@ -8,9 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from app.errors import Unauthorized
-from app.models import ApiKey
-from app.repository import JobRepository, new_id
+from app.core.errors import Unauthorized
+from app.data.models import ApiKey
+from app.data.repository import JobRepository, new_id
 
 KEY_PREFIX = "lb-"
 KEY_BYTES = 32

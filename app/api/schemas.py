@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from app.batch_lines import ENDPOINTS
-from app.models import Batch, BatchStatus, FileRecord
+from app.data.models import Batch, BatchStatus, FileRecord
+from app.jobs.lines import ENDPOINTS
 
 
 def unix(ts: datetime | None) -> int | None:

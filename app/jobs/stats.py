@@ -6,7 +6,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
-from app.models import Batch, BatchRun
+from app.data.models import Batch, BatchRun
 
 # Output-length histogram buckets: [1, 2), [2, 4), [4, 8), … generated tokens per line.
 # A wide spread inside a static batch means idle slots: short answers wait for long ones.
@@ -87,7 +87,7 @@ def batch_series(runs: list[BatchRun]) -> list[dict[str, Any]]:
 
 
 def combine_engine_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One record for several static batches' telemetry (worker.telemetry): times, tails,
+    """One record for several static batches' telemetry (app.jobs.telemetry): times, tails,
     preemptions and static batches add up, rates are weighted by their seconds, KV-cache
     demand is the peak. A packed window's record, and a job's totals."""
     reported = [p for p in parts if p]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from app.finalize import finalize_batch
-from app.repository import JobRepository
-from app.storage import ObjectStore
+from app.core.storage import ObjectStore
+from app.data.repository import JobRepository
+from app.jobs.finalize import finalize_batch
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.batch_lines import Request, parse_line
-from app.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
+from app.jobs.lines import Request, parse_line
+from app.jobs.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
 
 
 @dataclass(frozen=True)

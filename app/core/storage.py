@@ -210,7 +210,7 @@ def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
 def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
     """The object's lines; a transient storage failure mid-read reopens the object and
     carries on after the last line handed out."""
-    from app.retry import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
+    from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
 
     handed_out = 0
     backoff = FIRST_BACKOFF_SECONDS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.batch_lines import ChatBody, CompletionBody
+from app.jobs.lines import ChatBody, CompletionBody
 
 # Fields that change nothing in an offline batch, accepted with these values.
 TOLERATED = {"stream": (False, None), "user": None, "store": None, "service_tier": None}

@@ -12,7 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-DEFAULT_OUTPUT = Path("var/models/demo-llama")
+from app.core.settings import DEMO_MODEL_PATH
+
+DEFAULT_OUTPUT = DEMO_MODEL_PATH
 SEED = 1234
 VOCAB_SIZE = 2048
 HIDDEN_SIZE = 128

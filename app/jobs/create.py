@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from app.auth import Principal
-from app.batch_lines import ENDPOINTS, endpoint_mismatch
-from app.config import Settings
-from app.errors import InvalidRequest
-from app.estimate import estimate_job
-from app.models import Batch, BatchStatus, FileRecord
-from app.repository import JobRepository, new_id, now
-from app.schemas import BatchCreate
-from app.storage import ObjectStore, read_lines
+from app.api.auth import Principal
+from app.api.schemas import BatchCreate
+from app.core.errors import InvalidRequest
+from app.core.settings import Settings
+from app.core.storage import ObjectStore, read_lines
+from app.data.models import Batch, BatchStatus, FileRecord
+from app.data.repository import JobRepository, new_id, now
+from app.jobs.estimate import estimate_job
+from app.jobs.lines import ENDPOINTS, endpoint_mismatch
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from app.batch_lines import CHAT_COMPLETIONS, Request
+from app.jobs.lines import CHAT_COMPLETIONS, Request
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import IO
 
-from app.batch_lines import FileCheck
-from app.errors import PayloadTooLarge
-from app.models import FileRecord
-from app.repository import JobRepository, new_id
-from app.storage import LineSplitter, ObjectStore
+from app.core.errors import PayloadTooLarge
+from app.core.storage import LineSplitter, ObjectStore
+from app.data.models import FileRecord
+from app.data.repository import JobRepository, new_id
+from app.jobs.lines import FileCheck
 
 
 @dataclass(frozen=True)
