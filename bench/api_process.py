@@ -29,13 +29,13 @@ class RunningApi:
 
 
 def _make_key(database_url: str) -> str:
-    from app.api.auth import create_key
     from app.core.database import Database
-    from app.data.repository import JobRepository
+    from app.data.keys import create_key
+    from app.data.records import Records
 
     db = Database(database_url)
     try:
-        return create_key(JobRepository(db), "bench", name="benchmark")[1]
+        return create_key(Records(db), "bench", name="benchmark")[1]
     finally:
         db.dispose()
 

@@ -25,8 +25,8 @@ def queue_jobs(database_url: str, jobs: int) -> None:
     from sqlalchemy import insert
 
     from app.core.database import Database
-    from app.data.models import Batch, FileRecord, Shard
-    from app.data.repository import new_id
+    from app.data.ids import new_id
+    from app.data.models import FileRecord, Job, Shard
 
     db = Database(database_url)
     expires = datetime.now(UTC) + timedelta(days=1)
@@ -65,7 +65,7 @@ def queue_jobs(database_url: str, jobs: int) -> None:
                     }
                     for batch_id in chunk
                 ]
-                session.execute(insert(Batch), batch_rows)
+                session.execute(insert(Job), batch_rows)
                 shard_rows = [
                     {"batch_id": batch_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0}
                     for batch_id in chunk
@@ -82,12 +82,14 @@ def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[l
 
     from app.core.database import Database
     from app.data.models import Worker
-    from app.data.repository import JobRepository
+    from app.data.queue import JobQueue
+    from app.data.records import Records
 
     db = Database(database_url)
-    repo = JobRepository(db)
+    records = Records(db)
+    queue = JobQueue(db)
     worker_id = f"bench-worker-{worker_number}"
-    repo.register_worker(
+    records.register_worker(
         Worker(
             id=worker_id,
             host=socket.gethostname(),
@@ -97,14 +99,14 @@ def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[l
             status="ready",
         )
     )
-    repo.claim_shard("bench-nobody", "no-such-model", LEASE_SECONDS)  # opens the pool's connection
+    queue.claim_shard("bench-nobody", "no-such-model", LEASE_SECONDS)  # opens the pool's connection
     time.sleep(max(0.0, start_at - time.time()))
     shards: list[int] = []
     seconds: list[float] = []
     try:
         while True:
             began = time.perf_counter()
-            claimed = repo.claim_shard(worker_id, MODEL, LEASE_SECONDS)
+            claimed = queue.claim_shard(worker_id, MODEL, LEASE_SECONDS)
             seconds.append(time.perf_counter() - began)
             if claimed is None:
                 return shards, seconds[:-1]  # the last, empty claim is not a claim

@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.api.auth import Principal
-from app.api.schemas import BatchCreate
 from app.core.database import Database
 from app.core.migrations import upgrade
 from app.core.settings import Settings
 from app.core.storage import LocalStore
-from app.data.repository import JobRepository
-from app.jobs.create import create_batch
+from app.data.queue import JobQueue
+from app.data.records import Records
+from app.jobs.create import JobSpec, Owner, create_job
 from app.jobs.uploads import UploadLimits, store_upload
 from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
 from bench.common import postgres
@@ -35,7 +34,7 @@ LOGS = RESULTS / "logs"
 READY_TIMEOUT_SECONDS = 300
 
 
-def make_job(repo: JobRepository, store: LocalStore, settings: Settings, lines: int, max_tokens: int) -> str:
+def make_job(records: Records, store: LocalStore, settings: Settings, lines: int, max_tokens: int) -> str:
     import io
 
     rows = b"".join(
@@ -43,9 +42,8 @@ def make_job(repo: JobRepository, store: LocalStore, settings: Settings, lines: 
         + b"\n"
         for i in range(lines)
     )
-    owner = Principal(owner="bench", is_admin=True, key_id="bench")
     file = store_upload(
-        repo,
+        records,
         store,
         io.BytesIO(rows),
         owner="bench",
@@ -53,7 +51,8 @@ def make_job(repo: JobRepository, store: LocalStore, settings: Settings, lines: 
         purpose="batch",
         limits=UploadLimits(10**10, 10**8, 10),
     )
-    batch = create_batch(repo, settings, BatchCreate(input_file_id=file.id, endpoint="/v1/completions"), owner)
+    spec = JobSpec(input_file_id=file.id, endpoint="/v1/completions")
+    batch = create_job(records, JobQueue(records.db), settings, spec, Owner("bench", scope=None))
     return batch.id
 
 
@@ -70,7 +69,7 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
         model=str(DEFAULT_OUTPUT),
     )
     db = Database(database_url)
-    repo = JobRepository(db)
+    records = Records(db)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -91,22 +90,22 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
     ]
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while len(repo.ready_workers(60)) < workers:
+        while len(records.ready_workers(60)) < workers:
             if time.monotonic() > deadline:
                 raise TimeoutError("workers did not become ready")
             time.sleep(0.5)
-        batch_id = make_job(repo, LocalStore(storage), settings, args.lines, args.max_tokens)
+        batch_id = make_job(records, LocalStore(storage), settings, args.lines, args.max_tokens)
         started = time.monotonic()  # from the moment the job is queued to the moment it is completed
-        while repo.get_batch(batch_id).status != "completed":
+        while records.get_job(batch_id).status != "completed":
             time.sleep(0.1)
         seconds = time.monotonic() - started
-        batch = repo.get_batch(batch_id)
+        batch = records.get_job(batch_id)
         return {
             "workers": workers,
             "seconds": round(seconds, 2),
             "completion_tokens": batch.completion_tokens,
             "tokens_per_second": round(batch.completion_tokens / seconds, 1),
-            "workers_that_ran_batches": repo.worker_count(batch_id),
+            "workers_that_ran_batches": records.worker_count(batch_id),
         }
     finally:
         for proc in procs:

@@ -56,7 +56,7 @@ def raw_run(engine: Any, rows: list[dict[str, Any]], batch_size: int) -> dict[st
 
 def service_run(
     engine: Any,
-    repo: Any,
+    records: Any,
     store: Any,
     settings: Any,
     rows: list[dict[str, Any]],
@@ -64,16 +64,14 @@ def service_run(
     pack_by_length: bool = False,
 ) -> dict[str, float]:
     """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
-    from app.api.auth import Principal
-    from app.api.schemas import BatchCreate
-    from app.jobs.create import create_batch
+    from app.data.queue import JobQueue
+    from app.jobs.create import JobSpec, Owner, create_job
     from app.jobs.uploads import UploadLimits, store_upload
     from worker.loop import WorkerLoop
 
     data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
-    caller = Principal(owner="bench", is_admin=True, key_id="bench")
     file = store_upload(
-        repo,
+        records,
         store,
         io.BytesIO(data),
         owner="bench",
@@ -81,15 +79,16 @@ def service_run(
         purpose="batch",
         limits=UploadLimits(10**11, 10**9, 10),
     )
-    loop = WorkerLoop(engine, repo, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
+    queue = JobQueue(records.db)
+    loop = WorkerLoop(engine, records, queue, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
     loop.register()
     started = time.perf_counter()
-    request = BatchCreate(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length)
-    batch = create_batch(repo, settings, request, caller)
+    spec = JobSpec(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length)
+    batch = create_job(records, queue, settings, spec, Owner("bench", scope=None))
     while loop.run_once():
         pass
     wall = time.perf_counter() - started
-    done = repo.get_batch(batch.id)
+    done = records.get_job(batch.id)
     assert done.status == "completed" and done.request_completed == len(rows), done.status
     return {
         "generated_tokens": done.completion_tokens,
@@ -105,19 +104,19 @@ class ServiceBench:
     def __init__(self, engine: Any, config: Any, database_url: str, storage: Path, batch_size: int) -> None:
         from app.core.database import Database
         from app.core.storage import LocalStore
-        from app.data.repository import JobRepository
+        from app.data.records import Records
         from bench.engines import engine_settings
 
         self.engine = engine
         self.db = Database(database_url)
-        self.repo = JobRepository(self.db)
+        self.records = Records(self.db)
         self.store = LocalStore(storage)
         self.settings = engine_settings(config, database_url=database_url, batch_size=batch_size, shard_size=10**9)
 
     def run(
         self, rows: list[dict[str, Any]], endpoint: str = "/v1/completions", pack_by_length: bool = False
     ) -> dict[str, float]:
-        return service_run(self.engine, self.repo, self.store, self.settings, rows, endpoint, pack_by_length)
+        return service_run(self.engine, self.records, self.store, self.settings, rows, endpoint, pack_by_length)
 
     def close(self) -> None:
         self.db.dispose()

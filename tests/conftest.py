@@ -15,13 +15,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.auth import create_key
 from app.api.main import create_app
 from app.core.database import Database
 from app.core.migrations import upgrade
 from app.core.settings import Settings
 from app.core.storage import LocalStore, ObjectStore, S3Store
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
 from worker.engine import VllmEngine
 
@@ -65,10 +66,20 @@ def database_url(template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def repo(database_url: str) -> Iterator[JobRepository]:
-    db = Database(database_url)
-    yield JobRepository(db)
-    db.dispose()
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def records(db: Database) -> Records:
+    return Records(db)
+
+
+@pytest.fixture
+def queue(db: Database) -> JobQueue:
+    return JobQueue(db)
 
 
 class MotoServer:
@@ -161,26 +172,26 @@ def app(settings: Settings) -> Iterator[FastAPI]:
         yield application
 
 
-def client_for(app: FastAPI, repo: JobRepository, owner: str, *, admin: bool = False) -> TestClient:
-    _, secret = create_key(repo, owner, admin=admin)
+def client_for(app: FastAPI, records: Records, owner: str, *, admin: bool = False) -> TestClient:
+    _, secret = create_key(records, owner, admin=admin)
     return TestClient(app, headers={"Authorization": f"Bearer {secret}"})
 
 
 @pytest.fixture
-def client(app: FastAPI, repo: JobRepository) -> TestClient:
+def client(app: FastAPI, records: Records) -> TestClient:
     """A user's client (owner "alice")."""
-    return client_for(app, repo, "alice")
+    return client_for(app, records, "alice")
 
 
 @pytest.fixture
-def other_client(app: FastAPI, repo: JobRepository) -> TestClient:
+def other_client(app: FastAPI, records: Records) -> TestClient:
     """Another owner's client ("bob")."""
-    return client_for(app, repo, "bob")
+    return client_for(app, records, "bob")
 
 
 @pytest.fixture
-def admin_client(app: FastAPI, repo: JobRepository) -> TestClient:
-    return client_for(app, repo, "ops", admin=True)
+def admin_client(app: FastAPI, records: Records) -> TestClient:
+    return client_for(app, records, "ops", admin=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from app.core.database import Database
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 from worker.engine import Engine
 from worker.loop import WorkerLoop
 
@@ -63,7 +64,7 @@ def run_worker_until_idle(
 ) -> WorkerLoop:
     """A worker in this process runs shards until none is left (or `max_shards` ran)."""
     db = Database(settings.database_url or "")
-    loop = WorkerLoop(engine, JobRepository(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
+    loop = WorkerLoop(engine, Records(db), JobQueue(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
     loop.register()
     ran = 0
     while (max_shards is None or ran < max_shards) and loop.run_once():

@@ -23,7 +23,8 @@ def main() -> None:
     from app.core.database import Database
     from app.core.settings import get_settings
     from app.core.storage import open_store
-    from app.data.repository import JobRepository
+    from app.data.queue import JobQueue
+    from app.data.records import Records
     from worker.affinity import restrict_to
     from worker.engine import VllmEngine
     from worker.loop import WorkerLoop
@@ -34,7 +35,7 @@ def main() -> None:
     settings = get_settings().model_copy(update=overrides)
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set")
-    repo = JobRepository(Database(settings.database_url))
+    db = Database(settings.database_url)
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
     guard_process_group()
     started_on = os.sched_getaffinity(0)
@@ -43,7 +44,8 @@ def main() -> None:
         restrict_to(started_on)  # vLLM widened it; stay on the CPUs this worker was given
     loop = WorkerLoop(
         engine,
-        repo,
+        Records(db),
+        JobQueue(db),
         store,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,

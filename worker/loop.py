@@ -13,8 +13,9 @@ from typing import TypeVar
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore
 from app.data.models import Worker
-from app.data.repository import ClaimedShard, JobRepository
-from app.jobs.finalize import finalize_batch
+from app.data.queue import ClaimedShard, JobQueue
+from app.data.records import Records
+from app.jobs.finalize import finalize_job
 from worker.engine import Engine
 from worker.shard_runner import EngineFailed, ShardRunner, ShutdownRequested
 from worker.waker import Waker
@@ -31,7 +32,8 @@ class WorkerLoop:
     def __init__(
         self,
         engine: Engine,
-        repo: JobRepository,
+        records: Records,
+        queue: JobQueue,
         store: ObjectStore,
         *,
         lease_seconds: float,
@@ -43,7 +45,8 @@ class WorkerLoop:
     ) -> None:
         self.waker = waker
         self.engine = engine
-        self.repo = repo
+        self.records = records
+        self.queue = queue
         self.store = store
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -52,11 +55,11 @@ class WorkerLoop:
         self.stop_requested = threading.Event()
         self._current: ClaimedShard | None = None
         self.runner = ShardRunner(
-            engine, repo, store, self.worker_id, lease_seconds, self.stop_requested, max_batch_attempts
+            engine, queue, store, self.worker_id, lease_seconds, self.stop_requested, max_batch_attempts
         )
 
     def register(self) -> None:
-        self.repo.register_worker(
+        self.records.register_worker(
             Worker(
                 id=self.worker_id,
                 host=socket.gethostname(),
@@ -72,39 +75,39 @@ class WorkerLoop:
             current = self._current
             try:
                 if current is not None:
-                    self.repo.renew_lease(current.shard_id, self.worker_id, self.lease_seconds)
+                    self.queue.renew_lease(current.shard_id, self.worker_id, self.lease_seconds)
                 else:
-                    self.repo.set_worker_status(self.worker_id, "ready")
+                    self.records.set_worker_status(self.worker_id, "ready")
             except Exception:  # an outage must not kill the heartbeat; the next beat retries
                 log.exception("heartbeat failed")
 
     def run_once(self) -> bool:
         """Claims and runs one shard; False when there was nothing to claim."""
-        shard = self.repo.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
+        shard = self.queue.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
         if shard is None:
             return False
         self._current = shard
         log.info(
-            "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.batch_id, shard.next_line, shard.end_line
+            "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.job_id, shard.next_line, shard.end_line
         )
-        self.repo.set_batch_tensor_parallel(shard.batch_id, self.engine.tensor_parallel_size)
+        self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
         try:
             outcome = self.runner.run(shard)
         except ShutdownRequested:
-            self.repo.release_shard(shard.shard_id, self.worker_id)
-            log.info("released shard %s of %s for another worker", shard.shard_index, shard.batch_id)
+            self.queue.release_shard(shard.shard_id, self.worker_id)
+            log.info("released shard %s of %s for another worker", shard.shard_index, shard.job_id)
             return True
         except EngineFailed:
-            self.repo.release_shard(shard.shard_id, self.worker_id, failed=True)
+            self.queue.release_shard(shard.shard_id, self.worker_id, failed=True)
             raise
         finally:
             self._current = None
         last = self._patiently(
-            lambda: self.repo.finish_shard(shard, self.worker_id, stopped=outcome.stopped), "finishing the shard"
+            lambda: self.queue.finish_shard(shard, self.worker_id, stopped=outcome.stopped), "finishing the shard"
         )
         if last:
-            self._patiently(lambda: finalize_batch(self.repo, self.store, shard.batch_id), "finalizing")
-            log.info("finalized %s", shard.batch_id)
+            self._patiently(lambda: finalize_job(self.records, self.queue, self.store, shard.job_id), "finalizing")
+            log.info("finalized %s", shard.job_id)
         return True
 
     def _patiently(self, action: Callable[[], T], what: str) -> T:
@@ -136,6 +139,6 @@ class WorkerLoop:
             if self.waker is not None:
                 self.waker.close()
             try:
-                self.repo.set_worker_status(self.worker_id, "stopped")
+                self.records.set_worker_status(self.worker_id, "stopped")
             except Exception:
                 log.warning("could not record this worker as stopped")

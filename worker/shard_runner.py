@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore, resilient_lines
-from app.data.models import BatchStatus
-from app.data.repository import BatchResult, ClaimedShard, JobRepository
+from app.data.models import JobStatus
+from app.data.queue import ClaimedShard, JobQueue, WindowResult
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.jobs.planning import plan_request
@@ -33,16 +33,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STOPPING_STATUSES = {
-    BatchStatus.CANCELLING,
-    BatchStatus.CANCELLED,
-    BatchStatus.EXPIRING,
-    BatchStatus.EXPIRED,
-    BatchStatus.FAILED,
+    JobStatus.CANCELLING,
+    JobStatus.CANCELLED,
+    JobStatus.EXPIRING,
+    JobStatus.EXPIRED,
+    JobStatus.FAILED,
 }
 
 
 @dataclass
-class PreparedBatch:
+class PreparedWindow:
     """One static batch, ready for the engine."""
 
     seq: int
@@ -65,7 +65,7 @@ class ShardRunner:
     def __init__(
         self,
         engine: Engine,
-        repo: JobRepository,
+        queue: JobQueue,
         store: ObjectStore,
         worker_id: str,
         lease_seconds: float,
@@ -74,7 +74,7 @@ class ShardRunner:
     ) -> None:
         self.max_batch_attempts = max_batch_attempts
         self.engine = engine
-        self.repo = repo
+        self.queue = queue
         self.store = store
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
@@ -84,8 +84,8 @@ class ShardRunner:
         lines = resilient_lines(self.store, shard.input_key, self.lease_seconds)
         return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
 
-    def _prepare(self, shard: ClaimedShard, seq: int, chunk: list[tuple[int, bytes]]) -> PreparedBatch:
-        batch = PreparedBatch(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
+    def _prepare(self, shard: ClaimedShard, seq: int, chunk: list[tuple[int, bytes]]) -> PreparedWindow:
+        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
         for index, raw in chunk:
             try:
                 planned = plan_request(
@@ -97,85 +97,85 @@ class ShardRunner:
                     self.engine.max_model_len,
                 )
             except LineError as err:  # the file changed since upload; still answer per line
-                batch.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
+                window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
             except UnsupportedRequest as err:
-                batch.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
+                window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
                 continue
-            batch.runnable.append(planned.request)
-            batch.prompts.append(planned.prompt)
-            batch.sampling.append(planned.sampling)
-        return batch
+            window.runnable.append(planned.request)
+            window.prompts.append(planned.prompt)
+            window.sampling.append(planned.sampling)
+        return window
 
-    def _generate(self, batch: PreparedBatch, batch_size: int) -> tuple[list[Generation], dict[str, Any] | None]:
+    def _generate(self, window: PreparedWindow, batch_size: int) -> tuple[list[Generation], dict[str, Any] | None]:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
         one batch) is cut into static batches of similar requested length, so short answers
         do not wait for long ones; the generations come back in input order."""
-        if not batch.prompts:
+        if not window.prompts:
             return [], None
         kv_cache_tokens = self.engine.kv_cache_tokens
-        if len(batch.prompts) <= batch_size:
-            generations = self.engine.generate(batch.prompts, batch.sampling)
+        if len(window.prompts) <= batch_size:
+            generations = self.engine.generate(window.prompts, window.sampling)
             return generations, batch_telemetry(generations, kv_cache_tokens)
         by_length = sorted(
-            range(len(batch.prompts)), key=lambda i: (batch.sampling[i]["max_tokens"], len(batch.prompts[i]))
+            range(len(window.prompts)), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i]))
         )
-        in_order: list[Generation | None] = [None] * len(batch.prompts)
+        in_order: list[Generation | None] = [None] * len(window.prompts)
         telemetry = []
         for start in range(0, len(by_length), batch_size):
             group = by_length[start : start + batch_size]
-            generated = self.engine.generate([batch.prompts[i] for i in group], [batch.sampling[i] for i in group])
+            generated = self.engine.generate([window.prompts[i] for i in group], [window.sampling[i] for i in group])
             for index, generation in zip(group, generated, strict=True):
                 in_order[index] = generation
             telemetry.append(batch_telemetry(generated, kv_cache_tokens))
         return [g for g in in_order if g is not None], combine_engine_stats(telemetry)
 
-    def _set_aside(self, batch: PreparedBatch, attempts: int) -> PreparedBatch:
+    def _set_aside(self, window: PreparedWindow, attempts: int) -> PreparedWindow:
         """A batch that killed the engine on every try: its lines become error lines."""
         message = (
             f"The engine failed {attempts - 1} times on the static batch holding this request "
             "(lines {first}-{last}); the batch was set aside so the rest of the job could run."
-        ).format(first=batch.first_line + 1, last=batch.next_line)
-        for request in batch.runnable:
-            batch.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
-        batch.runnable, batch.prompts, batch.sampling = [], [], []
-        return batch
+        ).format(first=window.first_line + 1, last=window.next_line)
+        for request in window.runnable:
+            window.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
+        window.runnable, window.prompts, window.sampling = [], [], []
+        return window
 
     def _write(
         self,
         shard: ClaimedShard,
-        batch: PreparedBatch,
+        window: PreparedWindow,
         generations: list[Generation],
         seconds: float,
         telemetry: dict[str, Any] | None,
-    ) -> BatchStatus:
+    ) -> JobStatus:
         """Stores the batch's results, then records its progress in one transaction."""
         out = [
             success_line(request, generation, self.engine.model_name)
-            for request, generation in zip(batch.runnable, generations, strict=True)
+            for request, generation in zip(window.runnable, generations, strict=True)
         ]
-        err = [line for _, line in sorted(batch.errors.items())]
+        err = [line for _, line in sorted(window.errors.items())]
         for kind, lines in (("out", out), ("err", err)):
             if lines:
-                key = part_key(shard.batch_id, shard.shard_index, batch.seq, kind)
+                key = part_key(shard.job_id, shard.shard_index, window.seq, kind)
                 data = b"".join(lines)
                 self._patiently(partial(self.store.put_bytes, key, data), f"storing {key}")
-        result = BatchResult(
-            first_line=batch.first_line,
-            next_line=batch.next_line,
-            prompts=len(batch.runnable),
+        result = WindowResult(
+            first_line=window.first_line,
+            next_line=window.next_line,
+            prompts=len(window.runnable),
             completed=len(out),
             failed=len(err),
             prompt_tokens=sum(g.prompt_tokens for g in generations),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations),
-            error_lines=[index - batch.first_line for index in sorted(batch.errors)],
+            error_lines=[index - window.first_line for index in sorted(window.errors)],
             engine_stats=telemetry,
         )
         return self._patiently(
-            lambda: self.repo.record_batch(shard, batch.seq, self.worker_id, result, self.lease_seconds),
-            f"recording batch {batch.seq} of shard {shard.shard_index}",
+            lambda: self.queue.record_window(shard, window.seq, self.worker_id, result, self.lease_seconds),
+            f"recording batch {window.seq} of shard {shard.shard_index}",
         )
 
     def _patiently(self, action: Callable[[], T], what: str) -> T:
@@ -185,34 +185,34 @@ class ShardRunner:
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
         # Length-aware packing reads a window of several static batches at a time.
-        window = batch_size * max(1, int(shard.sampling_defaults.get("pack_window") or 1))
+        window_lines = batch_size * max(1, int(shard.sampling_defaults.get("pack_window") or 1))
         lines = self._input_lines(shard)
-        chunks = iter(lambda: list(itertools.islice(lines, window)), [])
-        seqs = itertools.count(shard.batches_done)
+        chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
+        seqs = itertools.count(shard.windows_done)
         batches = 0
         with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
 
-            def prepare_next() -> Future[PreparedBatch] | None:
+            def prepare_next() -> Future[PreparedWindow] | None:
                 chunk = next(chunks, None)
                 return preparer.submit(self._prepare, shard, next(seqs), chunk) if chunk else None
 
             pending_prep = prepare_next()
-            pending_write: Future[BatchStatus] | None = None
+            pending_write: Future[JobStatus] | None = None
             cut_short = False
             while pending_prep is not None:
-                batch = pending_prep.result()
+                window = pending_prep.result()
                 pending_prep = prepare_next()  # tokenizes batch k+1 while k generates
                 if batches == 0 and shard.attempts > self.max_batch_attempts:
-                    batch = self._set_aside(batch, shard.attempts)
+                    window = self._set_aside(window, shard.attempts)
                 started = time.perf_counter()
                 try:
-                    generations, telemetry = self._generate(batch, batch_size)
+                    generations, telemetry = self._generate(window, batch_size)
                 except Exception as exc:
-                    raise EngineFailed(f"generate failed on lines {batch.first_line + 1}-{batch.next_line}") from exc
+                    raise EngineFailed(f"generate failed on lines {window.first_line + 1}-{window.next_line}") from exc
                 seconds = time.perf_counter() - started
                 previous, pending_write = (
                     pending_write,
-                    writer.submit(self._write, shard, batch, generations, seconds, telemetry),
+                    writer.submit(self._write, shard, window, generations, seconds, telemetry),
                 )
                 batches += 1
                 # The previous batch's transaction tells whether the batch was cancelled meanwhile.

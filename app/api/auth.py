@@ -1,19 +1,14 @@
-"""API keys: made here, stored as hashes, checked on every request."""
+"""Who is calling: API keys checked on every request, with a short cache."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
 import time
 from dataclasses import dataclass
 
 from app.core.errors import Unauthorized
-from app.data.models import ApiKey
-from app.data.repository import JobRepository, new_id
-
-KEY_PREFIX = "lb-"
-KEY_BYTES = 32
+from app.data.keys import hash_secret
+from app.data.records import Records
 
 
 @dataclass(frozen=True)
@@ -28,28 +23,6 @@ class Principal:
     def scope(self) -> str | None:
         """The owner whose objects this caller may see; None means all (admin)."""
         return None if self.is_admin else self.owner
-
-
-def new_secret() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def create_key(repo: JobRepository, owner: str, *, admin: bool = False, name: str = "") -> tuple[ApiKey, str]:
-    """Stores a new key's hash; returns the record and the secret (shown only now)."""
-    secret = new_secret()
-    key = ApiKey(
-        id=new_id("key_"),
-        owner=owner,
-        name=name,
-        key_hash=hash_secret(secret),
-        prefix=secret[: len(KEY_PREFIX) + 6],
-        is_admin=admin,
-    )
-    return repo.add_key(key), secret
 
 
 class KeyCache:
@@ -75,10 +48,10 @@ class KeyCache:
             self._entries[hash_secret(secret.strip())] = (time.monotonic() + self.ttl_seconds, principal)
 
 
-def authenticate(repo: JobRepository, secret: str | None) -> Principal:
+def authenticate(records: Records, secret: str | None) -> Principal:
     if not secret:
         raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-    key = repo.key_by_hash(hash_secret(secret.strip()))
+    key = records.key_by_hash(hash_secret(secret.strip()))
     if key is None:
         raise Unauthorized("Incorrect or revoked API key.")
     return Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)

@@ -9,10 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.auth import KeyCache, Principal, authenticate
-from app.core.errors import Forbidden
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 
 # The trivial dependencies are `async def`: a sync one costs a thread-pool hop per request.
 
@@ -22,9 +22,14 @@ async def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-async def get_repo(request: Request) -> JobRepository:
-    repo: JobRepository = request.app.state.repo
-    return repo
+async def get_records(request: Request) -> Records:
+    records: Records = request.app.state.records
+    return records
+
+
+async def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
 
 
 async def get_store(request: Request) -> ObjectStore:
@@ -33,7 +38,8 @@ async def get_store(request: Request) -> ObjectStore:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-RepoDep = Annotated[JobRepository, Depends(get_repo)]
+RecordsDep = Annotated[Records, Depends(get_records)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
@@ -41,28 +47,19 @@ bearer = HTTPBearer(auto_error=False, description="an API key made with `llm-bat
 
 
 async def current_principal(
-    request: Request, repo: RepoDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request, records: RecordsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     """The caller; a key verified in the last few seconds is not looked up again."""
     secret = credentials.credentials if credentials else None
     if not secret:
-        return authenticate(repo, secret)  # raises: no key
+        return authenticate(records, secret)  # raises: no key
     cache: KeyCache = request.app.state.key_cache
     cached = cache.get(secret)
     if cached is not None:
         return cached
-    principal = await run_in_threadpool(authenticate, repo, secret)
+    principal = await run_in_threadpool(authenticate, records, secret)
     cache.put(secret, principal)
     return principal
 
 
 CallerDep = Annotated[Principal, Depends(current_principal)]
-
-
-async def require_admin(caller: CallerDep) -> Principal:
-    if not caller.is_admin:
-        raise Forbidden("This needs an admin key.")
-    return caller
-
-
-AdminDep = Annotated[Principal, Depends(require_admin)]

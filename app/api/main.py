@@ -16,7 +16,8 @@ from app.api.routes import api_router
 from app.core.database import Database
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_store
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.expiry import ExpirySweeper
 
 
@@ -29,11 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url or "")
         app.state.settings = settings
-        app.state.repo = JobRepository(db)
+        app.state.records = Records(db)
+        app.state.queue = JobQueue(db)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
-        sweeper = ExpirySweeper(app.state.repo, app.state.store, settings.expiry_sweep_seconds)
+        sweeper = ExpirySweeper(app.state.records, app.state.queue, app.state.store, settings.expiry_sweep_seconds)
         sweeper.start()
         yield
         sweeper.stop()

@@ -9,20 +9,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.data.models import BatchStatus
-from app.data.repository import JobRepository
+from app.data.models import JobStatus
+from app.data.records import Records
 
 BATCH_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 
 
 class ServiceCollector(Collector):
-    def __init__(self, repo: JobRepository) -> None:
-        self.repo = repo
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.repo.metrics_snapshot(BATCH_SECONDS_BUCKETS)
+        snap = self.records.metrics_snapshot(BATCH_SECONDS_BUCKETS)
         jobs = GaugeMetricFamily("llm_batch_jobs", "Batches (jobs) by status", labels=["status"])
-        for status in BatchStatus:
+        for status in JobStatus:
             jobs.add_metric([status.value], snap.batches_by_status.get(status.value, 0))
         yield jobs
         yield GaugeMetricFamily(
@@ -53,7 +53,7 @@ class ServiceCollector(Collector):
         yield up
 
 
-def render(repo: JobRepository) -> bytes:
+def render(records: Records) -> bytes:
     registry = CollectorRegistry()
-    registry.register(ServiceCollector(repo))
+    registry.register(ServiceCollector(records))
     return bytes(generate_latest(registry))

@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from app.data.models import Batch, BatchStatus, FileRecord
+from app.data.models import FileRecord, Job, JobStatus
+from app.jobs.create import JobSpec
 from app.jobs.lines import ENDPOINTS
+from app.jobs.retries import RetryOverrides
 
 
 def unix(ts: datetime | None) -> int | None:
@@ -119,6 +121,9 @@ class BatchCreate(BaseModel):
         description="check every line and count tokens with the model's tokenizer, return the estimate, queue nothing",
     )
 
+    def spec(self) -> JobSpec:
+        return JobSpec(**self.model_dump(exclude={"dry_run"}))
+
 
 class BatchRetry(BaseModel):
     """Overrides for a retry; everything else is the parent's."""
@@ -128,6 +133,9 @@ class BatchRetry(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=100_000)
     priority: int | None = Field(default=None, ge=-100, le=100)
     metadata: Metadata = None
+
+    def overrides(self) -> RetryOverrides:
+        return RetryOverrides(**self.model_dump())
 
 
 class RequestCounts(BaseModel):
@@ -150,7 +158,7 @@ class BatchErrors(BaseModel):
 
 # The statuses OpenAI's API knows: `queued` shows as `validating` until a worker
 # takes it; `expiring` (stopping at a batch boundary) as `finalizing`.
-OPENAI_STATUS = {BatchStatus.QUEUED: BatchStatus.VALIDATING, BatchStatus.EXPIRING: BatchStatus.FINALIZING}
+OPENAI_STATUS = {JobStatus.QUEUED: JobStatus.VALIDATING, JobStatus.EXPIRING: JobStatus.FINALIZING}
 
 
 class BatchObject(BaseModel):
@@ -188,56 +196,56 @@ class BatchObject(BaseModel):
     child_batch_ids: list[str] | None = Field(default=None, description="retries of this batch, oldest first")
 
     @classmethod
-    def of(cls, batch: Batch, workers: int | None = None, children: list[str] | None = None) -> BatchObject:
-        status = BatchStatus(batch.status)
-        gen_tps = batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
-        ended = batch.completed_at or batch.cancelled_at or batch.expired_at
-        wall = (ended - batch.in_progress_at).total_seconds() if ended and batch.in_progress_at else None
+    def of(cls, job: Job, workers: int | None = None, children: list[str] | None = None) -> BatchObject:
+        status = JobStatus(job.status)
+        gen_tps = job.completion_tokens / job.generate_seconds if job.generate_seconds else None
+        ended = job.completed_at or job.cancelled_at or job.expired_at
+        wall = (ended - job.in_progress_at).total_seconds() if ended and job.in_progress_at else None
         return cls(
-            id=batch.id,
-            endpoint=batch.endpoint,
-            errors=BatchErrors(data=[BatchError(**e) for e in batch.errors]) if batch.errors else None,
-            input_file_id=batch.input_file_id,
-            completion_window=batch.completion_window,
+            id=job.id,
+            endpoint=job.endpoint,
+            errors=BatchErrors(data=[BatchError(**e) for e in job.errors]) if job.errors else None,
+            input_file_id=job.input_file_id,
+            completion_window=job.completion_window,
             status=OPENAI_STATUS.get(status, status).value,
-            output_file_id=batch.output_file_id,
-            error_file_id=batch.error_file_id,
-            created_at=unix(batch.created_at) or 0,
-            in_progress_at=unix(batch.in_progress_at),
-            expires_at=unix(batch.expires_at),
-            finalizing_at=unix(batch.finalizing_at),
-            completed_at=unix(batch.completed_at),
-            failed_at=unix(batch.failed_at),
-            expired_at=unix(batch.expired_at),
-            cancelling_at=unix(batch.cancelling_at),
-            cancelled_at=unix(batch.cancelled_at),
+            output_file_id=job.output_file_id,
+            error_file_id=job.error_file_id,
+            created_at=unix(job.created_at) or 0,
+            in_progress_at=unix(job.in_progress_at),
+            expires_at=unix(job.expires_at),
+            finalizing_at=unix(job.finalizing_at),
+            completed_at=unix(job.completed_at),
+            failed_at=unix(job.failed_at),
+            expired_at=unix(job.expired_at),
+            cancelling_at=unix(job.cancelling_at),
+            cancelled_at=unix(job.cancelled_at),
             request_counts=RequestCounts(
-                total=batch.request_total, completed=batch.request_completed, failed=batch.request_failed
+                total=job.request_total, completed=job.request_completed, failed=job.request_failed
             ),
-            metadata=batch.metadata_,
-            model=batch.model,
-            batch_size=batch.batch_size,
+            metadata=job.metadata_,
+            model=job.model,
+            batch_size=job.batch_size,
             usage={
-                "input_tokens": batch.prompt_tokens,
+                "input_tokens": job.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": batch.completion_tokens,
+                "output_tokens": job.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": batch.prompt_tokens + batch.completion_tokens,
+                "total_tokens": job.prompt_tokens + job.completion_tokens,
             },
-            priority=batch.priority,
+            priority=job.priority,
             queue_status=status.value,
             throughput={
-                "generate_seconds": round(batch.generate_seconds, 3),
+                "generate_seconds": round(job.generate_seconds, 3),
                 "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
                 "end_to_end_seconds": round(wall, 3) if wall is not None else None,
-                "end_to_end_tokens_per_second": round(batch.completion_tokens / wall, 1) if wall else None,
-                "queue_wait_seconds": _seconds_between(batch.created_at, batch.in_progress_at),
-                "time_to_first_batch_seconds": _seconds_between(batch.in_progress_at, batch.first_batch_at),
-                "tensor_parallel_size": batch.tensor_parallel_size,
+                "end_to_end_tokens_per_second": round(job.completion_tokens / wall, 1) if wall else None,
+                "queue_wait_seconds": _seconds_between(job.created_at, job.in_progress_at),
+                "time_to_first_batch_seconds": _seconds_between(job.in_progress_at, job.first_window_at),
+                "tensor_parallel_size": job.tensor_parallel_size,
                 "workers": workers,
             },
-            estimate=batch.estimate,
-            parent_batch_id=batch.parent_batch_id,
+            estimate=job.estimate,
+            parent_batch_id=job.parent_job_id,
             child_batch_ids=children,
         )
 
@@ -281,14 +289,3 @@ class BatchList(_Page):
         return cls(
             data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
         )
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

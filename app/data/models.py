@@ -1,4 +1,11 @@
-"""ORM tables (SQLAlchemy 2). The API's JSON shapes live in app/schemas.py."""
+"""ORM tables (SQLAlchemy 2). The API's JSON shapes live in app/api/schemas.py.
+
+The words: a *job* is what OpenAI's API calls a batch (one input file run through one
+model); a *shard* is a stretch of a job's consecutive lines that one worker claims; a
+*static batch* is one `generate` call of up to `batch_size` prompts; a *window* is the
+unit a worker records: one static batch, or, with length-aware packing, several static
+batches cut from a window of lines sorted by requested length.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB, datetime: DateTime(timezone=True)}
 
 
-class BatchStatus(enum.StrEnum):
+class JobStatus(enum.StrEnum):
     VALIDATING = "validating"
-    EXPIRING = "expiring"  # past expires_at; stops at the next batch boundary, ends `expired`
+    EXPIRING = "expiring"  # past expires_at; stops at the next window boundary, ends `expired`
     FAILED = "failed"
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
@@ -28,7 +35,7 @@ class BatchStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_STATUSES = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED})
 
 
 class ShardStatus(enum.StrEnum):
@@ -71,8 +78,8 @@ class FileRecord(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-class Batch(Base):
-    __tablename__ = "batches"
+class Job(Base):
+    __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128), index=True, default="")
@@ -88,8 +95,8 @@ class Batch(Base):
     errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
     # Lines, prompt tokens, requested output tokens and ETA (app.jobs.estimate), while queued.
     estimate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
-    # A retry's parent: the batch whose failed lines this one runs again.
-    parent_batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), nullable=True, index=True)
+    # A retry's parent: the job whose failed lines this one runs again.
+    parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
 
     request_total: Mapped[int] = mapped_column(Integer, default=0)
     request_completed: Mapped[int] = mapped_column(Integer, default=0)
@@ -105,7 +112,7 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime]
     in_progress_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    first_batch_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    first_window_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finalizing_at: Mapped[datetime | None] = mapped_column(nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -122,12 +129,12 @@ class Shard(Base):
     # claim order and stops at the first shard it may take, however long the queue;
     # lost leases are found through ix_shards_running_lease (one row per busy worker).
     __table_args__ = (
-        Index("ix_shards_open", "batch_id", postgresql_where=text("status IN ('queued', 'running')")),
+        Index("ix_shards_open", "job_id", postgresql_where=text("status IN ('queued', 'running')")),
         Index(
             "ix_shards_claim_order",
             text("priority DESC"),
-            "batch_created_at",
-            "batch_id",
+            "job_created_at",
+            "job_id",
             "index",
             postgresql_where=text("status = 'queued'"),
         ),
@@ -135,30 +142,31 @@ class Shard(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     start_line: Mapped[int] = mapped_column(Integer)
     end_line: Mapped[int] = mapped_column(Integer)
     next_line: Mapped[int] = mapped_column(Integer)  # first line not yet recorded
-    batches_done: Mapped[int] = mapped_column(Integer, default=0)
+    windows_done: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default=ShardStatus.QUEUED)
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # The batch's claim order, copied here so one index serves the claim.
+    # The job's claim order, copied here so one index serves the claim.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    batch_created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    job_created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
-class BatchRun(Base):
-    """Statistics of one static batch (one `generate` call) and where its results are."""
+class Window(Base):
+    """One recorded window: its static batches' statistics and where its results are."""
 
-    __tablename__ = "batch_runs"
+    __tablename__ = "windows"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     shard_index: Mapped[int] = mapped_column(Integer)
-    seq: Mapped[int] = mapped_column(Integer)  # position of this batch within its shard
+    seq: Mapped[int] = mapped_column(Integer)  # position of this window within its shard
+    static_batches: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # generate calls
     first_line: Mapped[int] = mapped_column(Integer)
     prompts: Mapped[int] = mapped_column(Integer)
     completed: Mapped[int] = mapped_column(Integer)
@@ -171,7 +179,7 @@ class BatchRun(Base):
     # Offsets (from first_line) of the lines that went to the error part; the rest, in
     # order, are the output part's. Lets results be served in input order mid-run.
     error_lines: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
-    # What the engine reported about this batch (app.jobs.telemetry): prefill and decode
+    # What the engine reported about this window (app.jobs.telemetry): prefill and decode
     # rates, KV-cache use, preemptions, the idle tail.
     engine_stats: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     worker_id: Mapped[str] = mapped_column(String(64))

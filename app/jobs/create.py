@@ -1,21 +1,21 @@
-"""Creating a batch from an uploaded file: decide at once whether it can run, or price
-it without running it (a dry run)."""
+"""Creating a job from an uploaded file: decide at once whether it can run, or price it
+without running it (a dry run)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.api.auth import Principal
-from app.api.schemas import BatchCreate
 from app.core.errors import InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, read_lines
-from app.data.models import Batch, BatchStatus, FileRecord
-from app.data.repository import JobRepository, new_id, now
+from app.data.ids import new_id, now
+from app.data.models import FileRecord, Job, JobStatus
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.estimate import estimate_job
 from app.jobs.lines import ENDPOINTS, endpoint_mismatch
 
@@ -25,110 +25,135 @@ COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 
 
 @dataclass(frozen=True)
-class CheckedRequest:
+class JobSpec:
+    """What a new job asks for, whichever surface (API, retry) it came from."""
+
+    input_file_id: str
+    endpoint: str
+    model: str | None = None
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    priority: int = 0
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    truncate_prompts: bool = False
+    pack_by_length: bool = False
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who the job is for: its owner, and the scope their files are read in (None: any)."""
+
+    name: str
+    scope: str | None
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
     source: FileRecord
     model: str
     batch_size: int
     sampling_defaults: dict[str, Any]
-    file_errors: list[dict[str, Any]]  # line-numbered format errors: the batch fails as a whole
+    file_errors: list[dict[str, Any]] = field(default_factory=list)  # line-numbered: the job fails as a whole
 
 
-def check_request(repo: JobRepository, settings: Settings, request: BatchCreate, caller: Principal) -> CheckedRequest:
-    if request.endpoint not in ENDPOINTS:
+def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str | None) -> CheckedSpec:
+    if spec.endpoint not in ENDPOINTS:
         raise InvalidRequest(
-            f"Unsupported endpoint {request.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
+            f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
         )
-    model = request.model or settings.model_name
+    model = spec.model or settings.model_name
     if model != settings.model_name:
         raise InvalidRequest(
             f"Model {model!r} is not served here; workers hold {settings.model_name!r}.", param="model"
         )
-    source = repo.get_file(request.input_file_id, caller.scope)
+    source = records.get_file(spec.input_file_id, scope)
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id")
 
     errors = list(source.validation.get("errors", []))
-    mismatch = endpoint_mismatch(source.validation, request.endpoint)
+    mismatch = endpoint_mismatch(source.validation, spec.endpoint)
     if mismatch is not None and len(errors) < settings.max_reported_errors:
         errors.append(mismatch.as_error())
     errors.sort(key=lambda e: e.get("line") or 0)
     if source.line_count == 0:
         errors = [{"code": "empty_file", "message": "The input file has no lines.", "param": "input_file_id"}]
-    defaults: dict[str, Any] = {"max_tokens": request.max_tokens or settings.default_max_tokens}
-    if request.truncate_prompts:
+    defaults: dict[str, Any] = {"max_tokens": spec.max_tokens or settings.default_max_tokens}
+    if spec.truncate_prompts:
         defaults["truncate_prompts"] = True
-    if request.pack_by_length:
+    if spec.pack_by_length:
         defaults["pack_window"] = settings.packing_window_batches
-    return CheckedRequest(
+    return CheckedSpec(
         source=source,
         model=model,
-        batch_size=request.batch_size or settings.batch_size,
+        batch_size=spec.batch_size or settings.batch_size,
         sampling_defaults=defaults,
         file_errors=errors[: settings.max_reported_errors],
     )
 
 
-def create_batch(
-    repo: JobRepository,
+def create_job(
+    records: Records,
+    queue: JobQueue,
     settings: Settings,
-    request: BatchCreate,
-    caller: Principal,
-    parent_batch_id: str | None = None,
-) -> Batch:
-    """The batch is queued, or failed with line-numbered errors when its file breaks
-    the input format (nothing runs then)."""
-    checked = check_request(repo, settings, request, caller)
+    spec: JobSpec,
+    owner: Owner,
+    parent_job_id: str | None = None,
+) -> Job:
+    """The job is queued, or failed with line-numbered errors when its file breaks the
+    input format (nothing runs then)."""
+    checked = check_spec(records, settings, spec, owner.scope)
     created = now()
-    batch = Batch(
+    job = Job(
         id=new_id("batch_"),
-        owner=caller.owner,
-        priority=request.priority,
+        owner=owner.name,
+        priority=spec.priority,
         input_file_id=checked.source.id,
-        endpoint=request.endpoint,
-        completion_window=request.completion_window,
+        endpoint=spec.endpoint,
+        completion_window=spec.completion_window,
         model=checked.model,
         batch_size=checked.batch_size,
-        status=BatchStatus.FAILED if checked.file_errors else BatchStatus.QUEUED,
+        status=JobStatus.FAILED if checked.file_errors else JobStatus.QUEUED,
         sampling_defaults=checked.sampling_defaults,
-        metadata_=request.metadata,
+        metadata_=spec.metadata,
         errors=checked.file_errors or None,
         request_total=checked.source.line_count,
         created_at=created,
-        expires_at=created + COMPLETION_WINDOWS[request.completion_window],
+        expires_at=created + COMPLETION_WINDOWS[spec.completion_window],
         failed_at=created if checked.file_errors else None,
-        parent_batch_id=parent_batch_id,
+        parent_job_id=parent_job_id,
     )
-    return repo.create_batch(batch, settings.shard_size)
+    return queue.create_job(job, settings.shard_size)
 
 
 def dry_run(
-    repo: JobRepository, store: ObjectStore, settings: Settings, request: BatchCreate, caller: Principal
+    records: Records, store: ObjectStore, settings: Settings, spec: JobSpec, scope: str | None
 ) -> dict[str, Any]:
-    """What the batch would do, without queueing it: every line planned as the worker
+    """What the job would do, without queueing it: every line planned as the worker
     would, tokens counted with the model's tokenizer, and an ETA."""
-    checked = check_request(repo, settings, request, caller)
+    checked = check_spec(records, settings, spec, scope)
     return {
         "object": "batch.estimate",
         "input_file_id": checked.source.id,
-        "endpoint": request.endpoint,
+        "endpoint": spec.endpoint,
         "model": checked.model,
         "would_fail": bool(checked.file_errors),
         "file_errors": checked.file_errors,
-        **_estimate(repo, store, settings, checked, request.endpoint),
+        **_estimate(records, store, settings, checked, spec.endpoint),
     }
 
 
 def _estimate(
-    repo: JobRepository,
+    records: Records,
     store: ObjectStore,
     settings: Settings,
-    checked: CheckedRequest,
+    checked: CheckedSpec,
     endpoint: str,
     max_lines: int | None = None,
 ) -> dict[str, Any]:
     lines = read_lines(store, checked.source.storage_key)
     return estimate_job(
-        repo,
+        records,
         settings,
         itertools.islice(lines, max_lines) if max_lines else lines,
         endpoint=endpoint,
@@ -139,14 +164,14 @@ def _estimate(
     )
 
 
-def record_estimate(repo: JobRepository, store: ObjectStore, settings: Settings, batch_id: str) -> None:
-    """Counts a queued batch's tokens and ETA after it is created (it shows on the batch).
+def record_estimate(records: Records, store: ObjectStore, settings: Settings, job_id: str) -> None:
+    """Counts a queued job's tokens and ETA after it is created (it shows on the batch).
     Past ESTIMATE_MAX_LINES lines the figures are scaled up from the first lines."""
     try:
-        batch = repo.get_batch(batch_id)
-        source = repo.get_file(batch.input_file_id)
-        checked = CheckedRequest(source, batch.model, batch.batch_size, batch.sampling_defaults, [])
-        estimate = _estimate(repo, store, settings, checked, batch.endpoint, settings.estimate_max_lines)
-        repo.set_estimate(batch_id, estimate)
-    except Exception:  # an estimate is a courtesy; the batch runs without one
-        log.exception("could not estimate %s", batch_id)
+        job = records.get_job(job_id)
+        source = records.get_file(job.input_file_id)
+        checked = CheckedSpec(source, job.model, job.batch_size, job.sampling_defaults)
+        estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_max_lines)
+        records.set_estimate(job_id, estimate)
+    except Exception:  # an estimate is a courtesy; the job runs without one
+        log.exception("could not estimate %s", job_id)

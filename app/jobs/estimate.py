@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.core.settings import Settings
-from app.data.repository import JobRepository
+from app.data.records import Records
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import plan_request
@@ -76,10 +76,10 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: dict[str, Any],
     return {**counts, "failing": failing, "context_length": max_model_len}
 
 
-def eta(repo: JobRepository, model: str, batch_size: int, output_tokens: int) -> dict[str, Any]:
+def eta(records: Records, model: str, batch_size: int, output_tokens: int) -> dict[str, Any]:
     """Seconds to generate `output_tokens`, from the rate workers measured recently."""
-    measured = repo.measured_rate(model, batch_size, HISTORY_DAYS)
-    workers = sum(1 for w in repo.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
+    measured = records.measured_rate(model, batch_size, HISTORY_DAYS)
+    workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
     if measured is None:
         return {
             "eta_seconds": None,
@@ -99,7 +99,7 @@ def eta(repo: JobRepository, model: str, batch_size: int, output_tokens: int) ->
 
 
 def estimate_job(
-    repo: JobRepository,
+    records: Records,
     settings: Settings,
     lines: Iterable[bytes],
     *,
@@ -119,4 +119,4 @@ def estimate_job(
         for name in ("lines", "runnable_lines", "prompt_tokens", "requested_output_tokens", "failing_lines"):
             counted[name] = round(counted[name] * scale)
         counted["sampled_lines"] = read
-    return {**counted, "batch_size": batch_size, **eta(repo, model, batch_size, counted["requested_output_tokens"])}
+    return {**counted, "batch_size": batch_size, **eta(records, model, batch_size, counted["requested_output_tokens"])}

@@ -6,28 +6,30 @@ import logging
 import threading
 
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
-from app.jobs.finalize import finalize_batch
+from app.data.queue import JobQueue
+from app.data.records import Records
+from app.jobs.finalize import finalize_job
 
 log = logging.getLogger(__name__)
 
 
-def expire_overdue(repo: JobRepository, store: ObjectStore) -> list[str]:
+def expire_overdue(records: Records, queue: JobQueue, store: ObjectStore) -> list[str]:
     """Marks overdue batches `expiring`; those with no running shard are finalized here,
     the others by their worker at its next batch boundary. Returns the marked ids
     that were finalized here."""
-    finalized = repo.expire_due()
-    for batch_id in finalized:
-        finalize_batch(repo, store, batch_id)
-        log.info("expired %s", batch_id)
+    finalized = queue.expire_due()
+    for job_id in finalized:
+        finalize_job(records, queue, store, job_id)
+        log.info("expired %s", job_id)
     return finalized
 
 
 class ExpirySweeper:
     """A daemon thread in the API process that runs `expire_overdue` periodically."""
 
-    def __init__(self, repo: JobRepository, store: ObjectStore, interval_seconds: float) -> None:
-        self._repo = repo
+    def __init__(self, records: Records, queue: JobQueue, store: ObjectStore, interval_seconds: float) -> None:
+        self._records = records
+        self._queue = queue
         self._store = store
         self._interval = interval_seconds
         self._stop = threading.Event()
@@ -43,6 +45,6 @@ class ExpirySweeper:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                expire_overdue(self._repo, self._store)
+                expire_overdue(self._records, self._queue, self._store)
             except Exception:  # the database may be briefly away; the next sweep retries
                 log.exception("expiry sweep failed")

@@ -6,8 +6,10 @@ import json
 from collections.abc import Iterator
 
 from app.core.storage import ChunkReader, ObjectStore, read_lines
-from app.data.models import BatchStatus, FileRecord
-from app.data.repository import JobRepository, new_id
+from app.data.ids import new_id
+from app.data.models import FileRecord, JobStatus
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.stats import batch_series, job_stats
 from app.jobs.uploads import CheckingReader
@@ -16,42 +18,42 @@ CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this requ
 EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")
 
 
-def unrun_reason(status: BatchStatus) -> tuple[str, str]:
+def unrun_reason(status: JobStatus) -> tuple[str, str]:
     """Why a line never ran (error code and message), by the batch's status."""
-    return EXPIRED_REASON if status in (BatchStatus.EXPIRING, BatchStatus.EXPIRED) else CANCELLED_REASON
+    return EXPIRED_REASON if status in (JobStatus.EXPIRING, JobStatus.EXPIRED) else CANCELLED_REASON
 
 
-def finalize_batch(repo: JobRepository, store: ObjectStore, batch_id: str) -> None:
-    batch = repo.get_batch(batch_id)
-    runs = repo.batch_runs(batch_id)
-    shards = repo.shards(batch_id)
-    input_file = repo.get_file(batch.input_file_id)
+def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: str) -> None:
+    job = records.get_job(job_id)
+    runs = records.windows(job_id)
+    shards = records.shards(job_id)
+    input_file = records.get_file(job.input_file_id)
 
     def parts(kind: str, shard_index: int | None = None) -> Iterator[bytes]:
         for run in runs:
             if shard_index is not None and run.shard_index != shard_index:
                 continue
             if (run.completed if kind == "out" else run.failed) > 0:
-                yield from store.read_chunks(part_key(batch_id, run.shard_index, run.seq, kind))
+                yield from store.read_chunks(part_key(job_id, run.shard_index, run.seq, kind))
 
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         cursor = _LineCursor(store, input_file.storage_key)
-        code, message = unrun_reason(BatchStatus(batch.status))
+        code, message = unrun_reason(JobStatus(job.status))
         for shard in shards:
             yield from parts("err", shard.index)
             for raw in cursor.lines(shard.next_line, shard.end_line):
                 yield batch_error_line(custom_id_of(raw), message, code)
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
-    output = _write_file(store, batch.owner, f"{batch_id}_output.jsonl", parts("out"), batch.request_completed)
-    failed = batch.request_failed + unrun
-    errors = _write_file(store, batch.owner, f"{batch_id}_error.jsonl", error_parts(), failed) if failed else None
+    output = _write_file(store, job.owner, f"{job_id}_output.jsonl", parts("out"), job.request_completed)
+    failed = job.request_failed + unrun
+    errors = _write_file(store, job.owner, f"{job_id}_error.jsonl", error_parts(), failed) if failed else None
     store.put_bytes(
-        f"batches/{batch_id}/stats.json",
-        json.dumps({**job_stats(batch, runs), "batches": batch_series(runs)}, indent=2).encode(),
+        f"batches/{job_id}/stats.json",
+        json.dumps({**job_stats(job, runs), "batches": batch_series(runs)}, indent=2).encode(),
     )
-    repo.complete_batch(batch_id, output, errors, unrun)
+    queue.complete_job(job_id, output, errors, unrun)
 
 
 class _LineCursor:

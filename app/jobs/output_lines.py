@@ -121,9 +121,9 @@ def batch_error_line(custom_id: str, message: str, code: str) -> bytes:
     return _line(custom_id, 0, None, {"code": code, "message": message})
 
 
-def part_key(batch_id: str, shard_index: int, seq: int, kind: str) -> str:
+def part_key(job_id: str, shard_index: int, seq: int, kind: str) -> str:
     """Where one static batch's results live; `kind` is `out` or `err`."""
-    return f"batches/{batch_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
+    return f"batches/{job_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
 
 
 def custom_id_of(raw: bytes) -> str:

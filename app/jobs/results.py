@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app.core.storage import ObjectStore, read_lines
-from app.data.models import TERMINAL_STATUSES, Batch, BatchRun, BatchStatus, Shard
+from app.data.models import TERMINAL_STATUSES, Job, JobStatus, Shard, Window
 from app.jobs.finalize import unrun_reason
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 
@@ -26,7 +26,7 @@ class _Stretch:
 
     start: int
     end: int
-    run: BatchRun | None  # None: lines a cancelled or expired batch never ran
+    run: Window | None  # None: lines a cancelled or expired batch never ran
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class ResultsPage:
     lines: Iterator[bytes]
 
 
-def _stretches(batch: Batch, runs: list[BatchRun], shards: list[Shard]) -> list[_Stretch]:
+def _stretches(job: Job, runs: list[Window], shards: list[Shard]) -> list[_Stretch]:
     stretches = [_Stretch(r.first_line, r.first_line + r.completed + r.failed, r) for r in runs]
-    if BatchStatus(batch.status) in TERMINAL_STATUSES:
+    if JobStatus(job.status) in TERMINAL_STATUSES:
         stretches += [_Stretch(s.next_line, s.end_line, None) for s in shards if s.next_line < s.end_line]
     return sorted(stretches, key=lambda s: s.start)
 
@@ -57,25 +57,25 @@ def _contiguous_end(stretches: list[_Stretch], after: int) -> int:
 
 
 def results_page(
-    store: ObjectStore, batch: Batch, runs: list[BatchRun], shards: list[Shard], input_key: str, after: int, limit: int
+    store: ObjectStore, job: Job, runs: list[Window], shards: list[Shard], input_key: str, after: int, limit: int
 ) -> ResultsPage:
     """Up to `limit` finished lines from line `after` on (0-based), in input order."""
-    stretches = _stretches(batch, runs, shards)
+    stretches = _stretches(job, runs, shards)
     next_after = min(_contiguous_end(stretches, after), after + limit)
-    terminal = BatchStatus(batch.status) in TERMINAL_STATUSES
+    terminal = JobStatus(job.status) in TERMINAL_STATUSES
     complete = terminal and next_after >= _contiguous_end(stretches, next_after)
     wanted = [s for s in stretches if s.end > after and s.start < next_after]
-    return ResultsPage(after, next_after, complete, _lines(store, batch, wanted, input_key, after, next_after))
+    return ResultsPage(after, next_after, complete, _lines(store, job, wanted, input_key, after, next_after))
 
 
 def _lines(
-    store: ObjectStore, batch: Batch, stretches: list[_Stretch], input_key: str, after: int, end: int
+    store: ObjectStore, job: Job, stretches: list[_Stretch], input_key: str, after: int, end: int
 ) -> Iterator[bytes]:
     for stretch in stretches:
         if stretch.run is not None:
-            lines = _run_lines(store, batch.id, stretch.run)
+            lines = _run_lines(store, job.id, stretch.run)
         else:
-            lines = _unrun_lines(store, batch, input_key, stretch.start)
+            lines = _unrun_lines(store, job, input_key, stretch.start)
         for index, line in enumerate(lines, start=stretch.start):
             if index >= end or index >= stretch.end:
                 break
@@ -83,10 +83,10 @@ def _lines(
                 yield line + b"\n"
 
 
-def _run_lines(store: ObjectStore, batch_id: str, run: BatchRun) -> Iterator[bytes]:
+def _run_lines(store: ObjectStore, job_id: str, run: Window) -> Iterator[bytes]:
     """One run's lines in input order: its output and error parts interleaved."""
-    out = read_lines(store, part_key(batch_id, run.shard_index, run.seq, "out")) if run.completed else iter(())
-    err = read_lines(store, part_key(batch_id, run.shard_index, run.seq, "err")) if run.failed else iter(())
+    out = read_lines(store, part_key(job_id, run.shard_index, run.seq, "out")) if run.completed else iter(())
+    err = read_lines(store, part_key(job_id, run.shard_index, run.seq, "err")) if run.failed else iter(())
     if run.error_lines is None:  # recorded before error offsets were: outputs, then errors
         yield from out
         yield from err
@@ -99,8 +99,8 @@ def _run_lines(store: ObjectStore, batch_id: str, run: BatchRun) -> Iterator[byt
         yield line
 
 
-def _unrun_lines(store: ObjectStore, batch: Batch, input_key: str, start: int) -> Iterator[bytes]:
+def _unrun_lines(store: ObjectStore, job: Job, input_key: str, start: int) -> Iterator[bytes]:
     """The input file's lines from `start` on as "never ran" error lines."""
-    code, message = unrun_reason(BatchStatus(batch.status))
+    code, message = unrun_reason(JobStatus(job.status))
     for raw in itertools.islice(read_lines(store, input_key), start, None):
         yield batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n")

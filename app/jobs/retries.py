@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from app.api.auth import Principal
-from app.api.schemas import BatchCreate, BatchRetry
 from app.core.errors import Conflict
 from app.core.settings import Settings
 from app.core.storage import ChunkReader, ObjectStore, read_lines
-from app.data.models import TERMINAL_STATUSES, Batch, BatchStatus
-from app.data.repository import JobRepository
-from app.jobs.create import create_batch
+from app.data.models import TERMINAL_STATUSES, Job, JobStatus
+from app.data.queue import JobQueue
+from app.data.records import Records
+from app.jobs.create import JobSpec, Owner, create_job
 from app.jobs.output_lines import custom_id_of
 from app.jobs.uploads import UploadLimits, store_upload
 
@@ -34,7 +34,18 @@ def _lines_of(store: ObjectStore, key: str) -> Iterator[bytes]:
     return (line for line in read_lines(store, key) if line.strip())
 
 
-def _with_overrides(raw: bytes, overrides: BatchRetry) -> bytes:
+@dataclass(frozen=True)
+class RetryOverrides:
+    """What a retry changes; everything else is the parent's."""
+
+    max_tokens: int | None = None  # replaces each line's max_tokens
+    truncate_prompts: bool = False
+    batch_size: int | None = None
+    priority: int | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _with_overrides(raw: bytes, overrides: RetryOverrides) -> bytes:
     if overrides.max_tokens is None:
         return raw
     line = json.loads(raw)
@@ -45,29 +56,32 @@ def _with_overrides(raw: bytes, overrides: BatchRetry) -> bytes:
 
 
 def retry_failed(
-    repo: JobRepository,
+    records: Records,
+    queue: JobQueue,
     store: ObjectStore,
     settings: Settings,
     parent_id: str,
-    overrides: BatchRetry,
-    caller: Principal,
-) -> Batch:
-    """A new queued batch of the parent's failed and unrun lines."""
-    parent = repo.get_batch(parent_id, caller.scope)
-    status = BatchStatus(parent.status)
+    overrides: RetryOverrides,
+    scope: str | None,
+) -> Job:
+    """A new queued job of the parent's failed and unrun lines, owned by the parent's owner."""
+    parent = records.get_job(parent_id, scope)
+    status = JobStatus(parent.status)
     if status not in TERMINAL_STATUSES:
         raise Conflict(f"Batch {parent_id} is {status.value}; retry it once it has ended.")
     if parent.error_file_id is None:
         raise Conflict(f"Batch {parent_id} has no failed lines to retry.")
-    failed = {_digest(custom_id_of(line)) for line in _lines_of(store, repo.get_file(parent.error_file_id).storage_key)}
-    source = repo.get_file(parent.input_file_id)
+    failed = {
+        _digest(custom_id_of(line)) for line in _lines_of(store, records.get_file(parent.error_file_id).storage_key)
+    }
+    source = records.get_file(parent.input_file_id)
     picked = (
         _with_overrides(raw, overrides) + b"\n"
         for raw in _lines_of(store, source.storage_key)
         if _digest(custom_id_of(raw)) in failed
     )
     retry_file = store_upload(
-        repo,
+        records,
         store,
         ChunkReader(picked),  # type: ignore[arg-type]
         owner=parent.owner,
@@ -75,7 +89,7 @@ def retry_failed(
         purpose="batch",
         limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
     )
-    request = BatchCreate(
+    spec = JobSpec(
         input_file_id=retry_file.id,
         endpoint=parent.endpoint,
         model=parent.model,
@@ -86,23 +100,22 @@ def retry_failed(
         truncate_prompts=overrides.truncate_prompts or bool(parent.sampling_defaults.get("truncate_prompts")),
         pack_by_length=bool(parent.sampling_defaults.get("pack_window")),
     )
-    owner = Principal(owner=parent.owner, is_admin=caller.is_admin, key_id=caller.key_id)
-    return create_batch(repo, settings, request, owner, parent_batch_id=parent.id)
+    return create_job(records, queue, settings, spec, Owner(parent.owner, scope=None), parent_job_id=parent.id)
 
 
-def merged_output(repo: JobRepository, store: ObjectStore, batch_id: str, caller: Principal) -> Iterator[bytes]:
+def merged_output(records: Records, store: ObjectStore, job_id: str, scope: str | None) -> Iterator[bytes]:
     """The batch's output lines with the lines its retries answered filled in, in input
     order; a line no attempt answered is left out (the last retry's error file has it)."""
-    batch = repo.get_batch(batch_id, caller.scope)
-    if batch.output_file_id is None:
-        raise Conflict(f"Batch {batch_id} has no output yet (it is {batch.status}).")
+    job = records.get_job(job_id, scope)
+    if job.output_file_id is None:
+        raise Conflict(f"Batch {job_id} has no output yet (it is {job.status}).")
     answered: dict[bytes, bytes] = {}
-    for child in repo.descendants(batch_id):  # oldest first: a later retry's answer wins
+    for child in records.descendants(job_id):  # oldest first: a later retry's answer wins
         if child.output_file_id is not None:
-            for line in _lines_of(store, repo.get_file(child.output_file_id).storage_key):
+            for line in _lines_of(store, records.get_file(child.output_file_id).storage_key):
                 answered[_digest(custom_id_of(line))] = line
-    own = _lines_of(store, repo.get_file(batch.output_file_id).storage_key)
-    inputs = _lines_of(store, repo.get_file(batch.input_file_id).storage_key)
+    own = _lines_of(store, records.get_file(job.output_file_id).storage_key)
+    inputs = _lines_of(store, records.get_file(job.input_file_id).storage_key)
     return _merge(inputs, own, answered)
 
 

@@ -6,7 +6,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
-from app.data.models import Batch, BatchRun
+from app.data.models import Job, Window
 
 # Output-length histogram buckets: [1, 2), [2, 4), [4, 8), … generated tokens per line.
 # A wide spread inside a static batch means idle slots: short answers wait for long ones.
@@ -28,22 +28,22 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return round(numerator / denominator, 1) if denominator else None
 
 
-def job_stats(batch: Batch, runs: list[BatchRun]) -> dict[str, Any]:
+def job_stats(job: Job, runs: list[Window]) -> dict[str, Any]:
     """Totals, rates, timings and the output-length distribution of one job."""
     generate_seconds = sum(r.generate_seconds for r in runs)
     completion_tokens = sum(r.completion_tokens for r in runs)
-    ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at
+    ended = job.completed_at or job.cancelled_at or job.expired_at or job.failed_at
     last_run = max((r.created_at for r in runs), default=None)
-    wall = _seconds(ended or last_run, batch.in_progress_at)
+    wall = _seconds(ended or last_run, job.in_progress_at)
     histogram = [0] * len(OUTPUT_LENGTH_EDGES)
     for run in runs:
         for i, count in enumerate(run.output_lengths or []):
             histogram[i] += count
     return {
-        "batch_id": batch.id,
-        "model": batch.model,
-        "batch_size": batch.batch_size,
-        "tensor_parallel_size": batch.tensor_parallel_size,
+        "job_id": job.id,
+        "model": job.model,
+        "batch_size": job.batch_size,
+        "tensor_parallel_size": job.tensor_parallel_size,
         "workers": len({r.worker_id for r in runs}),
         "static_batches": len(runs),
         "prompts": sum(r.prompts for r in runs),
@@ -53,8 +53,8 @@ def job_stats(batch: Batch, runs: list[BatchRun]) -> dict[str, Any]:
         "generation_tokens_per_second": _ratio(completion_tokens, generate_seconds),
         "end_to_end_seconds": round(wall, 3) if wall is not None else None,
         "end_to_end_tokens_per_second": _ratio(completion_tokens, wall),
-        "queue_wait_seconds": _seconds(batch.in_progress_at, batch.created_at),
-        "time_to_first_batch_seconds": _seconds(batch.first_batch_at, batch.in_progress_at),
+        "queue_wait_seconds": _seconds(job.in_progress_at, job.created_at),
+        "time_to_first_batch_seconds": _seconds(job.first_window_at, job.in_progress_at),
         "engine": engine_totals(runs),
         "output_length_histogram": [
             {"from_tokens": low, "below_tokens": high, "lines": count}
@@ -64,7 +64,7 @@ def job_stats(batch: Batch, runs: list[BatchRun]) -> dict[str, Any]:
     }
 
 
-def batch_series(runs: list[BatchRun]) -> list[dict[str, Any]]:
+def batch_series(runs: list[Window]) -> list[dict[str, Any]]:
     """One entry per static batch, in the order they were recorded."""
     return [
         {
@@ -115,7 +115,7 @@ def combine_engine_stats(parts: list[dict[str, Any] | None]) -> dict[str, Any] |
     }
 
 
-def engine_totals(runs: list[BatchRun]) -> dict[str, Any] | None:
+def engine_totals(runs: list[Window]) -> dict[str, Any] | None:
     """The engine's telemetry over all of a job's static batches."""
     combined = combine_engine_stats([r.engine_stats for r in runs])
     if combined is None:

@@ -8,8 +8,9 @@ from typing import IO
 
 from app.core.errors import PayloadTooLarge
 from app.core.storage import LineSplitter, ObjectStore
+from app.data.ids import new_id
 from app.data.models import FileRecord
-from app.data.repository import JobRepository, new_id
+from app.data.records import Records
 from app.jobs.lines import FileCheck
 
 
@@ -66,7 +67,7 @@ class CheckingReader:
 
 
 def store_upload(
-    repo: JobRepository,
+    records: Records,
     store: ObjectStore,
     source: IO[bytes],
     *,
@@ -97,7 +98,7 @@ def store_upload(
         validation=check.summary() if check else {},
     )
     try:
-        return repo.add_file(record)
+        return records.add_file(record)
     except Exception:
         store.delete(key)
         raise

@@ -205,23 +205,23 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from app.api.auth import create_key
     from app.core.database import Database
     from app.core.settings import get_settings
-    from app.data.repository import JobRepository
+    from app.data.keys import create_key
+    from app.data.records import Records
 
     url = get_settings().database_url
     if not url:
         raise ApiError("keys needs DATABASE_URL (the service's database)")
     db = Database(url)
     try:
-        repo = JobRepository(db)
+        records = Records(db)
         if args.keys_command == "create":
-            key, secret = create_key(repo, args.owner, admin=args.admin, name=args.name)
+            key, secret = create_key(records, args.owner, admin=args.admin, name=args.name)
             print(secret)
             print(f"id {key.id}, owner {key.owner}{', admin' if key.is_admin else ''}", file=sys.stderr)
         else:
-            if not repo.revoke_key(args.key):
+            if not records.revoke_key(args.key):
                 raise ApiError(f"no active key {args.key}")
             print(f"revoked {args.key}")
     finally:

@@ -27,15 +27,15 @@ WORKER_RESTART_SECONDS = 2
 
 def _print_admin_key_if_none(database_url: str) -> None:
     """The service never runs open: with no admin key yet, make one and show it once."""
-    from app.api.auth import create_key
     from app.core.database import Database
-    from app.data.repository import JobRepository
+    from app.data.keys import create_key
+    from app.data.records import Records
 
     db = Database(database_url)
     try:
-        repo = JobRepository(db)
-        if not repo.has_admin_key():
-            _, secret = create_key(repo, "admin", admin=True, name="made by llm-batch-serve")
+        records = Records(db)
+        if not records.has_admin_key():
+            _, secret = create_key(records, "admin", admin=True, name="made by llm-batch-serve")
             print(f"\nNo admin key existed, so one was made (shown only now):\n\n    {secret}\n", flush=True)
     finally:
         db.dispose()

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.auth import create_key
 from app.core.database import Database
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.records import Records
 from tests.conftest import DEMO_MODEL, ROOT, admin_sql, free_port, url_for
 
 STARTUP_SECONDS = 240
@@ -73,7 +73,7 @@ class Service:
     def api_key(self, owner: str = "e2e", admin: bool = False) -> str:
         db = Database(self.env["DATABASE_URL"])
         try:
-            return create_key(JobRepository(db), owner, admin=admin)[1]
+            return create_key(Records(db), owner, admin=admin)[1]
         finally:
             db.dispose()
 

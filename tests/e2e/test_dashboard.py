@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.core.database import Database
-from app.data.repository import JobRepository
+from app.data.records import Records
 from app.jobs.stats import job_stats
 from tests.conftest import ROOT
 from tests.e2e.conftest import Service
@@ -75,8 +75,8 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
         service, [chat_line(f"r{i}", f"long {i}", max_tokens=128) for i in range(3000)], "/v1/chat/completions", 4
     )
     db = Database(service.env["DATABASE_URL"])
-    repo = JobRepository(db)
-    while repo.get_batch(running).request_completed == 0:
+    records = Records(db)
+    while records.get_job(running).request_completed == 0:
         time.sleep(0.2)
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -88,7 +88,7 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     page.wait_for_url(f"{service.url}/admin")
 
     # Jobs: the finished job's figures are exactly the database's; the running one is in progress.
-    done = repo.get_batch(finished)
+    done = records.get_job(finished)
     assert cell(page, finished, ".status") == "completed"
     assert cell(page, finished, ".lines") == f"{done.request_completed}/{done.request_total}"
     assert int(cell(page, finished, ".tokens")) == done.completion_tokens
@@ -97,7 +97,7 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     )
     assert cell(page, finished, ".owner") == "analyst"
     assert cell(page, running, ".status") == "in_progress"
-    assert int(cell(page, running, ".tokens")) <= repo.get_batch(running).completion_tokens
+    assert int(cell(page, running, ".tokens")) <= records.get_job(running).completion_tokens
     shot(page, "jobs")
     page.select_option('select[name="status"]', "completed")
     page.click("form.filters button")
@@ -106,7 +106,7 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
 
     # One job: the cards and the per-batch chart match its recorded static batches.
     page.goto(f"{service.url}/admin/batches/{finished}")
-    runs = repo.batch_runs(finished)
+    runs = records.windows(finished)
     stats = job_stats(done, runs)
     assert int(page.inner_text("#tokens")) == stats["completion_tokens"]
     assert int(page.inner_text("#static-batches")) == len(runs) == 8
@@ -125,7 +125,7 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     shot(page, "throughput")
 
     page.goto(f"{service.url}/admin/workers")
-    [worker] = repo.list_workers()
+    [worker] = records.list_workers()
     row = page.locator(f'tr[data-worker-id="{worker.id}"]')
     assert "demo-llama" in row.inner_text() and running in row.inner_text()
     shot(page, "workers")

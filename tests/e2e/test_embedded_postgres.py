@@ -6,13 +6,13 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.api.auth import create_key
 from app.api.main import create_app
 from app.core.database import Database
 from app.core.embedded_postgres import start_embedded_postgres
 from app.core.migrations import upgrade
 from app.core.settings import Settings
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -22,7 +22,7 @@ def test_the_embedded_default_database_serves_the_api(tmp_path: Path) -> None:
         upgrade(url)
         settings = Settings(database_url=url, storage_url=f"file://{tmp_path / 'storage'}")
         db = Database(url)
-        _, secret = create_key(JobRepository(db), "someone")
+        _, secret = create_key(Records(db), "someone")
         db.dispose()
         with TestClient(create_app(settings), headers={"Authorization": f"Bearer {secret}"}) as client:
             assert client.get("/healthz").json() == {"status": "ok"}

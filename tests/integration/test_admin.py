@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.admin.session import SESSION_COOKIE
-from app.api.auth import create_key
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -32,10 +32,10 @@ def test_a_logged_out_browser_is_sent_to_login_and_sees_no_data(app: FastAPI, cl
 
 
 def test_an_admin_logs_in_with_a_session_cookie_that_is_httponly_samesite_and_expires(
-    app: FastAPI, repo: JobRepository, client: TestClient
+    app: FastAPI, records: Records, client: TestClient
 ) -> None:
     batch = create_batch(client, upload(client, jsonl([completion_line("a", "x")]))["id"])
-    _, secret = create_key(repo, "ops", admin=True)
+    _, secret = create_key(records, "ops", admin=True)
     browser, status = login(app, secret)
     assert status == 303
     cookie = next(c for c in browser.cookies.jar if c.name == SESSION_COOKIE)
@@ -45,23 +45,23 @@ def test_an_admin_logs_in_with_a_session_cookie_that_is_httponly_samesite_and_ex
     assert jobs.status_code == 200 and batch["id"] in jobs.text and "alice" in jobs.text
 
 
-def test_login_without_the_csrf_token_is_refused(app: FastAPI, repo: JobRepository) -> None:
-    _, secret = create_key(repo, "ops", admin=True)
+def test_login_without_the_csrf_token_is_refused(app: FastAPI, records: Records) -> None:
+    _, secret = create_key(records, "ops", admin=True)
     browser = TestClient(app, follow_redirects=False)
     browser.get("/admin/login")
     assert browser.post("/admin/login", data={"api_key": secret, "csrf": "forged"}).status_code == 403
 
 
-def test_a_non_admin_key_gets_403(app: FastAPI, repo: JobRepository) -> None:
-    _, secret = create_key(repo, "alice")
+def test_a_non_admin_key_gets_403(app: FastAPI, records: Records) -> None:
+    _, secret = create_key(records, "alice")
     _, status = login(app, secret)
     assert status == 403
     bearer = TestClient(app, headers={"Authorization": f"Bearer {secret}"}, follow_redirects=False)
     assert bearer.get("/admin").status_code == 403
 
 
-def test_logout_needs_the_csrf_token_and_ends_the_session(app: FastAPI, repo: JobRepository) -> None:
-    _, secret = create_key(repo, "ops", admin=True)
+def test_logout_needs_the_csrf_token_and_ends_the_session(app: FastAPI, records: Records) -> None:
+    _, secret = create_key(records, "ops", admin=True)
     browser, _ = login(app, secret)
     page = browser.get("/admin/workers")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]

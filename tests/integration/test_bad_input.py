@@ -6,7 +6,7 @@ import json
 
 from fastapi.testclient import TestClient
 
-from app.data.repository import JobRepository
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -17,7 +17,7 @@ def failed_batch_errors(client: TestClient, data: bytes, endpoint: str = "/v1/co
     return [(e["line"], e["message"]) for e in batch["errors"]["data"]]  # type: ignore[misc]
 
 
-def test_every_bad_line_is_named_with_its_reason(client: TestClient, repo: JobRepository) -> None:
+def test_every_bad_line_is_named_with_its_reason(client: TestClient, records: Records) -> None:
     good = json.dumps(completion_line("a", "hello")).encode()
     data = b"\n".join(
         [
@@ -41,7 +41,7 @@ def test_every_bad_line_is_named_with_its_reason(client: TestClient, repo: JobRe
     assert "unknown url '/v1/embeddings'" in reasons[6]
     assert "not valid UTF-8" in reasons[7]
     assert reasons[8].startswith("body.temperature")
-    assert repo.shards(client.get("/v1/batches").json()["data"][0]["id"]) == []  # nothing queued
+    assert records.shards(client.get("/v1/batches").json()["data"][0]["id"]) == []  # nothing queued
 
 
 def test_an_empty_file_fails_its_batch(client: TestClient) -> None:

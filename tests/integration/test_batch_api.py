@@ -8,7 +8,8 @@ from sqlalchemy import text
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.expiry import expire_overdue
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
 
@@ -103,16 +104,16 @@ def test_a_failed_or_finished_batch_cannot_be_cancelled(client: TestClient) -> N
 
 
 def test_a_batch_past_its_window_expires_with_its_lines_in_the_error_file(
-    client: TestClient, repo: JobRepository, store: ObjectStore
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
 ) -> None:
     rows = [completion_line(f"r{i}", "p") for i in range(4)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"])
-    with repo.db.session() as session:
+    with records.db.session() as session:
         session.execute(
-            text("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}
+            text("UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}
         )
-    assert repo.claim_shard("w", "demo-llama", 60) is None  # overdue work is never claimed
-    assert expire_overdue(repo, store) == [batch["id"]]
+    assert queue.claim_shard("w", "demo-llama", 60) is None  # overdue work is never claimed
+    assert expire_overdue(records, queue, store) == [batch["id"]]
 
     expired = client.get(f"/v1/batches/{batch['id']}").json()
     assert expired["status"] == "expired" and expired["expired_at"] is not None
@@ -120,4 +121,4 @@ def test_a_batch_past_its_window_expires_with_its_lines_in_the_error_file(
     assert download(client, expired["output_file_id"]) == []
     codes = [(e["custom_id"], e["error"]["code"]) for e in download(client, expired["error_file_id"])]
     assert codes == [(f"r{i}", "batch_expired") for i in range(4)]
-    assert expire_overdue(repo, store) == []
+    assert expire_overdue(records, queue, store) == []

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
-from app.data.repository import BatchResult, JobRepository, LeaseLost
+from app.data.queue import JobQueue, LeaseLost, WindowResult
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -19,11 +20,11 @@ def queued_batch(client: TestClient, lines: int, **extra: object) -> str:
 LEASE = 2.0
 
 
-def result(first: int, next_line: int) -> BatchResult:
-    return BatchResult(first, next_line, next_line - first, next_line - first, 0, 5, 7, 0.5)
+def result(first: int, next_line: int) -> WindowResult:
+    return WindowResult(first, next_line, next_line - first, next_line - first, 0, 5, 7, 0.5)
 
 
-def test_many_workers_claiming_at_once_never_get_the_same_shard(client: TestClient, repo: JobRepository) -> None:
+def test_many_workers_claiming_at_once_never_get_the_same_shard(client: TestClient, queue: JobQueue) -> None:
     repo_settings = client.app.state.settings  # type: ignore[attr-defined]
     repo_settings.shard_size = 1
     queued_batch(client, 12)
@@ -32,7 +33,7 @@ def test_many_workers_claiming_at_once_never_get_the_same_shard(client: TestClie
     def claim_all(worker: int) -> list[int]:
         barrier.wait()
         got = []
-        while (shard := repo.claim_shard(f"w{worker}", "demo-llama", 60)) is not None:
+        while (shard := queue.claim_shard(f"w{worker}", "demo-llama", 60)) is not None:
             got.append(shard.shard_index)
         return got
 
@@ -42,30 +43,30 @@ def test_many_workers_claiming_at_once_never_get_the_same_shard(client: TestClie
 
 
 def test_an_expired_lease_is_claimed_again_and_resumes_after_the_last_recorded_batch(
-    client: TestClient, repo: JobRepository
+    client: TestClient, records: Records, queue: JobQueue
 ) -> None:
     batch_id = queued_batch(client, 10, batch_size=4)
-    first = repo.claim_shard("dead-worker", "demo-llama", lease_seconds=LEASE)
+    first = queue.claim_shard("dead-worker", "demo-llama", lease_seconds=LEASE)
     assert first is not None and first.next_line == 0
-    repo.record_batch(first, 0, "dead-worker", result(0, 4), lease_seconds=LEASE)
-    assert repo.claim_shard("other", "demo-llama", 60) is None  # still leased
+    queue.record_window(first, 0, "dead-worker", result(0, 4), lease_seconds=LEASE)
+    assert queue.claim_shard("other", "demo-llama", 60) is None  # still leased
 
     threading.Event().wait(LEASE + 0.5)
-    second = repo.claim_shard("other", "demo-llama", 60)
+    second = queue.claim_shard("other", "demo-llama", 60)
     assert second is not None
-    assert (second.shard_id, second.next_line, second.batches_done) == (first.shard_id, 4, 1)
-    assert repo.get_batch(batch_id).status == "in_progress"
+    assert (second.shard_id, second.next_line, second.windows_done) == (first.shard_id, 4, 1)
+    assert records.get_job(batch_id).status == "in_progress"
 
     # The old holder's late write is refused: no line is recorded twice.
     try:
-        repo.record_batch(first, 1, "dead-worker", result(4, 8), lease_seconds=60)
+        queue.record_window(first, 1, "dead-worker", result(4, 8), lease_seconds=60)
         raise AssertionError("a lost lease must not record")
     except LeaseLost:
         pass
-    assert repo.get_batch(batch_id).request_completed == 4
+    assert records.get_job(batch_id).request_completed == 4
 
 
-def test_a_worker_only_claims_jobs_for_its_model(client: TestClient, repo: JobRepository) -> None:
+def test_a_worker_only_claims_jobs_for_its_model(client: TestClient, queue: JobQueue) -> None:
     queued_batch(client, 3)
-    assert repo.claim_shard("w", "another-model", 60) is None
-    assert repo.claim_shard("w", "demo-llama", 60) is not None
+    assert queue.claim_shard("w", "another-model", 60) is None
+    assert queue.claim_shard("w", "demo-llama", 60) is not None

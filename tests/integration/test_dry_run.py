@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.auth import create_key
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.records import Records
 from app.jobs.lines import parse_line
 from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
@@ -78,11 +78,11 @@ def test_the_eta_comes_from_what_workers_measured_at_that_batch_size(
     assert dry_run(client, file["id"], batch_size=3)["eta_seconds"] is None
 
 
-def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settings, repo: JobRepository) -> None:
+def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settings, records: Records) -> None:
     from app.api.main import create_app
 
     with TestClient(create_app(settings.model_copy(update={"estimate_max_lines": 4}))) as app_client:
-        _, secret = create_key(repo, "alice")
+        _, secret = create_key(records, "alice")
         app_client.headers["Authorization"] = f"Bearer {secret}"
         rows = [chat_line(f"s{i}", f"sample {i}", max_tokens=8) for i in range(16)]
         queued = create_batch(app_client, upload(app_client, jsonl(rows))["id"], endpoint=CHAT)

@@ -6,10 +6,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.auth import create_key
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.keys import create_key
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, run_worker_until_idle, upload
 from tests.integration.test_admin import login
 from worker.engine import VllmEngine
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.engine
 
 
 def test_each_static_batch_records_prefill_decode_and_its_idle_tail(
-    app: FastAPI, client: TestClient, repo: JobRepository, settings: Settings, store: ObjectStore, engine: VllmEngine
+    app: FastAPI, client: TestClient, records: Records, settings: Settings, store: ObjectStore, engine: VllmEngine
 ) -> None:
     # In each static batch of 4, one answer runs 48 tokens and three stop after 2 (the
     # random demo model rarely ends early): the long one runs alone at the end.
@@ -39,7 +39,7 @@ def test_each_static_batch_records_prefill_decode_and_its_idle_tail(
         sum(p["engine"]["idle_tail_seconds"] for p in stats["batches"]), abs=1e-3
     )
 
-    _, secret = create_key(repo, "ops", admin=True)
+    _, secret = create_key(records, "ops", admin=True)
     browser, _ = login(app, secret)
     page = browser.get(f"/admin/batches/{batch['id']}").text
     assert 'id="idle-tail"' in page and f"{totals['idle_tail_seconds']} s" in page

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from app.core.database import Database
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.expiry import expire_overdue
 from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
@@ -110,13 +111,13 @@ def test_an_unsupported_field_is_refused_on_its_line(
 
 
 def test_each_static_batch_records_its_statistics(
-    client: TestClient, settings: Settings, store: ObjectStore, engine, repo: JobRepository
+    client: TestClient, settings: Settings, store: ObjectStore, engine, records: Records
 ):  # type: ignore[no-untyped-def]
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(10)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
     run_worker_until_idle(engine, settings, store)
 
-    runs = repo.batch_runs(batch["id"])
+    runs = records.windows(batch["id"])
     assert [(r.first_line, r.prompts) for r in runs] == [(0, 4), (4, 4), (8, 2)]
     for run in runs:
         assert run.prompt_tokens > 0 and run.completion_tokens > 0 and run.generate_seconds > 0
@@ -140,8 +141,8 @@ def run_worker_with_hook_after_batch(
 ) -> None:
     """Runs a worker until idle, calling `hook` right after static batch `after_seq` is recorded."""
     db = Database(settings.database_url or "")
-    worker_repo = JobRepository(db)
-    original = worker_repo.record_batch
+    worker_queue = JobQueue(db)
+    original = worker_queue.record_window
 
     def record_then_hook(shard, seq, *args, **kwargs):  # type: ignore[no-untyped-def]
         status = original(shard, seq, *args, **kwargs)
@@ -149,8 +150,8 @@ def run_worker_with_hook_after_batch(
             hook()
         return status
 
-    worker_repo.record_batch = record_then_hook  # type: ignore[method-assign]
-    loop = WorkerLoop(engine, worker_repo, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
+    worker_queue.record_window = record_then_hook  # type: ignore[method-assign]
+    loop = WorkerLoop(engine, Records(db), worker_queue, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
     loop.register()
     while loop.run_once():
         pass
@@ -178,17 +179,17 @@ def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
 
 
 def test_a_running_batch_that_expires_stops_at_a_boundary_and_keeps_what_was_done(
-    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, repo: JobRepository
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, records: Records, queue: JobQueue
 ) -> None:
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
 
     def overdue() -> None:
-        with repo.db.session() as session:
+        with records.db.session() as session:
             session.execute(
-                text("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}
+                text("UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}
             )
-        assert expire_overdue(repo, store) == []  # a shard is running: its worker finalizes
+        assert expire_overdue(records, queue, store) == []  # a shard is running: its worker finalizes
         assert client.get(f"/v1/batches/{batch['id']}").json()["status"] == "finalizing"
 
     run_worker_with_hook_after_batch(engine, settings, store, 0, overdue)

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.data.repository import JobRepository
+from app.data.records import Records
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
@@ -22,7 +22,7 @@ def alternating_rows(count: int) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_a_packed_window_runs_short_lines_together_and_long_lines_together(
-    client: TestClient, repo: JobRepository, settings: Settings, store: ObjectStore
+    client: TestClient, records: Records, settings: Settings, store: ObjectStore
 ) -> None:
     batch = create_batch(client, upload(client, jsonl(alternating_rows(16)))["id"], batch_size=4, pack_by_length=True)
     engine = FakeEngine()

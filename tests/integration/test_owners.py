@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
-from app.data.repository import JobRepository
+from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -34,7 +34,7 @@ def test_an_admin_sees_every_owners_work(
     assert admin_client.get(f"/v1/batches/{theirs['id']}").status_code == 200
 
 
-def test_requests_without_a_valid_key_get_401(app, repo: JobRepository) -> None:  # type: ignore[no-untyped-def]
+def test_requests_without_a_valid_key_get_401(app, records: Records) -> None:  # type: ignore[no-untyped-def]
     anonymous = TestClient(app)
     response = anonymous.get("/v1/batches")
     assert response.status_code == 401
@@ -43,31 +43,31 @@ def test_requests_without_a_valid_key_get_401(app, repo: JobRepository) -> None:
     assert wrong.get("/v1/files").status_code == 401
 
 
-def test_a_revoked_key_stops_working_once_the_key_cache_forgets_it(settings: Settings, repo: JobRepository) -> None:
+def test_a_revoked_key_stops_working_once_the_key_cache_forgets_it(settings: Settings, records: Records) -> None:
     import time
 
-    from app.api.auth import create_key
     from app.api.main import create_app
+    from app.data.keys import create_key
 
-    key, secret = create_key(repo, "carol")
+    key, secret = create_key(records, "carol")
     with TestClient(
         create_app(settings.model_copy(update={"key_cache_seconds": 1.0})),
         headers={"Authorization": f"Bearer {secret}"},
     ) as carol:
         assert carol.get("/v1/batches").status_code == 200
-        assert repo.revoke_key(key.prefix) == 1
+        assert records.revoke_key(key.prefix) == 1
         assert carol.get("/v1/batches").status_code == 200  # still trusted from the cache
         time.sleep(1.1)
         assert carol.get("/v1/batches").status_code == 401
 
 
-def test_keys_are_stored_as_hashes(repo: JobRepository) -> None:
+def test_keys_are_stored_as_hashes(records: Records) -> None:
     from sqlalchemy import text
 
-    from app.api.auth import create_key
+    from app.data.keys import create_key
 
-    _, secret = create_key(repo, "dave")
-    with repo.db.session() as session:
+    _, secret = create_key(records, "dave")
+    with records.db.session() as session:
         stored = session.execute(text("SELECT key_hash, prefix FROM api_keys WHERE owner = 'dave'")).one()
     assert secret not in stored.key_hash and len(stored.key_hash) == 64
     assert secret.startswith(stored.prefix) and len(stored.prefix) < len(secret) / 3

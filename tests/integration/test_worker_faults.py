@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 
 from app.core.errors import PayloadTooLarge
 from app.core.storage import LocalStore, ObjectStore
-from app.data.repository import JobRepository
+from app.data.queue import JobQueue
+from app.data.records import Records
 from app.jobs.uploads import UploadLimits, store_upload
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
@@ -18,10 +19,17 @@ from worker.loop import WorkerLoop
 from worker.shard_runner import EngineFailed
 
 
-def fresh_worker(repo: JobRepository, store: ObjectStore, engine: FakeEngine) -> WorkerLoop:
+def fresh_worker(records: Records, store: ObjectStore, engine: FakeEngine) -> WorkerLoop:
     """A worker process as its supervisor restarts it: new id, same database and storage."""
     loop = WorkerLoop(
-        engine, repo, store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1, max_batch_attempts=3
+        engine,
+        records,
+        JobQueue(records.db),
+        store,
+        lease_seconds=60,
+        heartbeat_seconds=5,
+        poll_seconds=0.1,
+        max_batch_attempts=3,
     )
     loop.register()
     return loop
@@ -29,7 +37,7 @@ def fresh_worker(repo: JobRepository, store: ObjectStore, engine: FakeEngine) ->
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_a_batch_that_kills_the_engine_every_time_is_set_aside(
-    client: TestClient, repo: JobRepository, store: ObjectStore
+    client: TestClient, records: Records, store: ObjectStore
 ) -> None:
     rows = [completion_line(f"r{i}", "POISON" if i == 5 else f"fine {i}") for i in range(12)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
@@ -38,7 +46,7 @@ def test_a_batch_that_kills_the_engine_every_time_is_set_aside(
     deaths = 0
     while True:
         try:
-            if not fresh_worker(repo, store, engine).run_once():
+            if not fresh_worker(records, store, engine).run_once():
                 break
         except EngineFailed:
             deaths += 1
@@ -71,14 +79,14 @@ class BreaksOff(io.RawIOBase):
         return self._data.read(min(size if size > 0 else 1 << 20, 64 * 1024))
 
 
-def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(repo: JobRepository, store: ObjectStore) -> None:
+def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(records: Records, store: ObjectStore) -> None:
     data = jsonl([completion_line(f"r{i}", "x" * 100) for i in range(5000)])
     limits = UploadLimits(max_bytes=10**9, max_lines=10**7, max_errors=10)
     with pytest.raises((ConnectionResetError, ValueError)):
         store_upload(
-            repo, store, BreaksOff(data, len(data) // 2), owner="a", filename="f", purpose="batch", limits=limits
+            records, store, BreaksOff(data, len(data) // 2), owner="a", filename="f", purpose="batch", limits=limits
         )  # type: ignore[arg-type]
-    assert repo.list_files(None, None, 10, None) == []
+    assert records.list_files(None, None, 10, None) == []
     if isinstance(store, LocalStore):
         assert [p for p in store.root.rglob("*") if p.is_file()] == []
     else:
@@ -86,8 +94,8 @@ def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(repo: JobReposi
         assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
 
 
-def test_an_upload_over_the_size_limit_leaves_nothing(repo: JobRepository, store: ObjectStore) -> None:
+def test_an_upload_over_the_size_limit_leaves_nothing(records: Records, store: ObjectStore) -> None:
     limits = UploadLimits(max_bytes=1000, max_lines=10, max_errors=10)
     with pytest.raises(PayloadTooLarge):
-        store_upload(repo, store, io.BytesIO(b"x" * 5000), owner="a", filename="f", purpose="batch", limits=limits)
-    assert repo.list_files(None, None, 10, None) == []
+        store_upload(records, store, io.BytesIO(b"x" * 5000), owner="a", filename="f", purpose="batch", limits=limits)
+    assert records.list_files(None, None, 10, None) == []

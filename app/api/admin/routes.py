@@ -11,10 +11,10 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionSigner, new_pre_session
 from app.api.auth import Principal, authenticate
-from app.api.deps import RepoDep, StoreDep
+from app.api.deps import RecordsDep, StoreDep
 from app.core.errors import Forbidden, Unauthorized
-from app.data.models import Batch, BatchStatus
-from app.data.repository import now
+from app.data.ids import now
+from app.data.models import Job, JobStatus
 from app.jobs.stats import batch_series, job_stats
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -43,14 +43,14 @@ def _signer(request: Request) -> SessionSigner:
     return signer
 
 
-def admin_caller(request: Request, repo: RepoDep) -> Principal:
+def admin_caller(request: Request, records: RecordsDep) -> Principal:
     """An admin from the session cookie (or a Bearer admin key); others get 403."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        caller = authenticate(repo, header[7:])
+        caller = authenticate(records, header[7:])
     else:
         key_id = _signer(request).key_id(request.cookies.get(SESSION_COOKIE))
-        key = repo.key_by_id(key_id) if key_id else None
+        key = records.key_by_id(key_id) if key_id else None
         if key is None:
             raise LoginRequired
         caller = Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
@@ -62,13 +62,13 @@ def admin_caller(request: Request, repo: RepoDep) -> Principal:
 AdminPage = Annotated[Principal, Depends(admin_caller)]
 
 
-def _gen_tps(batch: Batch) -> float | None:
-    return batch.completion_tokens / batch.generate_seconds if batch.generate_seconds else None
+def _gen_tps(job: Job) -> float | None:
+    return job.completion_tokens / job.generate_seconds if job.generate_seconds else None
 
 
-def _duration(batch: Batch) -> float | None:
-    end = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at
-    start = batch.in_progress_at
+def _duration(job: Job) -> float | None:
+    end = job.completed_at or job.cancelled_at or job.expired_at or job.failed_at
+    start = job.in_progress_at
     if start is None:
         return None
     if end is None:
@@ -76,13 +76,13 @@ def _duration(batch: Batch) -> float | None:
     return (end - start).total_seconds()
 
 
-def _row(batch: Batch) -> dict[str, Any]:
-    done = batch.request_completed + batch.request_failed
+def _row(job: Job) -> dict[str, Any]:
+    done = job.request_completed + job.request_failed
     return {
-        "batch": batch,
-        "progress": round(100 * done / batch.request_total, 1) if batch.request_total else 0.0,
-        "tokens_per_second": _gen_tps(batch),
-        "duration": _duration(batch),
+        "batch": job,
+        "progress": round(100 * done / job.request_total, 1) if job.request_total else 0.0,
+        "tokens_per_second": _gen_tps(job),
+        "duration": _duration(job),
     }
 
 
@@ -102,12 +102,14 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login")
-def login(request: Request, repo: RepoDep, api_key: Annotated[str, Form()], csrf: Annotated[str, Form()]) -> Response:
+def login(
+    request: Request, records: RecordsDep, api_key: Annotated[str, Form()], csrf: Annotated[str, Form()]
+) -> Response:
     signer = _signer(request)
     if not signer.csrf_ok(request.cookies.get(PRE_SESSION_COOKIE), csrf):
         raise Forbidden("Bad or missing CSRF token; reload the login page.")
     try:
-        caller = authenticate(repo, api_key)
+        caller = authenticate(records, api_key)
     except Unauthorized:
         return TEMPLATES.TemplateResponse(
             request, "login.html", {"csrf": csrf, "error": "Unknown or revoked key."}, status_code=401
@@ -140,22 +142,22 @@ def logout(request: Request, caller: AdminPage, csrf: Annotated[str, Form()]) ->
 def jobs(
     request: Request,
     caller: AdminPage,
-    repo: RepoDep,
+    records: RecordsDep,
     status: str | None = None,
     owner: str | None = None,
     sort: str = "created",
     order: str = "desc",
 ) -> HTMLResponse:
-    batches = repo.list_all_batches(status or None, owner or None, JOBS_PAGE)
+    batches = records.list_all_jobs(status or None, owner or None, JOBS_PAGE)
     key = SORT_KEYS.get(sort, SORT_KEYS["created"])
     batches.sort(key=key, reverse=order != "asc")  # type: ignore[arg-type]
-    running = any(b.status in (BatchStatus.QUEUED, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING) for b in batches)
+    running = any(b.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.FINALIZING) for b in batches)
     return _page(
         request,
         "jobs.html",
         caller,
         rows=[_row(b) for b in batches],
-        statuses=[s.value for s in BatchStatus],
+        statuses=[s.value for s in JobStatus],
         status=status or "",
         owner=owner or "",
         sort=sort,
@@ -164,10 +166,10 @@ def jobs(
     )
 
 
-@router.get("/batches/{batch_id}", response_class=HTMLResponse)
-def job(request: Request, batch_id: str, caller: AdminPage, repo: RepoDep) -> HTMLResponse:
-    batch = repo.get_batch(batch_id)
-    runs = repo.batch_runs(batch_id)
+@router.get("/batches/{job_id}", response_class=HTMLResponse)
+def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
+    job = records.get_job(job_id)
+    runs = records.windows(job_id)
     series = batch_series(runs)
     cumulative, total = [], 0
     for point in series:
@@ -177,33 +179,33 @@ def job(request: Request, batch_id: str, caller: AdminPage, repo: RepoDep) -> HT
         request,
         "job.html",
         caller,
-        row=_row(batch),
-        stats=job_stats(batch, runs),
+        row=_row(job),
+        stats=job_stats(job, runs),
         series=series,
         cumulative=cumulative,
-        refresh=batch.status in (BatchStatus.QUEUED, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING),
+        refresh=job.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.FINALIZING),
     )
 
 
 @router.get("/throughput", response_class=HTMLResponse)
-def throughput(request: Request, caller: AdminPage, repo: RepoDep) -> HTMLResponse:
-    batches = [b for b in repo.list_all_batches(None, None, JOBS_PAGE) if b.generate_seconds > 0][::-1]
+def throughput(request: Request, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
+    batches = [b for b in records.list_all_jobs(None, None, JOBS_PAGE) if b.generate_seconds > 0][::-1]
     return _page(request, "throughput.html", caller, rows=[_row(b) for b in batches])
 
 
 @router.get("/workers", response_class=HTMLResponse)
-def workers(request: Request, caller: AdminPage, repo: RepoDep) -> HTMLResponse:
-    rates = repo.recent_worker_rates(RECENT_WORKER_SECONDS)
+def workers(request: Request, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
+    rates = records.recent_worker_rates(RECENT_WORKER_SECONDS)
     rows = [
-        {"worker": w, "rate": rates.get(w.id), "shard": repo.shard_by_id(w.current_shard_id)}
-        for w in repo.list_workers()
+        {"worker": w, "rate": rates.get(w.id), "shard": records.shard_by_id(w.current_shard_id)}
+        for w in records.list_workers()
     ]
     return _page(request, "workers.html", caller, rows=rows, window=RECENT_WORKER_SECONDS, refresh=True)
 
 
 @router.get("/files/{file_id}/content")
-def file_content(file_id: str, caller: AdminPage, repo: RepoDep, store: StoreDep) -> StreamingResponse:
-    record = repo.get_file(file_id)
+def file_content(file_id: str, caller: AdminPage, records: RecordsDep, store: StoreDep) -> StreamingResponse:
+    record = records.get_file(file_id)
     return StreamingResponse(store.read_chunks(record.storage_key), media_type="application/jsonl")
 
 

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
+from app.api.deps import CallerDep, QueueDep, RecordsDep, SettingsDep, StoreDep
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
-from app.data.models import BatchStatus
-from app.jobs.create import create_batch, dry_run, record_estimate
-from app.jobs.finalize import finalize_batch
+from app.data.models import JobStatus
+from app.jobs.create import Owner, create_job, dry_run, record_estimate
+from app.jobs.finalize import finalize_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import batch_series, job_stats
@@ -23,7 +23,8 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 def create(
     body: BatchCreate,
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
+    queue: QueueDep,
     store: StoreDep,
     settings: SettingsDep,
     background: BackgroundTasks,
@@ -33,38 +34,38 @@ def create(
     With `dry_run: true`, nothing is queued: the answer is an estimate (lines, prompt
     tokens, requested output tokens, the lines that would fail and why, an ETA)."""
     if body.dry_run:
-        return BatchEstimate(**dry_run(repo, store, settings, body, caller))
-    batch = create_batch(repo, settings, body, caller)
-    if batch.status == BatchStatus.QUEUED:
-        background.add_task(record_estimate, repo, store, settings, batch.id)
-    return BatchObject.of(batch)
+        return BatchEstimate(**dry_run(records, store, settings, body.spec(), caller.scope))
+    job = create_job(records, queue, settings, body.spec(), Owner(caller.owner, caller.scope))
+    if job.status == JobStatus.QUEUED:
+        background.add_task(record_estimate, records, store, settings, job.id)
+    return BatchObject.of(job)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
-def get(batch_id: str, caller: CallerDep, repo: RepoDep) -> BatchObject:
+def get(batch_id: str, caller: CallerDep, records: RecordsDep) -> BatchObject:
     """A batch's status, counts and throughput."""
-    batch, workers, children = repo.batch_view(batch_id, caller.scope)
-    return BatchObject.of(batch, workers=workers, children=children)
+    job, workers, children = records.job_view(batch_id, caller.scope)
+    return BatchObject.of(job, workers=workers, children=children)
 
 
 @router.get("", response_model=BatchList)
 def list_batches(
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
     """Your batches, newest first, paged with `after`."""
-    page = repo.list_batches(caller.scope, limit + 1, after)
+    page = records.list_jobs(caller.scope, limit + 1, after)
     return BatchList.of([BatchObject.of(b) for b in page[:limit]], has_more=len(page) > limit)
 
 
 @router.get("/{batch_id}/stats")
-def stats(batch_id: str, caller: CallerDep, repo: RepoDep) -> dict[str, Any]:
+def stats(batch_id: str, caller: CallerDep, records: RecordsDep) -> dict[str, Any]:
     """Throughput of a batch: totals, rates, timings, output lengths and the per-batch series."""
-    batch = repo.get_batch(batch_id, caller.scope)
-    runs = repo.batch_runs(batch_id)
-    return {**job_stats(batch, runs), "batches": batch_series(runs)}
+    job = records.get_job(batch_id, caller.scope)
+    runs = records.windows(batch_id)
+    return {**job_stats(job, runs), "batches": batch_series(runs)}
 
 
 @router.get(
@@ -75,7 +76,7 @@ def stats(batch_id: str, caller: CallerDep, repo: RepoDep) -> dict[str, Any]:
 def results(
     batch_id: str,
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
     store: StoreDep,
     after: Annotated[int, Query(ge=0, description="lines already read (0 for the start)")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
@@ -85,10 +86,10 @@ def results(
     Each line is in the output or error file's shape. `X-Next-After` is the cursor for
     the next call; `X-Complete: true` says no more lines will come.
     """
-    batch = repo.get_batch(batch_id, caller.scope)
-    source = repo.get_file(batch.input_file_id)
+    job = records.get_job(batch_id, caller.scope)
+    source = records.get_file(job.input_file_id)
     page = results_page(
-        store, batch, repo.batch_runs(batch_id), repo.shards(batch_id), source.storage_key, after, limit
+        store, job, records.windows(batch_id), records.shards(batch_id), source.storage_key, after, limit
     )
     return StreamingResponse(
         page.lines,
@@ -105,14 +106,15 @@ def results(
 def retry(
     batch_id: str,
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
+    queue: QueueDep,
     store: StoreDep,
     settings: SettingsDep,
     body: BatchRetry | None = None,
 ) -> BatchObject:
     """A new batch of this finished batch's failed and unrun lines, linked to it as its child,
     optionally with a new `max_tokens` for every line or prompts cut to fit the context."""
-    child = retry_failed(repo, store, settings, batch_id, body or BatchRetry(), caller)
+    child = retry_failed(records, queue, store, settings, batch_id, (body or BatchRetry()).overrides(), caller.scope)
     return BatchObject.of(child)
 
 
@@ -121,16 +123,16 @@ def retry(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/jsonl": {}}, "description": "output lines in input order"}},
 )
-def merged(batch_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> StreamingResponse:
+def merged(batch_id: str, caller: CallerDep, records: RecordsDep, store: StoreDep) -> StreamingResponse:
     """The batch's output with the lines its retries answered filled in, in input order."""
-    return StreamingResponse(merged_output(repo, store, batch_id, caller), media_type="application/jsonl")
+    return StreamingResponse(merged_output(records, store, batch_id, caller.scope), media_type="application/jsonl")
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
-def cancel(batch_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> BatchObject:
+def cancel(batch_id: str, caller: CallerDep, records: RecordsDep, queue: QueueDep, store: StoreDep) -> BatchObject:
     """Cancel: the batch stops at its next static-batch boundary and keeps what it did."""
-    batch, finalize_now = repo.request_cancel(batch_id, caller.scope)
+    job, finalize_now = queue.request_cancel(batch_id, caller.scope)
     if finalize_now:  # nothing runs, so nobody else will join its files
-        finalize_batch(repo, store, batch_id)
-        batch = repo.get_batch(batch_id)
-    return BatchObject.of(batch)
+        finalize_job(records, queue, store, batch_id)
+        job = records.get_job(batch_id)
+    return BatchObject.of(job)

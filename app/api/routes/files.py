@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CallerDep, RepoDep, SettingsDep, StoreDep
+from app.api.deps import CallerDep, RecordsDep, SettingsDep, StoreDep
 from app.api.schemas import FileDeleted, FileList, FileObject
 from app.jobs.uploads import UploadLimits, store_upload
 
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 @router.post("", response_model=FileObject)
 async def upload_file(
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
     file: UploadFile,
@@ -28,7 +28,7 @@ async def upload_file(
     limits = UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors)
     record = await run_in_threadpool(
         lambda: store_upload(
-            repo,
+            records,
             store,
             file.file,
             owner=caller.owner,
@@ -43,26 +43,26 @@ async def upload_file(
 @router.get("", response_model=FileList)
 def list_files(
     caller: CallerDep,
-    repo: RepoDep,
+    records: RecordsDep,
     purpose: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> FileList:
     """Your files, newest first, paged with `after`."""
-    page = repo.list_files(caller.scope, purpose, limit + 1, after)
+    page = records.list_files(caller.scope, purpose, limit + 1, after)
     return FileList.of([FileObject.of(f) for f in page[:limit]], has_more=len(page) > limit)
 
 
 @router.get("/{file_id}", response_model=FileObject)
-def get_file(file_id: str, caller: CallerDep, repo: RepoDep) -> FileObject:
+def get_file(file_id: str, caller: CallerDep, records: RecordsDep) -> FileObject:
     """A file's metadata."""
-    return FileObject.of(repo.get_file(file_id, caller.scope))
+    return FileObject.of(records.get_file(file_id, caller.scope))
 
 
 @router.get("/{file_id}/content")
-def get_file_content(file_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> StreamingResponse:
+def get_file_content(file_id: str, caller: CallerDep, records: RecordsDep, store: StoreDep) -> StreamingResponse:
     """The file's bytes, streamed."""
-    record = repo.get_file(file_id, caller.scope)
+    record = records.get_file(file_id, caller.scope)
     return StreamingResponse(
         store.read_chunks(record.storage_key),
         media_type="application/jsonl",
@@ -74,8 +74,8 @@ def get_file_content(file_id: str, caller: CallerDep, repo: RepoDep, store: Stor
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(file_id: str, caller: CallerDep, repo: RepoDep, store: StoreDep) -> FileDeleted:
+def delete_file(file_id: str, caller: CallerDep, records: RecordsDep, store: StoreDep) -> FileDeleted:
     """Delete a file (refused while a running batch reads it)."""
-    record = repo.delete_file(file_id, caller.scope)
+    record = records.delete_file(file_id, caller.scope)
     store.delete(record.storage_key)
     return FileDeleted(id=record.id)

@@ -6,16 +6,16 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.api.deps import RepoDep, SettingsDep
+from app.api.deps import RecordsDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(repo: RepoDep) -> JSONResponse:
+def healthz(records: RecordsDep) -> JSONResponse:
     """200 when the API and its database answer."""
     try:
-        with repo.db.session() as session:
+        with records.db.session() as session:
             session.execute(text("SELECT 1"))
     except Exception as exc:  # any database failure means "not healthy"
         return JSONResponse({"status": "database unavailable", "detail": str(exc)[:200]}, status_code=503)
@@ -23,9 +23,9 @@ def healthz(repo: RepoDep) -> JSONResponse:
 
 
 @router.get("/readyz")
-def readyz(repo: RepoDep, settings: SettingsDep) -> JSONResponse:
+def readyz(records: RecordsDep, settings: SettingsDep) -> JSONResponse:
     """200 when at least one worker has its model loaded and heartbeats."""
-    workers = repo.ready_workers(stale_after_seconds=settings.lease_seconds)
+    workers = records.ready_workers(stale_after_seconds=settings.lease_seconds)
     body = {"workers": [{"id": w.id, "model": w.model, "host": w.host} for w in workers]}
     return JSONResponse(
         {"status": "ready" if workers else "no worker ready", **body}, status_code=200 if workers else 503
