@@ -21,6 +21,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.core.database import Database
+    from app.core.embedded_postgres import database_url
     from app.core.settings import get_settings
     from app.core.storage import open_store
     from app.data.queue import JobQueue
@@ -33,9 +34,8 @@ def main() -> None:
 
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is not set")
-    db = Database(settings.database_url)
+    url = database_url(settings)  # DATABASE_URL, else the embedded server under var/
+    db = Database(url)
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
     guard_process_group()
     started_on = os.sched_getaffinity(0)
@@ -51,7 +51,7 @@ def main() -> None:
         heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds,
         max_batch_attempts=settings.max_batch_attempts,
-        waker=Waker(settings.database_url),
+        waker=Waker(url),
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -14,6 +14,7 @@ from app.api.auth import KeyCache
 from app.api.errors import install_error_handlers
 from app.api.routes import api_router
 from app.core.database import Database
+from app.core.embedded_postgres import database_url
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_store
 from app.data.queue import JobQueue
@@ -23,12 +24,11 @@ from app.jobs.expiry import ExpirySweeper
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is not set (`make run` or `llm-batch-serve` starts an embedded Postgres)")
+    url = database_url(settings)  # DATABASE_URL, else the embedded server under var/
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url or "")
+        db = Database(url)
         app.state.settings = settings
         app.state.records = Records(db)
         app.state.queue = JobQueue(db)

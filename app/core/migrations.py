@@ -17,13 +17,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 def main() -> None:
-    """`python -m app.core.migrations`: upgrade DATABASE_URL to the newest schema."""
+    """`python -m app.core.migrations`: upgrade DATABASE_URL (else the embedded database) to the newest schema."""
+    from app.core.embedded_postgres import database_url
     from app.core.settings import get_settings
 
-    url = get_settings().database_url
-    if not url:
-        raise SystemExit("DATABASE_URL is not set")
-    upgrade(url)
+    upgrade(database_url(get_settings()))
 
 
 if __name__ == "__main__":

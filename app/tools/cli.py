@@ -1,7 +1,8 @@
 """`llm-batch`: submit, watch, list, cancel and download batches; manage API keys.
 
 Everything but `keys` talks HTTP to the API like any client. `keys` is a server-side
-command: it writes to the database at DATABASE_URL directly.
+command: it writes to the service's database directly (DATABASE_URL, or with it
+unset the embedded database under var/, as `make run` uses).
 """
 
 from __future__ import annotations
@@ -206,13 +207,14 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from app.core.database import Database
+    from app.core.embedded_postgres import database_url
+    from app.core.migrations import upgrade
     from app.core.settings import get_settings
     from app.data.keys import create_key
     from app.data.records import Records
 
-    url = get_settings().database_url
-    if not url:
-        raise ApiError("keys needs DATABASE_URL (the service's database)")
+    url = database_url(get_settings())
+    upgrade(url)  # a fresh embedded database gets its tables; a migrated one is left as it is
     db = Database(url)
     try:
         records = Records(db)
@@ -301,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.set_defaults(run=cmd_download)
 
-    keys = sub.add_parser("keys", help="create or revoke API keys (server side: uses DATABASE_URL)")
+    keys = sub.add_parser(
+        "keys", help="create or revoke API keys (server side: DATABASE_URL, else the embedded database)"
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key and print it once")
     create.add_argument("--owner", required=True)

@@ -1,6 +1,7 @@
 """`make run` / `llm-batch-serve`: the whole service on one machine.
 
-Starts an embedded Postgres under var/ unless DATABASE_URL is set, applies the
+Starts an embedded Postgres under var/ unless DATABASE_URL is set (it stops when the
+launcher exits), applies the
 migrations, makes the demo model if the configured model is the missing demo one,
 then runs the API (uvicorn) and one worker as child processes until interrupted; a
 worker that exits (an engine failure ends one) is started again.
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.core.embedded_postgres import database_url as embedded_or_configured
 from app.core.migrations import upgrade
 from app.core.settings import get_settings
 from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
@@ -52,14 +54,10 @@ def main() -> None:
 
     settings = get_settings()
     env = dict(os.environ)
-    server = None
+    database_url = embedded_or_configured(settings)
     if not settings.database_url:
-        from app.core.embedded_postgres import start_embedded_postgres
-
-        url, server = start_embedded_postgres(settings.var_dir)
-        env["DATABASE_URL"] = url
-        print(f"embedded Postgres: {url}", flush=True)
-    database_url = env.get("DATABASE_URL") or settings.database_url or ""
+        env["DATABASE_URL"] = database_url  # the children join this process's embedded server
+        print(f"embedded Postgres: {database_url}", flush=True)
     upgrade(database_url)
     _print_admin_key_if_none(database_url)
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
@@ -113,8 +111,6 @@ def main() -> None:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-        if server is not None:
-            server.cleanup()
     sys.exit(0 if stopping else 1)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from openai import NotFoundError, OpenAI
-from openai.types import FileObject, Job
+from openai.types import FileObject, Batch
 
 from tests.e2e.conftest import Service
 from tests.helpers import chat_line, jsonl
@@ -23,7 +23,7 @@ def sdk(service: Service, owner: str = "sdk-user") -> OpenAI:
     return OpenAI(base_url=f"{service.url}/v1", api_key=service.api_key(owner), max_retries=0)
 
 
-def wait(client: OpenAI, batch_id: str, until: set[str] = TERMINAL) -> Job:
+def wait(client: OpenAI, batch_id: str, until: set[str] = TERMINAL) -> Batch:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         batch = client.batches.retrieve(batch_id)
@@ -67,7 +67,7 @@ def test_the_batch_lifecycle_through_the_openai_sdk(running_service: Service, tm
     assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at < done.expires_at  # type: ignore[operator]
     assert done.usage is not None and done.usage.output_tokens > 0
     assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
-    strict(Job, running_service_raw(running_service, client, f"/batches/{batch.id}"))
+    strict(Batch, running_service_raw(running_service, client, f"/batches/{batch.id}"))
 
     output = [json.loads(line) for line in client.files.content(done.output_file_id or "").text.splitlines()]
     assert [line["custom_id"] for line in output] == [f"q{i}" for i in range(30)]
