@@ -25,8 +25,8 @@ from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.jobs.planning import plan_request
 from app.jobs.sampling import UnsupportedRequest
-from app.jobs.stats import combine_engine_stats, length_histogram
-from app.jobs.telemetry import batch_telemetry
+from app.jobs.stats import length_histogram
+from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from worker.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ class PreparedWindow:
     sampling: list[dict[str, Any]] = field(default_factory=list)
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the engine made of one window, in input order."""
+
+    generations: list[Generation]
+    telemetry: EngineTelemetry | None
+    static_batches: int  # generate calls
 
 
 @dataclass
@@ -107,31 +116,31 @@ class ShardRunner:
             window.sampling.append(planned.sampling)
         return window
 
-    def _generate(self, window: PreparedWindow, batch_size: int) -> tuple[list[Generation], dict[str, Any] | None]:
+    def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
         one batch) is cut into static batches of similar requested length, so short answers
         do not wait for long ones; the generations come back in input order."""
         if not window.prompts:
-            return [], None
+            return Generated([], None, 0)
         kv_cache_tokens = self.engine.kv_cache_tokens
         if len(window.prompts) <= batch_size:
             generations = self.engine.generate(window.prompts, window.sampling)
-            return generations, batch_telemetry(generations, kv_cache_tokens)
+            return Generated(generations, batch_telemetry(generations, kv_cache_tokens), 1)
         by_length = sorted(
             range(len(window.prompts)), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i]))
         )
         in_order: list[Generation | None] = [None] * len(window.prompts)
-        telemetry = []
+        telemetry: list[EngineTelemetry | None] = []
         for start in range(0, len(by_length), batch_size):
             group = by_length[start : start + batch_size]
             generated = self.engine.generate([window.prompts[i] for i in group], [window.sampling[i] for i in group])
             for index, generation in zip(group, generated, strict=True):
                 in_order[index] = generation
             telemetry.append(batch_telemetry(generated, kv_cache_tokens))
-        return [g for g in in_order if g is not None], combine_engine_stats(telemetry)
+        return Generated([g for g in in_order if g is not None], combine(telemetry), len(telemetry))
 
     def _set_aside(self, window: PreparedWindow, attempts: int) -> PreparedWindow:
-        """A batch that killed the engine on every try: its lines become error lines."""
+        """A window that killed the engine on every try: its lines become error lines."""
         message = (
             f"The engine failed {attempts - 1} times on the static batch holding this request "
             "(lines {first}-{last}); the batch was set aside so the rest of the job could run."
@@ -145,11 +154,11 @@ class ShardRunner:
         self,
         shard: ClaimedShard,
         window: PreparedWindow,
-        generations: list[Generation],
+        generated: Generated,
         seconds: float,
-        telemetry: dict[str, Any] | None,
     ) -> JobStatus:
-        """Stores the batch's results, then records its progress in one transaction."""
+        """Stores the window's results, then records its progress in one transaction."""
+        generations = generated.generations
         out = [
             success_line(request, generation, self.engine.model_name)
             for request, generation in zip(window.runnable, generations, strict=True)
@@ -171,11 +180,12 @@ class ShardRunner:
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
-            engine_stats=telemetry,
+            static_batches=generated.static_batches,
+            engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
         )
         return self._patiently(
             lambda: self.queue.record_window(shard, window.seq, self.worker_id, result, self.lease_seconds),
-            f"recording batch {window.seq} of shard {shard.shard_index}",
+            f"recording window {window.seq} of shard {shard.shard_index}",
         )
 
     def _patiently(self, action: Callable[[], T], what: str) -> T:
@@ -206,13 +216,13 @@ class ShardRunner:
                     window = self._set_aside(window, shard.attempts)
                 started = time.perf_counter()
                 try:
-                    generations, telemetry = self._generate(window, batch_size)
+                    generated = self._generate(window, batch_size)
                 except Exception as exc:
                     raise EngineFailed(f"generate failed on lines {window.first_line + 1}-{window.next_line}") from exc
                 seconds = time.perf_counter() - started
                 previous, pending_write = (
                     pending_write,
-                    writer.submit(self._write, shard, window, generations, seconds, telemetry),
+                    writer.submit(self._write, shard, window, generated, seconds),
                 )
                 batches += 1
                 # The previous batch's transaction tells whether the batch was cancelled meanwhile.

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from app.data.models import JobStatus
 from app.data.records import Records
 
-BATCH_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+WINDOW_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 
 
 class ServiceCollector(Collector):
@@ -20,10 +20,10 @@ class ServiceCollector(Collector):
         self.records = records
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.records.metrics_snapshot(BATCH_SECONDS_BUCKETS)
+        snap = self.records.metrics_snapshot(WINDOW_SECONDS_BUCKETS)
         jobs = GaugeMetricFamily("llm_batch_jobs", "Batches (jobs) by status", labels=["status"])
         for status in JobStatus:
-            jobs.add_metric([status.value], snap.batches_by_status.get(status.value, 0))
+            jobs.add_metric([status.value], snap.jobs_by_status.get(status.value, 0))
         yield jobs
         yield GaugeMetricFamily(
             "llm_batch_queue_depth_lines", "Input lines waiting or running", value=snap.queued_lines
@@ -31,18 +31,22 @@ class ServiceCollector(Collector):
 
         generated = CounterMetricFamily("llm_batch_generated_tokens", "Generated tokens", labels=["worker"])
         prompt = CounterMetricFamily("llm_batch_prompt_tokens", "Prompt tokens", labels=["worker"])
-        batches = CounterMetricFamily("llm_batch_static_batches", "Static batches run", labels=["worker"])
+        batches = CounterMetricFamily(
+            "llm_batch_static_batches", "Static batches run (generate calls)", labels=["worker"]
+        )
         seconds = HistogramMetricFamily(
-            "llm_batch_static_batch_seconds", "Seconds of each static batch's generate call", labels=["worker"]
+            "llm_batch_window_seconds",
+            "Generate seconds of each recorded window (one static batch, or several under length-aware packing)",
+            labels=["worker"],
         )
         for w in snap.per_worker:
             generated.add_metric([w.worker_id], w.completion_tokens)
             prompt.add_metric([w.worker_id], w.prompt_tokens)
-            batches.add_metric([w.worker_id], w.batches)
+            batches.add_metric([w.worker_id], w.static_batches)
             buckets = [
-                (str(edge), count) for edge, count in zip(BATCH_SECONDS_BUCKETS, w.seconds_at_or_below, strict=True)
+                (str(edge), count) for edge, count in zip(WINDOW_SECONDS_BUCKETS, w.seconds_at_or_below, strict=True)
             ]
-            seconds.add_metric([w.worker_id], [*buckets, ("+Inf", w.batches)], sum_value=w.generate_seconds)
+            seconds.add_metric([w.worker_id], [*buckets, ("+Inf", w.windows)], sum_value=w.generate_seconds)
         yield from (generated, prompt, batches, seconds)
 
         up = GaugeMetricFamily(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -11,14 +12,11 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import JobSpec
 from app.jobs.lines import ENDPOINTS
 from app.jobs.retries import RetryOverrides
+from app.jobs.stats import throughput
 
 
 def unix(ts: datetime | None) -> int | None:
     return int(ts.timestamp()) if ts else None
-
-
-def _seconds_between(earlier: datetime | None, later: datetime | None) -> float | None:
-    return round((later - earlier).total_seconds(), 3) if earlier and later else None
 
 
 class FileObject(BaseModel):
@@ -198,9 +196,6 @@ class BatchObject(BaseModel):
     @classmethod
     def of(cls, job: Job, workers: int | None = None, children: list[str] | None = None) -> BatchObject:
         status = JobStatus(job.status)
-        gen_tps = job.completion_tokens / job.generate_seconds if job.generate_seconds else None
-        ended = job.completed_at or job.cancelled_at or job.expired_at
-        wall = (ended - job.in_progress_at).total_seconds() if ended and job.in_progress_at else None
         return cls(
             id=job.id,
             endpoint=job.endpoint,
@@ -235,12 +230,7 @@ class BatchObject(BaseModel):
             priority=job.priority,
             queue_status=status.value,
             throughput={
-                "generate_seconds": round(job.generate_seconds, 3),
-                "generation_tokens_per_second": round(gen_tps, 1) if gen_tps else None,
-                "end_to_end_seconds": round(wall, 3) if wall is not None else None,
-                "end_to_end_tokens_per_second": round(job.completion_tokens / wall, 1) if wall else None,
-                "queue_wait_seconds": _seconds_between(job.created_at, job.in_progress_at),
-                "time_to_first_batch_seconds": _seconds_between(job.in_progress_at, job.first_window_at),
+                **asdict(throughput(job)),
                 "tensor_parallel_size": job.tensor_parallel_size,
                 "workers": workers,
             },

@@ -49,7 +49,7 @@ class ClaimedShard:
 
 @dataclass(frozen=True)
 class WindowResult:
-    """What one static batch did, recorded in the same transaction as its progress."""
+    """What one window (one or more static batches) did, recorded in the same transaction as its progress."""
 
     first_line: int
     next_line: int
@@ -61,7 +61,8 @@ class WindowResult:
     generate_seconds: float
     output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
-    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry
+    static_batches: int = 1  # generate calls in this window
+    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
@@ -258,6 +259,7 @@ class JobQueue:
                     tokens_per_second=tps,
                     output_lengths=result.output_lengths,
                     error_lines=result.error_lines,
+                    static_batches=result.static_batches,
                     engine_stats=result.engine_stats,
                     worker_id=worker_id,
                 )

@@ -204,7 +204,7 @@ class Records:
 
     # Metrics and the dashboard.
 
-    def metrics_snapshot(self, batch_seconds_buckets: list[float]) -> MetricsSnapshot:
+    def metrics_snapshot(self, window_seconds_buckets: list[float]) -> MetricsSnapshot:
         """Everything /metrics reports, read in one transaction."""
         with self.db.session() as session:
             statuses = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
@@ -217,24 +217,26 @@ class Records:
                 select(
                     Window.worker_id,
                     func.count(),
+                    func.sum(Window.static_batches),
                     func.sum(Window.prompt_tokens),
                     func.sum(Window.completion_tokens),
                     func.sum(Window.generate_seconds),
-                    *[func.count().filter(Window.generate_seconds <= edge) for edge in batch_seconds_buckets],
+                    *[func.count().filter(Window.generate_seconds <= edge) for edge in window_seconds_buckets],
                 ).group_by(Window.worker_id)
             ).all()
             workers = list(session.scalars(select(Worker)))
         return MetricsSnapshot(
-            batches_by_status={str(k): int(v) for k, v in statuses.items()},
+            jobs_by_status={str(k): int(v) for k, v in statuses.items()},
             queued_lines=int(queued_lines or 0),
             per_worker=[
                 WorkerTotals(
                     worker_id=row[0],
-                    batches=int(row[1]),
-                    prompt_tokens=int(row[2] or 0),
-                    completion_tokens=int(row[3] or 0),
-                    generate_seconds=float(row[4] or 0),
-                    seconds_at_or_below=[int(c) for c in row[5:]],
+                    windows=int(row[1]),
+                    static_batches=int(row[2] or 0),
+                    prompt_tokens=int(row[3] or 0),
+                    completion_tokens=int(row[4] or 0),
+                    generate_seconds=float(row[5] or 0),
+                    seconds_at_or_below=[int(c) for c in row[6:]],
                 )
                 for row in per_worker
             ],
@@ -299,7 +301,8 @@ class Records:
 @dataclass(frozen=True)
 class WorkerTotals:
     worker_id: str
-    batches: int
+    windows: int
+    static_batches: int
     prompt_tokens: int
     completion_tokens: int
     generate_seconds: float
@@ -308,7 +311,7 @@ class WorkerTotals:
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
-    batches_by_status: dict[str, int]
+    jobs_by_status: dict[str, int]
     queued_lines: int
     per_worker: list[WorkerTotals]
     workers: list[Worker]

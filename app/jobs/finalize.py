@@ -11,7 +11,7 @@ from app.data.models import FileRecord, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
-from app.jobs.stats import batch_series, job_stats
+from app.jobs.stats import job_stats, window_series
 from app.jobs.uploads import CheckingReader
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
@@ -51,7 +51,7 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
     errors = _write_file(store, job.owner, f"{job_id}_error.jsonl", error_parts(), failed) if failed else None
     store.put_bytes(
         f"batches/{job_id}/stats.json",
-        json.dumps({**job_stats(job, runs), "batches": batch_series(runs)}, indent=2).encode(),
+        json.dumps({**job_stats(job, runs), "windows": window_series(runs)}, indent=2).encode(),
     )
     queue.complete_job(job_id, output, errors, unrun)
 

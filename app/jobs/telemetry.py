@@ -15,16 +15,42 @@ From each request's scheduled, first-token and last-token times:
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from app.jobs.output_lines import Generation
+
+
+@dataclass(frozen=True)
+class EngineTelemetry:
+    """What the engine's timings say about one static batch, or several combined."""
+
+    prefill_seconds: float
+    prefill_tokens_per_second: float | None
+    decode_seconds: float
+    decode_tokens_per_second: float | None
+    idle_tail_seconds: float
+    idle_tail_fraction: float
+    preemptions: int
+    kv_cache_demand: float | None
+    static_batches: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> EngineTelemetry | None:
+        if not data:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _rate(tokens: int, seconds: float) -> float | None:
     return round(tokens / seconds, 1) if seconds > 0 else None
 
 
-def batch_telemetry(generations: list[Generation], kv_cache_tokens: int | None) -> dict[str, Any] | None:
+def batch_telemetry(generations: list[Generation], kv_cache_tokens: int | None) -> EngineTelemetry | None:
     timings = [g.timing for g in generations if g.timing is not None]
     if not timings:
         return None
@@ -37,13 +63,42 @@ def batch_telemetry(generations: list[Generation], kv_cache_tokens: int | None) 
     decode_tokens = completion_tokens - sum(len(g.choices) for g in generations)
     idle_tail = ended - finishes[-2] if len(finishes) > 1 else 0.0
     span = ended - started
-    return {
-        "prefill_seconds": round(prefilled - started, 4),
-        "prefill_tokens_per_second": _rate(prompt_tokens, prefilled - started),
-        "decode_seconds": round(ended - prefilled, 4),
-        "decode_tokens_per_second": _rate(decode_tokens, ended - prefilled),
-        "idle_tail_seconds": round(idle_tail, 4),
-        "idle_tail_fraction": round(idle_tail / span, 4) if span > 0 else 0.0,
-        "preemptions": sum(t.preemptions for t in timings),
-        "kv_cache_demand": round((prompt_tokens + completion_tokens) / kv_cache_tokens, 4) if kv_cache_tokens else None,
-    }
+    return EngineTelemetry(
+        prefill_seconds=round(prefilled - started, 4),
+        prefill_tokens_per_second=_rate(prompt_tokens, prefilled - started),
+        decode_seconds=round(ended - prefilled, 4),
+        decode_tokens_per_second=_rate(decode_tokens, ended - prefilled),
+        idle_tail_seconds=round(idle_tail, 4),
+        idle_tail_fraction=round(idle_tail / span, 4) if span > 0 else 0.0,
+        preemptions=sum(t.preemptions for t in timings),
+        kv_cache_demand=round((prompt_tokens + completion_tokens) / kv_cache_tokens, 4) if kv_cache_tokens else None,
+    )
+
+
+def combine(parts: list[EngineTelemetry | None]) -> EngineTelemetry | None:
+    """One record for several static batches: times, tails, preemptions and static batches
+    add up, rates are weighted by their seconds, KV-cache demand is the peak. A packed
+    window's record, and a job's totals."""
+    reported = [p for p in parts if p is not None]
+    if not reported:
+        return None
+
+    def weighted(rates: list[tuple[float | None, float]]) -> float | None:
+        total = sum(seconds for _, seconds in rates)
+        return round(sum((rate or 0) * seconds for rate, seconds in rates) / total, 1) if total > 0 else None
+
+    prefill = sum(p.prefill_seconds for p in reported)
+    decode = sum(p.decode_seconds for p in reported)
+    idle_tail = sum(p.idle_tail_seconds for p in reported)
+    demands = [p.kv_cache_demand for p in reported if p.kv_cache_demand is not None]
+    return EngineTelemetry(
+        prefill_seconds=round(prefill, 4),
+        prefill_tokens_per_second=weighted([(p.prefill_tokens_per_second, p.prefill_seconds) for p in reported]),
+        decode_seconds=round(decode, 4),
+        decode_tokens_per_second=weighted([(p.decode_tokens_per_second, p.decode_seconds) for p in reported]),
+        idle_tail_seconds=round(idle_tail, 4),
+        idle_tail_fraction=round(idle_tail / (prefill + decode), 4) if prefill + decode > 0 else 0.0,
+        preemptions=sum(p.preemptions for p in reported),
+        kv_cache_demand=max(demands) if demands else None,
+        static_batches=sum(p.static_batches for p in reported),
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from openai import NotFoundError, OpenAI
-from openai.types import FileObject, Batch
+from openai.types import Batch, FileObject
 
 from tests.e2e.conftest import Service
 from tests.helpers import chat_line, jsonl

@@ -75,4 +75,4 @@ def test_metrics_in_prometheus_text_format(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'llm_batch_jobs{status="queued"} 1.0' in text
     assert "llm_batch_queue_depth_lines 7.0" in text
-    assert "# TYPE llm_batch_static_batch_seconds histogram" in text
+    assert "# TYPE llm_batch_window_seconds histogram" in text

@@ -27,7 +27,7 @@ def test_each_static_batch_records_prefill_decode_and_its_idle_tail(
     run_worker_until_idle(engine, settings, store)
 
     stats = client.get(f"/v1/batches/{batch['id']}/stats").json()
-    for point in stats["batches"]:
+    for point in stats["windows"]:
         telemetry = point["engine"]
         assert telemetry["prefill_tokens_per_second"] > 0 and telemetry["decode_tokens_per_second"] > 0
         assert telemetry["preemptions"] == 0 and 0 < telemetry["kv_cache_demand"] < 1
@@ -36,7 +36,7 @@ def test_each_static_batch_records_prefill_decode_and_its_idle_tail(
     totals = stats["engine"]
     assert totals["static_batches"] == 2
     assert totals["idle_tail_seconds"] == pytest.approx(
-        sum(p["engine"]["idle_tail_seconds"] for p in stats["batches"]), abs=1e-3
+        sum(p["engine"]["idle_tail_seconds"] for p in stats["windows"]), abs=1e-3
     )
 
     _, secret = create_key(records, "ops", admin=True)

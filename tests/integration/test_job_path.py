@@ -130,10 +130,10 @@ def test_each_static_batch_records_its_statistics(
     )
     assert sum(bucket["lines"] for bucket in stats["output_length_histogram"]) == 10
     assert all(bucket["from_tokens"] <= 3 for bucket in stats["output_length_histogram"])  # max_tokens=3
-    assert [b["first_line"] for b in sorted(stats["batches"], key=lambda b: b["first_line"])] == [0, 4, 8]
+    assert [b["first_line"] for b in sorted(stats["windows"], key=lambda b: b["first_line"])] == [0, 4, 8]
     assert stats["queue_wait_seconds"] >= 0 and stats["end_to_end_tokens_per_second"] > 0
     written = json.loads(b"".join(store.read_chunks(f"batches/{batch['id']}/stats.json")))
-    assert written["completion_tokens"] == stats["completion_tokens"] and len(written["batches"]) == 3
+    assert written["completion_tokens"] == stats["completion_tokens"] and len(written["windows"]) == 3
 
 
 def run_worker_with_hook_after_batch(

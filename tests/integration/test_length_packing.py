@@ -3,6 +3,8 @@ input order."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -52,4 +54,9 @@ def test_packing_with_the_real_engine_keeps_every_answer_with_its_line(
         assert used <= (LONG if i % 2 else SHORT)
         assert line["response"]["body"]["usage"]["prompt_tokens"] == len(engine.tokenizer.encode(f"item {i}"))
     stats = client.get(f"/v1/batches/{batch['id']}/stats").json()
-    assert stats["batches"][0]["engine"]["static_batches"] == 6  # one window of 24 lines, 6 static batches
+    assert stats["windows"][0]["engine"]["static_batches"] == 6  # one window of 24 lines, 6 static batches
+    # One word per concept: the job counts its 6 static batches in its one window, and so does /metrics.
+    assert stats["windows"][0]["static_batches"] == 6
+    assert stats["static_batches"] == 6 and len(stats["windows"]) == 1
+    metrics = client.get("/metrics").text
+    assert re.search(r'^llm_batch_static_batches_total\{worker="[^"]+"\} 6\.0$', metrics, re.MULTILINE), metrics

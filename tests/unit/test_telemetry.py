@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.jobs.output_lines import Choice, Generation, RequestTiming
-from app.jobs.telemetry import batch_telemetry
+from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 
 
 def generation(prompt: int, completion: int, scheduled: float, first: float, last: float, preempted: int = 0):
@@ -23,7 +23,7 @@ def test_prefill_decode_and_the_idle_tail_of_one_long_answer() -> None:
         generation(200, 41, scheduled=10.0, first=11.0, last=15.0),
     ]
     stats = batch_telemetry(batch, kv_cache_tokens=1000)
-    assert stats == {
+    assert stats is not None and stats.as_json() == {
         "prefill_seconds": 1.0,
         "prefill_tokens_per_second": 400.0,
         "decode_seconds": 4.0,
@@ -32,7 +32,20 @@ def test_prefill_decode_and_the_idle_tail_of_one_long_answer() -> None:
         "idle_tail_fraction": 0.6,
         "preemptions": 1,
         "kv_cache_demand": 0.463,
+        "static_batches": 1,
     }
+
+
+def test_a_window_of_static_batches_adds_times_and_weighs_rates_by_their_seconds() -> None:
+    first = batch_telemetry([generation(100, 11, scheduled=0.0, first=1.0, last=2.0)], kv_cache_tokens=1000)
+    second = batch_telemetry([generation(300, 21, scheduled=5.0, first=6.0, last=9.0)], kv_cache_tokens=1000)
+    window = combine([first, None, second])
+    assert window is not None and first is not None and second is not None
+    assert window.static_batches == 2 and window.prefill_seconds == 2.0 and window.decode_seconds == 4.0
+    assert window.prefill_tokens_per_second == 200.0  # (100 + 300) prompt tokens over 2 s
+    assert window.kv_cache_demand == max(first.kv_cache_demand or 0, second.kv_cache_demand or 0)
+    assert EngineTelemetry.from_json(window.as_json()) == window
+    assert combine([None, None]) is None
 
 
 def test_no_timings_no_telemetry() -> None:

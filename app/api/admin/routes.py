@@ -13,9 +13,8 @@ from app.api.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SE
 from app.api.auth import Principal, authenticate
 from app.api.deps import RecordsDep, StoreDep
 from app.core.errors import Forbidden, Unauthorized
-from app.data.ids import now
 from app.data.models import Job, JobStatus
-from app.jobs.stats import batch_series, job_stats
+from app.jobs.stats import job_stats, throughput, window_series
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 RECENT_WORKER_SECONDS = 300
@@ -26,9 +25,9 @@ SORT_KEYS = {
     "owner": lambda b: b.owner,
     "lines": lambda b: b.request_total,
     "tokens": lambda b: b.completion_tokens,
-    "tokens_per_second": lambda b: _gen_tps(b) or 0.0,
+    "tokens_per_second": lambda b: throughput(b).generation_tokens_per_second or 0.0,
     "batch_size": lambda b: b.batch_size,
-    "duration": lambda b: _duration(b) or 0.0,
+    "duration": lambda b: throughput(b).end_to_end_seconds or 0.0,
 }
 
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
@@ -62,27 +61,14 @@ def admin_caller(request: Request, records: RecordsDep) -> Principal:
 AdminPage = Annotated[Principal, Depends(admin_caller)]
 
 
-def _gen_tps(job: Job) -> float | None:
-    return job.completion_tokens / job.generate_seconds if job.generate_seconds else None
-
-
-def _duration(job: Job) -> float | None:
-    end = job.completed_at or job.cancelled_at or job.expired_at or job.failed_at
-    start = job.in_progress_at
-    if start is None:
-        return None
-    if end is None:
-        end = now()
-    return (end - start).total_seconds()
-
-
 def _row(job: Job) -> dict[str, Any]:
     done = job.request_completed + job.request_failed
+    rates = throughput(job)
     return {
-        "batch": job,
+        "job": job,
         "progress": round(100 * done / job.request_total, 1) if job.request_total else 0.0,
-        "tokens_per_second": _gen_tps(job),
-        "duration": _duration(job),
+        "tokens_per_second": rates.generation_tokens_per_second,
+        "duration": rates.end_to_end_seconds,
     }
 
 
@@ -170,7 +156,7 @@ def jobs(
 def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
     job = records.get_job(job_id)
     runs = records.windows(job_id)
-    series = batch_series(runs)
+    series = window_series(runs)
     cumulative, total = [], 0
     for point in series:
         total += point["completion_tokens"]
@@ -188,7 +174,7 @@ def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep) -
 
 
 @router.get("/throughput", response_class=HTMLResponse)
-def throughput(request: Request, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
+def throughput_page(request: Request, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
     batches = [b for b in records.list_all_jobs(None, None, JOBS_PAGE) if b.generate_seconds > 0][::-1]
     return _page(request, "throughput.html", caller, rows=[_row(b) for b in batches])
 

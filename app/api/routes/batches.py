@@ -14,7 +14,7 @@ from app.jobs.create import Owner, create_job, dry_run, record_estimate
 from app.jobs.finalize import finalize_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
-from app.jobs.stats import batch_series, job_stats
+from app.jobs.stats import job_stats, window_series
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -65,7 +65,7 @@ def stats(batch_id: str, caller: CallerDep, records: RecordsDep) -> dict[str, An
     """Throughput of a batch: totals, rates, timings, output lengths and the per-batch series."""
     job = records.get_job(batch_id, caller.scope)
     runs = records.windows(batch_id)
-    return {**job_stats(job, runs), "batches": batch_series(runs)}
+    return {**job_stats(job, runs), "windows": window_series(runs)}
 
 
 @router.get(
