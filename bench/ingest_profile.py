@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from app.core.storage import LocalStore
-from app.jobs.lines import FileCheck
+from app.jobs.upload_check import FileCheck
 from app.jobs.uploads import CheckingReader, UploadLimits
 from bench.api_process import running_api
 from bench.common import BenchConfig

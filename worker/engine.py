@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from app.core.settings import Settings
 from app.jobs.lines import Request
 from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
-from app.jobs.prompts import prompt_token_ids
+from app.jobs.planning import prompt_token_ids
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from typing import TypeVar
 
 from app.core.backoff import retry_transient
@@ -102,16 +101,19 @@ class WorkerLoop:
             raise
         finally:
             self._current = None
-        last = self._patiently(
-            lambda: self.queue.finish_shard(shard, self.worker_id, stopped=outcome.stopped), "finishing the shard"
+        last = retry_transient(
+            lambda: self.queue.finish_shard(shard, self.worker_id, stopped=outcome.stopped),
+            what="finishing the shard",
+            give_up_after_seconds=self.lease_seconds,
         )
         if last:
-            self._patiently(lambda: finalize_job(self.records, self.queue, self.store, shard.job_id), "finalizing")
+            retry_transient(
+                lambda: finalize_job(self.records, self.queue, self.store, shard.job_id),
+                what="finalizing",
+                give_up_after_seconds=self.lease_seconds,
+            )
             log.info("finalized %s", shard.job_id)
         return True
-
-    def _patiently(self, action: Callable[[], T], what: str) -> T:
-        return retry_transient(action, what=what, give_up_after_seconds=self.lease_seconds)
 
     def _idle(self) -> None:
         if self.waker is not None:

@@ -11,7 +11,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,8 +23,7 @@ from app.data.models import JobStatus
 from app.data.queue import ClaimedShard, JobQueue, WindowResult
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
-from app.jobs.planning import plan_request
-from app.jobs.sampling import UnsupportedRequest
+from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from worker.engine import Engine
@@ -93,7 +92,9 @@ class ShardRunner:
         lines = resilient_lines(self.store, shard.input_key, self.lease_seconds)
         return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
 
-    def _prepare(self, shard: ClaimedShard, seq: int, chunk: list[tuple[int, bytes]]) -> PreparedWindow:
+    def _prepare(
+        self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]
+    ) -> PreparedWindow:
         window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
         for index, raw in chunk:
             try:
@@ -101,7 +102,7 @@ class ShardRunner:
                     raw,
                     index,
                     shard.endpoint,
-                    shard.sampling_defaults,
+                    defaults,
                     self.engine.prompt_token_ids,
                     self.engine.max_model_len,
                 )
@@ -168,7 +169,11 @@ class ShardRunner:
             if lines:
                 key = part_key(shard.job_id, shard.shard_index, window.seq, kind)
                 data = b"".join(lines)
-                self._patiently(partial(self.store.put_bytes, key, data), f"storing {key}")
+                retry_transient(
+                    partial(self.store.put_bytes, key, data),
+                    what=f"storing {key}",
+                    give_up_after_seconds=self.lease_seconds,
+                )
         result = WindowResult(
             first_line=window.first_line,
             next_line=window.next_line,
@@ -183,19 +188,17 @@ class ShardRunner:
             static_batches=generated.static_batches,
             engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
         )
-        return self._patiently(
+        return retry_transient(
             lambda: self.queue.record_window(shard, window.seq, self.worker_id, result, self.lease_seconds),
-            f"recording window {window.seq} of shard {shard.shard_index}",
+            what=f"recording window {window.seq} of shard {shard.shard_index}",
+            give_up_after_seconds=self.lease_seconds,
         )
-
-    def _patiently(self, action: Callable[[], T], what: str) -> T:
-        """Rides out a storage or database outage shorter than the lease."""
-        return retry_transient(action, what=what, give_up_after_seconds=self.lease_seconds)
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
         # Length-aware packing reads a window of several static batches at a time.
-        window_lines = batch_size * max(1, int(shard.sampling_defaults.get("pack_window") or 1))
+        defaults = JobDefaults.model_validate(shard.sampling_defaults)
+        window_lines = batch_size * (defaults.pack_window or 1)
         lines = self._input_lines(shard)
         chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
         seqs = itertools.count(shard.windows_done)
@@ -204,7 +207,7 @@ class ShardRunner:
 
             def prepare_next() -> Future[PreparedWindow] | None:
                 chunk = next(chunks, None)
-                return preparer.submit(self._prepare, shard, next(seqs), chunk) if chunk else None
+                return preparer.submit(self._prepare, shard, defaults, next(seqs), chunk) if chunk else None
 
             pending_prep = prepare_next()
             pending_write: Future[JobStatus] | None = None

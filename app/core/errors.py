@@ -47,9 +47,3 @@ class Conflict(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "file_too_large"
-
-
-class StorageUnavailable(ServiceError):
-    status_code = 503
-    error_type = "server_error"
-    code = "storage_unavailable"

@@ -17,7 +17,9 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.estimate import estimate_job
-from app.jobs.lines import ENDPOINTS, endpoint_mismatch
+from app.jobs.lines import ENDPOINTS
+from app.jobs.planning import JobDefaults
+from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class CheckedSpec:
     source: FileRecord
     model: str
     batch_size: int
-    sampling_defaults: dict[str, Any]
+    defaults: JobDefaults
     file_errors: list[dict[str, Any]] = field(default_factory=list)  # line-numbered: the job fails as a whole
 
 
@@ -78,16 +80,16 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
     errors.sort(key=lambda e: e.get("line") or 0)
     if source.line_count == 0:
         errors = [{"code": "empty_file", "message": "The input file has no lines.", "param": "input_file_id"}]
-    defaults: dict[str, Any] = {"max_tokens": spec.max_tokens or settings.default_max_tokens}
-    if spec.truncate_prompts:
-        defaults["truncate_prompts"] = True
-    if spec.pack_by_length:
-        defaults["pack_window"] = settings.packing_window_batches
+    defaults = JobDefaults(
+        max_tokens=spec.max_tokens or settings.default_max_tokens,
+        truncate_prompts=spec.truncate_prompts,
+        pack_window=settings.packing_window_batches if spec.pack_by_length else None,
+    )
     return CheckedSpec(
         source=source,
         model=model,
         batch_size=spec.batch_size or settings.batch_size,
-        sampling_defaults=defaults,
+        defaults=defaults,
         file_errors=errors[: settings.max_reported_errors],
     )
 
@@ -114,7 +116,7 @@ def create_job(
         model=checked.model,
         batch_size=checked.batch_size,
         status=JobStatus.FAILED if checked.file_errors else JobStatus.QUEUED,
-        sampling_defaults=checked.sampling_defaults,
+        sampling_defaults=checked.defaults.as_json(),
         metadata_=spec.metadata,
         errors=checked.file_errors or None,
         request_total=checked.source.line_count,
@@ -157,7 +159,7 @@ def _estimate(
         settings,
         itertools.islice(lines, max_lines) if max_lines else lines,
         endpoint=endpoint,
-        defaults=checked.sampling_defaults,
+        defaults=checked.defaults,
         model=checked.model,
         batch_size=checked.batch_size,
         total_lines=checked.source.line_count,
@@ -170,7 +172,7 @@ def record_estimate(records: Records, store: ObjectStore, settings: Settings, jo
     try:
         job = records.get_job(job_id)
         source = records.get_file(job.input_file_id)
-        checked = CheckedSpec(source, job.model, job.batch_size, job.sampling_defaults)
+        checked = CheckedSpec(source, job.model, job.batch_size, JobDefaults.model_validate(job.sampling_defaults))
         estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_max_lines)
         records.set_estimate(job_id, estimate)
     except Exception:  # an estimate is a courtesy; the job runs without one

@@ -17,9 +17,7 @@ from app.core.settings import Settings
 from app.data.records import Records
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import plan_request
-from app.jobs.prompts import prompt_token_ids
-from app.jobs.sampling import UnsupportedRequest
+from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request, prompt_token_ids
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
@@ -42,7 +40,7 @@ def model_context_length(model: str, configured: int | None) -> int:
     return int(AutoConfig.from_pretrained(model).max_position_embeddings)
 
 
-def count_lines(lines: Iterable[bytes], endpoint: str, defaults: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> dict[str, Any]:
     """Plans every line; returns the counts and the lines that would fail, and why."""
     tokenizer = model_tokenizer(settings.model)
 
@@ -104,7 +102,7 @@ def estimate_job(
     lines: Iterable[bytes],
     *,
     endpoint: str,
-    defaults: dict[str, Any],
+    defaults: JobDefaults,
     model: str,
     batch_size: int,
     total_lines: int | None = None,

@@ -1,7 +1,10 @@
-"""From one input line to what the engine runs: parsed request, sampling, prompt ids.
+"""Request planning: from one input line to what the engine runs.
 
-The worker plans every line this way before a static batch; a dry run plans every
-line the same way, so what a dry run calls failing is exactly what would fail.
+Parse the line, map its OpenAI body to vLLM `SamplingParams` keyword arguments, render
+its prompt as token ids (chat template applied) and check it fits the context. The
+worker plans every line this way before a static batch, and a dry run plans every line
+the same way (on the same model's tokenizer), so what a dry run calls failing is
+exactly what would fail, and both count the same tokens.
 """
 
 from __future__ import annotations
@@ -10,8 +13,102 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.jobs.lines import Request, parse_line
-from app.jobs.sampling import UnsupportedRequest, max_tokens_of, sampling_kwargs
+from pydantic import BaseModel, ConfigDict
+
+from app.jobs.lines import ChatBody, CompletionBody, Request, parse_line
+
+
+class JobDefaults(BaseModel):
+    """What a job sets for all its lines (stored on the job as `sampling_defaults`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    max_tokens: int  # for lines that give none
+    truncate_prompts: bool = False  # keep a too-long prompt's end instead of failing the line
+    pack_window: int | None = None  # length-aware packing: static batches per window
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_defaults=True) | {"max_tokens": self.max_tokens}
+
+
+# Fields that change nothing in an offline batch, accepted with these values.
+TOLERATED = {"stream": (False, None), "user": None, "store": None, "service_tier": None}
+
+
+class UnsupportedRequest(ValueError):
+    """A well-formed request this service cannot honour; it becomes one error line."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def max_tokens_of(body: CompletionBody | ChatBody, defaults: JobDefaults) -> int:
+    if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
+        return body.max_completion_tokens
+    return body.max_tokens or defaults.max_tokens
+
+
+def _refuse_unknown(body: CompletionBody | ChatBody) -> None:
+    for name, value in (body.model_extra or {}).items():
+        allowed = TOLERATED.get(name, ())
+        if name in TOLERATED and (allowed is None or value in allowed):
+            continue
+        raise UnsupportedRequest(f"Unsupported parameter '{name}' (value {value!r}) in an offline batch.", param=name)
+
+
+def _structured_output(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise UnsupportedRequest("response_format.json_schema.schema must be a JSON object.", "response_format")
+        return {"json": schema}
+    raise UnsupportedRequest(f"Unsupported response_format type {kind!r}.", param="response_format.type")
+
+
+def _logprobs(body: CompletionBody | ChatBody) -> int | None:
+    if isinstance(body, ChatBody):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise UnsupportedRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs
+
+
+def sampling_kwargs(body: CompletionBody | ChatBody, defaults: JobDefaults) -> dict[str, Any]:
+    """Keyword arguments for `SamplingParams`; `structured_outputs` is a dict the engine
+    turns into `StructuredOutputsParams`."""
+    _refuse_unknown(body)
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens_of(body, defaults), "n": body.n}
+    optional = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logprobs": _logprobs(body),
+        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
+        "structured_outputs": _structured_output(body.response_format) if body.response_format else None,
+    }
+    kwargs.update({name: value for name, value in optional.items() if value is not None})
+    return kwargs
+
+
+def prompt_token_ids(tokenizer: Any, request: Request) -> list[int]:
+    body = request.body
+    if isinstance(body, ChatBody):
+        messages: list[Any] = [{"role": m.role, "content": m.text()} for m in body.messages]
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer.encode(str(rendered), add_special_tokens=False))
+    if isinstance(body.prompt, list):
+        return list(body.prompt)
+    return list(tokenizer.encode(body.prompt))
 
 
 @dataclass(frozen=True)
@@ -26,7 +123,7 @@ def plan_request(
     raw: bytes,
     index: int,
     endpoint: str,
-    defaults: dict[str, Any],
+    defaults: JobDefaults,
     tokenize: Callable[[Request], list[int]],
     max_model_len: int,
 ) -> PlannedRequest:
@@ -36,7 +133,7 @@ def plan_request(
     sampling = sampling_kwargs(request.body, defaults)
     ids = tokenize(request)
     completion = max_tokens_of(request.body, defaults)
-    if defaults.get("truncate_prompts") and completion < max_model_len:
+    if defaults.truncate_prompts and completion < max_model_len:
         ids = ids[-(max_model_len - completion) :]  # keep the end, as vLLM's own truncation does
     wanted = len(ids) + completion
     if wanted > max_model_len:

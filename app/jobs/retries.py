@@ -23,6 +23,7 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, create_job
 from app.jobs.output_lines import custom_id_of
+from app.jobs.planning import JobDefaults
 from app.jobs.uploads import UploadLimits, store_upload
 
 
@@ -89,16 +90,17 @@ def retry_failed(
         purpose="batch",
         limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
     )
+    defaults = JobDefaults.model_validate(parent.sampling_defaults)
     spec = JobSpec(
         input_file_id=retry_file.id,
         endpoint=parent.endpoint,
         model=parent.model,
         batch_size=overrides.batch_size or parent.batch_size,
-        max_tokens=parent.sampling_defaults.get("max_tokens"),
+        max_tokens=defaults.max_tokens,
         priority=parent.priority if overrides.priority is None else overrides.priority,
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
-        truncate_prompts=overrides.truncate_prompts or bool(parent.sampling_defaults.get("truncate_prompts")),
-        pack_by_length=bool(parent.sampling_defaults.get("pack_window")),
+        truncate_prompts=overrides.truncate_prompts or defaults.truncate_prompts,
+        pack_by_length=defaults.pack_window is not None,
     )
     return create_job(records, queue, settings, spec, Owner(parent.owner, scope=None), parent_job_id=parent.id)
 

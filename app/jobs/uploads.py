@@ -11,7 +11,7 @@ from app.core.storage import LineSplitter, ObjectStore
 from app.data.ids import new_id
 from app.data.models import FileRecord
 from app.data.records import Records
-from app.jobs.lines import FileCheck
+from app.jobs.upload_check import FileCheck
 
 
 @dataclass(frozen=True)

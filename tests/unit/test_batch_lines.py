@@ -7,7 +7,8 @@ import tracemalloc
 
 import pytest
 
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, ChatBody, FileCheck, LineError, parse_line
+from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, ChatBody, LineError, parse_line
+from app.jobs.upload_check import FileCheck
 
 
 def line(obj: object) -> bytes:
@@ -152,6 +153,6 @@ def test_the_file_check_keeps_about_ten_bytes_a_line() -> None:
 
 
 def test_past_the_suspect_ids_kept_a_duplicate_is_still_found_without_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.jobs.lines.SUSPECT_IDS_KEPT", 0)
+    monkeypatch.setattr("app.jobs.upload_check.SUSPECT_IDS_KEPT", 0)
     check = checked([line({"custom_id": i, "prompt": "p"}) for i in ["a", "b", "a"]])
     assert [(e["line"], e["message"]) for e in check.errors] == [(3, "duplicate custom_id (first on line 1)")]
