@@ -1,5 +1,7 @@
-"""Shared fixtures: a database per test cloned from a migrated template, storage on a
-local folder or on moto's S3 server over HTTP, and one real vLLM engine per run."""
+"""Fixtures every tier that touches a database shares: a database per test cloned from a
+migrated template, moto's S3 server over HTTP, and the demo model. Unit tests use none
+of them; the in-process API, storage backends and the engine live in
+tests/integration/conftest.py, the processes in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -12,19 +14,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from app.api.main import create_app
 from app.core.database import Database
 from app.core.migrations import upgrade
-from app.core.settings import Settings
-from app.core.storage import LocalStore, ObjectStore, S3Store
-from app.data.keys import create_key
+from app.core.storage import S3Store
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-from worker.engine import VllmEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -123,85 +119,12 @@ def s3_endpoint(moto_server: MotoServer) -> str:
 
 
 @pytest.fixture
-def local_store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "storage")
-
-
-@pytest.fixture
 def s3_store(s3_endpoint: str) -> S3Store:
     store = S3Store(f"bucket-{uuid.uuid4().hex[:8]}", "jobs", endpoint_url=s3_endpoint)
     store.ensure_bucket()
     return store
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest) -> ObjectStore:
-    """Each storage backend in turn."""
-    fixture = "local_store" if request.param == "local" else "s3_store"
-    result: ObjectStore = request.getfixturevalue(fixture)
-    return result
-
-
-def make_settings(database_url: str, store: ObjectStore, **overrides: object) -> Settings:
-    if isinstance(store, S3Store):
-        storage_url = f"s3://{store.bucket}/{store.prefix}"
-        endpoint = store.client.meta.endpoint_url
-    else:
-        assert isinstance(store, LocalStore)
-        storage_url, endpoint = f"file://{store.root}", None
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "storage_url": storage_url,
-        "s3_endpoint_url": endpoint,
-        "model": str(DEMO_MODEL),
-        "max_model_len": 256,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def settings(database_url: str, store: ObjectStore) -> Settings:
-    return make_settings(database_url, store)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
-    application = create_app(settings)
-    with TestClient(application):  # runs the lifespan once for every client below
-        yield application
-
-
-def client_for(app: FastAPI, records: Records, owner: str, *, admin: bool = False) -> TestClient:
-    _, secret = create_key(records, owner, admin=admin)
-    return TestClient(app, headers={"Authorization": f"Bearer {secret}"})
-
-
-@pytest.fixture
-def client(app: FastAPI, records: Records) -> TestClient:
-    """A user's client (owner "alice")."""
-    return client_for(app, records, "alice")
-
-
-@pytest.fixture
-def other_client(app: FastAPI, records: Records) -> TestClient:
-    """Another owner's client ("bob")."""
-    return client_for(app, records, "bob")
-
-
-@pytest.fixture
-def admin_client(app: FastAPI, records: Records) -> TestClient:
-    return client_for(app, records, "ops", admin=True)
-
-
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     return ensure_demo_model(DEMO_MODEL)
-
-
-@pytest.fixture(scope="session")
-def engine(demo_model: Path) -> Iterator[VllmEngine]:
-    """The real vLLM engine on the demo model, loaded once per test run."""
-    vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
-    yield vllm_engine
-    vllm_engine.shutdown()

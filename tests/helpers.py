@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.core.database import Database
@@ -14,6 +15,10 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from worker.engine import Engine
 from worker.loop import WorkerLoop
+
+# Where storage matters (uploads, parts, the final join, downloads), a test runs on both
+# backends: a local folder and S3 over HTTP (moto). Elsewhere the `store` is local.
+both_stores = pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:

@@ -32,9 +32,13 @@ def start_embedded_postgres(var_dir: Path) -> tuple[str, Any]:
 
 
 def database_url(settings: Settings) -> str:
-    """DATABASE_URL, or the embedded server's URL (started or joined) when it is unset."""
+    """DATABASE_URL, or the embedded server's URL (started or joined, and migrated to the
+    newest schema) when it is unset."""
     if settings.database_url:
         return settings.database_url
+    from app.core.migrations import upgrade
+
     url, server = start_embedded_postgres(settings.var_dir)
     _handles.append(server)
+    upgrade(url)
     return url

@@ -208,13 +208,11 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from app.core.database import Database
     from app.core.embedded_postgres import database_url
-    from app.core.migrations import upgrade
     from app.core.settings import get_settings
     from app.data.keys import create_key
     from app.data.records import Records
 
     url = database_url(get_settings())
-    upgrade(url)  # a fresh embedded database gets its tables; a migrated one is left as it is
     db = Database(url)
     try:
         records = Records(db)

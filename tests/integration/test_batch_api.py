@@ -11,7 +11,9 @@ from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.expiry import expire_overdue
-from tests.helpers import completion_line, create_batch, download, jsonl, upload
+from tests.helpers import both_stores, completion_line, create_batch, download, jsonl, upload
+
+pytestmark = both_stores
 
 
 def make_batches(client: TestClient, count: int) -> list[str]:

@@ -15,11 +15,22 @@ from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.expiry import expire_overdue
-from tests.helpers import chat_line, completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
+from tests.helpers import (
+    both_stores,
+    chat_line,
+    completion_line,
+    create_batch,
+    download,
+    jsonl,
+    run_worker_until_idle,
+    upload,
+)
 from worker.engine import VllmEngine
 from worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.engine
+
+pytestmark = both_stores
 
 
 def test_every_line_comes_back_in_input_order(

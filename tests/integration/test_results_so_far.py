@@ -9,13 +9,24 @@ from sqlalchemy import text
 from app.core.database import Database
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from tests.conftest import make_settings
-from tests.helpers import completion_line, create_batch, download, jsonl, read_jsonl, run_worker_until_idle, upload
+from tests.helpers import (
+    both_stores,
+    completion_line,
+    create_batch,
+    download,
+    jsonl,
+    read_jsonl,
+    run_worker_until_idle,
+    upload,
+)
+from tests.integration.conftest import make_settings
 from worker.engine import VllmEngine
 
 pytestmark = pytest.mark.engine
 
 TOO_LONG = "word " * 400  # longer than the test model's 256-token context
+
+pytestmark = both_stores
 
 
 @pytest.fixture

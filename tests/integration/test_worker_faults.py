@@ -14,7 +14,7 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.uploads import UploadLimits, store_upload
 from tests.fakes import FakeEngine
-from tests.helpers import completion_line, create_batch, download, jsonl, upload
+from tests.helpers import both_stores, completion_line, create_batch, download, jsonl, upload
 from worker.loop import WorkerLoop
 from worker.shard_runner import EngineFailed
 
@@ -79,6 +79,7 @@ class BreaksOff(io.RawIOBase):
         return self._data.read(min(size if size > 0 else 1 << 20, 64 * 1024))
 
 
+@both_stores
 def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(records: Records, store: ObjectStore) -> None:
     data = jsonl([completion_line(f"r{i}", "x" * 100) for i in range(5000)])
     limits = UploadLimits(max_bytes=10**9, max_lines=10**7, max_errors=10)
@@ -94,6 +95,7 @@ def test_an_upload_cut_off_midway_leaves_no_record_and_no_object(records: Record
         assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
 
 
+@both_stores
 def test_an_upload_over_the_size_limit_leaves_nothing(records: Records, store: ObjectStore) -> None:
     limits = UploadLimits(max_bytes=1000, max_lines=10, max_errors=10)
     with pytest.raises(PayloadTooLarge):

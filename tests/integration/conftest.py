@@ -1,0 +1,93 @@
+"""The in-process tier: the API app with its clients, storage backends (local by default;
+tests where storage matters ask for both), and one real vLLM engine per run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.core.settings import Settings
+from app.core.storage import LocalStore, ObjectStore, S3Store
+from app.data.keys import create_key
+from app.data.records import Records
+from tests.conftest import DEMO_MODEL
+from worker.engine import VllmEngine
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "storage")
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> ObjectStore:
+    """Local storage, or each backend in turn where a test (or module) says
+    `@both_stores` (tests.helpers)."""
+    fixture = "s3_store" if getattr(request, "param", "local") == "s3" else "local_store"
+    result: ObjectStore = request.getfixturevalue(fixture)
+    return result
+
+
+def make_settings(database_url: str, store: ObjectStore, **overrides: object) -> Settings:
+    if isinstance(store, S3Store):
+        storage_url = f"s3://{store.bucket}/{store.prefix}"
+        endpoint = store.client.meta.endpoint_url
+    else:
+        assert isinstance(store, LocalStore)
+        storage_url, endpoint = f"file://{store.root}", None
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "storage_url": storage_url,
+        "s3_endpoint_url": endpoint,
+        "model": str(DEMO_MODEL),
+        "max_model_len": 256,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, store: ObjectStore) -> Settings:
+    return make_settings(database_url, store)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    with TestClient(application):  # runs the lifespan once for every client below
+        yield application
+
+
+def client_for(app: FastAPI, records: Records, owner: str, *, admin: bool = False) -> TestClient:
+    _, secret = create_key(records, owner, admin=admin)
+    return TestClient(app, headers={"Authorization": f"Bearer {secret}"})
+
+
+@pytest.fixture
+def client(app: FastAPI, records: Records) -> TestClient:
+    """A user's client (owner "alice")."""
+    return client_for(app, records, "alice")
+
+
+@pytest.fixture
+def other_client(app: FastAPI, records: Records) -> TestClient:
+    """Another owner's client ("bob")."""
+    return client_for(app, records, "bob")
+
+
+@pytest.fixture
+def admin_client(app: FastAPI, records: Records) -> TestClient:
+    return client_for(app, records, "ops", admin=True)
+
+
+@pytest.fixture(scope="session")
+def engine(demo_model: Path) -> Iterator[VllmEngine]:
+    """The real vLLM engine on the demo model, loaded once per test run."""
+    vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
+    yield vllm_engine
+    vllm_engine.shutdown()
