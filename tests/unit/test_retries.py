@@ -1,0 +1,45 @@
+"""A batch's merged output: its own answers with its retries' answers filled in."""
+
+from __future__ import annotations
+
+import json
+
+from app.jobs.retries import _digest, _merge
+
+
+def request(custom_id: str) -> bytes:
+    return json.dumps({"custom_id": custom_id, "prompt": "p"}).encode()
+
+
+def answer(custom_id: str, text: str) -> bytes:
+    return json.dumps({"custom_id": custom_id, "response": text}).encode()
+
+
+def merged(ids: list[str], own: list[bytes], retried: list[bytes]) -> list[bytes]:
+    answered = {_digest(json.loads(line)["custom_id"]): line for line in retried}
+    return list(_merge([request(i) for i in ids], iter(own), answered))
+
+
+def test_the_batchs_own_answers_come_out_in_input_order_with_newlines() -> None:
+    own = [answer("a", "1"), answer("b", "2"), answer("c", "3")]
+    assert merged(["a", "b", "c"], own, []) == [line + b"\n" for line in own]
+
+
+def test_a_retried_answer_fills_the_gap_at_its_input_position() -> None:
+    own = [answer("a", "1"), answer("c", "3")]
+    assert merged(["a", "b", "c"], own, [answer("b", "retry")]) == [
+        answer("a", "1") + b"\n",
+        answer("b", "retry") + b"\n",
+        answer("c", "3") + b"\n",
+    ]
+
+
+def test_a_line_nobody_answered_is_left_out() -> None:
+    got = merged(["a", "b", "c"], [answer("a", "1")], [answer("c", "retry")])
+    assert got == [answer("a", "1") + b"\n", answer("c", "retry") + b"\n"]
+
+
+def test_retried_answers_are_found_by_the_digest_of_their_custom_id() -> None:
+    answered = {_digest("b"): answer("b", "retry"), _digest("x"): answer("x", "other")}
+    assert list(_merge([request("b")], iter([]), answered)) == [answer("b", "retry") + b"\n"]
+    assert _digest("b") != _digest("c") and len(_digest("b")) == 16
