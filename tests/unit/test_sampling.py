@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, parse_line
-from app.jobs.sampling import UnsupportedRequest, sampling_kwargs
+from app.jobs.planning import JobDefaults, UnsupportedRequest, sampling_kwargs
 
-DEFAULTS = {"max_tokens": 64}
+DEFAULTS = JobDefaults(max_tokens=64)
 
 
 def kwargs_of(endpoint: str, **fields: Any) -> dict[str, Any]:
