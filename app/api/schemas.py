@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.data.models import FileRecord, Job, JobStatus
-from app.jobs.create import JobSpec
+from app.jobs.create import DryRun, JobSpec
+from app.jobs.estimate import JobEstimate
 from app.jobs.lines import ENDPOINTS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import throughput
@@ -187,7 +188,7 @@ class BatchObject(BaseModel):
     usage: dict[str, Any]
     queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
     throughput: dict[str, Any]
-    estimate: dict[str, Any] | None = Field(
+    estimate: JobEstimate | None = Field(
         default=None, description="lines, prompt tokens, requested output tokens and ETA, counted when queued"
     )
     parent_batch_id: str | None = Field(default=None, description="the batch whose failed lines this one retries")
@@ -234,41 +235,32 @@ class BatchObject(BaseModel):
                 "tensor_parallel_size": job.tensor_parallel_size,
                 "workers": workers,
             },
-            estimate=job.estimate,
+            estimate=JobEstimate.model_validate(job.estimate) if job.estimate else None,
             parent_batch_id=job.parent_job_id,
             child_batch_ids=children,
         )
 
 
-class FailingLine(BaseModel):
-    line: int
-    custom_id: str
-    code: str
-    param: str | None
-    message: str
-
-
-class BatchEstimate(BaseModel):
+class BatchEstimate(JobEstimate):
     """A dry run's answer: what the batch would do. Nothing is queued."""
 
     object: Literal["batch.estimate"] = "batch.estimate"
     input_file_id: str
     endpoint: str
     model: str
-    batch_size: int
     would_fail: bool = Field(description="the file breaks the input format, so the batch would fail as a whole")
     file_errors: list[dict[str, Any]]
-    lines: int
-    runnable_lines: int
-    prompt_tokens: int = Field(description="counted with the model's tokenizer, chat template applied")
-    requested_output_tokens: int = Field(description="the sum of every runnable line's max_tokens times n")
-    failing_lines: int = Field(description="lines that would go to the error file")
-    failing: list[FailingLine] = Field(description="the first of them, with the reason")
-    context_length: int
-    eta_seconds: float | None = Field(description="null when no worker has measured this model at this batch size")
-    basis: str = Field(description="where the ETA comes from")
-    tokens_per_second_per_worker: float | None = None
-    ready_workers: int
+
+    @classmethod
+    def of(cls, run: DryRun) -> BatchEstimate:
+        return cls(
+            **run.estimate.model_dump(),
+            input_file_id=run.input_file_id,
+            endpoint=run.endpoint,
+            model=run.model,
+            would_fail=bool(run.file_errors),
+            file_errors=run.file_errors,
+        )
 
 
 class BatchList(_Page):

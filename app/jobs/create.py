@@ -16,7 +16,7 @@ from app.data.ids import new_id, now
 from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.jobs.estimate import estimate_job
+from app.jobs.estimate import JobEstimate, estimate_job
 from app.jobs.lines import ENDPOINTS
 from app.jobs.planning import JobDefaults
 from app.jobs.upload_check import endpoint_mismatch
@@ -48,6 +48,17 @@ class Owner:
 
     name: str
     scope: str | None
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a job would do; nothing is queued."""
+
+    input_file_id: str
+    endpoint: str
+    model: str
+    file_errors: list[dict[str, Any]]  # the file breaks the format: the job would fail as a whole
+    estimate: JobEstimate
 
 
 @dataclass(frozen=True)
@@ -128,21 +139,17 @@ def create_job(
     return queue.create_job(job, settings.shard_size)
 
 
-def dry_run(
-    records: Records, store: ObjectStore, settings: Settings, spec: JobSpec, scope: str | None
-) -> dict[str, Any]:
+def dry_run(records: Records, store: ObjectStore, settings: Settings, spec: JobSpec, scope: str | None) -> DryRun:
     """What the job would do, without queueing it: every line planned as the worker
     would, tokens counted with the model's tokenizer, and an ETA."""
     checked = check_spec(records, settings, spec, scope)
-    return {
-        "object": "batch.estimate",
-        "input_file_id": checked.source.id,
-        "endpoint": spec.endpoint,
-        "model": checked.model,
-        "would_fail": bool(checked.file_errors),
-        "file_errors": checked.file_errors,
-        **_estimate(records, store, settings, checked, spec.endpoint),
-    }
+    return DryRun(
+        input_file_id=checked.source.id,
+        endpoint=spec.endpoint,
+        model=checked.model,
+        file_errors=checked.file_errors,
+        estimate=_estimate(records, store, settings, checked, spec.endpoint),
+    )
 
 
 def _estimate(
@@ -152,7 +159,7 @@ def _estimate(
     checked: CheckedSpec,
     endpoint: str,
     max_lines: int | None = None,
-) -> dict[str, Any]:
+) -> JobEstimate:
     lines = read_lines(store, checked.source.storage_key)
     return estimate_job(
         records,
@@ -174,6 +181,6 @@ def record_estimate(records: Records, store: ObjectStore, settings: Settings, jo
         source = records.get_file(job.input_file_id)
         checked = CheckedSpec(source, job.model, job.batch_size, JobDefaults.model_validate(job.sampling_defaults))
         estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_max_lines)
-        records.set_estimate(job_id, estimate)
+        records.set_estimate(job_id, estimate.model_dump(mode="json"))
     except Exception:  # an estimate is a courtesy; the job runs without one
         log.exception("could not estimate %s", job_id)

@@ -13,6 +13,8 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from app.core.settings import Settings
 from app.data.records import Records
 from app.jobs.lines import LineError, Request
@@ -40,7 +42,41 @@ def model_context_length(model: str, configured: int | None) -> int:
     return int(AutoConfig.from_pretrained(model).max_position_embeddings)
 
 
-def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> dict[str, Any]:
+class FailingLine(BaseModel):
+    """A line that would go to the error file, and why."""
+
+    line: int
+    custom_id: str
+    code: str
+    param: str | None
+    message: str
+
+
+class LineCounts(BaseModel):
+    lines: int = 0
+    runnable_lines: int = 0
+    prompt_tokens: int = Field(default=0, description="counted with the model's tokenizer, chat template applied")
+    requested_output_tokens: int = Field(default=0, description="the sum of every runnable line's max_tokens times n")
+    failing_lines: int = Field(default=0, description="lines that would go to the error file")
+    failing: list[FailingLine] = Field(default_factory=list, description="the first of them, with the reason")
+    context_length: int = 0
+    sampled_lines: int | None = Field(default=None, description="set when the counts were scaled up from this many")
+
+
+class Eta(BaseModel):
+    eta_seconds: float | None = Field(description="null when no worker has measured this model at this batch size")
+    basis: str = Field(description="where the ETA comes from")
+    tokens_per_second_per_worker: float | None = None
+    ready_workers: int
+
+
+class JobEstimate(LineCounts, Eta):
+    """Lines, prompt tokens, requested output tokens, failing lines and an ETA."""
+
+    batch_size: int
+
+
+def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
     """Plans every line; returns the counts and the lines that would fail, and why."""
     tokenizer = model_tokenizer(settings.model)
 
@@ -48,52 +84,47 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
         return prompt_token_ids(tokenizer, request)
 
     max_model_len = model_context_length(settings.model, settings.max_model_len)
-    counts = {"lines": 0, "runnable_lines": 0, "prompt_tokens": 0, "requested_output_tokens": 0, "failing_lines": 0}
-    failing: list[dict[str, Any]] = []
+    counts = LineCounts(context_length=max_model_len)
     for index, raw in enumerate(lines):
-        counts["lines"] += 1
+        counts.lines += 1
         try:
             planned = plan_request(raw, index, endpoint, defaults, tokenize, max_model_len)
         except (LineError, UnsupportedRequest) as err:
-            counts["failing_lines"] += 1
-            if len(failing) < settings.max_reported_errors:
+            counts.failing_lines += 1
+            if len(counts.failing) < settings.max_reported_errors:
                 code = err.code if isinstance(err, UnsupportedRequest) else "invalid_request"
-                failing.append(
-                    {
-                        "line": index + 1,
-                        "custom_id": custom_id_of(raw),
-                        "code": code,
-                        "param": err.param,
-                        "message": err.message,
-                    }
+                counts.failing.append(
+                    FailingLine(
+                        line=index + 1, custom_id=custom_id_of(raw), code=code, param=err.param, message=err.message
+                    )
                 )
             continue
-        counts["runnable_lines"] += 1
-        counts["prompt_tokens"] += len(planned.prompt)
-        counts["requested_output_tokens"] += planned.max_tokens * planned.request.body.n
-    return {**counts, "failing": failing, "context_length": max_model_len}
+        counts.runnable_lines += 1
+        counts.prompt_tokens += len(planned.prompt)
+        counts.requested_output_tokens += planned.max_tokens * planned.request.body.n
+    return counts
 
 
-def eta(records: Records, model: str, batch_size: int, output_tokens: int) -> dict[str, Any]:
+def eta(records: Records, model: str, batch_size: int, output_tokens: int) -> Eta:
     """Seconds to generate `output_tokens`, from the rate workers measured recently."""
     measured = records.measured_rate(model, batch_size, HISTORY_DAYS)
     workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
     if measured is None:
-        return {
-            "eta_seconds": None,
-            "basis": f"no history: no worker holding {model} has run a batch of size {batch_size} "
+        return Eta(
+            eta_seconds=None,
+            basis=f"no history: no worker holding {model} has run a batch of size {batch_size} "
             f"in the last {HISTORY_DAYS} days",
-            "ready_workers": workers,
-        }
+            ready_workers=workers,
+        )
     tokens_per_second, static_batches = measured
-    return {
-        "eta_seconds": round(output_tokens / (tokens_per_second * max(workers, 1)), 3),
-        "basis": f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
+    return Eta(
+        eta_seconds=round(output_tokens / (tokens_per_second * max(workers, 1)), 3),
+        basis=f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
         f"{tokens_per_second:.0f} generated tokens/s per worker, {max(workers, 1)} worker(s); "
         "an upper bound, as every line is counted at its max_tokens",
-        "tokens_per_second_per_worker": round(tokens_per_second, 1),
-        "ready_workers": workers,
-    }
+        tokens_per_second_per_worker=round(tokens_per_second, 1),
+        ready_workers=workers,
+    )
 
 
 def estimate_job(
@@ -106,15 +137,16 @@ def estimate_job(
     model: str,
     batch_size: int,
     total_lines: int | None = None,
-) -> dict[str, Any]:
+) -> JobEstimate:
     """The whole estimate: counts, failing lines and the ETA. When `lines` is the start of
     a file of `total_lines`, the counts are scaled up to the whole file (`sampled_lines`
     says how many were read)."""
     counted = count_lines(lines, endpoint, defaults, settings)
-    read = counted["lines"]
+    read = counted.lines
     if total_lines and 0 < read < total_lines:
         scale = total_lines / read
         for name in ("lines", "runnable_lines", "prompt_tokens", "requested_output_tokens", "failing_lines"):
-            counted[name] = round(counted[name] * scale)
-        counted["sampled_lines"] = read
-    return {**counted, "batch_size": batch_size, **eta(records, model, batch_size, counted["requested_output_tokens"])}
+            setattr(counted, name, round(getattr(counted, name) * scale))
+        counted.sampled_lines = read
+    timing = eta(records, model, batch_size, counted.requested_output_tokens)
+    return JobEstimate(**counted.model_dump(), **timing.model_dump(), batch_size=batch_size)

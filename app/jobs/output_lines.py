@@ -6,7 +6,9 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from app.jobs.lines import CHAT_COMPLETIONS, Request
 
@@ -70,55 +72,129 @@ def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
     }
 
 
-def _line(custom_id: str, status_code: int, body: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: dict[str, Any] | None
+    finish_reason: str
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: str
+
+
+class CompletionBody(BaseModel):
+    """A `chat.completion` or `text_completion` object, as OpenAI's API answers."""
+
+    id: str
+    object: Literal["chat.completion", "text_completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice] | list[TextChoice]
+    usage: Usage
+
+
+class RequestError(BaseModel):
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    error: RequestError
+
+
+class Response(BaseModel):
+    status_code: int
+    request_id: str
+    body: CompletionBody | ErrorBody
+
+
+class BatchLineError(BaseModel):
+    code: str
+    message: str
+
+
+class OutputLine(BaseModel):
+    """One line of the output or error file (OpenAI's batch output shape)."""
+
+    id: str
+    custom_id: str
+    response: Response | None
+    error: BatchLineError | None
+
+    def jsonl(self) -> bytes:
+        return self.model_dump_json().encode() + b"\n"
+
+
+def _line(custom_id: str, body: CompletionBody | ErrorBody | None, error: BatchLineError | None = None) -> bytes:
     request_id = uuid.uuid4().hex
-    response = {"status_code": status_code, "request_id": request_id, "body": body} if body is not None else None
-    record = {"id": f"batch_req_{request_id[:24]}", "custom_id": custom_id, "response": response, "error": error}
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    status = 200 if isinstance(body, CompletionBody) else 400
+    response = Response(status_code=status, request_id=request_id, body=body) if body is not None else None
+    return OutputLine(id=f"batch_req_{request_id[:24]}", custom_id=custom_id, response=response, error=error).jsonl()
 
 
 def success_line(request: Request, generation: Generation, model: str) -> bytes:
-    usage = {
-        "prompt_tokens": generation.prompt_tokens,
-        "completion_tokens": generation.completion_tokens,
-        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-    }
-    created = int(time.time())
     chat = request.endpoint == CHAT_COMPLETIONS
-    choices = []
-    for index, choice in enumerate(generation.choices):
-        logprobs = None
-        if choice.logprobs is not None:
-            logprobs = (_chat_logprobs if chat else _completion_logprobs)(choice.logprobs)
-        if chat:
-            message = {"role": "assistant", "content": choice.text}
-            choices.append(
-                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+    choices: list[ChatChoice] | list[TextChoice]
+    if chat:
+        choices = [
+            ChatChoice(
+                index=index,
+                message=ChatMessageOut(content=choice.text),
+                logprobs=_chat_logprobs(choice.logprobs) if choice.logprobs is not None else None,
+                finish_reason=choice.finish_reason,
             )
-        else:
-            choices.append(
-                {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+            for index, choice in enumerate(generation.choices)
+        ]
+    else:
+        choices = [
+            TextChoice(
+                index=index,
+                text=choice.text,
+                logprobs=_completion_logprobs(choice.logprobs) if choice.logprobs is not None else None,
+                finish_reason=choice.finish_reason,
             )
-    body = {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": model,
-        "choices": choices,
-        "usage": usage,
-    }
-    return _line(request.custom_id, 200, body, None)
+            for index, choice in enumerate(generation.choices)
+        ]
+    body = CompletionBody(
+        id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        object="chat.completion" if chat else "text_completion",
+        created=int(time.time()),
+        model=model,
+        choices=choices,
+        usage=Usage(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            total_tokens=generation.prompt_tokens + generation.completion_tokens,
+        ),
+    )
+    return _line(request.custom_id, body)
 
 
 def request_error_line(custom_id: str, message: str, param: str | None, code: str) -> bytes:
     """A request the model could not serve: HTTP 400 inside the response, as OpenAI does."""
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-    return _line(custom_id, 400, {"error": error}, None)
+    return _line(custom_id, ErrorBody(error=RequestError(message=message, param=param, code=code)))
 
 
 def batch_error_line(custom_id: str, message: str, code: str) -> bytes:
     """A line the batch never ran (cancelled, expired): `response` is null."""
-    return _line(custom_id, 0, None, {"code": code, "message": message})
+    return _line(custom_id, None, BatchLineError(code=code, message=message))
 
 
 def part_key(job_id: str, shard_index: int, seq: int, kind: str) -> str:

@@ -34,7 +34,7 @@ def create(
     With `dry_run: true`, nothing is queued: the answer is an estimate (lines, prompt
     tokens, requested output tokens, the lines that would fail and why, an ETA)."""
     if body.dry_run:
-        return BatchEstimate(**dry_run(records, store, settings, body.spec(), caller.scope))
+        return BatchEstimate.of(dry_run(records, store, settings, body.spec(), caller.scope))
     job = create_job(records, queue, settings, body.spec(), Owner(caller.owner, caller.scope))
     if job.status == JobStatus.QUEUED:
         background.add_task(record_estimate, records, store, settings, job.id)
