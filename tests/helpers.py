@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -56,6 +57,17 @@ def create_batch(client: TestClient, file_id: str, endpoint: str = "/v1/completi
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
+
+
+def wait_for_status(client: TestClient, batch_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    """Polls a batch until it shows `status` (the API's sweeper or a worker moves it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch: dict[str, Any] = client.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] == status or time.monotonic() > deadline:
+            assert batch["status"] == status, batch
+            return batch
+        time.sleep(0.05)
 
 
 def download(client: TestClient, file_id: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from app.core.storage import ObjectStore
 from app.data.models import Worker
 from app.data.queue import ClaimedShard, JobQueue
 from app.data.records import Records
-from app.jobs.finalize import finalize_job
+from app.jobs.finalize import finalize_next
 from worker.engine import Engine
 from worker.shard_runner import EngineFailed, ShardRunner, ShutdownRequested
 from worker.waker import Waker
@@ -51,6 +51,7 @@ class WorkerLoop:
         self.heartbeat_seconds = heartbeat_seconds
         self.poll_seconds = poll_seconds
         self.worker_id = worker_id or new_worker_id()
+        self.max_batch_attempts = max_batch_attempts
         self.stop_requested = threading.Event()
         self._current: ClaimedShard | None = None
         self.runner = ShardRunner(
@@ -81,7 +82,10 @@ class WorkerLoop:
                 log.exception("heartbeat failed")
 
     def run_once(self) -> bool:
-        """Claims and runs one shard; False when there was nothing to claim."""
+        """Finalizes a job that waits for it, or claims and runs one shard; False when there
+        was nothing to do."""
+        if self._finalize() is not None:
+            return True
         shard = self.queue.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
         if shard is None:
             return False
@@ -101,19 +105,30 @@ class WorkerLoop:
             raise
         finally:
             self._current = None
-        last = retry_transient(
+        all_closed = retry_transient(
             lambda: self.queue.finish_shard(shard, self.worker_id, stopped=outcome.stopped),
             what="finishing the shard",
             give_up_after_seconds=self.lease_seconds,
         )
-        if last:
-            retry_transient(
-                lambda: finalize_job(self.records, self.queue, self.store, shard.job_id),
-                what="finalizing",
-                give_up_after_seconds=self.lease_seconds,
-            )
-            log.info("finalized %s", shard.job_id)
+        if all_closed:  # this worker closed the job's last shard: it joins the results now
+            self._finalize(shard.job_id)
         return True
+
+    def _finalize(self, job_id: str | None = None) -> str | None:
+        """Finalizes one waiting job (or `job_id`); a failure leaves it to the next claimant."""
+        try:
+            return finalize_next(
+                self.records,
+                self.queue,
+                self.store,
+                self.worker_id,
+                self.lease_seconds,
+                self.max_batch_attempts,
+                job_id,
+            )
+        except Exception:
+            log.exception("finalization failed; it will be retried")
+            return None
 
     def _idle(self) -> None:
         if self.waker is not None:

@@ -13,6 +13,7 @@ from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.jobs.sweeper import Sweeper
 
 # The trivial dependencies are `async def`: a sync one costs a thread-pool hop per request.
 
@@ -37,10 +38,16 @@ async def get_store(request: Request) -> ObjectStore:
     return store
 
 
+async def get_sweeper(request: Request) -> Sweeper:
+    sweeper: Sweeper = request.app.state.sweeper
+    return sweeper
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RecordsDep = Annotated[Records, Depends(get_records)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
+SweeperDep = Annotated[Sweeper, Depends(get_sweeper)]
 
 
 bearer = HTTPBearer(auto_error=False, description="an API key made with `llm-batch keys create`")

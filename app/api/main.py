@@ -19,7 +19,7 @@ from app.core.settings import Settings, get_settings
 from app.core.storage import open_store
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.jobs.expiry import ExpirySweeper
+from app.jobs.sweeper import Sweeper
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,7 +35,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
-        sweeper = ExpirySweeper(app.state.records, app.state.queue, app.state.store, settings.expiry_sweep_seconds)
+        sweeper = Sweeper(
+            app.state.records,
+            app.state.queue,
+            app.state.store,
+            interval_seconds=settings.sweep_seconds,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_batch_attempts,
+        )
+        app.state.sweeper = sweeper
         sweeper.start()
         yield
         sweeper.stop()

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
-    expiry_sweep_seconds: float = Field(default=30.0, gt=0, description="how often the API expires overdue batches")
+    sweep_seconds: float = Field(
+        default=5.0, gt=0, description="how often each API process expires overdue jobs and finalizes waiting ones"
+    )
     packing_window_batches: int = Field(
         default=8, ge=2, description="static batches per window that length-aware packing sorts (pack_by_length)"
     )

@@ -80,6 +80,13 @@ class FileRecord(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "ix_jobs_to_finalize",
+            "finalize_lease_expires_at",
+            postgresql_where=text("status IN ('finalizing', 'cancelling', 'expiring')"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128), index=True, default="")
@@ -114,6 +121,11 @@ class Job(Base):
     in_progress_at: Mapped[datetime | None] = mapped_column(nullable=True)
     first_window_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finalizing_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Finalization (the join, or ending a cancelled or expired job) is leased work: the
+    # finalizer holds the job until its lease runs out, so a dead one is replaced.
+    finalizer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    finalize_lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finalize_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     expired_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -19,7 +19,6 @@ from app.core.database import Database
 from app.core.errors import Conflict, NotFound
 from app.data.ids import now
 from app.data.models import (
-    TERMINAL_STATUSES,
     FileRecord,
     Job,
     JobStatus,
@@ -132,6 +131,56 @@ CLAIM_SHARD_SQL = text(
 )
 
 
+# Statuses of a job whose shards are closed (or closing) and that waits for its finalizer.
+FINALIZING_STATUSES = (JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.EXPIRING)
+
+STOP_ABANDONED_SHARDS_SQL = text(
+    """
+    -- A cancelled or expired job's running shard whose worker died will never be resumed
+    -- (the shard claim takes only runnable jobs): it stops where its last window left it.
+    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL
+    FROM jobs j
+    WHERE j.id = s.job_id AND s.status = 'running' AND s.lease_expires_at < now()
+      AND j.status IN ('cancelling', 'expiring')
+    """
+)
+
+CLAIM_FINALIZATION_SQL = text(
+    """
+    WITH candidate AS (
+        -- A job waiting for its finalizer, or whose finalizer's lease ran out, with no
+        -- shard left open. ix_jobs_to_finalize holds only such jobs. SKIP LOCKED: many
+        -- finalizers (workers, API sweepers) claim at once without waiting on each other.
+        SELECT j.id
+        FROM jobs j
+        WHERE j.status IN ('finalizing', 'cancelling', 'expiring')
+          AND (j.finalize_lease_expires_at IS NULL OR j.finalize_lease_expires_at < now())
+          AND (CAST(:job_id AS text) IS NULL OR j.id = :job_id)
+          AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job_id = j.id AND s.status IN ('queued', 'running'))
+        ORDER BY j.finalize_lease_expires_at NULLS FIRST, j.created_at
+        LIMIT 1
+        FOR UPDATE OF j SKIP LOCKED
+    )
+    -- Take the lease; finalizing_at shows when the first finalizer started.
+    UPDATE jobs j
+    SET finalizer_id = :finalizer_id, finalize_attempts = j.finalize_attempts + 1,
+        finalize_lease_expires_at = now() + make_interval(secs => :lease_seconds),
+        finalizing_at = coalesce(j.finalizing_at, now())
+    FROM candidate
+    WHERE j.id = candidate.id
+    RETURNING j.id, j.finalize_attempts
+    """
+)
+
+
+@dataclass(frozen=True)
+class Finalization:
+    """A claimed finalization: the job, and how many claims it has had (this one included)."""
+
+    job_id: str
+    attempts: int
+
+
 class JobQueue:
     """Every statement that moves a job or a shard through its states."""
 
@@ -160,54 +209,90 @@ class JobQueue:
                 session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # wakes idle workers at commit
         return job
 
-    def request_cancel(self, job_id: str, scope: str | None) -> tuple[Job, bool]:
-        """Queued work stops at once, running shards at their next batch boundary.
-        Returns the batch and whether the caller must finalize it now (no shard runs)."""
+    def request_cancel(self, job_id: str, scope: str | None) -> Job:
+        """Records the intent, nothing more: queued shards stop at once, running ones at
+        their next window boundary, and whoever claims the job's finalization ends it."""
         with self.db.session() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or not visible_to(scope, job.owner):
                 raise NotFound("batch", job_id)
             status = JobStatus(job.status)
             if status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
-                return job, False
+                return job
             if status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
                 raise Conflict(f"Cannot cancel a batch that is {status.value}.")
             job.status = JobStatus.CANCELLING
             job.cancelling_at = now()
-            return job, self._stop_shards(session, job)
+            self._stop_waiting_shards(session, job.id)
+            return job
 
     def expire_due(self) -> list[str]:
-        """Moves batches past their expires_at to `expiring`; returns those the caller
-        must finalize now (no shard is running)."""
-        to_finalize = []
+        """Moves jobs past their expires_at to `expiring` (they end at their next window
+        boundary, or at once when nothing runs); returns their ids."""
         with self.db.session() as session:
-            due = session.scalars(
-                select(Job)
-                .where(Job.status.in_([JobStatus.QUEUED, JobStatus.IN_PROGRESS]), Job.expires_at < func.now())
-                .with_for_update(skip_locked=True)
+            due = list(
+                session.scalars(
+                    select(Job)
+                    .where(Job.status.in_([JobStatus.QUEUED, JobStatus.IN_PROGRESS]), Job.expires_at < func.now())
+                    .with_for_update(skip_locked=True)
+                )
             )
             for job in due:
                 job.status = JobStatus.EXPIRING
-                if self._stop_shards(session, job):
-                    to_finalize.append(job.id)
-        return to_finalize
+                self._stop_waiting_shards(session, job.id)
+            return [job.id for job in due]
 
     @staticmethod
-    def _stop_shards(session: Session, job: Job) -> bool:
-        """Stops the shards nobody holds; True when none runs, so finalization is due now
-        (and this caller owns it: finalizing_at marks the one finalizer)."""
+    def _stop_waiting_shards(session: Session, job_id: str) -> None:
         session.execute(
             update(Shard)
-            .where(Shard.job_id == job.id, Shard.status == ShardStatus.QUEUED)
+            .where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
             .values(status=ShardStatus.STOPPED)
         )
-        running = session.scalar(
-            select(func.count()).select_from(Shard).where(Shard.job_id == job.id, Shard.status == ShardStatus.RUNNING)
-        )
-        if running or job.finalizing_at is not None:
-            return False
-        job.finalizing_at = now()
-        return True
+        session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # an idle worker may finalize it now
+
+    # Finalization: leased like shards.
+
+    def claim_finalization(
+        self, finalizer_id: str, lease_seconds: float, job_id: str | None = None
+    ) -> Finalization | None:
+        """The next job whose shards are all closed and that waits to be joined or ended
+        (`job_id`: only that one), with a lease on it. A running shard of a cancelled or
+        expired job whose worker died is stopped where it got to first."""
+        with self.db.engine.begin() as conn:
+            conn.execute(STOP_ABANDONED_SHARDS_SQL)
+            row = conn.execute(
+                CLAIM_FINALIZATION_SQL, {"finalizer_id": finalizer_id, "lease_seconds": lease_seconds, "job_id": job_id}
+            ).one_or_none()
+            return Finalization(job_id=row.id, attempts=row.finalize_attempts) if row is not None else None
+
+    def renew_finalization(self, job_id: str, finalizer_id: str, lease_seconds: float) -> bool:
+        with self.db.session() as session:
+            renewed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.finalizer_id == finalizer_id, Job.status.in_(FINALIZING_STATUSES))
+                .values(finalize_lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
+                .returning(Job.id)
+            ).first()
+            return renewed is not None
+
+    def release_finalization(self, job_id: str, finalizer_id: str) -> None:
+        """Gives the job back after a failed attempt; the next sweep tries again."""
+        with self.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.finalizer_id == finalizer_id, Job.status.in_(FINALIZING_STATUSES))
+                .values(finalize_lease_expires_at=func.now())
+            )
+
+    def fail_finalization(self, job_id: str, finalizer_id: str, message: str) -> None:
+        """Ends a job whose finalization keeps failing as `failed`, with the reason."""
+        with self.db.session() as session:
+            job = self._held(session, job_id, finalizer_id)
+            job.status = JobStatus.FAILED
+            job.failed_at = now()
+            job.errors = [*(job.errors or []), {"code": "finalization_failed", "message": message, "param": None}]
+            job.finalize_lease_expires_at = None
 
     # The worker's side.
 
@@ -316,15 +401,17 @@ class JobQueue:
             session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
 
     def finish_shard(self, shard: ClaimedShard, worker_id: str, stopped: bool) -> bool:
-        """Marks the shard done (or stopped); True when this was the batch's last open
-        shard, so the caller must finalize the batch."""
+        """Marks the shard done (or stopped); when no shard of its job is left open, the job
+        waits for finalization (claimed with `claim_finalization`). Safe to retry: a
+        second call finds the shard already closed. Returns whether the job's shards are
+        all closed."""
         with self.db.session() as session:
-            # Lock the batch so exactly one worker sees "no shard left".
+            # Lock the job so two workers closing its last shards agree on "no shard left".
             job = session.get(Job, shard.job_id, with_for_update=True)
             assert job is not None
             session.execute(
                 update(Shard)
-                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id)
+                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
                 .values(status=ShardStatus.STOPPED if stopped else ShardStatus.DONE, lease_expires_at=None)
             )
             session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
@@ -333,24 +420,27 @@ class JobQueue:
                 .select_from(Shard)
                 .where(Shard.job_id == shard.job_id, Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING]))
             )
-            if open_shards or job.finalizing_at is not None or JobStatus(job.status) in TERMINAL_STATUSES:
+            if open_shards:
                 return False
-            if job.status not in (JobStatus.CANCELLING, JobStatus.EXPIRING):
+            if job.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS):
                 job.status = JobStatus.FINALIZING
-            job.finalizing_at = now()
+                job.finalizing_at = now()
             return True
 
-    def complete_job(self, job_id: str, output: FileRecord, errors: FileRecord | None, unrun_lines: int) -> None:
-        """Stores the joined output files and ends the batch (completed, or cancelled).
-        The output file exists even when empty; the error file only when a line failed."""
+    def complete_job(
+        self, job_id: str, finalizer_id: str, output: FileRecord, errors: FileRecord | None, unrun_lines: int
+    ) -> None:
+        """Stores the joined output files and ends the job (completed, cancelled or expired),
+        if `finalizer_id` still holds its finalization (else FinalizationLost). The output
+        file exists even when empty; the error file only when a line failed."""
         with self.db.session() as session:
+            job = self._held(session, job_id, finalizer_id)
             session.add_all([output] + ([errors] if errors else []))
             session.flush()
-            job = session.get(Job, job_id, with_for_update=True)
-            assert job is not None
             job.output_file_id = output.id
             job.error_file_id = errors.id if errors else None
             job.request_failed += unrun_lines
+            job.finalize_lease_expires_at = None
             if job.status == JobStatus.CANCELLING:
                 job.status = JobStatus.CANCELLED
                 job.cancelled_at = now()
@@ -361,6 +451,14 @@ class JobQueue:
                 job.status = JobStatus.COMPLETED
                 job.completed_at = now()
 
+    @staticmethod
+    def _held(session: Session, job_id: str, finalizer_id: str) -> Job:
+        """The job, locked, if this finalizer still holds it."""
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.finalizer_id != finalizer_id or job.status not in FINALIZING_STATUSES:
+            raise FinalizationLost(job_id)
+        return job
+
 
 class LeaseLost(RuntimeError):
     """The shard was taken over by another worker (this one's lease ran out)."""
@@ -368,3 +466,11 @@ class LeaseLost(RuntimeError):
     def __init__(self, shard_id: int) -> None:
         super().__init__(f"lease on shard {shard_id} was lost")
         self.shard_id = shard_id
+
+
+class FinalizationLost(RuntimeError):
+    """Another process took the job's finalization over (this one's lease ran out)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"finalization of {job_id} was taken over")
+        self.job_id = job_id

@@ -1,18 +1,29 @@
-"""Joins a batch's parts into one output file and one error file, in input order."""
+"""Finalization: a job's parts joined into one output file and one error file, in input
+order, and the job ended (completed, cancelled or expired).
+
+Finalization is leased work, claimed like a shard: whoever finalizes (the worker that
+closed a job's last shard, an idle worker, the API's sweeper) holds a lease it renews
+while it works. If it dies at any instruction, the lease runs out and another process
+starts over; only the holder of the lease may end the job, so a late one changes nothing.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 
 from app.core.storage import ChunkReader, ObjectStore, read_lines
 from app.data.ids import new_id
 from app.data.models import FileRecord, JobStatus
-from app.data.queue import JobQueue
+from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.stats import job_stats, window_series
 from app.jobs.uploads import CheckingReader
+
+log = logging.getLogger(__name__)
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
 EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")
@@ -23,7 +34,8 @@ def unrun_reason(status: JobStatus) -> tuple[str, str]:
     return EXPIRED_REASON if status in (JobStatus.EXPIRING, JobStatus.EXPIRED) else CANCELLED_REASON
 
 
-def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: str) -> None:
+def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: str, finalizer_id: str) -> None:
+    """Joins and ends one job whose finalization `finalizer_id` holds."""
     job = records.get_job(job_id)
     runs = records.windows(job_id)
     shards = records.shards(job_id)
@@ -53,7 +65,64 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
         f"batches/{job_id}/stats.json",
         json.dumps({**job_stats(job, runs), "windows": window_series(runs)}, indent=2).encode(),
     )
-    queue.complete_job(job_id, output, errors, unrun)
+    queue.complete_job(job_id, finalizer_id, output, errors, unrun)
+
+
+def finalize_next(
+    records: Records,
+    queue: JobQueue,
+    store: ObjectStore,
+    finalizer_id: str,
+    lease_seconds: float,
+    max_attempts: int,
+    job_id: str | None = None,
+) -> str | None:
+    """Claims the next job waiting for finalization (or `job_id` only) and finalizes it,
+    renewing the lease meanwhile. Returns the job's id, or None when nothing waits. A job
+    whose finalization failed `max_attempts` times ends `failed`."""
+    claim = queue.claim_finalization(finalizer_id, lease_seconds, job_id)
+    if claim is None:
+        return None
+    if claim.attempts > max_attempts:
+        message = f"Joining the results failed {claim.attempts - 1} times; see the service's logs."
+        queue.fail_finalization(claim.job_id, finalizer_id, message)
+        log.error("gave up finalizing %s after %d attempts", claim.job_id, claim.attempts - 1)
+        return claim.job_id
+    with _LeaseKept(lambda: queue.renew_finalization(claim.job_id, finalizer_id, lease_seconds), lease_seconds):
+        try:
+            finalize_job(records, queue, store, claim.job_id, finalizer_id)
+        except FinalizationLost:
+            log.warning("finalization of %s was taken over by another process", claim.job_id)
+        except Exception:
+            queue.release_finalization(claim.job_id, finalizer_id)
+            raise
+    log.info("finalized %s", claim.job_id)
+    return claim.job_id
+
+
+class _LeaseKept:
+    """Renews a lease from a thread every third of its length while the block runs."""
+
+    def __init__(self, renew: Callable[[], bool], lease_seconds: float) -> None:
+        self._renew = renew
+        self._interval = lease_seconds / 3
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                if not self._renew():
+                    return  # taken over: the commit will be refused
+            except Exception:  # a brief outage; the next beat retries
+                log.warning("could not renew a finalization lease", exc_info=True)
 
 
 class _LineCursor:

@@ -18,6 +18,7 @@ from tests.helpers import (
     read_jsonl,
     run_worker_until_idle,
     upload,
+    wait_for_status,
 )
 from tests.integration.conftest import make_settings
 from worker.engine import VllmEngine
@@ -100,7 +101,8 @@ def test_a_cancelled_batch_ends_with_its_unrun_lines(
 ) -> None:
     batch = create_batch(client, upload(client, jsonl(rows_with_failures(25)))["id"], batch_size=5)
     run_worker_until_idle(engine, settings, store, max_shards=1)
-    assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] in ("cancelling", "cancelled")
+    wait_for_status(client, batch["id"], "cancelled")
 
     lines, cursor, complete = results(client, batch["id"])
     assert ids(lines) == [f"r{i}" for i in range(25)] and cursor == 25 and complete

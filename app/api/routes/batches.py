@@ -7,11 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CallerDep, QueueDep, RecordsDep, SettingsDep, StoreDep
+from app.api.deps import CallerDep, QueueDep, RecordsDep, SettingsDep, StoreDep, SweeperDep
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
 from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job, dry_run, record_estimate
-from app.jobs.finalize import finalize_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import job_stats, window_series
@@ -129,10 +128,9 @@ def merged(batch_id: str, caller: CallerDep, records: RecordsDep, store: StoreDe
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
-def cancel(batch_id: str, caller: CallerDep, records: RecordsDep, queue: QueueDep, store: StoreDep) -> BatchObject:
-    """Cancel: the batch stops at its next static-batch boundary and keeps what it did."""
-    job, finalize_now = queue.request_cancel(batch_id, caller.scope)
-    if finalize_now:  # nothing runs, so nobody else will join its files
-        finalize_job(records, queue, store, batch_id)
-        job = records.get_job(batch_id)
+def cancel(batch_id: str, caller: CallerDep, queue: QueueDep, sweeper: SweeperDep) -> BatchObject:
+    """Cancel: the batch answers `cancelling` at once, stops at its next window boundary and
+    ends `cancelled` with what it did (its output so far, the rest in the error file)."""
+    job = queue.request_cancel(batch_id, caller.scope)
+    sweeper.poke()  # with nothing running, this process ends it now; else its worker does
     return BatchObject.of(job)

@@ -1,0 +1,78 @@
+"""The sweeper: a thread in each API process that moves overdue jobs to `expiring` and
+finalizes jobs that wait for it (a cancelled job with nothing running, a job whose
+finalizer died). Workers finalize too; the sweeper is what makes every job end even
+when no worker is up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from app.core.storage import ObjectStore
+from app.data.queue import JobQueue
+from app.data.records import Records
+from app.jobs.finalize import finalize_next
+
+log = logging.getLogger(__name__)
+
+MAX_FINALIZATIONS_PER_SWEEP = 100  # the rest wait for the next sweep (or a worker)
+
+
+def sweep(
+    records: Records, queue: JobQueue, store: ObjectStore, finalizer_id: str, lease_seconds: float, max_attempts: int
+) -> list[str]:
+    """One sweep: expire what is overdue, then finalize what waits. Returns the finalized ids."""
+    for job_id in queue.expire_due():
+        log.info("%s is past its completion window: expiring", job_id)
+    finalized: list[str] = []
+    while len(finalized) < MAX_FINALIZATIONS_PER_SWEEP:
+        done = finalize_next(records, queue, store, finalizer_id, lease_seconds, max_attempts)
+        if done is None:
+            break
+        finalized.append(done)
+    return finalized
+
+
+class Sweeper:
+    """Runs `sweep` every `interval_seconds` on a daemon thread; `poke` runs one sooner."""
+
+    def __init__(
+        self,
+        records: Records,
+        queue: JobQueue,
+        store: ObjectStore,
+        *,
+        interval_seconds: float,
+        lease_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._args = (records, queue, store, f"api-{socket.gethostname()}-{os.getpid()}", lease_seconds, max_attempts)
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._poked = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Sweeps now (a cancel was recorded) instead of at the next interval."""
+        self._poked.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poked.set()
+        self._thread.join(timeout=self._interval)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poked.wait(self._interval)
+            self._poked.clear()
+            if self._stop.is_set():
+                return
+            try:
+                sweep(*self._args)
+            except Exception:  # the database may be briefly away; the next sweep retries
+                log.exception("sweep failed")
