@@ -6,13 +6,18 @@ from typing import Any
 
 from app.jobs.lines import ChatBody, Request
 from app.jobs.output_lines import Choice, Generation
+from app.jobs.planning import ModelLimits
+from worker.engine import RequestRejected
 
 
 class FakeEngine:
-    """Echoes prompts; raises on any batch holding a prompt that contains `poison`."""
+    """Echoes prompts; dies on any batch holding a prompt that contains `poison`, and refuses
+    (as vLLM refuses a request, the engine running on) any batch holding `REFUSED`."""
+
+    REFUSED = b"REFUSED"
 
     model_name = "demo-llama"
-    max_model_len = 256
+    limits = ModelLimits(max_model_len=256, vocab_size=256)  # prompts are their UTF-8 bytes
     tensor_parallel_size = 1
     kv_cache_tokens = None
 
@@ -26,8 +31,13 @@ class FakeEngine:
         text = " ".join(m.text() for m in body.messages) if isinstance(body, ChatBody) else str(body.prompt)
         return list(text.encode())
 
+    def check(self, sampling: dict[str, Any]) -> None:
+        pass
+
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         self.calls.append(len(prompts))
+        if any(self.REFUSED in bytes(p) for p in prompts):
+            raise RequestRejected("a request the engine refuses")
         self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
         if self.poison and any(self.poison.encode() in bytes(p) for p in prompts):
             raise RuntimeError("engine died")

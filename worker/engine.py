@@ -14,24 +14,33 @@ from typing import Any, Protocol
 from app.core.settings import Settings
 from app.jobs.lines import Request
 from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
-from app.jobs.planning import prompt_token_ids
+from app.jobs.planning import ModelLimits, prompt_token_ids
 
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 512 << 20  # without a GPU: plenty for the demo model, small beside RAM
 
 
+class RequestRejected(ValueError):
+    """The engine refused a request of a static batch; the engine itself is fine, so the
+    batch can be split to find the request (a dead engine raises anything else)."""
+
+
 class Engine(Protocol):
     model_name: str
-    max_model_len: int
+    limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The request's prompt as the model sees it (chat template applied)."""
 
+    def check(self, sampling: dict[str, Any]) -> None:
+        """Raises RequestRejected for sampling parameters the engine would refuse."""
+
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
-        """One static batch: every prompt in one `generate` call."""
+        """One static batch: every prompt in one `generate` call. RequestRejected when the
+        engine refuses one of them (it runs none then)."""
 
 
 def has_cuda() -> bool:
@@ -63,7 +72,11 @@ class VllmEngine:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = settings.model_name
-        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        model_config = self.llm.llm_engine.model_config
+        self.limits = ModelLimits(
+            max_model_len=int(model_config.max_model_len),
+            vocab_size=max(int(model_config.get_vocab_size()), len(self.tokenizer)),
+        )
         self.tensor_parallel_size = settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
         self.kv_cache_tokens = (cache.num_gpu_blocks or 0) * cache.block_size or None
@@ -71,18 +84,51 @@ class VllmEngine:
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+    def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
-        params = []
-        for kwargs in sampling:
-            structured = kwargs.get("structured_outputs")
-            if structured is not None:
-                kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
-            params.append(SamplingParams(**kwargs))
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        structured = kwargs.get("structured_outputs")
+        if structured is not None:
+            kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
+        try:
+            return SamplingParams(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise RequestRejected(str(exc)) from exc
+
+    def check(self, sampling: dict[str, Any]) -> None:
+        """What vLLM checks when a request is added (logprobs, stop tokens, structured output
+        grammar, ...), asked before the request joins a static batch."""
+        from vllm.exceptions import VLLMClientError
+
+        params = self._sampling_params(sampling)
+        processor = self.llm.llm_engine.input_processor
+        try:
+            params.verify(
+                processor.model_config,
+                processor.speculative_config,
+                processor.structured_outputs_config,
+                processor.tokenizer,
+            )
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected(str(exc)) from exc
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        params = [self._sampling_params(kwargs) for kwargs in sampling]
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            # Raised while the requests were added: vLLM took none of them (it aborts the ones
+            # already added), and the engine runs on.
+            raise RequestRejected(str(exc)) from exc
+        except OverflowError as exc:
+            # A number too large to send to the engine core (a seed past 64 bits, say): the
+            # request is registered but never sent, and would hang the next call. Drop it.
+            self.llm.llm_engine.abort_request(list(self.llm.llm_engine.output_processor.request_states), internal=True)
+            raise RequestRejected(str(exc)) from exc
         return [
             Generation(
                 prompt_tokens=len(out.prompt_token_ids or []),

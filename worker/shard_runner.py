@@ -26,7 +26,7 @@ from app.jobs.output_lines import Generation, custom_id_of, part_key, request_er
 from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
-from worker.engine import Engine
+from worker.engine import Engine, RequestRejected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,18 +99,23 @@ class ShardRunner:
         for index, raw in chunk:
             try:
                 planned = plan_request(
-                    raw,
-                    index,
-                    shard.endpoint,
-                    defaults,
-                    self.engine.prompt_token_ids,
-                    self.engine.max_model_len,
+                    raw, index, shard.endpoint, defaults, self.engine.prompt_token_ids, self.engine.limits
                 )
+                self.engine.check(planned.sampling)
             except LineError as err:  # the file changed since upload; still answer per line
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
             except UnsupportedRequest as err:
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
+                continue
+            except RequestRejected as err:
+                message = f"The engine refuses this request: {err}"
+                window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
+                continue
+            except Exception as err:  # whatever else a line can do, it costs only that line
+                log.exception("could not prepare line %d of %s", index + 1, shard.job_id)
+                message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
+                window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
                 continue
             window.runnable.append(planned.request)
             window.prompts.append(planned.prompt)
@@ -123,22 +128,46 @@ class ShardRunner:
         do not wait for long ones; the generations come back in input order."""
         if not window.prompts:
             return Generated([], None, 0)
-        kv_cache_tokens = self.engine.kv_cache_tokens
-        if len(window.prompts) <= batch_size:
-            generations = self.engine.generate(window.prompts, window.sampling)
-            return Generated(generations, batch_telemetry(generations, kv_cache_tokens), 1)
-        by_length = sorted(
-            range(len(window.prompts)), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i]))
-        )
-        in_order: list[Generation | None] = [None] * len(window.prompts)
+        count = len(window.prompts)
+        if count <= batch_size:
+            groups = [list(range(count))]
+        else:
+            by_length = sorted(range(count), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i])))
+            groups = [by_length[start : start + batch_size] for start in range(0, count, batch_size)]
+        in_order: list[Generation | None] = [None] * count
+        refused: dict[int, str] = {}
         telemetry: list[EngineTelemetry | None] = []
-        for start in range(0, len(by_length), batch_size):
-            group = by_length[start : start + batch_size]
-            generated = self.engine.generate([window.prompts[i] for i in group], [window.sampling[i] for i in group])
-            for index, generation in zip(group, generated, strict=True):
-                in_order[index] = generation
-            telemetry.append(batch_telemetry(generated, kv_cache_tokens))
+        for group in groups:
+            for positions, outcome in self._static_batches(window, group):
+                if isinstance(outcome, str):
+                    refused[positions[0]] = outcome
+                    continue
+                for position, generation in zip(positions, outcome, strict=True):
+                    in_order[position] = generation
+                telemetry.append(batch_telemetry(outcome, self.engine.kv_cache_tokens))
+        _set_refused_aside(window, refused)
         return Generated([g for g in in_order if g is not None], combine(telemetry), len(telemetry))
+
+    def _static_batches(
+        self, window: PreparedWindow, positions: list[int]
+    ) -> Iterator[tuple[list[int], list[Generation] | str]]:
+        """Runs the window's requests at `positions` as one static batch. When the engine
+        refuses a request, the batch is split in two and each half run again, until the
+        refused request stands alone: it gets the engine's reason, the rest run."""
+        try:
+            generated = self.engine.generate(
+                [window.prompts[i] for i in positions], [window.sampling[i] for i in positions]
+            )
+        except RequestRejected as refusal:
+            if len(positions) == 1:
+                yield positions, str(refusal)
+                return
+            log.warning("the engine refused a request among %d; splitting the static batch", len(positions))
+            middle = len(positions) // 2
+            yield from self._static_batches(window, positions[:middle])
+            yield from self._static_batches(window, positions[middle:])
+            return
+        yield positions, generated
 
     def _set_aside(self, window: PreparedWindow, attempts: int) -> PreparedWindow:
         """A window that killed the engine on every try: its lines become error lines."""
@@ -240,6 +269,15 @@ class ShardRunner:
         if pending_prep is not None and not cut_short:
             raise ShutdownRequested
         return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
+
+
+def _set_refused_aside(window: PreparedWindow, refused: dict[int, str]) -> None:
+    """Moves the requests the engine refused (by position) to the window's error lines."""
+    for position in sorted(refused, reverse=True):
+        request = window.runnable.pop(position)
+        del window.prompts[position], window.sampling[position]
+        message = f"The engine refused this request: {refused[position]}"
+        window.errors[request.index] = request_error_line(request.custom_id, message, None, "invalid_request")
 
 
 class ShutdownRequested(Exception):

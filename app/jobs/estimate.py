@@ -19,7 +19,7 @@ from app.core.settings import Settings
 from app.data.records import Records
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request, prompt_token_ids
+from app.jobs.planning import JobDefaults, ModelLimits, UnsupportedRequest, plan_request, prompt_token_ids
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
@@ -34,12 +34,16 @@ def model_tokenizer(model: str) -> Any:
 
 
 @functools.lru_cache(maxsize=2)
-def model_context_length(model: str, configured: int | None) -> int:
-    if configured:
-        return configured
+def model_limits(model: str, configured_context: int | None) -> ModelLimits:
+    """The context length (the setting, else the model's) and the vocabulary size (the
+    larger of the model's and the tokenizer's, as vLLM takes it)."""
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(model).max_position_embeddings)
+    config = AutoConfig.from_pretrained(model)
+    return ModelLimits(
+        max_model_len=configured_context or int(config.max_position_embeddings),
+        vocab_size=max(int(getattr(config, "vocab_size", 0) or 0), len(model_tokenizer(model))),
+    )
 
 
 class FailingLine(BaseModel):
@@ -83,12 +87,12 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
     def tokenize(request: Request) -> list[int]:
         return prompt_token_ids(tokenizer, request)
 
-    max_model_len = model_context_length(settings.model, settings.max_model_len)
-    counts = LineCounts(context_length=max_model_len)
+    limits = model_limits(settings.model, settings.max_model_len)
+    counts = LineCounts(context_length=limits.max_model_len)
     for index, raw in enumerate(lines):
         counts.lines += 1
         try:
-            planned = plan_request(raw, index, endpoint, defaults, tokenize, max_model_len)
+            planned = plan_request(raw, index, endpoint, defaults, tokenize, limits)
         except (LineError, UnsupportedRequest) as err:
             counts.failing_lines += 1
             if len(counts.failing) < settings.max_reported_errors:

@@ -119,19 +119,46 @@ class PlannedRequest:
     max_tokens: int  # per choice
 
 
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the model accepts, for checks vLLM would otherwise make while the whole
+    static batch waits (one refused request fails the whole `generate` call)."""
+
+    max_model_len: int  # prompt and completion tokens
+    vocab_size: int  # token ids run from 0 to vocab_size - 1
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
+
+
 def plan_request(
     raw: bytes,
     index: int,
     endpoint: str,
     defaults: JobDefaults,
     tokenize: Callable[[Request], list[int]],
-    max_model_len: int,
+    limits: ModelLimits,
 ) -> PlannedRequest:
     """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
-    model cannot serve (an unknown field, a prompt too long for the context)."""
+    model cannot serve (an unknown field, a token id out of the vocabulary, a seed out of
+    range, a prompt too long for the context)."""
+    max_model_len = limits.max_model_len
     request = parse_line(raw, index, endpoint)
     sampling = sampling_kwargs(request.body, defaults)
+    seed = request.body.seed
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise UnsupportedRequest(f"seed {seed} is out of range: it must fit in a signed 64-bit integer.", "seed")
     ids = tokenize(request)
+    if not ids:
+        raise UnsupportedRequest("The prompt is empty: give at least one token.", param="prompt")
+    outside = [token for token in ids if not 0 <= token < limits.vocab_size]
+    if outside:
+        raise UnsupportedRequest(
+            f"Token id {outside[0]} is out of vocabulary: this model's token ids run from 0 to "
+            f"{limits.vocab_size - 1}.",
+            param="prompt",
+            code="invalid_token_id",
+        )
     completion = max_tokens_of(request.body, defaults)
     if defaults.truncate_prompts and completion < max_model_len:
         ids = ids[-(max_model_len - completion) :]  # keep the end, as vLLM's own truncation does
