@@ -8,6 +8,13 @@ COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
+# Run unprivileged (numeric USER: runtimes such as Kubernetes runAsNonRoot can check
+# it is not root). The code and packages stay root-owned (read-only to the app); only
+# var/ (VAR_DIR, unused when DATABASE_URL and STORAGE_URL are set) is the app's.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-log-init --create-home --home-dir /home/app app \
+    && mkdir -p /srv/var && chown app:app /srv/var
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"

@@ -14,5 +14,14 @@ COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install .
+# Run unprivileged (numeric USER: runtimes such as Kubernetes runAsNonRoot can check
+# it is not root). The code and packages stay root-owned (read-only to the app); the app
+# owns var/ and its home, where the Hugging Face cache (compose mounts a volume at HF_HOME;
+# a fresh volume takes this ownership) and vLLM's compile caches live.
+ENV HF_HOME=/home/app/.cache/huggingface
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-log-init --create-home --home-dir /home/app app \
+    && mkdir -p "$HF_HOME" /srv/var && chown -R app:app /home/app /srv/var
+USER 10001:10001
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "worker"]
