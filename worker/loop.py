@@ -11,8 +11,9 @@ from typing import TypeVar
 
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore
+from app.data.claims import ClaimedShard
 from app.data.models import Worker
-from app.data.queue import ClaimedShard, JobQueue
+from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.finalize import finalize_next
 from worker.engine import Engine

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore, resilient_lines
+from app.data.claims import ClaimedShard
 from app.data.models import JobStatus
-from app.data.queue import ClaimedShard, JobQueue, WindowResult
+from app.data.queue import JobQueue, WindowResult
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
 from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request

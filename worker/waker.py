@@ -8,7 +8,7 @@ import threading
 
 import psycopg
 
-from app.data.queue import WORK_CHANNEL
+from app.data.claims import WORK_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ class BatchCreate(BaseModel):
     endpoint: str = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
     metadata: Metadata = None
-    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first")
+    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
     model: str | None = Field(default=None, description="model to run; default: the one the workers hold")

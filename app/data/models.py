@@ -167,6 +167,17 @@ class Shard(Base):
     # The job's claim order, copied here so one index serves the claim.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     job_created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    owner: Mapped[str] = mapped_column(String(128), default="", server_default="")  # whose turn it is
+
+
+class OwnerTurn(Base):
+    """When an owner's work was last claimed: claims go to the least recently served owner
+    first (within a priority), so one owner's thousand jobs do not hold everyone else back."""
+
+    __tablename__ = "owner_turns"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_claimed_at: Mapped[datetime]
 
 
 class Window(Base):

@@ -17,6 +17,15 @@ from sqlalchemy.orm import Session
 
 from app.core.database import Database
 from app.core.errors import Conflict, NotFound
+from app.data.claims import (
+    CLAIM_FINALIZATION_SQL,
+    CLAIM_SHARD_SQL,
+    FINALIZING_STATUSES,
+    STOP_ABANDONED_SHARDS_SQL,
+    WORK_CHANNEL,
+    ClaimedShard,
+    Finalization,
+)
 from app.data.ids import now
 from app.data.models import (
     FileRecord,
@@ -28,22 +37,6 @@ from app.data.models import (
     Worker,
 )
 from app.data.records import visible_to
-
-
-@dataclass(frozen=True)
-class ClaimedShard:
-    shard_id: int
-    job_id: str
-    shard_index: int
-    next_line: int
-    end_line: int
-    windows_done: int
-    attempts: int  # claims since the shard last made progress
-    input_key: str
-    endpoint: str
-    batch_size: int
-    sampling_defaults: dict[str, Any]
-    model: str
 
 
 @dataclass(frozen=True)
@@ -62,123 +55,6 @@ class WindowResult:
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
     static_batches: int = 1  # generate calls in this window
     engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
-
-
-WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
-
-# The claim, in one round trip.
-CLAIM_SHARD_SQL = text(
-    """
-    WITH stale AS (
-        -- First, a shard whose worker's lease ran out (it died or lost its machine):
-        -- resuming it lets its job finish. ix_shards_running_lease holds one row per
-        -- busy worker, so this is cheap.
-        SELECT s.id
-        FROM shards s
-        JOIN jobs j ON j.id = s.job_id
-        WHERE s.status = 'running' AND s.lease_expires_at < now()
-          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-        ORDER BY s.lease_expires_at
-        LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED
-    ),
-    waiting AS (
-        -- Else the first waiting shard of the highest-priority, oldest runnable job for
-        -- this model. The order is ix_shards_claim_order's, so the scan stops at the first
-        -- shard it may take instead of sorting the queue. SKIP LOCKED lets many workers
-        -- claim at once without waiting on each other.
-        SELECT s.id
-        FROM shards s
-        JOIN jobs j ON j.id = s.job_id
-        WHERE s.status = 'queued'
-          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-        ORDER BY s.priority DESC, s.job_created_at, s.job_id, s.index
-        LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED
-    ),
-    candidate AS (
-        -- `waiting` is only read (and its row only locked) when `stale` is empty.
-        SELECT id FROM stale UNION ALL SELECT id FROM waiting LIMIT 1
-    ),
-    claimed AS (
-        -- Take the lease.
-        UPDATE shards s
-        SET status = 'running', worker_id = :worker_id, attempts = s.attempts + 1,
-            lease_expires_at = now() + make_interval(secs => :lease_seconds)
-        FROM candidate
-        WHERE s.id = candidate.id
-        RETURNING s.*
-    ),
-    started AS (
-        -- The first claim moves the job to in_progress.
-        UPDATE jobs j
-        SET status = 'in_progress', in_progress_at = coalesce(j.in_progress_at, now())
-        FROM claimed
-        WHERE j.id = claimed.job_id AND j.status = 'queued'
-        RETURNING j.id
-    ),
-    busy AS (
-        -- The worker shows what it holds.
-        UPDATE workers w SET current_shard_id = claimed.id FROM claimed WHERE w.id = :worker_id RETURNING w.id
-    )
-    SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
-           claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
-           j.batch_size, j.sampling_defaults, j.model
-    FROM claimed
-    JOIN jobs j ON j.id = claimed.job_id
-    JOIN files f ON f.id = j.input_file_id
-    """
-)
-
-
-# Statuses of a job whose shards are closed (or closing) and that waits for its finalizer.
-FINALIZING_STATUSES = (JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.EXPIRING)
-
-STOP_ABANDONED_SHARDS_SQL = text(
-    """
-    -- A cancelled or expired job's running shard whose worker died will never be resumed
-    -- (the shard claim takes only runnable jobs): it stops where its last window left it.
-    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL
-    FROM jobs j
-    WHERE j.id = s.job_id AND s.status = 'running' AND s.lease_expires_at < now()
-      AND j.status IN ('cancelling', 'expiring')
-    """
-)
-
-CLAIM_FINALIZATION_SQL = text(
-    """
-    WITH candidate AS (
-        -- A job waiting for its finalizer, or whose finalizer's lease ran out, with no
-        -- shard left open. ix_jobs_to_finalize holds only such jobs. SKIP LOCKED: many
-        -- finalizers (workers, API sweepers) claim at once without waiting on each other.
-        SELECT j.id
-        FROM jobs j
-        WHERE j.status IN ('finalizing', 'cancelling', 'expiring')
-          AND (j.finalize_lease_expires_at IS NULL OR j.finalize_lease_expires_at < now())
-          AND (CAST(:job_id AS text) IS NULL OR j.id = :job_id)
-          AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job_id = j.id AND s.status IN ('queued', 'running'))
-        ORDER BY j.finalize_lease_expires_at NULLS FIRST, j.created_at
-        LIMIT 1
-        FOR UPDATE OF j SKIP LOCKED
-    )
-    -- Take the lease; finalizing_at shows when the first finalizer started.
-    UPDATE jobs j
-    SET finalizer_id = :finalizer_id, finalize_attempts = j.finalize_attempts + 1,
-        finalize_lease_expires_at = now() + make_interval(secs => :lease_seconds),
-        finalizing_at = coalesce(j.finalizing_at, now())
-    FROM candidate
-    WHERE j.id = candidate.id
-    RETURNING j.id, j.finalize_attempts
-    """
-)
-
-
-@dataclass(frozen=True)
-class Finalization:
-    """A claimed finalization: the job, and how many claims it has had (this one included)."""
-
-    job_id: str
-    attempts: int
 
 
 class JobQueue:
@@ -204,6 +80,7 @@ class JobQueue:
                             next_line=start,
                             priority=job.priority,
                             job_created_at=job.created_at,
+                            owner=job.owner,
                         )
                     )
                 session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # wakes idle workers at commit
@@ -299,9 +176,6 @@ class JobQueue:
     def claim_shard(self, worker_id: str, model: str, lease_seconds: float) -> ClaimedShard | None:
         # A plain connection, not an ORM session: the claim is the hot path of a busy queue.
         with self.db.engine.begin() as conn:
-            # Walk ix_shards_claim_order even when the planner's statistics are stale (a
-            # burst of new jobs): sorting the whole queue costs ~30 ms at 10,000 jobs.
-            conn.execute(text("SET LOCAL enable_sort = off"))
             row = conn.execute(
                 CLAIM_SHARD_SQL, {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
             ).one_or_none()

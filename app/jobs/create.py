@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.core.errors import InvalidRequest
+from app.core.errors import Forbidden, InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, read_lines
 from app.data.ids import new_id, now
@@ -70,7 +70,14 @@ class CheckedSpec:
     file_errors: list[dict[str, Any]] = field(default_factory=list)  # line-numbered: the job fails as a whole
 
 
+def check_priority(priority: int | None, scope: str | None) -> None:
+    """Only admins put work ahead of the queue; anyone may put their own work behind it."""
+    if priority is not None and priority > 0 and scope is not None:
+        raise Forbidden("A priority above 0 needs an admin key; 0 and below are yours to set.", param="priority")
+
+
 def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str | None) -> CheckedSpec:
+    check_priority(spec.priority, scope)
     if spec.endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"

@@ -21,7 +21,7 @@ from app.core.storage import ChunkReader, ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.jobs.create import JobSpec, Owner, create_job
+from app.jobs.create import JobSpec, Owner, check_priority, create_job
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import JobDefaults
 from app.jobs.uploads import UploadLimits, store_upload
@@ -66,6 +66,7 @@ def retry_failed(
     scope: str | None,
 ) -> Job:
     """A new queued job of the parent's failed and unrun lines, owned by the parent's owner."""
+    check_priority(overrides.priority, scope)
     parent = records.get_job(parent_id, scope)
     status = JobStatus(parent.status)
     if status not in TERMINAL_STATUSES:

@@ -70,3 +70,41 @@ def test_a_worker_only_claims_jobs_for_its_model(client: TestClient, queue: JobQ
     queued_batch(client, 3)
     assert queue.claim_shard("w", "another-model", 60) is None
     assert queue.claim_shard("w", "demo-llama", 60) is not None
+
+
+def test_owners_take_turns_instead_of_the_oldest_owner_taking_every_worker(
+    client: TestClient, other_client: TestClient, queue: JobQueue
+) -> None:
+    alice = [queued_batch(client, 4) for _ in range(3)]  # alice queues three jobs first
+    bob = queued_batch(other_client, 4)  # then bob queues one
+    order = []
+    for _ in range(4):  # one worker, one shard at a time
+        shard = queue.claim_shard("w", "demo-llama", LEASE)
+        assert shard is not None
+        order.append(shard.job_id)
+        queue.finish_shard(shard, "w", stopped=False)
+    assert order == [alice[0], bob, alice[1], alice[2]]
+
+
+def test_a_second_worker_goes_to_the_owner_with_nothing_running(
+    client: TestClient, other_client: TestClient, queue: JobQueue
+) -> None:
+    alice = [queued_batch(client, 4) for _ in range(2)]
+    bob = queued_batch(other_client, 4)
+    first = queue.claim_shard("w1", "demo-llama", LEASE)
+    second = queue.claim_shard("w2", "demo-llama", LEASE)
+    assert first is not None and second is not None
+    assert (first.job_id, second.job_id) == (alice[0], bob)
+
+
+def test_only_an_admin_puts_work_ahead_of_the_queue(
+    client: TestClient, admin_client: TestClient, queue: JobQueue
+) -> None:
+    file_id = upload(client, jsonl([completion_line("r0", "p")]))["id"]
+    refused = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions", "priority": 5})
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "priority"
+    behind = queued_batch(client, 1, priority=-1)  # anyone may put their own work behind
+    ordinary = queued_batch(client, 1)
+    urgent = queued_batch(admin_client, 1, priority=5)
+    claimed = [queue.claim_shard(f"w{i}", "demo-llama", LEASE) for i in range(3)]
+    assert [shard.job_id for shard in claimed if shard] == [urgent, ordinary, behind]

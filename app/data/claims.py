@@ -1,0 +1,161 @@
+"""The claim statements, in one place: a shard for a worker, a job for a finalizer.
+
+Each is one round trip: commented CTEs pick the candidate with `FOR UPDATE SKIP LOCKED`
+(many claimants at once never wait on each other nor take the same row), then take the
+lease. A lease that ran out is fair game, so a claimant that died is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+
+from app.data.models import JobStatus
+
+
+@dataclass(frozen=True)
+class ClaimedShard:
+    shard_id: int
+    job_id: str
+    shard_index: int
+    next_line: int
+    end_line: int
+    windows_done: int
+    attempts: int  # claims since the shard last made progress
+    input_key: str
+    endpoint: str
+    batch_size: int
+    sampling_defaults: dict[str, Any]
+    model: str
+
+
+WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
+
+# The claim, in one round trip.
+CLAIM_SHARD_SQL = text(
+    """
+    WITH stale AS (
+        -- First, a shard whose worker's lease ran out (it died or lost its machine):
+        -- resuming it lets its job finish. ix_shards_running_lease holds one row per
+        -- busy worker, so this is cheap.
+        SELECT s.id
+        FROM shards s
+        JOIN jobs j ON j.id = s.job_id
+        WHERE s.status = 'running' AND s.lease_expires_at < now()
+          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
+        ORDER BY s.lease_expires_at
+        LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED
+    ),
+    running AS (
+        -- How many shards each owner has running now (one row per busy worker at most).
+        SELECT owner, count(*) AS shards FROM shards WHERE status = 'running' GROUP BY owner
+    ),
+    waiting AS (
+        -- Else a waiting shard of a runnable job for this model: the highest priority first;
+        -- within it, the owner with the fewest shards running, then the one served least
+        -- recently (owners share the workers); then the oldest job, its shards in order.
+        -- SKIP LOCKED lets many workers claim at once without waiting on each other.
+        SELECT s.id
+        FROM shards s
+        JOIN jobs j ON j.id = s.job_id
+        LEFT JOIN running r ON r.owner = s.owner
+        LEFT JOIN owner_turns t ON t.owner = s.owner
+        WHERE s.status = 'queued'
+          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
+        ORDER BY s.priority DESC, coalesce(r.shards, 0), t.last_claimed_at NULLS FIRST,
+                 s.job_created_at, s.job_id, s.index
+        LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED
+    ),
+    candidate AS (
+        -- `waiting` is only read (and its row only locked) when `stale` is empty.
+        SELECT id FROM stale UNION ALL SELECT id FROM waiting LIMIT 1
+    ),
+    claimed AS (
+        -- Take the lease.
+        UPDATE shards s
+        SET status = 'running', worker_id = :worker_id, attempts = s.attempts + 1,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds)
+        FROM candidate
+        WHERE s.id = candidate.id
+        RETURNING s.*
+    ),
+    started AS (
+        -- The first claim moves the job to in_progress.
+        UPDATE jobs j
+        SET status = 'in_progress', in_progress_at = coalesce(j.in_progress_at, now())
+        FROM claimed
+        WHERE j.id = claimed.job_id AND j.status = 'queued'
+        RETURNING j.id
+    ),
+    busy AS (
+        -- The worker shows what it holds.
+        UPDATE workers w SET current_shard_id = claimed.id FROM claimed WHERE w.id = :worker_id RETURNING w.id
+    ),
+    turn AS (
+        -- The owner has had a turn.
+        INSERT INTO owner_turns (owner, last_claimed_at) SELECT owner, now() FROM claimed
+        ON CONFLICT (owner) DO UPDATE SET last_claimed_at = excluded.last_claimed_at
+        RETURNING owner
+    )
+    SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
+           claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
+           j.batch_size, j.sampling_defaults, j.model
+    FROM claimed
+    JOIN jobs j ON j.id = claimed.job_id
+    JOIN files f ON f.id = j.input_file_id
+    """
+)
+
+
+# Statuses of a job whose shards are closed (or closing) and that waits for its finalizer.
+FINALIZING_STATUSES = (JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.EXPIRING)
+
+STOP_ABANDONED_SHARDS_SQL = text(
+    """
+    -- A cancelled or expired job's running shard whose worker died will never be resumed
+    -- (the shard claim takes only runnable jobs): it stops where its last window left it.
+    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL
+    FROM jobs j
+    WHERE j.id = s.job_id AND s.status = 'running' AND s.lease_expires_at < now()
+      AND j.status IN ('cancelling', 'expiring')
+    """
+)
+
+CLAIM_FINALIZATION_SQL = text(
+    """
+    WITH candidate AS (
+        -- A job waiting for its finalizer, or whose finalizer's lease ran out, with no
+        -- shard left open. ix_jobs_to_finalize holds only such jobs. SKIP LOCKED: many
+        -- finalizers (workers, API sweepers) claim at once without waiting on each other.
+        SELECT j.id
+        FROM jobs j
+        WHERE j.status IN ('finalizing', 'cancelling', 'expiring')
+          AND (j.finalize_lease_expires_at IS NULL OR j.finalize_lease_expires_at < now())
+          AND (CAST(:job_id AS text) IS NULL OR j.id = :job_id)
+          AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job_id = j.id AND s.status IN ('queued', 'running'))
+        ORDER BY j.finalize_lease_expires_at NULLS FIRST, j.created_at
+        LIMIT 1
+        FOR UPDATE OF j SKIP LOCKED
+    )
+    -- Take the lease; finalizing_at shows when the first finalizer started.
+    UPDATE jobs j
+    SET finalizer_id = :finalizer_id, finalize_attempts = j.finalize_attempts + 1,
+        finalize_lease_expires_at = now() + make_interval(secs => :lease_seconds),
+        finalizing_at = coalesce(j.finalizing_at, now())
+    FROM candidate
+    WHERE j.id = candidate.id
+    RETURNING j.id, j.finalize_attempts
+    """
+)
+
+
+@dataclass(frozen=True)
+class Finalization:
+    """A claimed finalization: the job, and how many claims it has had (this one included)."""
+
+    job_id: str
+    attempts: int
