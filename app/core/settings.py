@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 
     # API.
+    api_processes: int = Field(
+        default=1, ge=1, le=64, description="API processes the launcher runs on one port (uvicorn --workers)"
+    )
     session_secret: str | None = Field(
         default=None, description="signs admin sessions; unset: random per API process (set it when running several)"
     )
