@@ -12,6 +12,7 @@ from app.api.admin.routes import install_admin
 from app.api.admin.session import SessionSigner
 from app.api.auth import KeyCache
 from app.api.errors import install_error_handlers
+from app.api.heavy_work import HeavyWork
 from app.api.routes import api_router
 from app.core.database import Database
 from app.core.embedded_postgres import database_url
@@ -44,9 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_attempts=settings.max_batch_attempts,
         )
         app.state.sweeper = sweeper
+        app.state.heavy_work = HeavyWork(settings.heavy_work_threads)
         sweeper.start()
         yield
         sweeper.stop()
+        app.state.heavy_work.shutdown()
         db.dispose()
 
     app = FastAPI(

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 
     # API.
+    heavy_work_threads: int = Field(
+        default=2, ge=1, le=64, description="threads per API process for dry runs, retries and estimates"
+    )
     api_processes: int = Field(
         default=1, ge=1, le=64, description="API processes the launcher runs on one port (uvicorn --workers)"
     )
