@@ -111,9 +111,10 @@ class BatchCreate(BaseModel):
         description="cut prompts too long for the context to fit (keeping their end) instead of failing those lines",
     )
     pack_by_length: bool = Field(
-        default=False,
-        description="length-aware packing: within windows of PACKING_WINDOW_BATCHES static batches, batch lines "
-        "of similar max_tokens together so short answers do not wait for long ones (output stays in input order)",
+        default=True,
+        description="length-aware packing (the default): within windows of PACKING_WINDOW_BATCHES static batches, "
+        "batch lines of similar max_tokens together so short answers do not wait for long ones (output stays in "
+        "input order); false runs static batches of consecutive lines",
     )
     dry_run: bool = Field(
         default=False,
