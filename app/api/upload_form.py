@@ -20,7 +20,7 @@ from app.jobs.uploads import StoredUpload, UploadLimits, write_upload
 
 PURPOSES = ("batch",)
 MAX_FIELD_BYTES = 1024  # a form field other than the file (`purpose`)
-FORM_OVERHEAD_BYTES = 64 << 10  # boundaries and part headers around the file
+FORM_OVERHEAD_BYTES = 64 << 10  # boundaries, part headers and other fields around the file
 
 # The form as the OpenAPI docs show it (the route reads the stream itself).
 UPLOAD_FORM_OPENAPI = {
@@ -58,12 +58,16 @@ async def receive_upload(request: Request, store: ObjectStore, limits: UploadLim
     if declared.isdigit() and int(declared) > limits.max_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(f"The file is larger than the limit of {limits.max_bytes} bytes.")
     stored: StoredUpload | None = None
-    filename, purpose = "upload.jsonl", None
+    filename, purpose, ignored = "upload.jsonl", None, 0
     try:
         async with aclosing(form_events(request.stream(), boundary)) as events:
             async for event in events:
+                if isinstance(event, PartData):  # a field nobody asked for
+                    ignored += len(event.data)
+                    if ignored > FORM_OVERHEAD_BYTES:
+                        raise PayloadTooLarge("The form's fields other than `file` are too large.", param="file")
                 if not isinstance(event, PartStart):
-                    continue  # the data of a field nobody asked for
+                    continue
                 if event.name == "purpose":
                     purpose = _purpose(await _field_text(events))
                 elif event.name == "file":

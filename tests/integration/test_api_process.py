@@ -191,3 +191,28 @@ def test_an_upload_reaches_storage_while_it_streams_and_memory_stays_flat(api_pr
     assert seen_while_streaming, "nothing reached storage before the upload ended: the body was spooled"
     grown = api_process.rss() - before
     assert grown < MAX_RSS_GROWTH, f"RSS grew {grown / MIB:.0f} MB during a 200 MB upload"
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_nothing_behind(api_process: ApiProcess) -> None:
+    auth = {"Authorization": f"Bearer {api_process.key}"}
+    files_before = httpx.get(f"{api_process.url}/v1/files", headers=auth).json()["data"]
+    boundary = "hangupboundary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut.jsonl"\r\n\r\n'
+    ).encode() + jsonl([completion_line("r", "x" * 1000)]) * 8000  # about 8 MB of a longer file
+    host, port = api_process.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /v1/files HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {api_process.key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {100 * MIB}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + part)
+        deadline = time.monotonic() + 10
+        while not list(api_process.storage.rglob("*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(api_process.storage.rglob("*.tmp")), "the upload never reached storage"
+    deadline = time.monotonic() + 10
+    while list(api_process.storage.rglob("*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(api_process.storage.rglob("*.tmp")) == []
+    assert httpx.get(f"{api_process.url}/v1/files", headers=auth).json()["data"] == files_before

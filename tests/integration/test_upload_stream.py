@@ -144,3 +144,11 @@ def test_lines_that_break_the_json_parser_are_line_errors_of_the_failed_batch(cl
     assert "4300 digits" in errors[3]
     assert "nested too deeply" in errors[4]
     assert "4300 digits" in errors[5]
+
+
+def test_fields_nobody_asked_for_are_skipped_but_not_without_limit(client: TestClient) -> None:
+    data = jsonl([completion_line("a", "x")])
+    small = post_form(client, multipart(("note", None, b"hello"), ("file", "a.jsonl", data)))
+    assert small.status_code == 200, small.text
+    huge = post_form(client, multipart(("note", None, b"x" * (1 << 20)), ("file", "a.jsonl", data)))
+    assert huge.status_code == 413
