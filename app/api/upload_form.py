@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio.to_thread
-from anyio.lowlevel import current_token
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar, current_token
 from fastapi import Request
 
 from app.api.multipart import FormEvent, PartData, PartReader, PartStart, boundary_of, form_events
@@ -19,6 +20,10 @@ from app.core.storage import ObjectStore
 from app.jobs.uploads import StoredUpload, UploadLimits, write_upload
 
 PURPOSES = ("batch",)
+# A streaming upload holds a thread while its client sends: uploads get threads of their
+# own, so slow ones cannot take every thread the other routes run on (more wait their turn).
+MAX_UPLOADS_IN_THREADS = 16
+_upload_threads: RunVar[CapacityLimiter] = RunVar("upload_threads")
 MAX_FIELD_BYTES = 1024  # a form field other than the file (`purpose`)
 FORM_OVERHEAD_BYTES = 64 << 10  # boundaries, part headers and other fields around the file
 
@@ -76,7 +81,7 @@ async def receive_upload(request: Request, store: ObjectStore, limits: UploadLim
                     filename = _filename(event.filename)
                     reader = PartReader(events, current_token())
                     write = partial(write_upload, store, reader, purpose="batch", limits=limits)  # type: ignore[arg-type]
-                    stored = await anyio.to_thread.run_sync(write)
+                    stored = await anyio.to_thread.run_sync(write, limiter=upload_threads())
                     await reader.drain()
     except Exception:
         if stored is not None:
@@ -85,6 +90,16 @@ async def receive_upload(request: Request, store: ObjectStore, limits: UploadLim
     if stored is None:
         raise InvalidRequest("Missing the `file` part of the form.", param="file", code="invalid_value")
     return UploadForm(stored, filename, purpose or "batch")
+
+
+def upload_threads() -> CapacityLimiter:
+    """The uploads' thread limiter of the running event loop."""
+    try:
+        return _upload_threads.get()
+    except LookupError:
+        limiter = CapacityLimiter(MAX_UPLOADS_IN_THREADS)
+        _upload_threads.set(limiter)
+        return limiter
 
 
 async def _field_text(events: AsyncIterator[FormEvent]) -> str:

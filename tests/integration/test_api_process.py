@@ -216,3 +216,27 @@ def test_a_client_that_hangs_up_mid_upload_leaves_nothing_behind(api_process: Ap
         time.sleep(0.05)
     assert list(api_process.storage.rglob("*.tmp")) == []
     assert httpx.get(f"{api_process.url}/v1/files", headers=auth).json()["data"] == files_before
+
+
+def test_slow_uploads_cannot_take_the_threads_other_requests_run_on(api_process: ApiProcess) -> None:
+    """45 uploads that stall mid-file (more than the 40 threads FastAPI runs `def`
+    routes on) leave the API answering everything else."""
+    boundary = "slowboundary"
+    host, port = api_process.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {api_process.key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {10 * MIB}\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.jsonl"\r\n\r\n'
+    ).encode() + jsonl([completion_line("r", "x")])
+    stalled = [socket.create_connection((host, int(port)), timeout=10) for _ in range(45)]
+    try:
+        for sock in stalled:
+            sock.sendall(head)
+        time.sleep(1)  # every upload is now waiting for more of its file
+        started = time.monotonic()
+        response = httpx.get(f"{api_process.url}/v1/batches", headers={"Authorization": f"Bearer {api_process.key}"})
+        assert response.status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in stalled:
+            sock.close()
