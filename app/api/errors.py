@@ -47,6 +47,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            reason = first.get("ctx", {}).get("error", "")
+            return error_json(
+                400, f"The body is not valid JSON: {reason}", "invalid_request_error", None, "invalid_json"
+            )
         loc = [str(p) for p in first["loc"] if p not in ("body", "query", "path", "header")]
         param = ".".join(loc) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]

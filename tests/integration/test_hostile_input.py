@@ -76,6 +76,12 @@ def test_a_known_caller_with_a_body_over_the_cap_gets_413_before_it_is_read(app:
     assert b'"code":"request_too_large"' in sent[1]["body"]
 
 
+def test_a_key_postgres_could_not_store_is_a_400_before_anything_else(app: FastAPI) -> None:
+    sent = call_without_reading_the_body(app, [(b"authorization", b"Bearer lb-\x00")])
+    assert sent[0]["status"] == 400
+    assert b'"param":"authorization"' in sent[1]["body"]
+
+
 def test_missing_and_wrong_keys_get_401_in_openai_shape(app: FastAPI) -> None:
     anonymous = TestClient(app)
     assert_openai_error(anonymous.get("/v1/batches"), 401, "invalid_api_key")
@@ -201,4 +207,5 @@ def test_nul_and_lone_surrogates_in_json_strings_are_400s_naming_the_field(clien
 def test_json_the_parser_cannot_take_is_a_400_not_a_500(client: TestClient) -> None:
     headers = {"content-type": "application/json"}
     for body in (b"[" * 100_000, b'{"priority": ' + b"9" * 5000 + b"}", b"{nope"):
-        assert client.post("/v1/batches", content=body, headers=headers).status_code == 400
+        assert_openai_error(client.post("/v1/batches", content=body, headers=headers), 400)
+    assert_openai_error(client.post("/v1/batches", content=b"{nope", headers=headers), 400, "invalid_json")
