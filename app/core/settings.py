@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
+    max_line_bytes: int = Field(default=1 << 20, ge=1, description="longest line of an upload (413 naming the line)")
+    max_json_body_bytes: int = Field(
+        default=1 << 20, ge=1, description="largest JSON request body (413 beyond; uploads have max_upload_bytes)"
+    )
     sweep_seconds: float = Field(
         default=5.0, gt=0, description="how often each API process expires overdue jobs and finalizes waiting ones"
     )

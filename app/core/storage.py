@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
+from app.core.errors import LineTooLong
+
 CHUNK_BYTES = 1 << 20
 S3_PART_BYTES = 8 << 20
 
@@ -181,18 +183,51 @@ def open_store(url: str, s3_endpoint_url: str | None = None, region: str = "us-e
 
 
 class LineSplitter:
-    """Cuts a chunk stream into lines (without their newline); a last line without one counts."""
+    """Cuts a chunk stream into lines (without their newline); a last line without one counts.
 
-    def __init__(self) -> None:
-        self._partial = b""
+    A line that spans chunks is kept as its pieces and joined once, when its newline
+    comes, so a long line costs time linear in its size. With `max_line_bytes`, a longer
+    line raises LineTooLong (counted from 1) as soon as it grows past the limit, so an
+    endless line cannot hold memory."""
+
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.lines = 0  # lines handed out so far
+        self._pieces: list[bytes] = []  # the partial line, as it came
+        self._partial_bytes = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._pieces.append(chunk)
+                self._partial_bytes += len(chunk)
+                self._check_partial()
+            return []
+        first, *complete, rest = chunk.split(b"\n")
+        if self._pieces:
+            self._pieces.append(first)
+            first = b"".join(self._pieces)
+        complete.insert(0, first)
+        self._pieces = [rest] if rest else []
+        self._partial_bytes = len(rest)
+        if self.max_line_bytes is not None and max(map(len, complete)) > self.max_line_bytes:
+            too_long = next(i for i, line in enumerate(complete) if len(line) > self.max_line_bytes)
+            raise LineTooLong(self.lines + too_long + 1, self.max_line_bytes)
+        self.lines += len(complete)
+        self._check_partial()
         return complete
 
     def finish(self) -> list[bytes]:
-        rest, self._partial = self._partial, b""
-        return [rest] if rest else []
+        rest = b"".join(self._pieces)
+        self._pieces, self._partial_bytes = [], 0
+        if not rest:
+            return []
+        self.lines += 1
+        return [rest]
+
+    def _check_partial(self) -> None:
+        if self.max_line_bytes is not None and self._partial_bytes > self.max_line_bytes:
+            raise LineTooLong(self.lines + 1, self.max_line_bytes)
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

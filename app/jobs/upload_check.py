@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 
 from app.jobs.lines import (
     CHAT_COMPLETIONS,
@@ -74,7 +74,7 @@ def _quick_check(raw: bytes) -> tuple[str, str | None] | None:
             if chat.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(chat.__pydantic_extra__):
                 return None
             return chat.custom_id, "plain:messages"
-    except ValidationError:
+    except (ValueError, RecursionError):  # ValidationError, or JSON the parser cannot take
         return None
     return None
 
@@ -220,7 +220,7 @@ class FileCheck:
                     plain = validate_plain(raw)
                     if not plain.__pydantic_extra__ or _FORM_KEYS.isdisjoint(plain.__pydantic_extra__):
                         custom_id = plain.custom_id
-                except ValidationError:
+                except (ValueError, RecursionError):  # ValidationError mostly; parse_line names it
                     pass
             if custom_id is None:
                 custom_id = self._check_other(raw, index)
@@ -243,6 +243,9 @@ class FileCheck:
                 request = parse_line(raw, index, None)
             except LineError as err:
                 self._error(err)
+                return None
+            except (ValueError, RecursionError) as exc:  # whatever else breaks reading the line
+                self._error(LineError(index + 1, f"cannot be read: {type(exc).__name__}"))
                 return None
             custom_id = request.custom_id
             if not request.plain:
