@@ -32,8 +32,8 @@ class ObjectStore(Protocol):
 
     def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None: ...
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        """Yields the object in chunks; raises ObjectNotFound if it is missing."""
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        """Yields the object in chunks from byte `start` on; raises ObjectNotFound if it is missing."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -94,12 +94,13 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_chunks(key, [data])
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
         path = self._path(key)
         try:
             handle = open(path, "rb")  # noqa: SIM115  (closed by _iter_file)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        handle.seek(start)
         return _iter_file(handle)
 
     def exists(self, key: str) -> bool:
@@ -152,9 +153,10 @@ class S3Store:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFound(key) from None
         return iter(response["Body"].iter_chunks(CHUNK_BYTES))
@@ -242,9 +244,9 @@ def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
     return iter_lines(store.read_chunks(key))
 
 
-def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
-    """The object's lines; a transient storage failure mid-read reopens the object and
-    carries on after the last line handed out."""
+def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float, start: int = 0) -> Iterator[bytes]:
+    """The object's lines from byte `start` (a line's first byte) on; a transient storage
+    failure mid-read reopens the object there and carries on after the last line handed out."""
     from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
 
     handed_out = 0
@@ -252,7 +254,7 @@ def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) 
     deadline = time.monotonic() + give_up_after_seconds
     while True:
         try:
-            for index, line in enumerate(read_lines(store, key)):
+            for index, line in enumerate(iter_lines(store.read_chunks(key, start))):
                 if index >= handed_out:
                     handed_out += 1
                     backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds
