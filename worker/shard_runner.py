@@ -229,9 +229,12 @@ class ShardRunner:
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
-        # Length-aware packing reads a window of several static batches at a time.
+        # Length-aware packing reads a window of several static batches at a time. After a
+        # claim that died without progress, windows are single static batches: the one that
+        # kills the engine is then found (and set aside) alone, not with its whole window.
         defaults = JobDefaults.model_validate(shard.sampling_defaults)
-        window_lines = batch_size * (defaults.pack_window or 1)
+        packed = defaults.pack_window is not None and shard.attempts <= 1
+        window_lines = batch_size * ((defaults.pack_window or 1) if packed else 1)
         lines = self._input_lines(shard)
         chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
         seqs = itertools.count(shard.windows_done)

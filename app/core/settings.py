@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="idle workers look for work this often (NOTIFY wakes them sooner)"
     )
     max_batch_attempts: int = Field(
-        default=3, ge=1, description="a static batch that kills its worker this often goes to the error file"
+        default=3,
+        ge=1,
+        description="a static batch that kills its worker this often goes to the error file; "
+        "a finalization that fails this often ends its job failed",
     )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 

@@ -117,12 +117,15 @@ FINALIZING_STATUSES = (JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.EXP
 
 STOP_ABANDONED_SHARDS_SQL = text(
     """
-    -- A cancelled or expired job's running shard whose worker died will never be resumed
-    -- (the shard claim takes only runnable jobs): it stops where its last window left it.
-    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL
+    -- A cancelled or expired job's shard that nobody will run again stops where its last
+    -- window left it: a running one whose worker died (the shard claim takes only runnable
+    -- jobs), or one given back to the queue after the job began to stop (a worker that
+    -- released it on an engine failure or a shutdown). Its holder is forgotten, so a late
+    -- write from it is refused.
+    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL, worker_id = NULL
     FROM jobs j
-    WHERE j.id = s.job_id AND s.status = 'running' AND s.lease_expires_at < now()
-      AND j.status IN ('cancelling', 'expiring')
+    WHERE j.id = s.job_id AND j.status IN ('cancelling', 'expiring')
+      AND (s.status = 'queued' OR (s.status = 'running' AND s.lease_expires_at < now()))
     """
 )
 

@@ -121,11 +121,16 @@ class JobQueue:
 
     @staticmethod
     def _stop_waiting_shards(session: Session, job_id: str) -> None:
-        session.execute(
-            update(Shard)
+        """Stops the job's waiting shards that nobody is claiming at this instant (SKIP LOCKED:
+        a claim holds its shard, then waits on the job row this caller holds; waiting on the
+        shard here would deadlock). One claimed meanwhile stops at its first window."""
+        waiting = (
+            select(Shard.id)
             .where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
-            .values(status=ShardStatus.STOPPED)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
         )
+        session.execute(update(Shard).where(Shard.id.in_(waiting)).values(status=ShardStatus.STOPPED))
         session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # an idle worker may finalize it now
 
     # Finalization: leased like shards.
@@ -153,13 +158,17 @@ class JobQueue:
             ).first()
             return renewed is not None
 
-    def release_finalization(self, job_id: str, finalizer_id: str) -> None:
-        """Gives the job back after a failed attempt; the next sweep tries again."""
+    def release_finalization(self, job_id: str, finalizer_id: str, *, retry_after: float, counted: bool) -> None:
+        """Gives the job back after a failed attempt, to be tried again in `retry_after`
+        seconds. An outage (not `counted`) does not count toward the attempts."""
         with self.db.session() as session:
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.finalizer_id == finalizer_id, Job.status.in_(FINALIZING_STATUSES))
-                .values(finalize_lease_expires_at=func.now())
+                .values(
+                    finalize_lease_expires_at=func.now() + timedelta(seconds=retry_after),
+                    finalize_attempts=Job.finalize_attempts if counted else Job.finalize_attempts - 1,
+                )
             )
 
     def fail_finalization(self, job_id: str, finalizer_id: str, message: str) -> None:
@@ -190,7 +199,12 @@ class JobQueue:
         with self.db.session() as session:
             moved = session.execute(
                 update(Shard)
-                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id, Shard.next_line == result.first_line)
+                .where(
+                    Shard.id == shard.shard_id,
+                    Shard.worker_id == worker_id,
+                    Shard.status == ShardStatus.RUNNING,
+                    Shard.next_line == result.first_line,
+                )
                 .values(
                     next_line=result.next_line,
                     windows_done=seq + 1,

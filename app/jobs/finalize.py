@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
+from app.core.backoff import is_transient, retry_transient
 from app.core.storage import ChunkReader, ObjectStore, read_lines
 from app.data.ids import new_id
 from app.data.models import FileRecord, JobStatus
@@ -24,6 +25,9 @@ from app.jobs.stats import job_stats, window_series
 from app.jobs.uploads import CheckingReader
 
 log = logging.getLogger(__name__)
+
+FINALIZE_RETRY_SECONDS = 5.0  # after a failed attempt, times the attempts so far
+MAX_FINALIZE_RETRY_SECONDS = 60.0
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
 EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")
@@ -90,11 +94,19 @@ def finalize_next(
         return claim.job_id
     with _LeaseKept(lambda: queue.renew_finalization(claim.job_id, finalizer_id, lease_seconds), lease_seconds):
         try:
-            finalize_job(records, queue, store, claim.job_id, finalizer_id)
+            retry_transient(  # rides out a storage or database outage shorter than half the lease
+                lambda: finalize_job(records, queue, store, claim.job_id, finalizer_id),
+                what=f"finalizing {claim.job_id}",
+                give_up_after_seconds=lease_seconds / 2,
+            )
         except FinalizationLost:
             log.warning("finalization of %s was taken over by another process", claim.job_id)
-        except Exception:
-            queue.release_finalization(claim.job_id, finalizer_id)
+            return None
+        except Exception as exc:
+            retry_after = min(FINALIZE_RETRY_SECONDS * claim.attempts, MAX_FINALIZE_RETRY_SECONDS)
+            queue.release_finalization(
+                claim.job_id, finalizer_id, retry_after=retry_after, counted=not is_transient(exc)
+            )
             raise
     log.info("finalized %s", claim.job_id)
     return claim.job_id

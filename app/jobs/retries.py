@@ -98,7 +98,8 @@ def retry_failed(
         model=parent.model,
         batch_size=overrides.batch_size or parent.batch_size,
         max_tokens=defaults.max_tokens,
-        priority=parent.priority if overrides.priority is None else overrides.priority,
+        # A retry inherits its parent's priority, but only an admin keeps one above 0.
+        priority=overrides.priority if overrides.priority is not None else min(parent.priority, 0 if scope else 100),
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
         truncate_prompts=overrides.truncate_prompts or defaults.truncate_prompts,
         pack_by_length=defaults.pack_window is not None,
