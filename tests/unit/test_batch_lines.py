@@ -145,7 +145,8 @@ def test_the_upload_check_agrees_with_parse_line(raw: bytes) -> None:
         assert check.errors == [err.as_error()] or (not raw.strip() and check.errors[0]["message"] == "empty line")
     else:
         assert check.errors == []
-        used = {"plain:" + {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input"}[request.endpoint]: 1}
+        field = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input"}[request.endpoint]
+        used = {f"plain:{field}": 1}
         assert check.first_line_of == (used if request.plain else {request.endpoint: 1})
 
 
