@@ -120,12 +120,12 @@ class EmbeddingBody(BaseModel):
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The request's inputs, one embedding each (a single string or token list is one input)."""
-        value = self.input
+        value: Any = self.input
         if isinstance(value, str):
             return [value]
         if all(isinstance(item, int) for item in value):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+            return [list(value)]
+        return list(value)
 
 
 def _is_token_id(value: Any) -> bool:
