@@ -217,3 +217,28 @@ def run_matryoshka_batch(client: TestClient, settings: Settings, store: ObjectSt
     done: dict[str, Any] = client.get(f"/v1/batches/{batch['id']}").json()
     assert done["status"] == "completed"
     return done
+
+
+def test_retrying_an_embeddings_batch_with_truncate_prompts_embeds_the_start_of_a_long_input(
+    client: TestClient, settings: Settings, store: ObjectStore, embedding_engine: VllmEngine
+) -> None:
+    data = [embedding_line("long", "word " * 600), embedding_line("cut", "x", dimensions=8)]
+    parent = create_batch(client, upload(client, jsonl(data))["id"], endpoint=EMBEDDINGS)
+    run_worker_until_idle(embedding_engine, settings, store)
+    assert client.get(f"/v1/batches/{parent['id']}").json()["request_counts"]["failed"] == 2
+
+    refused = client.post(f"/v1/batches/{parent['id']}/retry", json={"max_tokens": 8})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
+    child = client.post(f"/v1/batches/{parent['id']}/retry", json={"truncate_prompts": True}).json()
+    assert child["endpoint"] == EMBEDDINGS and child["model"] == "demo-embed"
+    run_worker_until_idle(embedding_engine, settings, store)
+
+    done = client.get(f"/v1/batches/{child['id']}").json()
+    [line] = download(client, done["output_file_id"])
+    ids = embedding_engine.tokenizer.encode("word " * 600)[:512]
+    assert line["custom_id"] == "long" and line["response"]["body"]["usage"]["prompt_tokens"] == 512
+    assert_same_vectors(vectors_of(line["response"]["body"]), reference(embedding_engine.llm, ids)[0])
+    [error] = download(client, done["error_file_id"])
+    assert error["custom_id"] == "cut" and error["response"]["body"]["error"]["param"] == "dimensions"
+    merged = client.get(f"/v1/batches/{parent['id']}/merged_output").text.splitlines()
+    assert [json.loads(m)["custom_id"] for m in merged] == ["long"]
