@@ -13,7 +13,7 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 DEMO_MODELS := var/models/demo-llama/demo-model.json var/models/demo-embed/demo-model.json
 PYTEST_ARGS ?=
 
-.PHONY: install model run bench test lint typecheck test-tools clean
+.PHONY: install model run bench test fuzz lint typecheck test-tools clean
 
 install: $(STAMP)
 
@@ -58,6 +58,12 @@ test-tools:
 
 test: install model test-tools lint typecheck
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every /v1 operation fuzzed from the OpenAPI schema (schemathesis) with more examples
+# than `make test` runs: FUZZ_EXAMPLES per operation; no answer may be a 5xx.
+FUZZ_EXAMPLES ?= 1000
+fuzz: install model
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest tests/integration/test_fuzz.py -q
 
 clean:
 	rm -rf $(VENV) var test-artifacts

@@ -70,6 +70,17 @@ def wait_for_status(client: TestClient, batch_id: str, status: str, timeout: flo
         time.sleep(0.05)
 
 
+def wait_for_estimate(client: TestClient, batch_id: str, timeout: float = 60) -> dict[str, Any]:
+    """A queued batch's estimate, counted on the API's heavy-work threads after creation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        estimate: dict[str, Any] | None = client.get(f"/v1/batches/{batch_id}").json()["estimate"]
+        if estimate is not None:
+            return estimate
+        assert time.monotonic() < deadline, "no estimate"
+        time.sleep(0.05)
+
+
 def download(client: TestClient, file_id: str) -> list[dict[str, Any]]:
     response = client.get(f"/v1/files/{file_id}/content")
     assert response.status_code == 200, response.text

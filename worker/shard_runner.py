@@ -36,6 +36,7 @@ from app.jobs.output_lines import (
 from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_embedding, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from app.jobs.uploads import line_start
 from worker.engine import Engine, RequestRejected
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ class ShardRunner:
         self.stop_requested = stop_requested
 
     def _input_lines(self, shard: ClaimedShard) -> Iterator[tuple[int, bytes]]:
-        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds)
-        return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
+        """The shard's lines from `next_line`, read from the recorded line nearest before it."""
+        first, start = line_start(shard.line_offsets, shard.next_line)
+        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds, start)
+        return itertools.islice(enumerate(lines, start=first), shard.next_line - first, shard.end_line - first)
 
     def _prepare(
         self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]

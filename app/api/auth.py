@@ -6,6 +6,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import anyio.to_thread
+
 from app.core.errors import Unauthorized
 from app.data.keys import hash_secret
 from app.data.records import Records
@@ -55,3 +57,24 @@ def authenticate(records: Records, secret: str | None) -> Principal:
     if key is None:
         raise Unauthorized("Incorrect or revoked API key.")
     return Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
+
+
+async def verify_key(records: Records, cache: KeyCache, secret: str | None) -> Principal:
+    """The caller behind `secret`; a key verified in the last few seconds is not looked
+    up again, and a lookup runs in a thread, off the event loop."""
+    if not secret:
+        return authenticate(records, secret)  # raises: no key
+    cached = cache.get(secret)
+    if cached is not None:
+        return cached
+    principal = await anyio.to_thread.run_sync(authenticate, records, secret)
+    cache.put(secret, principal)
+    return principal
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header, else None."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return secret.strip() or None

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.auth import KeyCache, Principal, authenticate
+from app.api.auth import KeyCache, Principal, verify_key
+from app.api.text import unstorable
+from app.core.errors import InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
@@ -56,17 +57,21 @@ bearer = HTTPBearer(auto_error=False, description="an API key made with `llm-bat
 async def current_principal(
     request: Request, records: RecordsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    """The caller; a key verified in the last few seconds is not looked up again."""
-    secret = credentials.credentials if credentials else None
-    if not secret:
-        return authenticate(records, secret)  # raises: no key
+    """The caller: the one `RequestGate` found from the headers before the body, else
+    looked up here (a key verified in the last few seconds is not looked up again)."""
+    found: Principal | None = request.scope.get("state", {}).get("principal")
+    if found is not None:
+        return found
     cache: KeyCache = request.app.state.key_cache
-    cached = cache.get(secret)
-    if cached is not None:
-        return cached
-    principal = await run_in_threadpool(authenticate, records, secret)
-    cache.put(secret, principal)
-    return principal
+    return await verify_key(records, cache, credentials.credentials if credentials else None)
 
 
 CallerDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def refuse_unstorable_params(request: Request) -> None:
+    """Path and query strings Postgres cannot store (NUL, lone surrogates) are a 400
+    naming the parameter, before any lookup."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and (reason := unstorable(value)):
+            raise InvalidRequest(f"{name}: {reason}.", param=name, code="invalid_value")

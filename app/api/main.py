@@ -12,6 +12,9 @@ from app.api.admin.routes import install_admin
 from app.api.admin.session import SessionSigner
 from app.api.auth import KeyCache
 from app.api.errors import install_error_handlers
+from app.api.heavy_work import HeavyWork
+from app.api.limits import RequestGate
+from app.api.request_ids import RequestIds
 from app.api.routes import api_router
 from app.core.database import Database
 from app.core.embedded_postgres import database_url
@@ -44,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_attempts=settings.max_batch_attempts,
         )
         app.state.sweeper = sweeper
+        app.state.heavy_work = HeavyWork(settings.heavy_work_threads)
         sweeper.start()
         yield
         sweeper.stop()
+        app.state.heavy_work.shutdown()
         db.dispose()
 
     app = FastAPI(
@@ -56,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestGate)  # inside RequestIds: its refusals carry the request id too
+    app.add_middleware(RequestIds)
     app.include_router(api_router)
     install_admin(app)
     return app

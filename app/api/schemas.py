@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from app.api.text import unstorable
 from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec
 from app.jobs.estimate import JobEstimate
@@ -74,12 +75,24 @@ MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
 
+def _storable(value: str) -> str:
+    if reason := unstorable(value):
+        raise ValueError(reason)
+    return value
+
+
+# Every string a request body carries: Postgres cannot store NUL or lone surrogates.
+StorableStr = Annotated[str, AfterValidator(_storable)]
+
+
 def _metadata_limits(value: dict[str, str] | None) -> dict[str, str] | None:
     if value is None:
         return value
     if len(value) > MAX_METADATA_PAIRS:
         raise ValueError(f"at most {MAX_METADATA_PAIRS} pairs")
     for key, item in value.items():
+        if reason := unstorable(key) or unstorable(item):
+            raise ValueError(f"a key or value {reason}")
         if len(key) > MAX_METADATA_KEY_CHARS:
             raise ValueError(f"key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
         if len(item) > MAX_METADATA_VALUE_CHARS:
@@ -96,14 +109,14 @@ Metadata = Annotated[
 
 
 class BatchCreate(BaseModel):
-    input_file_id: str
-    endpoint: str = Field(description=f"one of {', '.join(ENDPOINTS)}")
+    input_file_id: StorableStr
+    endpoint: StorableStr = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
     metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
-    model: str | None = Field(
+    model: StorableStr | None = Field(
         default=None,
         description="model to run; default: the one the workers hold for the endpoint (the embedding "
         "model for /v1/embeddings)",
@@ -115,9 +128,10 @@ class BatchCreate(BaseModel):
         description="cut prompts too long for the context to fit (keeping their end) instead of failing those lines",
     )
     pack_by_length: bool = Field(
-        default=False,
-        description="length-aware packing: within windows of PACKING_WINDOW_BATCHES static batches, batch lines "
-        "of similar max_tokens together so short answers do not wait for long ones (output stays in input order)",
+        default=True,
+        description="length-aware packing (the default): within windows of PACKING_WINDOW_BATCHES static batches, "
+        "batch lines of similar max_tokens together so short answers do not wait for long ones (output stays in "
+        "input order); false runs static batches of consecutive lines",
     )
     dry_run: bool = Field(
         default=False,

@@ -47,3 +47,14 @@ class Conflict(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "file_too_large"
+
+
+class LineTooLong(PayloadTooLarge):
+    """A line of an upload past the per-line limit: refused as it grows, so an endless
+    line cannot hold memory."""
+
+    code = "line_too_long"
+
+    def __init__(self, line: int, limit: int) -> None:
+        super().__init__(f"Line {line} is longer than the limit of {limit} bytes.", param="file")
+        self.line = line

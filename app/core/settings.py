@@ -78,11 +78,21 @@ class Settings(BaseSettings):
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
 
     # API.
+    heavy_work_threads: int = Field(
+        default=2, ge=1, le=64, description="threads per API process for dry runs, retries and estimates"
+    )
+    api_processes: int = Field(
+        default=1, ge=1, le=64, description="API processes the launcher runs on one port (uvicorn --workers)"
+    )
     session_secret: str | None = Field(
         default=None, description="signs admin sessions; unset: random per API process (set it when running several)"
     )
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="largest upload accepted (413 beyond)")
     max_upload_lines: int = Field(default=10_000_000, ge=1, description="most lines in one batch input file")
+    max_line_bytes: int = Field(default=1 << 20, ge=1, description="longest line of an upload (413 naming the line)")
+    max_json_body_bytes: int = Field(
+        default=1 << 20, ge=1, description="largest JSON request body (413 beyond; uploads have max_upload_bytes)"
+    )
     sweep_seconds: float = Field(
         default=5.0, gt=0, description="how often each API process expires overdue jobs and finalizes waiting ones"
     )

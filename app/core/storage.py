@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
+from app.core.errors import LineTooLong
+
 CHUNK_BYTES = 1 << 20
 S3_PART_BYTES = 8 << 20
 
@@ -30,8 +32,8 @@ class ObjectStore(Protocol):
 
     def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None: ...
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        """Yields the object in chunks; raises ObjectNotFound if it is missing."""
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        """Yields the object in chunks from byte `start` on; raises ObjectNotFound if it is missing."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -92,12 +94,13 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_chunks(key, [data])
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
         path = self._path(key)
         try:
             handle = open(path, "rb")  # noqa: SIM115  (closed by _iter_file)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        handle.seek(start)
         return _iter_file(handle)
 
     def exists(self, key: str) -> bool:
@@ -150,9 +153,10 @@ class S3Store:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFound(key) from None
         return iter(response["Body"].iter_chunks(CHUNK_BYTES))
@@ -181,18 +185,51 @@ def open_store(url: str, s3_endpoint_url: str | None = None, region: str = "us-e
 
 
 class LineSplitter:
-    """Cuts a chunk stream into lines (without their newline); a last line without one counts."""
+    """Cuts a chunk stream into lines (without their newline); a last line without one counts.
 
-    def __init__(self) -> None:
-        self._partial = b""
+    A line that spans chunks is kept as its pieces and joined once, when its newline
+    comes, so a long line costs time linear in its size. With `max_line_bytes`, a longer
+    line raises LineTooLong (counted from 1) as soon as it grows past the limit, so an
+    endless line cannot hold memory."""
+
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.lines = 0  # lines handed out so far
+        self._pieces: list[bytes] = []  # the partial line, as it came
+        self._partial_bytes = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._pieces.append(chunk)
+                self._partial_bytes += len(chunk)
+                self._check_partial()
+            return []
+        first, *complete, rest = chunk.split(b"\n")
+        if self._pieces:
+            self._pieces.append(first)
+            first = b"".join(self._pieces)
+        complete.insert(0, first)
+        self._pieces = [rest] if rest else []
+        self._partial_bytes = len(rest)
+        if self.max_line_bytes is not None and max(map(len, complete)) > self.max_line_bytes:
+            too_long = next(i for i, line in enumerate(complete) if len(line) > self.max_line_bytes)
+            raise LineTooLong(self.lines + too_long + 1, self.max_line_bytes)
+        self.lines += len(complete)
+        self._check_partial()
         return complete
 
     def finish(self) -> list[bytes]:
-        rest, self._partial = self._partial, b""
-        return [rest] if rest else []
+        rest = b"".join(self._pieces)
+        self._pieces, self._partial_bytes = [], 0
+        if not rest:
+            return []
+        self.lines += 1
+        return [rest]
+
+    def _check_partial(self) -> None:
+        if self.max_line_bytes is not None and self._partial_bytes > self.max_line_bytes:
+            raise LineTooLong(self.lines + 1, self.max_line_bytes)
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -207,9 +244,9 @@ def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
     return iter_lines(store.read_chunks(key))
 
 
-def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
-    """The object's lines; a transient storage failure mid-read reopens the object and
-    carries on after the last line handed out."""
+def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float, start: int = 0) -> Iterator[bytes]:
+    """The object's lines from byte `start` (a line's first byte) on; a transient storage
+    failure mid-read reopens the object there and carries on after the last line handed out."""
     from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
 
     handed_out = 0
@@ -217,7 +254,7 @@ def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) 
     deadline = time.monotonic() + give_up_after_seconds
     while True:
         try:
-            for index, line in enumerate(read_lines(store, key)):
+            for index, line in enumerate(iter_lines(store.read_chunks(key, start))):
                 if index >= handed_out:
                     handed_out += 1
                     backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds

@@ -29,6 +29,7 @@ class ClaimedShard:
     batch_size: int
     sampling_defaults: dict[str, Any]
     model: str
+    line_offsets: dict[str, Any] | None = None  # where every N-th input line starts (app.jobs.uploads)
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
@@ -103,7 +104,7 @@ CLAIM_SHARD_SQL = text(
     )
     SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
            claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
-           j.batch_size, j.sampling_defaults, j.model
+           j.batch_size, j.sampling_defaults, j.model, f.validation -> 'line_offsets' AS line_offsets
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id
     JOIN files f ON f.id = j.input_file_id

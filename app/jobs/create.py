@@ -39,7 +39,7 @@ class JobSpec:
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     truncate_prompts: bool = False
-    pack_by_length: bool = False
+    pack_by_length: bool = True
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,15 @@ class LineError(ValueError):
         self.param = param
 
     def as_error(self) -> dict[str, Any]:
-        """The entry in a batch's `errors.data` (OpenAI's shape)."""
-        return {"code": "invalid_request", "message": self.message, "param": self.param, "line": self.line}
+        """The entry in a batch's `errors.data` (OpenAI's shape), storable in Postgres
+        whatever the line held."""
+        param = _storable(self.param) if self.param is not None else None
+        return {"code": "invalid_request", "message": _storable(self.message), "param": param, "line": self.line}
+
+
+def _storable(text: str) -> str:
+    """`text` with what Postgres cannot store (NUL, lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 class _Body(BaseModel):
@@ -172,6 +179,10 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LineError(line, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise LineError(line, "not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer longer than Python's int max str digits, say
+        raise LineError(line, f"not valid JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(obj, dict):
         raise LineError(line, "a line must be a JSON object")
     custom_id = obj.get("custom_id")
@@ -210,6 +221,8 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
     except ValidationError as exc:
         param, message = _first_error(exc, prefix)
         raise LineError(line, message, param) from None
+    except RecursionError:
+        raise LineError(line, "nested too deeply") from None
     return Request(index=index, custom_id=custom_id, endpoint=endpoint, body=parsed, plain=plain)
 
 

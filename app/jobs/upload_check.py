@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 
 from app.jobs.lines import (
     CHAT_COMPLETIONS,
@@ -92,7 +92,7 @@ def _quick_check(raw: bytes) -> tuple[str, str | None] | None:
             if embedding.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(embedding.__pydantic_extra__):
                 return None
             return embedding.custom_id, "plain:input"
-    except ValidationError:
+    except (ValueError, RecursionError):  # ValidationError, or JSON the parser cannot take
         return None
     return None
 
@@ -243,7 +243,7 @@ class FileCheck:
                         if not prompt_seen:  # plain prompts fit either completion endpoint, not embeddings
                             self.first_line_of.setdefault("plain:prompt", index + 1)
                             prompt_seen = True
-                except ValidationError:
+                except (ValueError, RecursionError):  # ValidationError mostly; parse_line names it
                     pass
             if custom_id is None:
                 custom_id = self._check_other(raw, index)
@@ -266,6 +266,9 @@ class FileCheck:
                 request = parse_line(raw, index, None)
             except LineError as err:
                 self._error(err)
+                return None
+            except (ValueError, RecursionError) as exc:  # whatever else breaks reading the line
+                self._error(LineError(index + 1, f"cannot be read: {type(exc).__name__}"))
                 return None
             custom_id = request.custom_id
             used = _PLAIN_FIELD[request.endpoint] if request.plain else request.endpoint

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from app.core.errors import PayloadTooLarge
+from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.storage import LineSplitter, ObjectStore
 from app.data.ids import new_id
 from app.data.models import FileRecord
 from app.data.records import Records
 from app.jobs.upload_check import FileCheck
+
+# Lines between the byte offsets an upload records: a shard then reads its input from the
+# nearest recorded line before it (a ranged read), so the file is read once over all shards.
+LINE_OFFSET_EVERY = 10_000
+
+
+def line_start(line_offsets: dict[str, Any] | None, line: int) -> tuple[int, int]:
+    """(a line at or before `line`, its first byte) from an upload's recorded offsets; (0, 0)
+    for a file recorded without them."""
+    if not line_offsets or not line_offsets.get("offsets"):
+        return 0, 0
+    every, offsets = int(line_offsets["every"]), line_offsets["offsets"]
+    mark = min(line // every, len(offsets) - 1)
+    return mark * every, int(offsets[mark])
 
 
 @dataclass(frozen=True)
@@ -19,34 +33,55 @@ class UploadLimits:
     max_bytes: int
     max_lines: int
     max_errors: int
+    max_line_bytes: int | None = None  # None: lines of any length
 
 
 class CheckingReader:
     """A file object that hashes and checks what passes through it on its way to storage,
-    and stops it with PayloadTooLarge past the limits."""
+    and stops it with PayloadTooLarge past the limits (LineTooLong for one line)."""
 
     def __init__(self, source: IO[bytes], check: FileCheck | None, limits: UploadLimits | None = None) -> None:
         self._source = source
         self._check = check
         self._limits = limits
-        self._lines = LineSplitter()
+        self._lines = LineSplitter(limits.max_line_bytes if limits else None)
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self.line_offsets = [0]  # the first byte of lines 0, LINE_OFFSET_EVERY, 2 * LINE_OFFSET_EVERY, ...
+        self._lines_seen = 0
+        self._next_line_start = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._read_fully(size)
         self.bytes += len(data)
+        if self._limits is not None and self.bytes > self._limits.max_bytes:
+            raise PayloadTooLarge(f"The file is larger than the limit of {self._limits.max_bytes} bytes.")
         self.sha256.update(data)
         if self._check is not None:
-            self._check.check_lines(self._lines.feed(data) if data else self._lines.finish())
-        if self._limits is not None:
-            if self.bytes > self._limits.max_bytes:
-                raise PayloadTooLarge(f"The file is larger than the limit of {self._limits.max_bytes} bytes.")
-            if self._check is not None and self._check.lines > self._limits.max_lines:
+            lines = self._lines.feed(data) if data else self._lines.finish()
+            self._record_offsets(lines)
+            self._check.check_lines(lines)
+            if self._limits is not None and self._check.lines > self._limits.max_lines:
                 raise PayloadTooLarge(
                     f"The file has more than the limit of {self._limits.max_lines} lines.", code="too_many_lines"
                 )
         return data
+
+    def _record_offsets(self, lines: list[bytes]) -> None:
+        """Notes where every LINE_OFFSET_EVERY-th line starts; walks the lines only when one does."""
+        first, count = self._lines_seen, len(lines)
+        mark = len(self.line_offsets) * LINE_OFFSET_EVERY
+        if first + count <= mark:
+            self._next_line_start += sum(map(len, lines)) + count
+        else:
+            position = self._next_line_start
+            for index, line in enumerate(lines, start=first):
+                if index == mark:
+                    self.line_offsets.append(position)
+                    mark += LINE_OFFSET_EVERY
+                position += len(line) + 1
+            self._next_line_start = position
+        self._lines_seen += count
 
     def _read_fully(self, size: int) -> bytes:
         """Reads `size` bytes unless the source ends first: boto3 takes a short read for
@@ -66,6 +101,64 @@ class CheckingReader:
         return True
 
 
+@dataclass(frozen=True)
+class StoredUpload:
+    """An upload in storage, checked, with no FileRecord yet: the caller may still refuse it."""
+
+    file_id: str
+    storage_key: str
+    bytes: int
+    sha256: str
+    line_count: int
+    validation: dict[str, Any]
+
+
+def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits: UploadLimits) -> StoredUpload:
+    """Writes the upload to storage; batch input is checked on the way. A refused upload
+    (too large, a line too long, a malformed body) leaves nothing behind."""
+    file_id = new_id("file-")
+    key = f"files/{file_id}"
+    check = FileCheck(max_errors=limits.max_errors) if purpose == "batch" else None
+    reader = CheckingReader(source, check, limits)
+    try:
+        store.put_stream(key, reader)  # type: ignore[arg-type]
+    except ServiceError:
+        store.delete(key)  # a multipart upload aborted by the error leaves nothing; a folder may
+        raise
+    return StoredUpload(
+        file_id=file_id,
+        storage_key=key,
+        bytes=reader.bytes,
+        sha256=reader.sha256.hexdigest(),
+        line_count=check.lines if check else 0,
+        validation={**check.summary(), "line_offsets": {"every": LINE_OFFSET_EVERY, "offsets": reader.line_offsets}}
+        if check
+        else {},
+    )
+
+
+def record_upload(
+    records: Records, store: ObjectStore, stored: StoredUpload, *, owner: str, filename: str, purpose: str
+) -> FileRecord:
+    """Stores the upload's FileRecord; the object goes if that fails."""
+    record = FileRecord(
+        id=stored.file_id,
+        owner=owner,
+        filename=filename,
+        purpose=purpose,
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        line_count=stored.line_count,
+        storage_key=stored.storage_key,
+        validation=stored.validation,
+    )
+    try:
+        return records.add_file(record)
+    except Exception:
+        store.delete(stored.storage_key)
+        raise
+
+
 def store_upload(
     records: Records,
     store: ObjectStore,
@@ -77,28 +170,5 @@ def store_upload(
     limits: UploadLimits,
 ) -> FileRecord:
     """Writes the upload to storage, then records it; batch input is checked on the way."""
-    file_id = new_id("file-")
-    key = f"files/{file_id}"
-    check = FileCheck(max_errors=limits.max_errors) if purpose == "batch" else None
-    reader = CheckingReader(source, check, limits)
-    try:
-        store.put_stream(key, reader)  # type: ignore[arg-type]
-    except PayloadTooLarge:
-        store.delete(key)  # a multipart upload aborted by the error leaves nothing; a folder may
-        raise
-    record = FileRecord(
-        id=file_id,
-        owner=owner,
-        filename=filename,
-        purpose=purpose,
-        bytes=reader.bytes,
-        sha256=reader.sha256.hexdigest(),
-        line_count=check.lines if check else 0,
-        storage_key=key,
-        validation=check.summary() if check else {},
-    )
-    try:
-        return records.add_file(record)
-    except Exception:
-        store.delete(key)
-        raise
+    stored = write_upload(store, source, purpose=purpose, limits=limits)
+    return record_upload(records, store, stored, owner=owner, filename=filename, purpose=purpose)

@@ -107,8 +107,8 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
             body[name] = getattr(args, name)
     if args.truncate_prompts:
         body["truncate_prompts"] = True
-    if args.pack_by_length:
-        body["pack_by_length"] = True
+    if not args.pack_by_length:
+        body["pack_by_length"] = False
     if args.metadata:
         body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
     if args.dry_run:
@@ -253,10 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check every line and count its tokens, print the estimate and ETA, queue nothing",
     )
     submit.add_argument(
-        "--pack-by-length",
-        action="store_true",
+        "--no-pack-by-length",
+        action="store_false",
         dest="pack_by_length",
-        help="batch lines of similar max_tokens together (output stays in input order)",
+        help="run static batches of consecutive lines instead of packing lines of similar max_tokens together "
+        "(the default; output stays in input order either way)",
     )
     submit.add_argument(
         "--truncate-prompts",

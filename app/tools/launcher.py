@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def main() -> None:
         env["DATABASE_URL"] = database_url  # the children join this process's embedded server
         print(f"embedded Postgres: {database_url}", flush=True)
     upgrade(database_url)
+    if settings.api_processes > 1 and not settings.session_secret:
+        env["SESSION_SECRET"] = secrets.token_urlsafe(32)  # one admin session valid on every API process
     _print_admin_key_if_none(database_url)
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
         ensure_demo_model(DEMO_MODEL)
@@ -83,6 +86,8 @@ def main() -> None:
             settings.host,
             "--port",
             str(settings.port),
+            "--workers",
+            str(settings.api_processes),
         ],
         env=env,
     )

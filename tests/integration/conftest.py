@@ -47,6 +47,7 @@ def make_settings(database_url: str, store: ObjectStore, **overrides: object) ->
         "model": str(DEMO_MODEL),
         "max_model_len": 256,
         "embedding_model": str(DEMO_EMBEDDING_MODEL),
+        "sweep_seconds": 3600,  # tests sweep when they mean to; a cancel still pokes the sweeper
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from app.core.storage import ObjectStore
 from app.data.keys import create_key
 from app.data.records import Records
 from app.jobs.lines import parse_line
-from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload
+from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload, wait_for_estimate
 from worker.engine import VllmEngine
 
 pytestmark = pytest.mark.engine
@@ -65,7 +65,7 @@ def test_the_eta_comes_from_what_workers_measured_at_that_batch_size(
 ) -> None:
     history = [chat_line(f"h{i}", f"warm up {i}", max_tokens=8) for i in range(16)]
     queued = create_batch(client, upload(client, jsonl(history))["id"], endpoint=CHAT, batch_size=8)
-    estimate_while_queued = client.get(f"/v1/batches/{queued['id']}").json()["estimate"]
+    estimate_while_queued = wait_for_estimate(client, queued["id"])
     assert estimate_while_queued["lines"] == 16 and estimate_while_queued["requested_output_tokens"] == 128
     assert estimate_while_queued["prompt_tokens"] > 0 and estimate_while_queued["eta_seconds"] is None
     run_worker_until_idle(engine, settings, store)
@@ -86,6 +86,6 @@ def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settin
         app_client.headers["Authorization"] = f"Bearer {secret}"
         rows = [chat_line(f"s{i}", f"sample {i}", max_tokens=8) for i in range(16)]
         queued = create_batch(app_client, upload(app_client, jsonl(rows))["id"], endpoint=CHAT)
-        estimate = app_client.get(f"/v1/batches/{queued['id']}").json()["estimate"]
+        estimate = wait_for_estimate(app_client, queued["id"])
     assert estimate["sampled_lines"] == 4
     assert estimate["lines"] == 16 and estimate["requested_output_tokens"] == 128

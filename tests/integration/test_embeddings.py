@@ -87,7 +87,10 @@ def test_an_embeddings_batch_gives_llm_embeds_vectors_in_openais_shape(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = rows()
-    batch = create_batch(client, upload(client, jsonl(data))["id"], endpoint=EMBEDDINGS, batch_size=2)
+    # Without length-aware packing, each window is one static batch of 2 lines in input order.
+    batch = create_batch(
+        client, upload(client, jsonl(data))["id"], endpoint=EMBEDDINGS, batch_size=2, pack_by_length=False
+    )
     assert batch["model"] == "demo-embed" and batch["endpoint"] == EMBEDDINGS
 
     llm = embedding_engine.llm

@@ -23,7 +23,7 @@ def test_each_static_batch_records_prefill_decode_and_its_idle_tail(
     # In each static batch of 4, one answer runs 48 tokens and three stop after 2 (the
     # random demo model rarely ends early): the long one runs alone at the end.
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=48 if i % 4 == 0 else 2, temperature=0) for i in range(8)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4, pack_by_length=False)
     run_worker_until_idle(engine, settings, store)
 
     stats = client.get(f"/v1/batches/{batch['id']}/stats").json()

@@ -32,7 +32,7 @@ def worker(records: Records, queue: JobQueue, store: ObjectStore) -> WorkerLoop:
 
 def queued_job(client: TestClient, lines: int, **extra: object) -> str:
     rows = [completion_line(f"r{i}", f"line {i}") for i in range(lines)]
-    return str(create_batch(client, upload(client, jsonl(rows))["id"], **extra)["id"])
+    return str(create_batch(client, upload(client, jsonl(rows))["id"], **{"pack_by_length": False, **extra})["id"])
 
 
 def test_a_finalizer_that_dies_mid_join_is_replaced_when_its_lease_runs_out(

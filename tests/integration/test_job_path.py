@@ -126,7 +126,7 @@ def test_each_static_batch_records_its_statistics(
     client: TestClient, settings: Settings, store: ObjectStore, engine, records: Records
 ):  # type: ignore[no-untyped-def]
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(10)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4, pack_by_length=False)
     run_worker_until_idle(engine, settings, store)
 
     runs = records.windows(batch["id"])
@@ -174,7 +174,7 @@ def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
     client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
 ) -> None:
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2, pack_by_length=False)
 
     run_worker_with_hook_after_batch(
         engine, settings, store, 1, lambda: client.post(f"/v1/batches/{batch['id']}/cancel")
@@ -194,7 +194,7 @@ def test_a_running_batch_that_expires_stops_at_a_boundary_and_keeps_what_was_don
     client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, records: Records, queue: JobQueue
 ) -> None:
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2, pack_by_length=False)
 
     def overdue() -> None:
         with records.db.session() as session:

@@ -40,7 +40,7 @@ def test_a_batch_that_kills_the_engine_every_time_is_set_aside(
     client: TestClient, records: Records, store: ObjectStore
 ) -> None:
     rows = [completion_line(f"r{i}", "POISON" if i == 5 else f"fine {i}") for i in range(12)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4, pack_by_length=False)
     engine = FakeEngine(poison="POISON")
 
     deaths = 0

@@ -1,11 +1,12 @@
 """Gathers the routers."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from app.api.deps import refuse_unstorable_params
 from app.api.routes import batches, files, health, metrics
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-api_router.include_router(files.router)
-api_router.include_router(batches.router)
+api_router.include_router(files.router, dependencies=[Depends(refuse_unstorable_params)])
+api_router.include_router(batches.router, dependencies=[Depends(refuse_unstorable_params)])
 api_router.include_router(metrics.router)

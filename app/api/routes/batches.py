@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import CallerDep, QueueDep, RecordsDep, SettingsDep, StoreDep, SweeperDep
+from app.api.heavy_work import HeavyWork, get_heavy_work
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
 from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job, dry_run, record_estimate
@@ -16,35 +18,39 @@ from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import job_stats, window_series
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+HeavyWorkDep = Annotated[HeavyWork, Depends(get_heavy_work)]
 
 
 @router.post("", response_model=BatchObject | BatchEstimate)
-def create(
+async def create(
     body: BatchCreate,
     caller: CallerDep,
     records: RecordsDep,
     queue: QueueDep,
     store: StoreDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
+    heavy: HeavyWorkDep,
 ) -> BatchObject | BatchEstimate:
     """Create a batch from an uploaded file; a file that breaks the format gives a failed batch.
 
     With `dry_run: true`, nothing is queued: the answer is an estimate (lines, prompt
     tokens, requested output tokens, the lines that would fail and why, an ETA)."""
     if body.dry_run:
-        return BatchEstimate.of(dry_run(records, store, settings, body.spec(), caller.scope))
-    job = create_job(records, queue, settings, body.spec(), Owner(caller.owner, caller.scope))
+        return BatchEstimate.of(await heavy.run(dry_run, records, store, settings, body.spec(), caller.scope))
+    owner = Owner(caller.owner, caller.scope)
+    job = await run_in_threadpool(create_job, records, queue, settings, body.spec(), owner)
     if job.status == JobStatus.QUEUED:
-        background.add_task(record_estimate, records, store, settings, job.id)
+        heavy.submit(record_estimate, records, store, settings, job.id)
     return BatchObject.of(job)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
-def get(batch_id: str, caller: CallerDep, records: RecordsDep) -> BatchObject:
+def get(batch_id: str, caller: CallerDep, records: RecordsDep) -> Response:
     """A batch's status, counts and throughput."""
     job, workers, children = records.job_view(batch_id, caller.scope)
-    return BatchObject.of(job, workers=workers, children=children)
+    # The hot path of every poller: serialized once, here (FastAPI would validate it again).
+    body = BatchObject.of(job, workers=workers, children=children).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 @router.get("", response_model=BatchList)
@@ -102,18 +108,20 @@ def results(
 
 
 @router.post("/{batch_id}/retry", response_model=BatchObject)
-def retry(
+async def retry(
     batch_id: str,
     caller: CallerDep,
     records: RecordsDep,
     queue: QueueDep,
     store: StoreDep,
     settings: SettingsDep,
+    heavy: HeavyWorkDep,
     body: BatchRetry | None = None,
 ) -> BatchObject:
     """A new batch of this finished batch's failed and unrun lines, linked to it as its child,
     optionally with a new `max_tokens` for every line or prompts cut to fit the context."""
-    child = retry_failed(records, queue, store, settings, batch_id, (body or BatchRetry()).overrides(), caller.scope)
+    overrides = (body or BatchRetry()).overrides()
+    child = await heavy.run(retry_failed, records, queue, store, settings, batch_id, overrides, caller.scope)
     return BatchObject.of(child)
 
 

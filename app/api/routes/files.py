@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CallerDep, RecordsDep, SettingsDep, StoreDep
 from app.api.schemas import FileDeleted, FileList, FileObject
-from app.jobs.uploads import UploadLimits, store_upload
+from app.api.upload_form import UPLOAD_FORM_OPENAPI, receive_upload
+from app.jobs.uploads import UploadLimits, record_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
+def attachment(filename: str) -> str:
+    """Content-Disposition for a download (RFC 6266): an ASCII `filename` for old
+    clients, and the real name, any script, in RFC 5987's `filename*`."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename) or "download.jsonl"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@router.post("", response_model=FileObject, openapi_extra=UPLOAD_FORM_OPENAPI)
 async def upload_file(
-    caller: CallerDep,
-    records: RecordsDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    file: UploadFile,
-    purpose: Annotated[Literal["batch"], Form()] = "batch",
+    request: Request, caller: CallerDep, records: RecordsDep, store: StoreDep, settings: SettingsDep
 ) -> FileObject:
-    """Upload a JSONL file; batch input is checked line by line as it streams to storage."""
-    limits = UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors)
+    """Upload a JSONL file (multipart: `file`, `purpose=batch`); batch input is checked line
+    by line as it streams to storage, within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and
+    MAX_LINE_BYTES."""
+    limits = UploadLimits(
+        settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors, settings.max_line_bytes
+    )
+    form = await receive_upload(request, store, limits)
     record = await run_in_threadpool(
-        lambda: store_upload(
-            records,
-            store,
-            file.file,
-            owner=caller.owner,
-            filename=file.filename or "upload.jsonl",
-            purpose=purpose,
-            limits=limits,
+        lambda: record_upload(
+            records, store, form.stored, owner=caller.owner, filename=form.filename, purpose=form.purpose
         )
     )
     return FileObject.of(record)
@@ -66,10 +69,7 @@ def get_file_content(file_id: str, caller: CallerDep, records: RecordsDep, store
     return StreamingResponse(
         store.read_chunks(record.storage_key),
         media_type="application/jsonl",
-        headers={
-            "Content-Length": str(record.bytes),
-            "Content-Disposition": f'attachment; filename="{record.filename}"',
-        },
+        headers={"Content-Length": str(record.bytes), "Content-Disposition": attachment(record.filename)},
     )
 
 
