@@ -2,7 +2,8 @@
 
 Three stages overlap so the engine never waits on I/O: while batch k is in
 `generate`, a thread prepares batch k+1 (reading, parsing, tokenizing) and another
-writes batch k-1's results to storage and its progress to Postgres.
+writes batch k-1's results to storage and its progress to Postgres. An embeddings
+shard runs the same way, each static batch of `batch_size` lines in one `embed` call.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from app.core.storage import ObjectStore, resilient_lines
 from app.data.claims import ClaimedShard
 from app.data.models import JobStatus
 from app.data.queue import JobQueue, WindowResult
-from app.jobs.lines import LineError, Request
-from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
-from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request
+from app.jobs.lines import EMBEDDINGS, LineError, Request
+from app.jobs.output_lines import (
+    Embeddings,
+    Generation,
+    custom_id_of,
+    embedding_line,
+    part_key,
+    request_error_line,
+    success_line,
+)
+from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_embedding, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from app.jobs.uploads import line_start
@@ -49,20 +58,33 @@ class PreparedWindow:
     seq: int
     first_line: int
     next_line: int
+    embeddings: bool = False  # an embeddings window: `inputs`, not `prompts`
     runnable: list[Request] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
-    sampling: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[list[list[int]]] = field(default_factory=list)  # embeddings: each line's inputs
+    sampling: list[dict[str, Any]] = field(default_factory=list)  # SamplingParams (or PoolingParams) kwargs
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
+
+    def length(self, position: int) -> tuple[int, int]:
+        """What the engine's work on a runnable line grows with, to sort a packed window by."""
+        if self.embeddings:
+            return 0, sum(len(ids) for ids in self.inputs[position])
+        return self.sampling[position]["max_tokens"], len(self.prompts[position])
+
+    def drop(self, position: int) -> Request:
+        """Takes a runnable line out of the window."""
+        del (self.inputs if self.embeddings else self.prompts)[position], self.sampling[position]
+        return self.runnable.pop(position)
 
 
 @dataclass(frozen=True)
 class Generated:
     """What the engine made of one window, in input order."""
 
-    generations: list[Generation]
+    generations: list[Generation | Embeddings]
     telemetry: EngineTelemetry | None
-    static_batches: int  # generate calls
+    static_batches: int  # generate (or embed) calls
 
 
 @dataclass
@@ -99,13 +121,18 @@ class ShardRunner:
     def _prepare(
         self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]
     ) -> PreparedWindow:
-        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
+        embeddings = shard.endpoint == EMBEDDINGS
+        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, embeddings=embeddings)
         for index, raw in chunk:
             try:
-                planned = plan_request(
-                    raw, index, shard.endpoint, defaults, self.engine.prompt_token_ids, self.engine.limits
-                )
-                self.engine.check(planned.sampling)
+                if embeddings:
+                    embedding = plan_embedding(raw, index, defaults, self.engine.input_token_ids, self.engine.limits)
+                    self.engine.check_pooling(embedding.pooling)
+                else:
+                    planned = plan_request(
+                        raw, index, shard.endpoint, defaults, self.engine.prompt_token_ids, self.engine.limits
+                    )
+                    self.engine.check(planned.sampling)
             except LineError as err:  # the file changed since upload; still answer per line
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
@@ -121,24 +148,29 @@ class ShardRunner:
                 message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
                 window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
                 continue
-            window.runnable.append(planned.request)
-            window.prompts.append(planned.prompt)
-            window.sampling.append(planned.sampling)
+            if embeddings:
+                window.runnable.append(embedding.request)
+                window.inputs.append(embedding.inputs)
+                window.sampling.append(embedding.pooling)
+            else:
+                window.runnable.append(planned.request)
+                window.prompts.append(planned.prompt)
+                window.sampling.append(planned.sampling)
         return window
 
     def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
         one batch) is cut into static batches of similar requested length, so short answers
         do not wait for long ones; the generations come back in input order."""
-        if not window.prompts:
+        if not window.runnable:
             return Generated([], None, 0)
-        count = len(window.prompts)
+        count = len(window.runnable)
         if count <= batch_size:
             groups = [list(range(count))]
         else:
-            by_length = sorted(range(count), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i])))
+            by_length = sorted(range(count), key=window.length)
             groups = [by_length[start : start + batch_size] for start in range(0, count, batch_size)]
-        in_order: list[Generation | None] = [None] * count
+        in_order: list[Generation | Embeddings | None] = [None] * count
         refused: dict[int, str] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
@@ -146,22 +178,29 @@ class ShardRunner:
                 if isinstance(outcome, str):
                     refused[positions[0]] = outcome
                     continue
-                for position, generation in zip(positions, outcome, strict=True):
-                    in_order[position] = generation
-                telemetry.append(batch_telemetry(outcome, self.engine.kv_cache_tokens))
+                results: list[Generation | Embeddings] = list(outcome)
+                for position, result in zip(positions, results, strict=True):
+                    in_order[position] = result
+                generations = [g for g in results if isinstance(g, Generation)]
+                telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
         _set_refused_aside(window, refused)
         return Generated([g for g in in_order if g is not None], combine(telemetry), len(telemetry))
 
+    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
+        """One `generate` (or `embed`) call for the window's requests at `positions`."""
+        sampling = [window.sampling[i] for i in positions]
+        if window.embeddings:
+            return self.engine.embed([window.inputs[i] for i in positions], sampling)
+        return self.engine.generate([window.prompts[i] for i in positions], sampling)
+
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], list[Generation] | str]]:
+    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | str]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the
         refused request stands alone: it gets the engine's reason, the rest run."""
         try:
-            generated = self.engine.generate(
-                [window.prompts[i] for i in positions], [window.sampling[i] for i in positions]
-            )
+            generated = self._run_static_batch(window, positions)
         except RequestRejected as refusal:
             if len(positions) == 1:
                 yield positions, str(refusal)
@@ -181,7 +220,7 @@ class ShardRunner:
         ).format(first=window.first_line + 1, last=window.next_line)
         for request in window.runnable:
             window.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
-        window.runnable, window.prompts, window.sampling = [], [], []
+        window.runnable, window.prompts, window.inputs, window.sampling = [], [], [], []
         return window
 
     def _write(
@@ -193,8 +232,11 @@ class ShardRunner:
     ) -> JobStatus:
         """Stores the window's results, then records its progress in one transaction."""
         generations = generated.generations
+        model = self.engine.model_name
         out = [
-            success_line(request, generation, self.engine.model_name)
+            embedding_line(request, generation, model)
+            if isinstance(generation, Embeddings)
+            else success_line(request, generation, model)
             for request, generation in zip(window.runnable, generations, strict=True)
         ]
         err = [line for _, line in sorted(window.errors.items())]
@@ -216,7 +258,7 @@ class ShardRunner:
             prompt_tokens=sum(g.prompt_tokens for g in generations),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
-            output_lengths=length_histogram(g.completion_tokens for g in generations),
+            output_lengths=length_histogram(g.completion_tokens for g in generations if isinstance(g, Generation)),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
             static_batches=generated.static_batches,
             engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
@@ -281,8 +323,7 @@ class ShardRunner:
 def _set_refused_aside(window: PreparedWindow, refused: dict[int, str]) -> None:
     """Moves the requests the engine refused (by position) to the window's error lines."""
     for position in sorted(refused, reverse=True):
-        request = window.runnable.pop(position)
-        del window.prompts[position], window.sampling[position]
+        request = window.drop(position)
         message = f"The engine refused this request: {refused[position]}"
         window.errors[request.index] = request_error_line(request.custom_id, message, None, "invalid_request")
 

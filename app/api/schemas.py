@@ -116,7 +116,11 @@ class BatchCreate(BaseModel):
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
-    model: StorableStr | None = Field(default=None, description="model to run; default: the one the workers hold")
+    model: StorableStr | None = Field(
+        default=None,
+        description="model to run; default: the one the workers hold for the endpoint (the embedding "
+        "model for /v1/embeddings)",
+    )
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
     max_tokens: int | None = Field(default=None, ge=1, description="default max_tokens for lines without one")
     truncate_prompts: bool = Field(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
+DEMO_EMBEDDING_MODEL_PATH = Path("var/models/demo-embed")  # likewise: a small BERT for /v1/embeddings
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,27 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
+
+    # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.
+    worker_kind: Literal["generate", "embed"] = Field(
+        default="generate",
+        description="what `python -m worker` holds: MODEL (generate) or EMBEDDING_MODEL (embed); flag --kind",
+    )
+    embedding_model: str = Field(
+        default=str(DEMO_EMBEDDING_MODEL_PATH), description="embedding model folder or Hugging Face id"
+    )
+    embedding_served_model_name: str | None = Field(
+        default=None, description="name embeddings jobs use; default: the embedding model's last part"
+    )
+    embedding_max_model_len: int | None = Field(
+        default=None, ge=16, description="the embedding model's context length; unset is the model's"
+    )
+    embedding_gpu_memory_utilization: float = Field(
+        default=0.1, gt=0, le=1, description="the embedding engine's share of GPU memory (it may share GPUs)"
+    )
+    embedding_worker: bool = Field(
+        default=True, description="the launcher (make run) starts an embedding worker beside the generation ones"
+    )
 
     # Jobs.
     batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
@@ -88,15 +111,32 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    @model_validator(mode="after")
+    def _one_name_per_model(self) -> Settings:
+        # Workers claim jobs by model name, so the two kinds must not share one.
+        if self.model_name == self.embedding_model_name:
+            raise ValueError(
+                f"MODEL and EMBEDDING_MODEL are both served as {self.model_name!r}; "
+                "give them different names (SERVED_MODEL_NAME, EMBEDDING_SERVED_MODEL_NAME)"
+            )
+        return self
+
     @property
     def model_name(self) -> str:
-        if self.served_model_name:
-            return self.served_model_name
-        return self.model.rstrip("/").split("/")[-1] if Path(self.model).exists() else self.model
+        return self.served_model_name or _name_of(self.model)
+
+    @property
+    def embedding_model_name(self) -> str:
+        return self.embedding_served_model_name or _name_of(self.embedding_model)
 
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.var_dir / 'storage').resolve()}"
+
+
+def _name_of(model: str) -> str:
+    """A local folder's last part, else the model's id as given."""
+    return model.rstrip("/").split("/")[-1] if Path(model).exists() else model
 
 
 @lru_cache

@@ -17,7 +17,7 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.estimate import JobEstimate, estimate_job
-from app.jobs.lines import ENDPOINTS
+from app.jobs.lines import EMBEDDINGS, ENDPOINTS
 from app.jobs.planning import JobDefaults
 from app.jobs.upload_check import endpoint_mismatch
 
@@ -76,16 +76,23 @@ def check_priority(priority: int | None, scope: str | None) -> None:
         raise Forbidden("A priority above 0 needs an admin key; 0 and below are yours to set.", param="priority")
 
 
+def served_model(settings: Settings, endpoint: str) -> str:
+    """The model a job on `endpoint` runs on: embedding workers hold the embedding model,
+    generation workers the generation model."""
+    return settings.embedding_model_name if endpoint == EMBEDDINGS else settings.model_name
+
+
 def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str | None) -> CheckedSpec:
     check_priority(spec.priority, scope)
     if spec.endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
         )
-    model = spec.model or settings.model_name
-    if model != settings.model_name:
+    served = served_model(settings, spec.endpoint)
+    model = spec.model or served
+    if model != served:
         raise InvalidRequest(
-            f"Model {model!r} is not served here; workers hold {settings.model_name!r}.", param="model"
+            f"Model {model!r} is not served here for {spec.endpoint}; workers hold {served!r}.", param="model"
         )
     source = records.get_file(spec.input_file_id, scope)
     if source.purpose != "batch":

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel
 
-from app.jobs.lines import CHAT_COMPLETIONS, Request
+from app.jobs.lines import CHAT_COMPLETIONS, EmbeddingBody, Request
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ class Generation:
     @property
     def completion_tokens(self) -> int:
         return sum(choice.completion_tokens for choice in self.choices)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What the engine made of one embeddings request: one vector per input, in order."""
+
+    prompt_tokens: int  # over all its inputs
+    vectors: list[list[float]]
+    completion_tokens: int = 0  # nothing is generated
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
@@ -108,6 +119,26 @@ class CompletionBody(BaseModel):
     usage: Usage
 
 
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    """An embeddings response, as OpenAI's API answers."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
 class RequestError(BaseModel):
     message: str
     type: str = "invalid_request_error"
@@ -122,7 +153,7 @@ class ErrorBody(BaseModel):
 class Response(BaseModel):
     status_code: int
     request_id: str
-    body: CompletionBody | ErrorBody
+    body: CompletionBody | EmbeddingList | ErrorBody
 
 
 class BatchLineError(BaseModel):
@@ -142,9 +173,11 @@ class OutputLine(BaseModel):
         return self.model_dump_json().encode() + b"\n"
 
 
-def _line(custom_id: str, body: CompletionBody | ErrorBody | None, error: BatchLineError | None = None) -> bytes:
+def _line(
+    custom_id: str, body: CompletionBody | EmbeddingList | ErrorBody | None, error: BatchLineError | None = None
+) -> bytes:
     request_id = uuid.uuid4().hex
-    status = 200 if isinstance(body, CompletionBody) else 400
+    status = 400 if isinstance(body, ErrorBody) else 200
     response = Response(status_code=status, request_id=request_id, body=body) if body is not None else None
     return OutputLine(id=f"batch_req_{request_id[:24]}", custom_id=custom_id, response=response, error=error).jsonl()
 
@@ -183,6 +216,26 @@ def success_line(request: Request, generation: Generation, model: str) -> bytes:
             completion_tokens=generation.completion_tokens,
             total_tokens=generation.prompt_tokens + generation.completion_tokens,
         ),
+    )
+    return _line(request.custom_id, body)
+
+
+def base64_vector(vector: list[float]) -> str:
+    """A vector as OpenAI's `encoding_format: "base64"` gives it: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def embedding_line(request: Request, embeddings: Embeddings, model: str) -> bytes:
+    """One output line for an embeddings request: every input's vector, in input order."""
+    assert isinstance(request.body, EmbeddingBody)
+    encode = base64_vector if request.body.encoding_format == "base64" else None
+    body = EmbeddingList(
+        data=[
+            EmbeddingData(index=index, embedding=encode(vector) if encode else vector)
+            for index, vector in enumerate(embeddings.vectors)
+        ],
+        model=model,
+        usage=EmbeddingUsage(prompt_tokens=embeddings.prompt_tokens, total_tokens=embeddings.prompt_tokens),
     )
     return _line(request.custom_id, body)
 

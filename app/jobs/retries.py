@@ -15,13 +15,14 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from app.core.errors import Conflict
+from app.core.errors import Conflict, InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ChunkReader, ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, check_priority, create_job
+from app.jobs.lines import EMBEDDINGS
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import JobDefaults
 from app.jobs.uploads import UploadLimits, store_upload
@@ -73,6 +74,8 @@ def retry_failed(
         raise Conflict(f"Batch {parent_id} is {status.value}; retry it once it has ended.")
     if parent.error_file_id is None:
         raise Conflict(f"Batch {parent_id} has no failed lines to retry.")
+    if parent.endpoint == EMBEDDINGS and overrides.max_tokens is not None:
+        raise InvalidRequest("max_tokens does not apply to an embeddings batch.", param="max_tokens")
     failed = {
         _digest(custom_id_of(line)) for line in _lines_of(store, records.get_file(parent.error_file_id).storage_key)
     }

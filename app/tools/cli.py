@@ -64,7 +64,9 @@ def _guess_endpoint(path: Path) -> str:
         first = json.loads(handle.readline() or b"{}")
     if isinstance(first, dict) and first.get("url"):
         return str(first["url"])
-    return "/v1/chat/completions" if isinstance(first, dict) and "messages" in first else "/v1/completions"
+    if isinstance(first, dict) and "messages" in first:
+        return "/v1/chat/completions"
+    return "/v1/embeddings" if isinstance(first, dict) and "input" in first else "/v1/completions"
 
 
 def _summary(batch: dict[str, Any]) -> str:
