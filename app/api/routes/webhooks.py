@@ -56,6 +56,12 @@ def list_endpoints(
     return WebhookEndpointList.of([WebhookEndpointObject.of(e) for e in page[:limit]], has_more=len(page) > limit)
 
 
+@router.get("/{endpoint_id}", response_model=WebhookEndpointObject)
+def get_endpoint(endpoint_id: str, request: Request, caller: CallerDep) -> WebhookEndpointObject:
+    """One endpoint (its secret is never shown again)."""
+    return WebhookEndpointObject.of(_endpoints(request, caller).get(endpoint_id))
+
+
 @router.delete("/{endpoint_id}", response_model=WebhookEndpointDeleted)
 def delete_endpoint(endpoint_id: str, request: Request, caller: CallerDep) -> WebhookEndpointDeleted:
     """Stop sending to this endpoint: no new events, and its pending deliveries are given up."""
