@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long the API trusts a verified key (a revoked key works this much longer)"
     )
+
+    # Webhooks (each API process sends them: app.jobs.webhooks.WebhookSender).
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often a sender looks for due deliveries")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="a delivery's HTTP timeout")
+    webhook_first_retry_seconds: float = Field(
+        default=5.0, gt=0, description="the wait after a failed delivery; it doubles with each attempt"
+    )
+    webhook_max_retry_seconds: float = Field(default=3600.0, gt=0, description="the longest wait between attempts")
+    webhook_max_age_seconds: float = Field(
+        default=3 * 24 * 3600.0, gt=0, description="a delivery not made this long after its event is given up"
+    )
+    webhook_concurrency: int = Field(default=4, ge=1, description="deliveries one API process sends at once")
+
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -221,3 +221,54 @@ class Worker(Base):
     current_shard_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waits for its next attempt (or is being sent: see next_attempt_at)
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: older than the max age, or its endpoint was deleted
+
+
+class WebhookEndpoint(Base):
+    """Where an owner's batch events go. The signing secret is stored as given (it signs
+    every delivery, so it cannot be a hash), and shown only at creation."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)  # whose jobs' events it receives
+    url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, default="")
+    secret: Mapped[str] = mapped_column(Text)  # whsec_ + base64 (Standard Webhooks)
+    event_types: Mapped[list[Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, inserted in the transaction that ends the
+    job, sent (and retried) by `app.jobs.webhooks.WebhookSender`. `next_attempt_at` is
+    both the retry schedule and the sender's lease: a claim moves it past the send's
+    timeout, so a sender that dies mid-send leaves the row due again."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True),
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64))  # evt_...: the webhook-id header, the same on every attempt
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # the exact body signed and sent on every attempt
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sender_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # who holds (or last held) it
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(nullable=True)

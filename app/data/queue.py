@@ -3,7 +3,8 @@
 Create, claim (one statement, below), record a window's progress, renew and release
 a lease, finish a shard, cancel, expire, complete. The worker and the API both go
 through `JobQueue`; nothing else writes a job's status, its counters or a lease.
-Reads live in `app.data.records`.
+Each end of a job queues its webhook event (`app.data.outbox.record_event`) in the
+transaction that ends it. Reads live in `app.data.records`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app.data.models import (
     Window,
     Worker,
 )
+from app.data.outbox import record_event
 from app.data.records import visible_to
 
 
@@ -64,10 +66,13 @@ class JobQueue:
         self.db = db
 
     def create_job(self, job: Job, shard_size: int) -> Job:
-        """Stores a batch and, when it is queued, its shards of consecutive lines."""
+        """Stores a batch and, when it is queued, its shards of consecutive lines (when it
+        failed at creation, its `batch.failed` event)."""
         with self.db.session() as session:
             session.add(job)
             session.flush()
+            if job.status == JobStatus.FAILED:
+                record_event(session, job, job.failed_at or now())
             if job.status == JobStatus.QUEUED:
                 for index, start in enumerate(range(0, job.request_total, shard_size)):
                     end = min(start + shard_size, job.request_total)
@@ -179,6 +184,7 @@ class JobQueue:
             job.failed_at = now()
             job.errors = [*(job.errors or []), {"code": "finalization_failed", "message": message, "param": None}]
             job.finalize_lease_expires_at = None
+            record_event(session, job, job.failed_at)
 
     # The worker's side.
 
@@ -320,7 +326,8 @@ class JobQueue:
     ) -> None:
         """Stores the joined output files and ends the job (completed, cancelled or expired),
         if `finalizer_id` still holds its finalization (else FinalizationLost). The output
-        file exists even when empty; the error file only when a line failed."""
+        file exists even when empty; the error file only when a line failed. The job's
+        webhook event is queued in the same transaction."""
         with self.db.session() as session:
             job = self._held(session, job_id, finalizer_id)
             session.add_all([output] + ([errors] if errors else []))
@@ -329,15 +336,17 @@ class JobQueue:
             job.error_file_id = errors.id if errors else None
             job.request_failed += unrun_lines
             job.finalize_lease_expires_at = None
+            ended = now()
             if job.status == JobStatus.CANCELLING:
                 job.status = JobStatus.CANCELLED
-                job.cancelled_at = now()
+                job.cancelled_at = ended
             elif job.status == JobStatus.EXPIRING:
                 job.status = JobStatus.EXPIRED
-                job.expired_at = now()
+                job.expired_at = ended
             else:
                 job.status = JobStatus.COMPLETED
-                job.completed_at = now()
+                job.completed_at = ended
+            record_event(session, job, ended)
 
     @staticmethod
     def _held(session: Session, job_id: str, finalizer_id: str) -> Job:
