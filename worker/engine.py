@@ -78,6 +78,8 @@ def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     if not cuda:
         kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
+    # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
+    kwargs["enable_prefix_caching"] = settings.prefix_caching
     return kwargs
 
 
@@ -234,6 +236,7 @@ class VllmEngine:
                     for choice in out.outputs
                 ],
                 timing=_timing(out.metrics),
+                cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),
             )
             for out, kw in zip(outputs, sampling, strict=True)
         ]

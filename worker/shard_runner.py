@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,8 +169,8 @@ class ShardRunner:
         if count <= batch_size:
             groups = [list(range(count))]
         else:
-            by_length = sorted(range(count), key=window.length)
-            groups = [by_length[start : start + batch_size] for start in range(0, count, batch_size)]
+            order = packing_order(window)
+            groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
         in_order: list[Generation | Embeddings | None] = [None] * count
         refused: dict[int, str] = {}
         telemetry: list[EngineTelemetry | None] = []
@@ -256,6 +257,7 @@ class ShardRunner:
             completed=len(out),
             failed=len(err),
             prompt_tokens=sum(g.prompt_tokens for g in generations),
+            cached_tokens=sum(g.cached_tokens for g in generations if isinstance(g, Generation)),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
             output_lengths=length_histogram(g.completion_tokens for g in generations if isinstance(g, Generation)),
@@ -318,6 +320,24 @@ class ShardRunner:
         if pending_prep is not None and not cut_short:
             raise ShutdownRequested
         return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
+
+
+PREFIX_GROUP_TOKENS = 64  # lines whose prompts start with the same this many tokens run together
+
+
+def packing_order(window: PreparedWindow) -> list[int]:
+    """The order a packed window's lines run in: lines that share the start of their prompt
+    (a system prompt, few-shot examples) together, so the engine's prefix cache computes it
+    once for them; then the others; within each group by requested length, so short answers
+    do not wait for long ones. Answers go back in input order whatever this order is."""
+    positions = range(len(window.runnable))
+    if window.embeddings:
+        return sorted(positions, key=window.length)
+    prefixes = [hash(tuple(prompt[:PREFIX_GROUP_TOKENS])) for prompt in window.prompts]
+    shared = Counter(prefixes)
+    group = {prefix: rank for rank, prefix in enumerate(dict.fromkeys(p for p in prefixes if shared[p] > 1))}
+    unshared = len(group)  # lines alone with their prefix come last, as one group
+    return sorted(positions, key=lambda i: (group.get(prefixes[i], unshared), *window.length(i)))
 
 
 def _set_refused_aside(window: PreparedWindow, refused: dict[int, str]) -> None:

@@ -243,7 +243,7 @@ class BatchObject(BaseModel):
             batch_size=job.batch_size,
             usage={
                 "input_tokens": job.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": job.cached_tokens},
                 "output_tokens": job.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": job.prompt_tokens + job.completion_tokens,

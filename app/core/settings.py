@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    prefix_caching: bool = Field(
+        default=True, description="vLLM's prefix caching: lines that share a prompt prefix compute it once"
+    )
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
 
     # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.

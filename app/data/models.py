@@ -109,6 +109,7 @@ class Job(Base):
     request_completed: Mapped[int] = mapped_column(Integer, default=0)
     request_failed: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     tensor_parallel_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -195,6 +196,7 @@ class Window(Base):
     completed: Mapped[int] = mapped_column(Integer)
     failed: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(Integer)
     generate_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)

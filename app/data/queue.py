@@ -56,6 +56,7 @@ class WindowResult:
     output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
     static_batches: int = 1  # generate calls in this window
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
 
 
@@ -233,6 +234,7 @@ class JobQueue:
                     completed=result.completed,
                     failed=result.failed,
                     prompt_tokens=result.prompt_tokens,
+                    cached_tokens=result.cached_tokens,
                     completion_tokens=result.completion_tokens,
                     generate_seconds=result.generate_seconds,
                     tokens_per_second=tps,
@@ -250,6 +252,7 @@ class JobQueue:
                     request_completed=Job.request_completed + result.completed,
                     request_failed=Job.request_failed + result.failed,
                     prompt_tokens=Job.prompt_tokens + result.prompt_tokens,
+                    cached_tokens=Job.cached_tokens + result.cached_tokens,
                     completion_tokens=Job.completion_tokens + result.completion_tokens,
                     generate_seconds=Job.generate_seconds + result.generate_seconds,
                     first_window_at=func.coalesce(Job.first_window_at, func.now()),

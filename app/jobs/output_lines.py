@@ -48,6 +48,7 @@ class Generation:
     prompt_tokens: int
     choices: list[Choice]
     timing: RequestTiming | None = None
+    cached_tokens: int = 0  # prompt tokens found in the engine's prefix cache
 
     @property
     def completion_tokens(self) -> int:
@@ -83,10 +84,15 @@ def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
     }
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # found in the engine's prefix cache, not computed again
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class ChatMessageOut(BaseModel):
@@ -215,6 +221,7 @@ def success_line(request: Request, generation: Generation, model: str) -> bytes:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             total_tokens=generation.prompt_tokens + generation.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens),
         ),
     )
     return _line(request.custom_id, body)
