@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         default=3, ge=1, description="a static batch that kills its worker this often goes to the error file"
     )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
+    file_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="days an upload without expires_after, or a batch's output and error files without "
+        "output_expires_after, are kept before the sweeper deletes them (OpenAI's default for batch files); "
+        "0 keeps them until deleted",
+    )
 
     # API.
     heavy_work_threads: int = Field(
