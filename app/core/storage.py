@@ -230,7 +230,8 @@ class S3Store:
         )
         if errors := response.get("Errors"):
             first = errors[0]
-            raise OSError(f"S3 could not delete {len(errors)} objects, first {first.get('Key')}: {first.get('Message')}")
+            where = f"{first.get('Key')}: {first.get('Message')}"
+            raise OSError(f"S3 could not delete {len(errors)} objects, the first {where}")
         return len(keys)
 
 

@@ -67,7 +67,9 @@ class JobQueue:
         """Stores a batch and, when it is queued, its shards of consecutive lines."""
         with self.db.session() as session:
             session.add(job)
-            session.flush()
+            session.flush()  # the job's foreign key locks its input: a sweep deleting it ends first
+            if session.scalar(select(FileRecord.deleted_at).where(FileRecord.id == job.input_file_id)) is not None:
+                raise NotFound("file", job.input_file_id)  # expired and swept meanwhile (app.data.retention)
             if job.status == JobStatus.QUEUED:
                 for index, start in enumerate(range(0, job.request_total, shard_size)):
                     end = min(start + shard_size, job.request_total)
