@@ -4,7 +4,8 @@ files), else after the server's FILE_RETENTION_DAYS (0: kept until deleted).
 
 The sweeper (app.jobs.sweeper) deletes expired files, a bounded number per sweep: the
 object, then the row (soft-deleted, as `DELETE /v1/files/{id}` does), and for an ended
-job's output file the job's result parts too (results so far read them until then).
+job's output file the job's result parts and `stats.json` under `batches/<job>/` too
+(results so far read the parts until then), so storage does not grow with every job.
 A file that a job which has not ended reads as its input waits for that job to end.
 """
 
@@ -38,17 +39,19 @@ def expiry(created_at: datetime, seconds: int | None) -> datetime | None:
     return created_at + timedelta(seconds=seconds) if seconds is not None else None
 
 
-def parts_prefix(job_id: str) -> str:
-    """Where a job's result parts live (app.jobs.output_lines.part_key)."""
-    return f"batches/{job_id}/parts/"
+def job_prefix(job_id: str) -> str:
+    """Where a job's own objects live: its result parts (app.jobs.output_lines.part_key)
+    and `stats.json` (the same figures stay in `GET /v1/batches/{id}/stats`)."""
+    return f"batches/{job_id}/"
 
 
 def remove_file_objects(store: ObjectStore, storage_key: str, output_of_job: str | None) -> None:
-    """A deleted file's object, and the parts of the ended job whose output it was: the
-    joined output holds them, and results so far read them only until then."""
+    """A deleted file's object, and for the output file of an ended job the job's own
+    objects: the joined output holds its parts, and results so far read them only until
+    the output is gone."""
     store.delete(storage_key)
     if output_of_job is not None:
-        store.delete_prefix(parts_prefix(output_of_job))
+        store.delete_prefix(job_prefix(output_of_job))
 
 
 def delete_expired(records: Records, store: ObjectStore, limit: int = MAX_EXPIRED_FILES_PER_SWEEP) -> list[str]:
