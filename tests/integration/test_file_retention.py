@@ -29,7 +29,7 @@ from app.jobs.output_lines import part_key
 from app.jobs.retention import delete_expired, job_prefix
 from app.jobs.sweeper import sweep
 from tests.fakes import FakeEngine
-from tests.helpers import both_stores, completion_line, create_batch, jsonl, upload
+from tests.helpers import both_stores, completion_line, create_batch, jsonl, upload, wait_for_estimate
 from worker.loop import WorkerLoop
 
 DAY = 86_400
@@ -55,6 +55,14 @@ def run_jobs(records: Records, queue: JobQueue, store: ObjectStore) -> WorkerLoo
     while loop.run_once():
         pass
     return loop
+
+
+def settled_batch(client: TestClient, file_id: str, **extra: Any) -> dict[str, Any]:
+    """A queued batch whose estimate is written: the estimate's update locks the job row,
+    which a finalization claim (SKIP LOCKED) would pass over."""
+    batch = create_batch(client, file_id, **extra)
+    wait_for_estimate(client, batch["id"])
+    return batch
 
 
 def upload_with(client: TestClient, **fields: str) -> Any:
@@ -167,8 +175,8 @@ def test_files_without_a_policy_expire_after_file_retention_days(
     assert settings.file_retention_days == 30  # the default: OpenAI's for batch files
     uploaded = upload(client, jsonl([completion_line("a", "x"), completion_line("b", FakeEngine.REFUSED.decode())]))
     assert uploaded["expires_at"] == uploaded["created_at"] + 30 * DAY
-    kept = create_batch(client, uploaded["id"])
-    timed = create_batch(client, uploaded["id"], output_expires_after={"anchor": "created_at", "seconds": 3 * 3600})
+    kept = settled_batch(client, uploaded["id"])
+    timed = settled_batch(client, uploaded["id"], output_expires_after={"anchor": "created_at", "seconds": 3 * 3600})
     run_jobs(records, queue, store)
     for batch_id, seconds in ((kept["id"], 30 * DAY), (timed["id"], 3 * 3600)):
         done = client.get(f"/v1/batches/{batch_id}").json()
@@ -180,7 +188,7 @@ def test_files_without_a_policy_expire_after_file_retention_days(
     settings.file_retention_days = 0  # kept until deleted
     forever = upload(client, jsonl([completion_line("a", "x")]))
     assert forever["expires_at"] is None
-    batch = create_batch(client, forever["id"])
+    batch = settled_batch(client, forever["id"])
     run_jobs(records, queue, store)
     output_id = client.get(f"/v1/batches/{batch['id']}").json()["output_file_id"]
     assert client.get(f"/v1/files/{output_id}").json()["expires_at"] is None
@@ -207,7 +215,7 @@ def test_an_expired_input_of_a_queued_or_running_job_is_kept_until_the_job_ends(
     client: TestClient, db: Database, records: Records, queue: JobQueue, store: ObjectStore
 ) -> None:
     file_id = upload(client, jsonl([completion_line(f"r{i}", f"line {i}") for i in range(4)]))["id"]
-    batch = create_batch(client, file_id, batch_size=2)
+    batch = settled_batch(client, file_id, batch_size=2)
     expire(db, [file_id])
     run_sweep(records, queue, store)  # queued
     assert client.get(f"/v1/files/{file_id}").status_code == 200 and store.exists(f"files/{file_id}")
@@ -233,7 +241,7 @@ def test_an_ended_jobs_expired_output_and_error_files_go_with_its_parts(
 ) -> None:
     rows = [completion_line(f"r{i}", FakeEngine.REFUSED.decode() if i == 1 else f"line {i}") for i in range(4)]
     input_id = upload(client, jsonl(rows))["id"]
-    batch = create_batch(client, input_id, batch_size=2, pack_by_length=False)
+    batch = settled_batch(client, input_id, batch_size=2, pack_by_length=False)
     run_jobs(records, queue, store)
     done = client.get(f"/v1/batches/{batch['id']}").json()
     assert done["status"] == "completed" and done["request_counts"]["failed"] == 1
@@ -254,7 +262,7 @@ def test_an_ended_jobs_expired_output_and_error_files_go_with_its_parts(
 def test_deleting_an_ended_jobs_output_file_takes_its_parts_too(
     client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
 ) -> None:
-    batch = create_batch(client, upload(client, jsonl([completion_line("a", "x")]))["id"])
+    batch = settled_batch(client, upload(client, jsonl([completion_line("a", "x")]))["id"])
     run_jobs(records, queue, store)
     output_id = client.get(f"/v1/batches/{batch['id']}").json()["output_file_id"]
     assert list(store.list_keys(job_prefix(batch["id"])))
@@ -270,7 +278,7 @@ def test_storage_does_not_grow_without_bound(
     for round_ in range(3):
         rows = [completion_line(f"r{i}", FakeEngine.REFUSED.decode() if i == 2 else f"{round_} {i}") for i in range(5)]
         file_id = upload(client, jsonl(rows))["id"]
-        retry_parent = create_batch(client, file_id, batch_size=2)
+        retry_parent = settled_batch(client, file_id, batch_size=2)
         run_jobs(records, queue, store)
         client.post(f"/v1/batches/{retry_parent['id']}/retry").raise_for_status()  # a retry file too
         run_jobs(records, queue, store)
