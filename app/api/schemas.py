@@ -15,6 +15,7 @@ from app.data.webhook_endpoints import secret_hint
 from app.jobs.create import DryRun, JobSpec
 from app.jobs.estimate import JobEstimate
 from app.jobs.lines import ENDPOINTS
+from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import throughput
 
@@ -32,6 +33,7 @@ class FileObject(BaseModel):
     purpose: str
     status: str = "processed"
     status_details: str | None = None
+    expires_at: int | None = Field(default=None, description="when the file is deleted; null: kept until deleted")
     # Extras: what the upload check found.
     lines: int
     sha256: str
@@ -44,6 +46,7 @@ class FileObject(BaseModel):
             created_at=unix(record.created_at) or 0,
             filename=record.filename,
             purpose=record.purpose,
+            expires_at=unix(record.expires_at),
             lines=record.line_count,
             sha256=record.sha256,
         )
@@ -110,12 +113,27 @@ Metadata = Annotated[
 ]
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy of a file: `seconds` after its creation."""
+
+    anchor: Literal["created_at"] = Field(description="what the expiry counts from; only `created_at`")
+    seconds: int = Field(
+        ge=MIN_EXPIRES_AFTER_SECONDS,
+        le=MAX_EXPIRES_AFTER_SECONDS,
+        description=f"between {MIN_EXPIRES_AFTER_SECONDS} (1 hour) and {MAX_EXPIRES_AFTER_SECONDS} (30 days)",
+    )
+
+
 class BatchCreate(BaseModel):
     input_file_id: StorableStr
     endpoint: StorableStr = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
     metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None,
+        description="when the output and error files expire, from their own creation; default: FILE_RETENTION_DAYS",
+    )
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
     model: StorableStr | None = Field(
@@ -141,7 +159,11 @@ class BatchCreate(BaseModel):
     )
 
     def spec(self) -> JobSpec:
-        return JobSpec(**self.model_dump(exclude={"dry_run"}))
+        expires = self.output_expires_after
+        return JobSpec(
+            **self.model_dump(exclude={"dry_run", "output_expires_after"}),
+            output_expires_after_seconds=expires.seconds if expires else None,
+        )
 
 
 class BatchRetry(BaseModel):

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         "a finalization that fails this often ends its job failed",
     )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
+    file_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="days an upload without expires_after, or a batch's output and error files without "
+        "output_expires_after, are kept before the sweeper deletes them (OpenAI's default for batch files); "
+        "0 keeps them until deleted",
+    )
 
     # API.
     heavy_work_threads: int = Field(

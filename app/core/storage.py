@@ -7,6 +7,7 @@ chunks, so no object passes whole through memory.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,15 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects whose key starts with `prefix`."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object whose key starts with `prefix`; returns how many."""
+
+
+S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
 class ChunkReader:
@@ -109,6 +119,30 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        root = self.root.resolve()
+        # The deepest folder every matching key is under; a written object's temporary
+        # twin (a dot name) is not an object yet.
+        folder = self._path(prefix) if prefix.endswith("/") or not prefix else self._path(prefix).parent
+        if not folder.is_dir():
+            return
+        for dirpath, _, names in os.walk(folder):
+            for name in sorted(names):
+                if name.startswith("."):
+                    continue
+                key = (Path(dirpath) / name).relative_to(root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        for key in list(self.list_keys(prefix)):
+            self.delete(key)
+            deleted += 1
+        if prefix.endswith("/") and prefix.strip("/"):
+            shutil.rmtree(self._path(prefix), ignore_errors=True)  # the emptied folders
+        return deleted
+
 
 def _iter_file(handle: IO[bytes]) -> Iterator[bytes]:
     with handle:
@@ -170,6 +204,35 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :]
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Lists and deletes in batches of S3_DELETE_BATCH keys; a key it could not delete raises."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.list_keys(prefix):
+            batch.append(key)
+            if len(batch) == S3_DELETE_BATCH:
+                deleted += self._delete_keys(batch)
+                batch = []
+        if batch:
+            deleted += self._delete_keys(batch)
+        return deleted
+
+    def _delete_keys(self, keys: list[str]) -> int:
+        response = self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in keys], "Quiet": True}
+        )
+        if errors := response.get("Errors"):
+            first = errors[0]
+            where = f"{first.get('Key')}: {first.get('Message')}"
+            raise OSError(f"S3 could not delete {len(errors)} objects, the first {where}")
+        return len(keys)
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None, region: str = "us-east-1") -> ObjectStore:

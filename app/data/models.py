@@ -36,6 +36,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+ENDED_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))  # for partial indexes and raw SQL
 
 
 class ShardStatus(enum.StrEnum):
@@ -63,6 +64,10 @@ class ApiKey(Base):
 
 class FileRecord(Base):
     __tablename__ = "files"
+    __table_args__ = (
+        # The sweeper's walk over live files that expire (app.data.retention).
+        Index("ix_files_expiry", "expires_at", postgresql_where=text("deleted_at IS NULL AND expires_at IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128), index=True, default="")
@@ -76,6 +81,8 @@ class FileRecord(Base):
     validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When the sweeper deletes it (app.jobs.retention); None: kept until deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Job(Base):
@@ -86,6 +93,9 @@ class Job(Base):
             "finalize_lease_expires_at",
             postgresql_where=text("status IN ('finalizing', 'cancelling', 'expiring')"),
         ),
+        # Which live jobs read a file (the sweeper keeps those), whose output a file is.
+        Index("ix_jobs_live_input", "input_file_id", postgresql_where=text(f"status NOT IN ({ENDED_SQL})")),
+        Index("ix_jobs_output_file", "output_file_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -116,6 +126,9 @@ class Job(Base):
 
     output_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
     error_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    # Seconds after their creation that the output and error files expire: the batch's
+    # output_expires_after, else FILE_RETENTION_DAYS when it was created; None: kept.
+    output_expires_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime]

@@ -71,7 +71,9 @@ class JobQueue:
         failed at creation, its `batch.failed` event)."""
         with self.db.session() as session:
             session.add(job)
-            session.flush()
+            session.flush()  # the job's foreign key locks its input: a sweep deleting it ends first
+            if session.scalar(select(FileRecord.deleted_at).where(FileRecord.id == job.input_file_id)) is not None:
+                raise NotFound("file", job.input_file_id)  # expired and swept meanwhile (app.data.retention)
             if job.status == JobStatus.FAILED:
                 record_event(session, job, job.failed_at or now())
             if job.status == JobStatus.QUEUED:

@@ -106,6 +106,11 @@ class Records:
             record.deleted_at = now()
             return record
 
+    def job_with_output(self, file_id: str) -> str | None:
+        """The job whose output file this is, if any (its result parts go with the file)."""
+        with self.db.session() as session:
+            return session.scalar(select(Job.id).where(Job.output_file_id == file_id))
+
     # Batches.
 
     def get_job(self, job_id: str, scope: str | None = None) -> Job:

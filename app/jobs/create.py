@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.core.errors import Forbidden, InvalidRequest
+from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, read_lines
 from app.data.ids import new_id, now
@@ -19,6 +19,7 @@ from app.data.records import Records
 from app.jobs.estimate import JobEstimate, estimate_job
 from app.jobs.lines import EMBEDDINGS, ENDPOINTS
 from app.jobs.planning import JobDefaults
+from app.jobs.retention import retention_seconds
 from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class JobSpec:
     metadata: dict[str, str] | None = None
     truncate_prompts: bool = False
     pack_by_length: bool = True
+    # OpenAI's output_expires_after.seconds; None: FILE_RETENTION_DAYS (app.jobs.retention).
+    output_expires_after_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
             f"Model {model!r} is not served here for {spec.endpoint}; workers hold {served!r}.", param="model"
         )
     source = records.get_file(spec.input_file_id, scope)
+    if source.expires_at is not None and source.expires_at <= now():
+        raise NotFound("file", source.id)  # expired: the next sweep deletes it
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id")
 
@@ -149,6 +154,7 @@ def create_job(
         expires_at=created + COMPLETION_WINDOWS[spec.completion_window],
         failed_at=created if checked.file_errors else None,
         parent_job_id=parent_job_id,
+        output_expires_after_seconds=retention_seconds(spec.output_expires_after_seconds, settings.file_retention_days),
     )
     return queue.create_job(job, settings.shard_size)
 

@@ -25,6 +25,7 @@ from app.jobs.create import JobSpec, Owner, check_priority, create_job
 from app.jobs.lines import EMBEDDINGS
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import JobDefaults
+from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
 
 
@@ -93,6 +94,7 @@ def retry_failed(
         filename=f"{parent_id}_retry.jsonl",
         purpose="batch",
         limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
+        keep_seconds=retention_seconds(None, settings.file_retention_days),
     )
     defaults = JobDefaults.model_validate(parent.sampling_defaults)
     spec = JobSpec(
@@ -106,6 +108,7 @@ def retry_failed(
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
         truncate_prompts=overrides.truncate_prompts or defaults.truncate_prompts,
         pack_by_length=defaults.pack_window is not None,
+        output_expires_after_seconds=parent.output_expires_after_seconds,
     )
     return create_job(records, queue, settings, spec, Owner(parent.owner, scope=None), parent_job_id=parent.id)
 

@@ -8,9 +8,10 @@ from typing import IO, Any
 
 from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.storage import LineSplitter, ObjectStore
-from app.data.ids import new_id
+from app.data.ids import new_id, now
 from app.data.models import FileRecord
 from app.data.records import Records
+from app.jobs.retention import expiry
 from app.jobs.upload_check import FileCheck
 
 # Lines between the byte offsets an upload records: a shard then reads its input from the
@@ -138,9 +139,18 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
 
 
 def record_upload(
-    records: Records, store: ObjectStore, stored: StoredUpload, *, owner: str, filename: str, purpose: str
+    records: Records,
+    store: ObjectStore,
+    stored: StoredUpload,
+    *,
+    owner: str,
+    filename: str,
+    purpose: str,
+    keep_seconds: int | None = None,
 ) -> FileRecord:
-    """Stores the upload's FileRecord; the object goes if that fails."""
+    """Stores the upload's FileRecord, expiring `keep_seconds` after its creation (None:
+    kept until deleted; see app.jobs.retention); the object goes if that fails."""
+    created = now()
     record = FileRecord(
         id=stored.file_id,
         owner=owner,
@@ -151,6 +161,8 @@ def record_upload(
         line_count=stored.line_count,
         storage_key=stored.storage_key,
         validation=stored.validation,
+        created_at=created,
+        expires_at=expiry(created, keep_seconds),
     )
     try:
         return records.add_file(record)
@@ -168,7 +180,10 @@ def store_upload(
     filename: str,
     purpose: str,
     limits: UploadLimits,
+    keep_seconds: int | None = None,
 ) -> FileRecord:
     """Writes the upload to storage, then records it; batch input is checked on the way."""
     stored = write_upload(store, source, purpose=purpose, limits=limits)
-    return record_upload(records, store, stored, owner=owner, filename=filename, purpose=purpose)
+    return record_upload(
+        records, store, stored, owner=owner, filename=filename, purpose=purpose, keep_seconds=keep_seconds
+    )
