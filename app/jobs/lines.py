@@ -8,6 +8,9 @@ Two forms are accepted on every line:
 - plain lines: `{"custom_id", "prompt"}` or `{"custom_id", "messages"}`, optionally
   with the same sampling fields as a body; the job's endpoint and defaults apply.
 
+`/v1/responses` lines (body has `input`; plain: `{"custom_id", "input"}`, or a plain
+prompt in a responses job) have their own body, `app.jobs.responses.ResponsesBody`.
+
 A line that breaks this format is a `LineError` (it fails the job before anything
 runs). A well-formed request that the model cannot serve is decided later, per line,
 by the worker.
@@ -21,9 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.jobs.responses import RESPONSES, ResponsesBody
+
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
-ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS)
+ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, RESPONSES)
 MAX_CUSTOM_ID_CHARS = 512
 
 
@@ -89,9 +94,10 @@ class ChatBody(_Body):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
-BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody]] = {
+BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[ResponsesBody]] = {
     COMPLETIONS: CompletionBody,
     CHAT_COMPLETIONS: ChatBody,
+    RESPONSES: ResponsesBody,
 }
 
 
@@ -102,7 +108,7 @@ class Request:
     index: int  # 0-based position in the input file
     custom_id: str
     endpoint: str
-    body: CompletionBody | ChatBody
+    body: CompletionBody | ChatBody | ResponsesBody
     plain: bool  # the plain form, without url and body
 
 
@@ -153,6 +159,8 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
         body = {k: v for k, v in obj.items() if k != "custom_id"}
         if "messages" in body:
             endpoint = CHAT_COMPLETIONS
+        elif "input" in body:
+            endpoint = RESPONSES
         elif "prompt" in body:
             endpoint = job_endpoint or COMPLETIONS
         else:
@@ -161,10 +169,11 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
             body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
         if job_endpoint == COMPLETIONS and endpoint == CHAT_COMPLETIONS:
             raise LineError(line, "messages given, but the batch's endpoint is /v1/completions", "messages")
+        _plain_responses_line(line, body, endpoint, job_endpoint)
         prefix, plain = "", True
 
     model = BODY_MODELS[endpoint]
-    required = "prompt" if model is CompletionBody else "messages"
+    required = {CompletionBody: "prompt", ChatBody: "messages", ResponsesBody: "input"}[model]
     if required not in body:
         raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
     try:
@@ -175,3 +184,13 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
     except RecursionError:
         raise LineError(line, "nested too deeply") from None
     return Request(index=index, custom_id=custom_id, endpoint=endpoint, body=parsed, plain=plain)
+
+
+def _plain_responses_line(line: int, body: dict[str, Any], endpoint: str, job_endpoint: str | None) -> None:
+    """A plain `input` line runs only in a responses job; a plain prompt there becomes its input."""
+    if endpoint == RESPONSES and job_endpoint not in (None, RESPONSES):
+        raise LineError(line, f"input given, but the batch's endpoint is {job_endpoint}", "input")
+    if job_endpoint == RESPONSES and endpoint == CHAT_COMPLETIONS:
+        raise LineError(line, f"messages given, but the batch's endpoint is {RESPONSES}; give input", "messages")
+    if endpoint == RESPONSES and "prompt" in body and "input" not in body:
+        body["input"] = body.pop("prompt")

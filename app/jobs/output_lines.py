@@ -1,4 +1,5 @@
-"""The output and error lines, in OpenAI's batch output shape."""
+"""The output and error lines, in OpenAI's batch output shape (a responses line's body is
+`app.jobs.responses.ResponseObject`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from app.jobs.lines import CHAT_COMPLETIONS, Request
+from app.jobs.responses import ResponseObject, ResponsesBody, response_object
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class ErrorBody(BaseModel):
 class Response(BaseModel):
     status_code: int
     request_id: str
-    body: CompletionBody | ErrorBody
+    body: CompletionBody | ResponseObject | ErrorBody
 
 
 class BatchLineError(BaseModel):
@@ -142,14 +144,18 @@ class OutputLine(BaseModel):
         return self.model_dump_json().encode() + b"\n"
 
 
-def _line(custom_id: str, body: CompletionBody | ErrorBody | None, error: BatchLineError | None = None) -> bytes:
+def _line(
+    custom_id: str, body: CompletionBody | ResponseObject | ErrorBody | None, error: BatchLineError | None = None
+) -> bytes:
     request_id = uuid.uuid4().hex
-    status = 200 if isinstance(body, CompletionBody) else 400
+    status = 400 if isinstance(body, ErrorBody) else 200
     response = Response(status_code=status, request_id=request_id, body=body) if body is not None else None
     return OutputLine(id=f"batch_req_{request_id[:24]}", custom_id=custom_id, response=response, error=error).jsonl()
 
 
 def success_line(request: Request, generation: Generation, model: str) -> bytes:
+    if isinstance(request.body, ResponsesBody):
+        return _line(request.custom_id, response_object(request.body, generation, model))
     chat = request.endpoint == CHAT_COMPLETIONS
     choices: list[ChatChoice] | list[TextChoice]
     if chat:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from app.jobs.lines import ChatBody, CompletionBody, Request, parse_line
+from app.jobs.responses import ResponsesBody
 
 
 class JobDefaults(BaseModel):
@@ -45,7 +46,9 @@ class UnsupportedRequest(ValueError):
         self.code = code
 
 
-def max_tokens_of(body: CompletionBody | ChatBody, defaults: JobDefaults) -> int:
+def max_tokens_of(body: CompletionBody | ChatBody | ResponsesBody, defaults: JobDefaults) -> int:
+    if isinstance(body, ResponsesBody):
+        return body.max_output_tokens or defaults.max_tokens
     if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
         return body.max_completion_tokens
     return body.max_tokens or defaults.max_tokens
@@ -81,9 +84,45 @@ def _logprobs(body: CompletionBody | ChatBody) -> int | None:
     return body.logprobs
 
 
-def sampling_kwargs(body: CompletionBody | ChatBody, defaults: JobDefaults) -> dict[str, Any]:
+def _responses_sampling(body: ResponsesBody, defaults: JobDefaults) -> dict[str, Any]:
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        param, message = unsupported
+        raise UnsupportedRequest(message, param=param)
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens_of(body, defaults), "n": 1}
+    optional = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "structured_outputs": _text_format_output(body.text_format()),
+    }
+    kwargs.update({name: value for name, value in optional.items() if value is not None})
+    return kwargs
+
+
+def _text_format_output(text_format: Any) -> dict[str, Any] | None:
+    """A responses line's `text.format`, as the chat path's `response_format` maps it."""
+    if text_format is None:
+        return None
+    if not isinstance(text_format, dict):
+        raise UnsupportedRequest("text.format must be a JSON object.", param="text.format")
+    kind = text_format.get("type")
+    if kind in ("text", "json_object"):
+        return _structured_output(text_format)
+    if kind != "json_schema":
+        raise UnsupportedRequest(f"Unsupported text.format type {kind!r}.", param="text.format.type")
+    if not isinstance(text_format.get("name"), str):
+        raise UnsupportedRequest("text.format.name is required for a json_schema format.", "text.format.name")
+    schema = text_format.get("schema")
+    if not isinstance(schema, dict):
+        raise UnsupportedRequest("text.format.schema must be a JSON object.", param="text.format.schema")
+    return _structured_output({"type": "json_schema", "json_schema": {"schema": schema}})
+
+
+def sampling_kwargs(body: CompletionBody | ChatBody | ResponsesBody, defaults: JobDefaults) -> dict[str, Any]:
     """Keyword arguments for `SamplingParams`; `structured_outputs` is a dict the engine
     turns into `StructuredOutputsParams`."""
+    if isinstance(body, ResponsesBody):
+        return _responses_sampling(body, defaults)
     _refuse_unknown(body)
     kwargs: dict[str, Any] = {"max_tokens": max_tokens_of(body, defaults), "n": body.n}
     optional = {
@@ -102,8 +141,12 @@ def sampling_kwargs(body: CompletionBody | ChatBody, defaults: JobDefaults) -> d
 
 def prompt_token_ids(tokenizer: Any, request: Request) -> list[int]:
     body = request.body
-    if isinstance(body, ChatBody):
-        messages: list[Any] = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if isinstance(body, ChatBody | ResponsesBody):
+        messages: list[Any] = (
+            body.messages()
+            if isinstance(body, ResponsesBody)
+            else [{"role": m.role, "content": m.text()} for m in body.messages]
+        )
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer.encode(str(rendered), add_special_tokens=False))
     if isinstance(body.prompt, list):

@@ -25,13 +25,14 @@ from app.jobs.lines import (
     LineError,
     parse_line,
 )
+from app.jobs.responses import RESPONSES
 
 # The upload check's fast path: a well-formed line validated straight from its bytes
 # (pydantic's JSON parser, the same body models) without building a `Request`. It
 # only ever accepts lines `parse_line` accepts; anything it refuses goes to
 # `parse_line`, which names the error.
 _CustomId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS, strict=True)]
-_FORM_KEYS = frozenset({"url", "body", "method", "messages", "prompt"})
+_FORM_KEYS = frozenset({"url", "body", "method", "messages", "prompt", "input"})
 
 
 class _PlainCompletionLine(CompletionBody):
@@ -252,6 +253,7 @@ class FileCheck:
                 used = request.endpoint
             else:
                 used = "plain:messages" if request.endpoint == CHAT_COMPLETIONS else None
+                used = "plain:input" if request.endpoint == RESPONSES else used
         if used is not None and used not in self.first_line_of:
             self.first_line_of[used] = index + 1
         return custom_id
@@ -270,8 +272,11 @@ def endpoint_mismatch(validation: dict[str, Any], endpoint: str) -> LineError | 
     """The first line of an uploaded file that cannot run on `endpoint`, if any."""
     for used, line in sorted(validation.get("first_line_of", {}).items(), key=lambda kv: kv[1]):
         if used == "plain:messages":
-            if endpoint == COMPLETIONS:
-                return LineError(line, "messages given, but the batch's endpoint is /v1/completions", "messages")
+            if endpoint in (COMPLETIONS, RESPONSES):
+                return LineError(line, f"messages given, but the batch's endpoint is {endpoint}", "messages")
+        elif used == "plain:input":
+            if endpoint != RESPONSES:
+                return LineError(line, f"input given, but the batch's endpoint is {endpoint}", "input")
         elif used != endpoint:
             return LineError(line, f"url {used} does not match the batch's endpoint {endpoint}", "url")
     return None
