@@ -6,7 +6,7 @@ from typing import Any
 
 from app.jobs.lines import ChatBody, Request
 from app.jobs.output_lines import Choice, Generation
-from app.jobs.planning import ModelLimits
+from app.jobs.planning import ModelLimits, ServedModels
 from worker.engine import RequestRejected
 
 
@@ -20,6 +20,7 @@ class FakeEngine:
     limits = ModelLimits(max_model_len=256, vocab_size=256)  # prompts are their UTF-8 bytes
     tensor_parallel_size = 1
     kv_cache_tokens = None
+    models = ServedModels("demo-llama")
 
     def __init__(self, poison: str | None = None) -> None:
         self.poison = poison

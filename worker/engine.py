@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from app.core.settings import Settings
 from app.jobs.lines import Request
 from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
-from app.jobs.planning import ModelLimits, prompt_token_ids
+from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, prompt_token_ids
+from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Engine(Protocol):
     limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
+    models: ServedModels  # what a line's `model` may name: the base model or a LoRA adapter of it
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The request's prompt as the model sees it (chat template applied)."""
@@ -68,6 +70,7 @@ class VllmEngine:
         if not cuda:
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
+        kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
         log.info("loading %s with %s", settings.model, kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -80,6 +83,8 @@ class VllmEngine:
         self.tensor_parallel_size = settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
         self.kv_cache_tokens = (cache.num_gpu_blocks or 0) * cache.block_size or None
+        self.adapters = load_adapters(self.llm, settings.lora_modules)
+        self.models = ServedModels(self.model_name, frozenset(self.adapters))
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
@@ -88,6 +93,7 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        kwargs = {name: value for name, value in kwargs.items() if name != LORA_ADAPTER}
         structured = kwargs.get("structured_outputs")
         if structured is not None:
             kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
@@ -118,8 +124,11 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(kwargs) for kwargs in sampling]
+        lora = lora_requests(self.adapters, sampling)  # one per prompt, or None: no line names an adapter
         try:
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
+            )
         except (VLLMClientError, ValueError, TypeError) as exc:
             # Raised while the requests were added: vLLM took none of them (it aborts the ones
             # already added), and the engine runs on.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
+DEMO_LORA_PATH = Path("var/models/demo-lora")  # likewise: a LoRA adapter for the demo Llama
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,11 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
+    lora_modules: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="LoRA adapters of MODEL that a line's body.model may name: name=path,... (folder or HF id)",
+    )
+    max_lora_rank: int = Field(default=16, ge=1, description="the largest rank among LORA_MODULES (8, 16, 32, 64, ...)")
 
     # Jobs.
     batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
@@ -85,6 +92,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    @field_validator("lora_modules", mode="before")
+    @classmethod
+    def _parse_lora_modules(cls, value: Any) -> Any:
+        return parse_lora_modules(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _adapters_are_not_the_base(self) -> Settings:
+        if self.model_name in self.lora_modules:
+            raise ValueError(f"LORA_MODULES names an adapter {self.model_name!r}, the base model's own name")
+        return self
+
     @property
     def model_name(self) -> str:
         if self.served_model_name:
@@ -94,6 +112,19 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.var_dir / 'storage').resolve()}"
+
+
+def parse_lora_modules(text: str) -> dict[str, str]:
+    """`name=path,name=path` into {name: path}; a name given twice, or without a path, is an error."""
+    modules: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = (side.strip() for side in item.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"LORA_MODULES: {item!r} is not name=path")
+        if name in modules:
+            raise ValueError(f"LORA_MODULES: adapter {name!r} is given twice")
+        modules[name] = path
+    return modules
 
 
 @lru_cache

@@ -83,6 +83,12 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
             f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
         )
     model = spec.model or settings.model_name
+    if model in settings.lora_modules:
+        raise InvalidRequest(
+            f"{model!r} is a LoRA adapter of {settings.model_name!r}: create the batch for {settings.model_name!r} "
+            "(or no model) and name the adapter in each line's body.model.",
+            param="model",
+        )
     if model != settings.model_name:
         raise InvalidRequest(
             f"Model {model!r} is not served here; workers hold {settings.model_name!r}.", param="model"

@@ -19,7 +19,14 @@ from app.core.settings import Settings
 from app.data.records import Records
 from app.jobs.lines import LineError, Request
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import JobDefaults, ModelLimits, UnsupportedRequest, plan_request, prompt_token_ids
+from app.jobs.planning import (
+    JobDefaults,
+    ModelLimits,
+    ServedModels,
+    UnsupportedRequest,
+    plan_request,
+    prompt_token_ids,
+)
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
@@ -92,7 +99,7 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
     for index, raw in enumerate(lines):
         counts.lines += 1
         try:
-            planned = plan_request(raw, index, endpoint, defaults, tokenize, limits)
+            planned = plan_request(raw, index, endpoint, defaults, tokenize, limits, ServedModels.of(settings))
         except (LineError, UnsupportedRequest) as err:
             counts.failing_lines += 1
             if len(counts.failing) < settings.max_reported_errors:

@@ -154,6 +154,9 @@ def _line(
 
 
 def success_line(request: Request, generation: Generation, model: str) -> bytes:
+    """The answer to a line that ran; `model` is the base model's name, answered unless the
+    line named one of its LoRA adapters."""
+    model = request.body.model or model  # planning lets through only the base model or an adapter
     if isinstance(request.body, ResponsesBody):
         return _line(request.custom_id, response_object(request.body, generation, model))
     chat = request.endpoint == CHAT_COMPLETIONS

@@ -5,6 +5,9 @@ its prompt as token ids (chat template applied) and check it fits the context. T
 worker plans every line this way before a static batch, and a dry run plans every line
 the same way (on the same model's tokenizer), so what a dry run calls failing is
 exactly what would fail, and both count the same tokens.
+
+A line's `model` may name the base model or one of its LoRA adapters (`ServedModels`);
+the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine to apply.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from app.core.settings import Settings
 from app.jobs.lines import ChatBody, CompletionBody, Request, parse_line
 from app.jobs.responses import ResponsesBody
 
@@ -172,6 +176,33 @@ class ModelLimits:
 
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
+LORA_ADAPTER = "lora_adapter"  # in a line's sampling: the LoRA adapter the engine applies (not a SamplingParams field)
+
+
+@dataclass(frozen=True)
+class ServedModels:
+    """The names a line's `model` may give: the base model (the job's), or one of the LoRA
+    adapters of it that every worker holding it registers (`LORA_MODULES`)."""
+
+    base: str
+    adapters: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServedModels:
+        return cls(settings.model_name, frozenset(settings.lora_modules))
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a line names, None for the base model; UnsupportedRequest for any other name."""
+        if model is None or model == self.base:
+            return None
+        if model in self.adapters:
+            return model
+        served = ", ".join(repr(name) for name in [self.base, *sorted(self.adapters)])
+        raise UnsupportedRequest(
+            f"The model {model!r} is not served here: a line may name {served} (or no model).",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def plan_request(
@@ -181,13 +212,18 @@ def plan_request(
     defaults: JobDefaults,
     tokenize: Callable[[Request], list[int]],
     limits: ModelLimits,
+    models: ServedModels | None = None,
 ) -> PlannedRequest:
     """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
-    model cannot serve (an unknown field, a token id out of the vocabulary, a seed out of
-    range, a prompt too long for the context)."""
+    model cannot serve (an unknown field, a model that is neither `models.base` nor one of
+    its adapters, a token id out of the vocabulary, a seed out of range, a prompt too long
+    for the context)."""
     max_model_len = limits.max_model_len
     request = parse_line(raw, index, endpoint)
     sampling = sampling_kwargs(request.body, defaults)
+    adapter = models.adapter_for(request.body.model) if models is not None else None
+    if adapter is not None:
+        sampling[LORA_ADAPTER] = adapter
     seed = request.body.seed
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UnsupportedRequest(f"seed {seed} is out of range: it must fit in a signed 64-bit integer.", "seed")

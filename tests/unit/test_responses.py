@@ -294,3 +294,7 @@ def test_the_answer_echoes_the_text_format() -> None:
     assert parsed.text is not None and parsed.text.format is not None
     assert parsed.text.format.model_dump(by_alias=True, exclude_none=True) == text["format"]
     assert strict_sdk(answer(responses_line())).text.format.type == "text"  # type: ignore[union-attr]
+
+
+def test_a_line_that_named_an_adapter_is_answered_as_that_model() -> None:
+    assert answer(responses_line(model="demo-lora"))["model"] == "demo-lora"
