@@ -20,11 +20,12 @@ from app.core.migrations import upgrade
 from app.core.storage import S3Store
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+from app.tools.demo_model import DEFAULT_LORA_OUTPUT, DEFAULT_OUTPUT, ensure_demo_lora, ensure_demo_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEMO_MODEL = ROOT / DEFAULT_OUTPUT
+DEMO_LORA = ROOT / DEFAULT_LORA_OUTPUT
 
 
 def url_for(database: str) -> str:
@@ -128,3 +129,8 @@ def s3_store(s3_endpoint: str) -> S3Store:
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     return ensure_demo_model(DEMO_MODEL)
+
+
+@pytest.fixture(scope="session")
+def demo_lora() -> Path:
+    return ensure_demo_lora(DEMO_LORA)

@@ -71,6 +71,8 @@ class VllmEngine:
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
         kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
+        if settings.compact_json:  # a per-request disable_any_whitespace is ignored by vLLM 0.32
+            kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
         log.info("loading %s with %s", settings.model, kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

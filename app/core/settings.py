@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="LoRA adapters of MODEL that a line's body.model may name: name=path,... (folder or HF id)",
     )
     max_lora_rank: int = Field(default=16, ge=1, description="the largest rank among LORA_MODULES (8, 16, 32, 64, ...)")
+    compact_json: bool = Field(
+        default=False,
+        description="structured outputs with no free whitespace (vLLM's xgrammar backend, disable_any_whitespace), "
+        "so a model cannot spend its max_tokens on blanks",
+    )
 
     # Jobs.
     batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
