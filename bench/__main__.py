@@ -23,7 +23,16 @@ from typing import Any
 from bench import report
 from bench.common import BenchConfig, fresh_database, postgres, write_result
 
-SCENARIOS = ["static_vs_continuous", "service_overhead", "peer", "ingest", "polling", "queue", "scale_out"]
+SCENARIOS = [
+    "static_vs_continuous",
+    "service_overhead",
+    "deployed_shape",
+    "peer",
+    "ingest",
+    "polling",
+    "queue",
+    "scale_out",
+]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = 512
 
@@ -184,6 +193,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
     steps: list[tuple[str, Callable[[], None]]] = [
         ("static_vs_continuous", lambda: run_continuous(config, found)),
         ("peer", lambda: run_peer_side(config, found)),
+        ("deployed_shape", lambda: run_module("deployed_shape", "deployed_shape", config)),
         ("ingest", lambda: run_module("ingest", "ingest", config)),
         ("polling", lambda: run_module("polling", "polling", config)),
         ("queue", lambda: run_module("queue_claims", "queue", config)),

@@ -15,7 +15,13 @@ def main() -> None:
         description="Hold one vLLM engine and run queued batch jobs from Postgres as static batches. "
         "Every setting comes from the environment (see the README); flags override the engine's.",
     )
-    parser.add_argument("--model", help="model folder or Hugging Face id (MODEL)")
+    parser.add_argument(
+        "--kind",
+        choices=["generate", "embed"],
+        help="generate: hold MODEL for /v1/completions and /v1/chat/completions jobs; embed: hold "
+        "EMBEDDING_MODEL (vLLM's pooling runner) for /v1/embeddings jobs (WORKER_KIND, default generate)",
+    )
+    parser.add_argument("--model", help="model folder or Hugging Face id (MODEL, or EMBEDDING_MODEL with --kind embed)")
     parser.add_argument("--tensor-parallel-size", type=int, help="GPUs per engine (TENSOR_PARALLEL_SIZE)")
     args = parser.parse_args()
 
@@ -32,8 +38,14 @@ def main() -> None:
     from worker.orphan_guard import guard_process_group
     from worker.waker import Waker
 
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = get_settings().model_copy(update=overrides)
+    settings = get_settings()
+    kind = args.kind or settings.worker_kind
+    overrides: dict[str, object] = {"worker_kind": kind}
+    if args.model:
+        overrides["embedding_model" if kind == "embed" else "model"] = args.model
+    if args.tensor_parallel_size:
+        overrides["tensor_parallel_size"] = args.tensor_parallel_size
+    settings = settings.model_copy(update=overrides)
     url = database_url(settings)  # DATABASE_URL, else the embedded server under var/
     db = Database(url)
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)

@@ -1,7 +1,9 @@
 """The engine a worker holds for its whole life: one `vllm.LLM`, tensor parallel.
 
 `Engine` is the narrow surface the worker uses, so unit tests can hand it a fake;
-`VllmEngine` is the real one.
+`VllmEngine` is the real one. Its kind is the worker's (`Settings.worker_kind`): a
+generation engine holds MODEL and runs `LLM.generate`; an embedding engine holds
+EMBEDDING_MODEL with vLLM's pooling runner and runs `LLM.embed`.
 """
 
 from __future__ import annotations
@@ -9,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from app.core.settings import Settings
 from app.jobs.lines import Request
-from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
-from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, prompt_token_ids
+from app.jobs.output_lines import Choice, Embeddings, Generation, RequestTiming, TokenLogprob
+from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, input_token_ids, prompt_token_ids
 from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
 
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 512 << 20  # without a GPU: plenty for the demo model, small beside RAM
+CPU_EMBEDDING_KV_CACHE_BYTES = 64 << 20  # an encoder keeps no KV cache; a decoder-based embedder needs a little
 
 
 class RequestRejected(ValueError):
@@ -29,6 +32,7 @@ class RequestRejected(ValueError):
 
 class Engine(Protocol):
     model_name: str
+    kind: Literal["generate", "embed"]  # which of generate / embed it runs
     limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
@@ -37,16 +41,70 @@ class Engine(Protocol):
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The request's prompt as the model sees it (chat template applied)."""
 
+    def input_token_ids(self, request: Request) -> list[list[int]]:
+        """An embeddings request's inputs as the model sees them, one list per input."""
+
     def check(self, sampling: dict[str, Any]) -> None:
         """Raises RequestRejected for sampling parameters the engine would refuse."""
+
+    def check_pooling(self, pooling: dict[str, Any]) -> None:
+        """Raises RequestRejected for pooling parameters the engine would refuse."""
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         """One static batch: every prompt in one `generate` call. RequestRejected when the
         engine refuses one of them (it runs none then)."""
 
+    def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
+        """One static batch of embeddings requests (each a list of inputs): every input of
+        every request in one `embed` call. RequestRejected when the engine refuses one."""
+
 
 def has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": settings.model,
+        "served_model_name": settings.model_name,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "dtype": settings.dtype,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not cuda,
+    }
+    if settings.distributed_executor_backend:
+        kwargs["distributed_executor_backend"] = settings.distributed_executor_backend
+    if settings.max_model_len:
+        kwargs["max_model_len"] = settings.max_model_len
+    if not cuda:
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
+    # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
+    kwargs["enable_prefix_caching"] = settings.prefix_caching
+    kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
+    if settings.compact_json:  # a per-request disable_any_whitespace is ignored by vLLM 0.32
+        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+    return kwargs
+
+
+def _embedding_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
+    """An embedding model is small: one GPU (or CPU engine), a small share of memory, so it
+    can sit beside the generation engine. With `dtype` auto and no CUDA it runs in float32:
+    vLLM's auto picks float16 for pooling models, which the CPU build runs at half the speed."""
+    kwargs: dict[str, Any] = {
+        "model": settings.embedding_model,
+        "served_model_name": settings.embedding_model_name,
+        "runner": "pooling",
+        "dtype": "float32" if settings.dtype == "auto" and not cuda else settings.dtype,
+        "gpu_memory_utilization": settings.embedding_gpu_memory_utilization,
+        "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not cuda,
+    }
+    if settings.embedding_max_model_len:
+        kwargs["max_model_len"] = settings.embedding_max_model_len
+    if not cuda:
+        kwargs["kv_cache_memory_bytes"] = CPU_EMBEDDING_KV_CACHE_BYTES
+    return kwargs
 
 
 class VllmEngine:
@@ -54,42 +112,79 @@ class VllmEngine:
         from vllm import LLM
 
         cuda = has_cuda()
-        kwargs: dict[str, Any] = {
-            "model": settings.model,
-            "served_model_name": settings.model_name,
-            "tensor_parallel_size": settings.tensor_parallel_size,
-            "pipeline_parallel_size": settings.pipeline_parallel_size,
-            "dtype": settings.dtype,
-            "gpu_memory_utilization": settings.gpu_memory_utilization,
-            "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not cuda,
-        }
-        if settings.distributed_executor_backend:
-            kwargs["distributed_executor_backend"] = settings.distributed_executor_backend
-        if settings.max_model_len:
-            kwargs["max_model_len"] = settings.max_model_len
-        if not cuda:
-            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
-        kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
-        if settings.compact_json:  # a per-request disable_any_whitespace is ignored by vLLM 0.32
-            kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
-        log.info("loading %s with %s", settings.model, kwargs)
+        self.kind: Literal["generate", "embed"] = settings.worker_kind
+        embed = self.kind == "embed"
+        kwargs = _embedding_kwargs(settings, cuda) if embed else _generation_kwargs(settings, cuda)
+        log.info("loading %s with %s", kwargs["model"], kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.model_name = settings.model_name
+        self.model_name = str(kwargs["served_model_name"])
         model_config = self.llm.llm_engine.model_config
+        dimensions = model_config.matryoshka_dimensions if embed else None
         self.limits = ModelLimits(
             max_model_len=int(model_config.max_model_len),
             vocab_size=max(int(model_config.get_vocab_size()), len(self.tokenizer)),
+            embedding_size=int(model_config.embedding_size) if embed else None,
+            matryoshka=embed and bool(model_config.is_matryoshka),
+            matryoshka_dimensions=tuple(dimensions) if dimensions else None,
         )
-        self.tensor_parallel_size = settings.tensor_parallel_size
+        self.tensor_parallel_size = 1 if embed else settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
-        self.kv_cache_tokens = (cache.num_gpu_blocks or 0) * cache.block_size or None
-        self.adapters = load_adapters(self.llm, settings.lora_modules)
+        self.kv_cache_tokens = None if embed else (cache.num_gpu_blocks or 0) * cache.block_size or None
+        # LoRA adapters are the generation model's: an embedding engine serves its model alone.
+        self.adapters = {} if embed else load_adapters(self.llm, settings.lora_modules)
         self.models = ServedModels(self.model_name, frozenset(self.adapters))
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
+
+    def input_token_ids(self, request: Request) -> list[list[int]]:
+        return input_token_ids(self.tokenizer, request)
+
+    def _pooling_params(self, kwargs: dict[str, Any]) -> Any:
+        from vllm import PoolingParams
+
+        try:
+            return PoolingParams(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise RequestRejected(str(exc)) from exc
+
+    def check_pooling(self, pooling: dict[str, Any]) -> None:
+        """What vLLM checks when an embeddings request is added (`dimensions` above all)."""
+        from vllm.exceptions import VLLMClientError
+
+        params = self._pooling_params(pooling)
+        params.task = "embed"
+        try:
+            params.verify(self.llm.llm_engine.model_config)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected(str(exc)) from exc
+
+    def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for request_inputs, kwargs in zip(inputs, pooling, strict=True):
+            request_params = self._pooling_params(kwargs)
+            for ids in request_inputs:
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(request_params)
+        try:
+            outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected(str(exc)) from exc  # vLLM aborts the requests it had added
+        results, start = [], 0
+        for request_inputs in inputs:
+            mine = outputs[start : start + len(request_inputs)]
+            start += len(request_inputs)
+            results.append(
+                Embeddings(
+                    prompt_tokens=sum(len(out.prompt_token_ids) for out in mine),
+                    vectors=[out.outputs.embedding for out in mine],
+                )
+            )
+        return results
 
     def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
         from vllm import SamplingParams
@@ -153,6 +248,7 @@ class VllmEngine:
                     for choice in out.outputs
                 ],
                 timing=_timing(out.metrics),
+                cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),
             )
             for out, kw in zip(outputs, sampling, strict=True)
         ]

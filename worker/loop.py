@@ -94,8 +94,8 @@ class WorkerLoop:
         log.info(
             "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.job_id, shard.next_line, shard.end_line
         )
-        self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
         try:
+            self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
             outcome = self.runner.run(shard)
         except ShutdownRequested:
             self.queue.release_shard(shard.shard_id, self.worker_id)

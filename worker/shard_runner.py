@@ -2,7 +2,8 @@
 
 Three stages overlap so the engine never waits on I/O: while batch k is in
 `generate`, a thread prepares batch k+1 (reading, parsing, tokenizing) and another
-writes batch k-1's results to storage and its progress to Postgres.
+writes batch k-1's results to storage and its progress to Postgres. An embeddings
+shard runs the same way, each static batch of `batch_size` lines in one `embed` call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,11 +24,20 @@ from app.core.storage import ObjectStore, resilient_lines
 from app.data.claims import ClaimedShard
 from app.data.models import JobStatus
 from app.data.queue import JobQueue, WindowResult
-from app.jobs.lines import LineError, Request
-from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line, success_line
-from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_request
+from app.jobs.lines import EMBEDDINGS, LineError, Request
+from app.jobs.output_lines import (
+    Embeddings,
+    Generation,
+    custom_id_of,
+    embedding_line,
+    part_key,
+    request_error_line,
+    success_line,
+)
+from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_embedding, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from app.jobs.uploads import line_start
 from worker.engine import Engine, RequestRejected
 
 log = logging.getLogger(__name__)
@@ -48,20 +59,33 @@ class PreparedWindow:
     seq: int
     first_line: int
     next_line: int
+    embeddings: bool = False  # an embeddings window: `inputs`, not `prompts`
     runnable: list[Request] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
-    sampling: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[list[list[int]]] = field(default_factory=list)  # embeddings: each line's inputs
+    sampling: list[dict[str, Any]] = field(default_factory=list)  # SamplingParams (or PoolingParams) kwargs
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
+
+    def length(self, position: int) -> tuple[int, int]:
+        """What the engine's work on a runnable line grows with, to sort a packed window by."""
+        if self.embeddings:
+            return 0, sum(len(ids) for ids in self.inputs[position])
+        return self.sampling[position]["max_tokens"], len(self.prompts[position])
+
+    def drop(self, position: int) -> Request:
+        """Takes a runnable line out of the window."""
+        del (self.inputs if self.embeddings else self.prompts)[position], self.sampling[position]
+        return self.runnable.pop(position)
 
 
 @dataclass(frozen=True)
 class Generated:
     """What the engine made of one window, in input order."""
 
-    generations: list[Generation]
+    generations: list[Generation | Embeddings]
     telemetry: EngineTelemetry | None
-    static_batches: int  # generate calls
+    static_batches: int  # generate (or embed) calls
 
 
 @dataclass
@@ -90,25 +114,32 @@ class ShardRunner:
         self.stop_requested = stop_requested
 
     def _input_lines(self, shard: ClaimedShard) -> Iterator[tuple[int, bytes]]:
-        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds)
-        return itertools.islice(enumerate(lines), shard.next_line, shard.end_line)
+        """The shard's lines from `next_line`, read from the recorded line nearest before it."""
+        first, start = line_start(shard.line_offsets, shard.next_line)
+        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds, start)
+        return itertools.islice(enumerate(lines, start=first), shard.next_line - first, shard.end_line - first)
 
     def _prepare(
         self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]
     ) -> PreparedWindow:
-        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1)
+        embeddings = shard.endpoint == EMBEDDINGS
+        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, embeddings=embeddings)
         for index, raw in chunk:
             try:
-                planned = plan_request(
-                    raw,
-                    index,
-                    shard.endpoint,
-                    defaults,
-                    self.engine.prompt_token_ids,
-                    self.engine.limits,
-                    self.engine.models,
-                )
-                self.engine.check(planned.sampling)
+                if embeddings:
+                    embedding = plan_embedding(raw, index, defaults, self.engine.input_token_ids, self.engine.limits)
+                    self.engine.check_pooling(embedding.pooling)
+                else:
+                    planned = plan_request(
+                        raw,
+                        index,
+                        shard.endpoint,
+                        defaults,
+                        self.engine.prompt_token_ids,
+                        self.engine.limits,
+                        self.engine.models,
+                    )
+                    self.engine.check(planned.sampling)
             except LineError as err:  # the file changed since upload; still answer per line
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
@@ -124,24 +155,29 @@ class ShardRunner:
                 message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
                 window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
                 continue
-            window.runnable.append(planned.request)
-            window.prompts.append(planned.prompt)
-            window.sampling.append(planned.sampling)
+            if embeddings:
+                window.runnable.append(embedding.request)
+                window.inputs.append(embedding.inputs)
+                window.sampling.append(embedding.pooling)
+            else:
+                window.runnable.append(planned.request)
+                window.prompts.append(planned.prompt)
+                window.sampling.append(planned.sampling)
         return window
 
     def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
         one batch) is cut into static batches of similar requested length, so short answers
         do not wait for long ones; the generations come back in input order."""
-        if not window.prompts:
+        if not window.runnable:
             return Generated([], None, 0)
-        count = len(window.prompts)
+        count = len(window.runnable)
         if count <= batch_size:
             groups = [list(range(count))]
         else:
-            by_length = sorted(range(count), key=lambda i: (window.sampling[i]["max_tokens"], len(window.prompts[i])))
-            groups = [by_length[start : start + batch_size] for start in range(0, count, batch_size)]
-        in_order: list[Generation | None] = [None] * count
+            order = packing_order(window)
+            groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
+        in_order: list[Generation | Embeddings | None] = [None] * count
         refused: dict[int, str] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
@@ -149,22 +185,29 @@ class ShardRunner:
                 if isinstance(outcome, str):
                     refused[positions[0]] = outcome
                     continue
-                for position, generation in zip(positions, outcome, strict=True):
-                    in_order[position] = generation
-                telemetry.append(batch_telemetry(outcome, self.engine.kv_cache_tokens))
+                results: list[Generation | Embeddings] = list(outcome)
+                for position, result in zip(positions, results, strict=True):
+                    in_order[position] = result
+                generations = [g for g in results if isinstance(g, Generation)]
+                telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
         _set_refused_aside(window, refused)
         return Generated([g for g in in_order if g is not None], combine(telemetry), len(telemetry))
 
+    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
+        """One `generate` (or `embed`) call for the window's requests at `positions`."""
+        sampling = [window.sampling[i] for i in positions]
+        if window.embeddings:
+            return self.engine.embed([window.inputs[i] for i in positions], sampling)
+        return self.engine.generate([window.prompts[i] for i in positions], sampling)
+
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], list[Generation] | str]]:
+    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | str]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the
         refused request stands alone: it gets the engine's reason, the rest run."""
         try:
-            generated = self.engine.generate(
-                [window.prompts[i] for i in positions], [window.sampling[i] for i in positions]
-            )
+            generated = self._run_static_batch(window, positions)
         except RequestRejected as refusal:
             if len(positions) == 1:
                 yield positions, str(refusal)
@@ -184,7 +227,7 @@ class ShardRunner:
         ).format(first=window.first_line + 1, last=window.next_line)
         for request in window.runnable:
             window.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
-        window.runnable, window.prompts, window.sampling = [], [], []
+        window.runnable, window.prompts, window.inputs, window.sampling = [], [], [], []
         return window
 
     def _write(
@@ -196,8 +239,11 @@ class ShardRunner:
     ) -> JobStatus:
         """Stores the window's results, then records its progress in one transaction."""
         generations = generated.generations
+        model = self.engine.model_name
         out = [
-            success_line(request, generation, self.engine.model_name)
+            embedding_line(request, generation, model)
+            if isinstance(generation, Embeddings)
+            else success_line(request, generation, model)
             for request, generation in zip(window.runnable, generations, strict=True)
         ]
         err = [line for _, line in sorted(window.errors.items())]
@@ -217,9 +263,10 @@ class ShardRunner:
             completed=len(out),
             failed=len(err),
             prompt_tokens=sum(g.prompt_tokens for g in generations),
+            cached_tokens=sum(g.cached_tokens for g in generations if isinstance(g, Generation)),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
-            output_lengths=length_histogram(g.completion_tokens for g in generations),
+            output_lengths=length_histogram(g.completion_tokens for g in generations if isinstance(g, Generation)),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
             static_batches=generated.static_batches,
             engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
@@ -232,9 +279,12 @@ class ShardRunner:
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         batch_size = shard.batch_size
-        # Length-aware packing reads a window of several static batches at a time.
+        # Length-aware packing reads a window of several static batches at a time. After a
+        # claim that died without progress, windows are single static batches: the one that
+        # kills the engine is then found (and set aside) alone, not with its whole window.
         defaults = JobDefaults.model_validate(shard.sampling_defaults)
-        window_lines = batch_size * (defaults.pack_window or 1)
+        packed = defaults.pack_window is not None and shard.attempts <= 1
+        window_lines = batch_size * ((defaults.pack_window or 1) if packed else 1)
         lines = self._input_lines(shard)
         chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
         seqs = itertools.count(shard.windows_done)
@@ -278,11 +328,28 @@ class ShardRunner:
         return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
 
 
+PREFIX_GROUP_TOKENS = 64  # lines whose prompts start with the same this many tokens run together
+
+
+def packing_order(window: PreparedWindow) -> list[int]:
+    """The order a packed window's lines run in: lines that share the start of their prompt
+    (a system prompt, few-shot examples) together, so the engine's prefix cache computes it
+    once for them; then the others; within each group by requested length, so short answers
+    do not wait for long ones. Answers go back in input order whatever this order is."""
+    positions = range(len(window.runnable))
+    if window.embeddings:
+        return sorted(positions, key=window.length)
+    prefixes = [hash(tuple(prompt[:PREFIX_GROUP_TOKENS])) for prompt in window.prompts]
+    shared = Counter(prefixes)
+    group = {prefix: rank for rank, prefix in enumerate(dict.fromkeys(p for p in prefixes if shared[p] > 1))}
+    unshared = len(group)  # lines alone with their prefix come last, as one group
+    return sorted(positions, key=lambda i: (group.get(prefixes[i], unshared), *window.length(i)))
+
+
 def _set_refused_aside(window: PreparedWindow, refused: dict[int, str]) -> None:
     """Moves the requests the engine refused (by position) to the window's error lines."""
     for position in sorted(refused, reverse=True):
-        request = window.runnable.pop(position)
-        del window.prompts[position], window.sampling[position]
+        request = window.drop(position)
         message = f"The engine refused this request: {refused[position]}"
         window.errors[request.index] = request_error_line(request.custom_id, message, None, "invalid_request")
 

@@ -20,9 +20,12 @@ from app.core.database import Database
 from app.core.embedded_postgres import database_url
 from app.core.settings import Settings, get_settings
 from app.core.storage import open_store
+from app.data.outbox import Outbox
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.data.webhook_endpoints import WebhookEndpoints
 from app.jobs.sweeper import Sweeper
+from app.jobs.webhooks import WebhookSender
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sweeper = sweeper
         app.state.heavy_work = HeavyWork(settings.heavy_work_threads)
         sweeper.start()
+        app.state.webhook_endpoints = WebhookEndpoints(db)
+        app.state.webhook_sender = webhook_sender = WebhookSender.from_settings(Outbox(db), settings)
+        webhook_sender.start()
         yield
+        webhook_sender.stop()
         sweeper.stop()
         app.state.heavy_work.shutdown()
         db.dispose()

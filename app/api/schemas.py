@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.text import unstorable
-from app.data.models import FileRecord, Job, JobStatus
+from app.data.models import FileRecord, Job, JobStatus, WebhookEndpoint
+from app.data.webhook_endpoints import secret_hint
 from app.jobs.create import DryRun, JobSpec
 from app.jobs.estimate import JobEstimate
 from app.jobs.lines import ENDPOINTS
+from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import throughput
 
@@ -30,6 +33,7 @@ class FileObject(BaseModel):
     purpose: str
     status: str = "processed"
     status_details: str | None = None
+    expires_at: int | None = Field(default=None, description="when the file is deleted; null: kept until deleted")
     # Extras: what the upload check found.
     lines: int
     sha256: str
@@ -42,6 +46,7 @@ class FileObject(BaseModel):
             created_at=unix(record.created_at) or 0,
             filename=record.filename,
             purpose=record.purpose,
+            expires_at=unix(record.expires_at),
             lines=record.line_count,
             sha256=record.sha256,
         )
@@ -108,15 +113,34 @@ Metadata = Annotated[
 ]
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy of a file: `seconds` after its creation."""
+
+    anchor: Literal["created_at"] = Field(description="what the expiry counts from; only `created_at`")
+    seconds: int = Field(
+        ge=MIN_EXPIRES_AFTER_SECONDS,
+        le=MAX_EXPIRES_AFTER_SECONDS,
+        description=f"between {MIN_EXPIRES_AFTER_SECONDS} (1 hour) and {MAX_EXPIRES_AFTER_SECONDS} (30 days)",
+    )
+
+
 class BatchCreate(BaseModel):
     input_file_id: StorableStr
     endpoint: StorableStr = Field(description=f"one of {', '.join(ENDPOINTS)}")
     completion_window: Literal["24h"] = "24h"
     metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None,
+        description="when the output and error files expire, from their own creation; default: FILE_RETENTION_DAYS",
+    )
 
     # This service's own fields (the openai SDK sends them through `extra_body`).
-    model: StorableStr | None = Field(default=None, description="model to run; default: the one the workers hold")
+    model: StorableStr | None = Field(
+        default=None,
+        description="model to run; default: the one the workers hold for the endpoint (the embedding "
+        "model for /v1/embeddings)",
+    )
     batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
     max_tokens: int | None = Field(default=None, ge=1, description="default max_tokens for lines without one")
     truncate_prompts: bool = Field(
@@ -135,7 +159,11 @@ class BatchCreate(BaseModel):
     )
 
     def spec(self) -> JobSpec:
-        return JobSpec(**self.model_dump(exclude={"dry_run"}))
+        expires = self.output_expires_after
+        return JobSpec(
+            **self.model_dump(exclude={"dry_run", "output_expires_after"}),
+            output_expires_after_seconds=expires.seconds if expires else None,
+        )
 
 
 class BatchRetry(BaseModel):
@@ -237,7 +265,7 @@ class BatchObject(BaseModel):
             batch_size=job.batch_size,
             usage={
                 "input_tokens": job.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": job.cached_tokens},
                 "output_tokens": job.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": job.prompt_tokens + job.completion_tokens,
@@ -282,6 +310,88 @@ class BatchList(_Page):
 
     @classmethod
     def of(cls, data: list[BatchObject], has_more: bool) -> BatchList:
+        return cls(
+            data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+        )
+
+
+# Webhook endpoints: OpenAI's `webhook_endpoint` objects, plus the owner whose events they get.
+
+BatchEventType = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL")
+    return value
+
+
+class WebhookEndpointCreate(BaseModel):
+    url: Annotated[
+        str, Field(max_length=2048, description="receives the events as signed POSTs"), AfterValidator(_http_url)
+    ]
+    owner: str = Field(min_length=1, max_length=128, description="whose batches' events this endpoint receives")
+    secret: str | None = Field(
+        default=None, description="whsec_ + base64 of 24 to 64 bytes; unset: one is made and returned once"
+    )
+    event_types: list[BatchEventType] | None = Field(
+        default=None, min_length=1, description="the events to send; unset: all four batch events"
+    )
+    name: str = Field(default="", max_length=256)
+
+
+class WebhookEndpointObject(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    created_at: int
+    updated_at: int
+    url: str
+    name: str
+    event_types: list[str]
+    signing_secret_hint: str
+    owner: str = Field(description="whose batches' events this endpoint receives")
+
+    @classmethod
+    def fields_of(cls, endpoint: WebhookEndpoint) -> dict[str, Any]:
+        created = unix(endpoint.created_at) or 0
+        return {
+            "id": endpoint.id,
+            "created_at": created,
+            "updated_at": created,
+            "url": endpoint.url,
+            "name": endpoint.name,
+            "event_types": endpoint.event_types,
+            "signing_secret_hint": secret_hint(endpoint.secret),
+            "owner": endpoint.owner,
+        }
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointObject:
+        return cls(**cls.fields_of(endpoint))
+
+
+class WebhookEndpointWithSecret(WebhookEndpointObject):
+    """The answer to a create: the only time the signing secret is shown."""
+
+    signing_secret: str
+
+    @classmethod
+    def with_secret(cls, endpoint: WebhookEndpoint) -> WebhookEndpointWithSecret:
+        return cls(**cls.fields_of(endpoint), signing_secret=endpoint.secret)
+
+
+class WebhookEndpointDeleted(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    deleted: bool = True
+
+
+class WebhookEndpointList(_Page):
+    data: list[WebhookEndpointObject]
+
+    @classmethod
+    def of(cls, data: list[WebhookEndpointObject], has_more: bool) -> WebhookEndpointList:
         return cls(
             data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
         )

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE = 10
+READER_POOL_SIZE = 4  # one read is one short round trip: a few connections serve many pollers
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -35,7 +36,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.reader = create_engine(sqlalchemy_url(url), pool_size=POOL_SIZE, isolation_level="AUTOCOMMIT")
+        self.reader = create_engine(
+            sqlalchemy_url(url), pool_size=READER_POOL_SIZE, max_overflow=READER_POOL_SIZE, isolation_level="AUTOCOMMIT"
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def read_one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:

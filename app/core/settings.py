@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
+DEMO_EMBEDDING_MODEL_PATH = Path("var/models/demo-embed")  # likewise: a small BERT for /v1/embeddings
 DEMO_LORA_PATH = Path("var/models/demo-lora")  # likewise: a LoRA adapter for the demo Llama
 
 
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16, description="context length; unset is the model's")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    prefix_caching: bool = Field(
+        default=True, description="vLLM's prefix caching: lines that share a prompt prefix compute it once"
+    )
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
     lora_modules: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -52,6 +56,27 @@ class Settings(BaseSettings):
         "so a model cannot spend its max_tokens on blanks",
     )
 
+    # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.
+    worker_kind: Literal["generate", "embed"] = Field(
+        default="generate",
+        description="what `python -m worker` holds: MODEL (generate) or EMBEDDING_MODEL (embed); flag --kind",
+    )
+    embedding_model: str = Field(
+        default=str(DEMO_EMBEDDING_MODEL_PATH), description="embedding model folder or Hugging Face id"
+    )
+    embedding_served_model_name: str | None = Field(
+        default=None, description="name embeddings jobs use; default: the embedding model's last part"
+    )
+    embedding_max_model_len: int | None = Field(
+        default=None, ge=16, description="the embedding model's context length; unset is the model's"
+    )
+    embedding_gpu_memory_utilization: float = Field(
+        default=0.1, gt=0, le=1, description="the embedding engine's share of GPU memory (it may share GPUs)"
+    )
+    embedding_worker: bool = Field(
+        default=True, description="the launcher (make run) starts an embedding worker beside the generation ones"
+    )
+
     # Jobs.
     batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
     default_max_tokens: int = Field(default=16, ge=1, description="max_tokens for lines that give none")
@@ -62,9 +87,19 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="idle workers look for work this often (NOTIFY wakes them sooner)"
     )
     max_batch_attempts: int = Field(
-        default=3, ge=1, description="a static batch that kills its worker this often goes to the error file"
+        default=3,
+        ge=1,
+        description="a static batch that kills its worker this often goes to the error file; "
+        "a finalization that fails this often ends its job failed",
     )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
+    file_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="days an upload without expires_after, or a batch's output and error files without "
+        "output_expires_after, are kept before the sweeper deletes them (OpenAI's default for batch files); "
+        "0 keeps them until deleted",
+    )
 
     # API.
     heavy_work_threads: int = Field(
@@ -94,6 +129,19 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long the API trusts a verified key (a revoked key works this much longer)"
     )
+
+    # Webhooks (each API process sends them: app.jobs.webhooks.WebhookSender).
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often a sender looks for due deliveries")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="a delivery's HTTP timeout")
+    webhook_first_retry_seconds: float = Field(
+        default=5.0, gt=0, description="the wait after a failed delivery; it doubles with each attempt"
+    )
+    webhook_max_retry_seconds: float = Field(default=3600.0, gt=0, description="the longest wait between attempts")
+    webhook_max_age_seconds: float = Field(
+        default=3 * 24 * 3600.0, gt=0, description="a delivery not made this long after its event is given up"
+    )
+    webhook_concurrency: int = Field(default=4, ge=1, description="deliveries one API process sends at once")
+
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -103,6 +151,16 @@ class Settings(BaseSettings):
         return parse_lora_modules(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _one_name_per_model(self) -> Settings:
+        # Workers claim jobs by model name, so the two kinds must not share one.
+        if self.model_name == self.embedding_model_name:
+            raise ValueError(
+                f"MODEL and EMBEDDING_MODEL are both served as {self.model_name!r}; "
+                "give them different names (SERVED_MODEL_NAME, EMBEDDING_SERVED_MODEL_NAME)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _adapters_are_not_the_base(self) -> Settings:
         if self.model_name in self.lora_modules:
             raise ValueError(f"LORA_MODULES names an adapter {self.model_name!r}, the base model's own name")
@@ -110,13 +168,20 @@ class Settings(BaseSettings):
 
     @property
     def model_name(self) -> str:
-        if self.served_model_name:
-            return self.served_model_name
-        return self.model.rstrip("/").split("/")[-1] if Path(self.model).exists() else self.model
+        return self.served_model_name or _name_of(self.model)
+
+    @property
+    def embedding_model_name(self) -> str:
+        return self.embedding_served_model_name or _name_of(self.embedding_model)
 
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.var_dir / 'storage').resolve()}"
+
+
+def _name_of(model: str) -> str:
+    """A local folder's last part, else the model's id as given."""
+    return model.rstrip("/").split("/")[-1] if Path(model).exists() else model
 
 
 def parse_lora_modules(text: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ chunks, so no object passes whole through memory.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -32,12 +33,21 @@ class ObjectStore(Protocol):
 
     def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None: ...
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        """Yields the object in chunks; raises ObjectNotFound if it is missing."""
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        """Yields the object in chunks from byte `start` on; raises ObjectNotFound if it is missing."""
 
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """The keys of the objects whose key starts with `prefix`."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object whose key starts with `prefix`; returns how many."""
+
+
+S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
 class ChunkReader:
@@ -94,12 +104,13 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_chunks(key, [data])
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
         path = self._path(key)
         try:
             handle = open(path, "rb")  # noqa: SIM115  (closed by _iter_file)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        handle.seek(start)
         return _iter_file(handle)
 
     def exists(self, key: str) -> bool:
@@ -107,6 +118,30 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        root = self.root.resolve()
+        # The deepest folder every matching key is under; a written object's temporary
+        # twin (a dot name) is not an object yet.
+        folder = self._path(prefix) if prefix.endswith("/") or not prefix else self._path(prefix).parent
+        if not folder.is_dir():
+            return
+        for dirpath, _, names in os.walk(folder):
+            for name in sorted(names):
+                if name.startswith("."):
+                    continue
+                key = (Path(dirpath) / name).relative_to(root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        for key in list(self.list_keys(prefix)):
+            self.delete(key)
+            deleted += 1
+        if prefix.endswith("/") and prefix.strip("/"):
+            shutil.rmtree(self._path(prefix), ignore_errors=True)  # the emptied folders
+        return deleted
 
 
 def _iter_file(handle: IO[bytes]) -> Iterator[bytes]:
@@ -152,9 +187,10 @@ class S3Store:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFound(key) from None
         return iter(response["Body"].iter_chunks(CHUNK_BYTES))
@@ -168,6 +204,35 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :]
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Lists and deletes in batches of S3_DELETE_BATCH keys; a key it could not delete raises."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.list_keys(prefix):
+            batch.append(key)
+            if len(batch) == S3_DELETE_BATCH:
+                deleted += self._delete_keys(batch)
+                batch = []
+        if batch:
+            deleted += self._delete_keys(batch)
+        return deleted
+
+    def _delete_keys(self, keys: list[str]) -> int:
+        response = self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in keys], "Quiet": True}
+        )
+        if errors := response.get("Errors"):
+            first = errors[0]
+            where = f"{first.get('Key')}: {first.get('Message')}"
+            raise OSError(f"S3 could not delete {len(errors)} objects, the first {where}")
+        return len(keys)
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None, region: str = "us-east-1") -> ObjectStore:
@@ -242,9 +307,9 @@ def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
     return iter_lines(store.read_chunks(key))
 
 
-def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) -> Iterator[bytes]:
-    """The object's lines; a transient storage failure mid-read reopens the object and
-    carries on after the last line handed out."""
+def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float, start: int = 0) -> Iterator[bytes]:
+    """The object's lines from byte `start` (a line's first byte) on; a transient storage
+    failure mid-read reopens the object there and carries on after the last line handed out."""
     from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
 
     handed_out = 0
@@ -252,7 +317,7 @@ def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float) 
     deadline = time.monotonic() + give_up_after_seconds
     while True:
         try:
-            for index, line in enumerate(read_lines(store, key)):
+            for index, line in enumerate(iter_lines(store.read_chunks(key, start))):
                 if index >= handed_out:
                     handed_out += 1
                     backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds

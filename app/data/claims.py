@@ -29,6 +29,7 @@ class ClaimedShard:
     batch_size: int
     sampling_defaults: dict[str, Any]
     model: str
+    line_offsets: dict[str, Any] | None = None  # where every N-th input line starts (app.jobs.uploads)
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
@@ -103,7 +104,7 @@ CLAIM_SHARD_SQL = text(
     )
     SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
            claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
-           j.batch_size, j.sampling_defaults, j.model
+           j.batch_size, j.sampling_defaults, j.model, f.validation -> 'line_offsets' AS line_offsets
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id
     JOIN files f ON f.id = j.input_file_id
@@ -116,12 +117,15 @@ FINALIZING_STATUSES = (JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.EXP
 
 STOP_ABANDONED_SHARDS_SQL = text(
     """
-    -- A cancelled or expired job's running shard whose worker died will never be resumed
-    -- (the shard claim takes only runnable jobs): it stops where its last window left it.
-    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL
+    -- A cancelled or expired job's shard that nobody will run again stops where its last
+    -- window left it: a running one whose worker died (the shard claim takes only runnable
+    -- jobs), or one given back to the queue after the job began to stop (a worker that
+    -- released it on an engine failure or a shutdown). Its holder is forgotten, so a late
+    -- write from it is refused.
+    UPDATE shards s SET status = 'stopped', lease_expires_at = NULL, worker_id = NULL
     FROM jobs j
-    WHERE j.id = s.job_id AND s.status = 'running' AND s.lease_expires_at < now()
-      AND j.status IN ('cancelling', 'expiring')
+    WHERE j.id = s.job_id AND j.status IN ('cancelling', 'expiring')
+      AND (s.status = 'queued' OR (s.status = 'running' AND s.lease_expires_at < now()))
     """
 )
 

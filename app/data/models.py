@@ -36,6 +36,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+ENDED_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))  # for partial indexes and raw SQL
 
 
 class ShardStatus(enum.StrEnum):
@@ -63,6 +64,10 @@ class ApiKey(Base):
 
 class FileRecord(Base):
     __tablename__ = "files"
+    __table_args__ = (
+        # The sweeper's walk over live files that expire (app.data.retention).
+        Index("ix_files_expiry", "expires_at", postgresql_where=text("deleted_at IS NULL AND expires_at IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128), index=True, default="")
@@ -76,6 +81,8 @@ class FileRecord(Base):
     validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When the sweeper deletes it (app.jobs.retention); None: kept until deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Job(Base):
@@ -86,6 +93,9 @@ class Job(Base):
             "finalize_lease_expires_at",
             postgresql_where=text("status IN ('finalizing', 'cancelling', 'expiring')"),
         ),
+        # Which live jobs read a file (the sweeper keeps those), whose output a file is.
+        Index("ix_jobs_live_input", "input_file_id", postgresql_where=text(f"status NOT IN ({ENDED_SQL})")),
+        Index("ix_jobs_output_file", "output_file_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -109,12 +119,16 @@ class Job(Base):
     request_completed: Mapped[int] = mapped_column(Integer, default=0)
     request_failed: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     tensor_parallel_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     output_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
     error_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    # Seconds after their creation that the output and error files expire: the batch's
+    # output_expires_after, else FILE_RETENTION_DAYS when it was created; None: kept.
+    output_expires_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime]
@@ -195,6 +209,7 @@ class Window(Base):
     completed: Mapped[int] = mapped_column(Integer)
     failed: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(Integer)
     generate_seconds: Mapped[float] = mapped_column(Float)
     tokens_per_second: Mapped[float] = mapped_column(Float)
@@ -221,3 +236,54 @@ class Worker(Base):
     current_shard_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waits for its next attempt (or is being sent: see next_attempt_at)
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: older than the max age, or its endpoint was deleted
+
+
+class WebhookEndpoint(Base):
+    """Where an owner's batch events go. The signing secret is stored as given (it signs
+    every delivery, so it cannot be a hash), and shown only at creation."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)  # whose jobs' events it receives
+    url: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, default="")
+    secret: Mapped[str] = mapped_column(Text)  # whsec_ + base64 (Standard Webhooks)
+    event_types: Mapped[list[Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, inserted in the transaction that ends the
+    job, sent (and retried) by `app.jobs.webhooks.WebhookSender`. `next_attempt_at` is
+    both the retry schedule and the sender's lease: a claim moves it past the send's
+    timeout, so a sender that dies mid-send leaves the row due again."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True),
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64))  # evt_...: the webhook-id header, the same on every attempt
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # the exact body signed and sent on every attempt
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sender_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # who holds (or last held) it
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(nullable=True)

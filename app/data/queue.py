@@ -3,7 +3,8 @@
 Create, claim (one statement, below), record a window's progress, renew and release
 a lease, finish a shard, cancel, expire, complete. The worker and the API both go
 through `JobQueue`; nothing else writes a job's status, its counters or a lease.
-Reads live in `app.data.records`.
+Each end of a job queues its webhook event (`app.data.outbox.record_event`) in the
+transaction that ends it. Reads live in `app.data.records`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app.data.models import (
     Window,
     Worker,
 )
+from app.data.outbox import record_event
 from app.data.records import visible_to
 
 
@@ -54,6 +56,7 @@ class WindowResult:
     output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
     static_batches: int = 1  # generate calls in this window
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
 
 
@@ -64,10 +67,15 @@ class JobQueue:
         self.db = db
 
     def create_job(self, job: Job, shard_size: int) -> Job:
-        """Stores a batch and, when it is queued, its shards of consecutive lines."""
+        """Stores a batch and, when it is queued, its shards of consecutive lines (when it
+        failed at creation, its `batch.failed` event)."""
         with self.db.session() as session:
             session.add(job)
-            session.flush()
+            session.flush()  # the job's foreign key locks its input: a sweep deleting it ends first
+            if session.scalar(select(FileRecord.deleted_at).where(FileRecord.id == job.input_file_id)) is not None:
+                raise NotFound("file", job.input_file_id)  # expired and swept meanwhile (app.data.retention)
+            if job.status == JobStatus.FAILED:
+                record_event(session, job, job.failed_at or now())
             if job.status == JobStatus.QUEUED:
                 for index, start in enumerate(range(0, job.request_total, shard_size)):
                     end = min(start + shard_size, job.request_total)
@@ -121,11 +129,16 @@ class JobQueue:
 
     @staticmethod
     def _stop_waiting_shards(session: Session, job_id: str) -> None:
-        session.execute(
-            update(Shard)
+        """Stops the job's waiting shards that nobody is claiming at this instant (SKIP LOCKED:
+        a claim holds its shard, then waits on the job row this caller holds; waiting on the
+        shard here would deadlock). One claimed meanwhile stops at its first window."""
+        waiting = (
+            select(Shard.id)
             .where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
-            .values(status=ShardStatus.STOPPED)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
         )
+        session.execute(update(Shard).where(Shard.id.in_(waiting)).values(status=ShardStatus.STOPPED))
         session.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # an idle worker may finalize it now
 
     # Finalization: leased like shards.
@@ -153,13 +166,17 @@ class JobQueue:
             ).first()
             return renewed is not None
 
-    def release_finalization(self, job_id: str, finalizer_id: str) -> None:
-        """Gives the job back after a failed attempt; the next sweep tries again."""
+    def release_finalization(self, job_id: str, finalizer_id: str, *, retry_after: float, counted: bool) -> None:
+        """Gives the job back after a failed attempt, to be tried again in `retry_after`
+        seconds. An outage (not `counted`) does not count toward the attempts."""
         with self.db.session() as session:
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.finalizer_id == finalizer_id, Job.status.in_(FINALIZING_STATUSES))
-                .values(finalize_lease_expires_at=func.now())
+                .values(
+                    finalize_lease_expires_at=func.now() + timedelta(seconds=retry_after),
+                    finalize_attempts=Job.finalize_attempts if counted else Job.finalize_attempts - 1,
+                )
             )
 
     def fail_finalization(self, job_id: str, finalizer_id: str, message: str) -> None:
@@ -170,6 +187,7 @@ class JobQueue:
             job.failed_at = now()
             job.errors = [*(job.errors or []), {"code": "finalization_failed", "message": message, "param": None}]
             job.finalize_lease_expires_at = None
+            record_event(session, job, job.failed_at)
 
     # The worker's side.
 
@@ -190,7 +208,12 @@ class JobQueue:
         with self.db.session() as session:
             moved = session.execute(
                 update(Shard)
-                .where(Shard.id == shard.shard_id, Shard.worker_id == worker_id, Shard.next_line == result.first_line)
+                .where(
+                    Shard.id == shard.shard_id,
+                    Shard.worker_id == worker_id,
+                    Shard.status == ShardStatus.RUNNING,
+                    Shard.next_line == result.first_line,
+                )
                 .values(
                     next_line=result.next_line,
                     windows_done=seq + 1,
@@ -213,6 +236,7 @@ class JobQueue:
                     completed=result.completed,
                     failed=result.failed,
                     prompt_tokens=result.prompt_tokens,
+                    cached_tokens=result.cached_tokens,
                     completion_tokens=result.completion_tokens,
                     generate_seconds=result.generate_seconds,
                     tokens_per_second=tps,
@@ -230,6 +254,7 @@ class JobQueue:
                     request_completed=Job.request_completed + result.completed,
                     request_failed=Job.request_failed + result.failed,
                     prompt_tokens=Job.prompt_tokens + result.prompt_tokens,
+                    cached_tokens=Job.cached_tokens + result.cached_tokens,
                     completion_tokens=Job.completion_tokens + result.completion_tokens,
                     generate_seconds=Job.generate_seconds + result.generate_seconds,
                     first_window_at=func.coalesce(Job.first_window_at, func.now()),
@@ -306,7 +331,8 @@ class JobQueue:
     ) -> None:
         """Stores the joined output files and ends the job (completed, cancelled or expired),
         if `finalizer_id` still holds its finalization (else FinalizationLost). The output
-        file exists even when empty; the error file only when a line failed."""
+        file exists even when empty; the error file only when a line failed. The job's
+        webhook event is queued in the same transaction."""
         with self.db.session() as session:
             job = self._held(session, job_id, finalizer_id)
             session.add_all([output] + ([errors] if errors else []))
@@ -315,15 +341,17 @@ class JobQueue:
             job.error_file_id = errors.id if errors else None
             job.request_failed += unrun_lines
             job.finalize_lease_expires_at = None
+            ended = now()
             if job.status == JobStatus.CANCELLING:
                 job.status = JobStatus.CANCELLED
-                job.cancelled_at = now()
+                job.cancelled_at = ended
             elif job.status == JobStatus.EXPIRING:
                 job.status = JobStatus.EXPIRED
-                job.expired_at = now()
+                job.expired_at = ended
             else:
                 job.status = JobStatus.COMPLETED
-                job.completed_at = now()
+                job.completed_at = ended
+            record_event(session, job, ended)
 
     @staticmethod
     def _held(session: Session, job_id: str, finalizer_id: str) -> Job:

@@ -106,6 +106,11 @@ class Records:
             record.deleted_at = now()
             return record
 
+    def job_with_output(self, file_id: str) -> str | None:
+        """The job whose output file this is, if any (its result parts go with the file)."""
+        with self.db.session() as session:
+            return session.scalar(select(Job.id).where(Job.output_file_id == file_id))
+
     # Batches.
 
     def get_job(self, job_id: str, scope: str | None = None) -> Job:
@@ -147,12 +152,16 @@ class Records:
         with self.db.session() as session:
             return list(session.scalars(select(Window).where(Window.job_id == job_id).order_by(Window.first_line)))
 
-    def measured_rate(self, model: str, batch_size: int, days: float) -> tuple[float, int] | None:
-        """Generated tokens per generate-second of recent static batches of jobs on `model`
-        at `batch_size`, and how many static batches that is; None without any."""
+    def measured_rate(
+        self, model: str, batch_size: int, days: float, *, prompt_tokens: bool = False
+    ) -> tuple[float, int] | None:
+        """Generated tokens (or with `prompt_tokens`, prompt tokens: what an embedding model
+        reads) per generate-second of recent static batches of jobs on `model` at
+        `batch_size`, and how many static batches that is; None without any."""
+        counted = Window.prompt_tokens if prompt_tokens else Window.completion_tokens
         with self.db.session() as session:
             tokens, seconds, count = session.execute(
-                select(func.sum(Window.completion_tokens), func.sum(Window.generate_seconds), func.count())
+                select(func.sum(counted), func.sum(Window.generate_seconds), func.count())
                 .join(Job, Job.id == Window.job_id)
                 .where(
                     Job.model == model,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.core.errors import Forbidden, InvalidRequest
+from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, read_lines
 from app.data.ids import new_id, now
@@ -17,8 +17,9 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.estimate import JobEstimate, estimate_job
-from app.jobs.lines import ENDPOINTS
+from app.jobs.lines import EMBEDDINGS, ENDPOINTS
 from app.jobs.planning import JobDefaults
+from app.jobs.retention import retention_seconds
 from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class JobSpec:
     metadata: dict[str, str] | None = None
     truncate_prompts: bool = False
     pack_by_length: bool = True
+    # OpenAI's output_expires_after.seconds; None: FILE_RETENTION_DAYS (app.jobs.retention).
+    output_expires_after_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,24 +79,33 @@ def check_priority(priority: int | None, scope: str | None) -> None:
         raise Forbidden("A priority above 0 needs an admin key; 0 and below are yours to set.", param="priority")
 
 
+def served_model(settings: Settings, endpoint: str) -> str:
+    """The model a job on `endpoint` runs on: embedding workers hold the embedding model,
+    generation workers the generation model."""
+    return settings.embedding_model_name if endpoint == EMBEDDINGS else settings.model_name
+
+
 def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str | None) -> CheckedSpec:
     check_priority(spec.priority, scope)
     if spec.endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
         )
-    model = spec.model or settings.model_name
-    if model in settings.lora_modules:
+    served = served_model(settings, spec.endpoint)
+    model = spec.model or served
+    if spec.endpoint != EMBEDDINGS and model in settings.lora_modules:
         raise InvalidRequest(
-            f"{model!r} is a LoRA adapter of {settings.model_name!r}: create the batch for {settings.model_name!r} "
+            f"{model!r} is a LoRA adapter of {served!r}: create the batch for {served!r} "
             "(or no model) and name the adapter in each line's body.model.",
             param="model",
         )
-    if model != settings.model_name:
+    if model != served:
         raise InvalidRequest(
-            f"Model {model!r} is not served here; workers hold {settings.model_name!r}.", param="model"
+            f"Model {model!r} is not served here for {spec.endpoint}; workers hold {served!r}.", param="model"
         )
     source = records.get_file(spec.input_file_id, scope)
+    if source.expires_at is not None and source.expires_at <= now():
+        raise NotFound("file", source.id)  # expired: the next sweep deletes it
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id")
 
@@ -148,6 +160,7 @@ def create_job(
         expires_at=created + COMPLETION_WINDOWS[spec.completion_window],
         failed_at=created if checked.file_errors else None,
         parent_job_id=parent_job_id,
+        output_expires_after_seconds=retention_seconds(spec.output_expires_after_seconds, settings.file_retention_days),
     )
     return queue.create_job(job, settings.shard_size)
 

@@ -4,26 +4,31 @@ counted with the model's own tokenizer, and an ETA from what workers measured.
 The ETA divides the requested output tokens (every line's `max_tokens` times `n`,
 an upper bound: lines may stop early) by the generation rate that workers holding
 this model recorded on recent jobs at the same batch size, times the number of such
-workers that are up. With no such history it says so instead of guessing.
+workers that are up. With no such history it says so instead of guessing. An
+embeddings job generates nothing: its ETA divides its input tokens by the rate at
+which embedding workers read them.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from app.core.settings import Settings
 from app.data.records import Records
-from app.jobs.lines import LineError, Request
+from app.jobs.lines import EMBEDDINGS, LineError
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import (
     JobDefaults,
     ModelLimits,
     ServedModels,
     UnsupportedRequest,
+    input_token_ids,
+    plan_embedding,
     plan_request,
     prompt_token_ids,
 )
@@ -47,9 +52,13 @@ def model_limits(model: str, configured_context: int | None) -> ModelLimits:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model)
+    dimensions = getattr(config, "matryoshka_dimensions", None)
     return ModelLimits(
         max_model_len=configured_context or int(config.max_position_embeddings),
         vocab_size=max(int(getattr(config, "vocab_size", 0) or 0), len(model_tokenizer(model))),
+        embedding_size=getattr(config, "embedding_size", None) or getattr(config, "hidden_size", None),
+        matryoshka=bool(dimensions) or bool(getattr(config, "is_matryoshka", False)),
+        matryoshka_dimensions=tuple(dimensions) if dimensions else None,
     )
 
 
@@ -88,18 +97,28 @@ class JobEstimate(LineCounts, Eta):
 
 
 def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
-    """Plans every line; returns the counts and the lines that would fail, and why."""
-    tokenizer = model_tokenizer(settings.model)
+    """Plans every line; returns the counts and the lines that would fail, and why. An
+    embeddings line counts the tokens of all its inputs and requests no output."""
+    embeddings = endpoint == EMBEDDINGS
+    model = settings.embedding_model if embeddings else settings.model
+    tokenizer = model_tokenizer(model)
+    limits = model_limits(model, settings.embedding_max_model_len if embeddings else settings.max_model_len)
 
-    def tokenize(request: Request) -> list[int]:
-        return prompt_token_ids(tokenizer, request)
+    def tokens_of(index: int, raw: bytes) -> tuple[int, int]:
+        """(prompt tokens, requested output tokens) of a runnable line."""
+        if embeddings:
+            embedding = plan_embedding(raw, index, defaults, partial(input_token_ids, tokenizer), limits)
+            return sum(len(ids) for ids in embedding.inputs), 0
+        planned = plan_request(
+            raw, index, endpoint, defaults, partial(prompt_token_ids, tokenizer), limits, ServedModels.of(settings)
+        )
+        return len(planned.prompt), planned.max_tokens * planned.sampling["n"]
 
-    limits = model_limits(settings.model, settings.max_model_len)
     counts = LineCounts(context_length=limits.max_model_len)
     for index, raw in enumerate(lines):
         counts.lines += 1
         try:
-            planned = plan_request(raw, index, endpoint, defaults, tokenize, limits, ServedModels.of(settings))
+            prompt_tokens, output_tokens = tokens_of(index, raw)
         except (LineError, UnsupportedRequest) as err:
             counts.failing_lines += 1
             if len(counts.failing) < settings.max_reported_errors:
@@ -111,16 +130,17 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
                 )
             continue
         counts.runnable_lines += 1
-        counts.prompt_tokens += len(planned.prompt)
-        counts.requested_output_tokens += planned.max_tokens * planned.request.body.n
+        counts.prompt_tokens += prompt_tokens
+        counts.requested_output_tokens += output_tokens
     return counts
 
 
-def eta(records: Records, model: str, batch_size: int, output_tokens: int) -> Eta:
-    """Seconds to generate `output_tokens`, from the rate workers measured recently."""
-    measured = records.measured_rate(model, batch_size, HISTORY_DAYS)
+def eta(records: Records, model: str, batch_size: int, tokens: int, *, embeddings: bool = False) -> Eta:
+    """Seconds to generate `tokens` (for embeddings: to read `tokens` of input), from the
+    rate workers measured recently."""
+    measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=embeddings)
     workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
-    if measured is None:
+    if measured is None or not measured[0]:
         return Eta(
             eta_seconds=None,
             basis=f"no history: no worker holding {model} has run a batch of size {batch_size} "
@@ -128,11 +148,12 @@ def eta(records: Records, model: str, batch_size: int, output_tokens: int) -> Et
             ready_workers=workers,
         )
     tokens_per_second, static_batches = measured
+    rate = "input tokens/s embedded" if embeddings else "generated tokens/s"
+    bound = "" if embeddings else "; an upper bound, as every line is counted at its max_tokens"
     return Eta(
-        eta_seconds=round(output_tokens / (tokens_per_second * max(workers, 1)), 3),
+        eta_seconds=round(tokens / (tokens_per_second * max(workers, 1)), 3),
         basis=f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
-        f"{tokens_per_second:.0f} generated tokens/s per worker, {max(workers, 1)} worker(s); "
-        "an upper bound, as every line is counted at its max_tokens",
+        f"{tokens_per_second:.0f} {rate} per worker, {max(workers, 1)} worker(s){bound}",
         tokens_per_second_per_worker=round(tokens_per_second, 1),
         ready_workers=workers,
     )
@@ -159,5 +180,8 @@ def estimate_job(
         for name in ("lines", "runnable_lines", "prompt_tokens", "requested_output_tokens", "failing_lines"):
             setattr(counted, name, round(getattr(counted, name) * scale))
         counted.sampled_lines = read
-    timing = eta(records, model, batch_size, counted.requested_output_tokens)
+    if endpoint == EMBEDDINGS:
+        timing = eta(records, model, batch_size, counted.prompt_tokens, embeddings=True)
+    else:
+        timing = eta(records, model, batch_size, counted.requested_output_tokens)
     return JobEstimate(**counted.model_dump(), **timing.model_dump(), batch_size=batch_size)

@@ -14,16 +14,21 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
+from app.core.backoff import is_transient, retry_transient
 from app.core.storage import ChunkReader, ObjectStore, read_lines
-from app.data.ids import new_id
+from app.data.ids import new_id, now
 from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.retention import expiry
 from app.jobs.stats import job_stats, window_series
 from app.jobs.uploads import CheckingReader
 
 log = logging.getLogger(__name__)
+
+FINALIZE_RETRY_SECONDS = 5.0  # after a failed attempt, times the attempts so far
+MAX_FINALIZE_RETRY_SECONDS = 60.0
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
 EXPIRED_REASON = ("batch_expired", "This request could not be executed before the completion window expired.")
@@ -58,9 +63,10 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
                 yield batch_error_line(custom_id_of(raw), message, code)
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
-    output = _write_file(store, job.owner, f"{job_id}_output.jsonl", parts("out"), job.request_completed)
+    keep = job.output_expires_after_seconds
+    output = _write_file(store, job.owner, f"{job_id}_output.jsonl", parts("out"), job.request_completed, keep)
     failed = job.request_failed + unrun
-    errors = _write_file(store, job.owner, f"{job_id}_error.jsonl", error_parts(), failed) if failed else None
+    errors = _write_file(store, job.owner, f"{job_id}_error.jsonl", error_parts(), failed, keep) if failed else None
     store.put_bytes(
         f"batches/{job_id}/stats.json",
         json.dumps({**job_stats(job, runs), "windows": window_series(runs)}, indent=2).encode(),
@@ -90,11 +96,19 @@ def finalize_next(
         return claim.job_id
     with _LeaseKept(lambda: queue.renew_finalization(claim.job_id, finalizer_id, lease_seconds), lease_seconds):
         try:
-            finalize_job(records, queue, store, claim.job_id, finalizer_id)
+            retry_transient(  # rides out a storage or database outage shorter than half the lease
+                lambda: finalize_job(records, queue, store, claim.job_id, finalizer_id),
+                what=f"finalizing {claim.job_id}",
+                give_up_after_seconds=lease_seconds / 2,
+            )
         except FinalizationLost:
             log.warning("finalization of %s was taken over by another process", claim.job_id)
-        except Exception:
-            queue.release_finalization(claim.job_id, finalizer_id)
+            return None
+        except Exception as exc:
+            retry_after = min(FINALIZE_RETRY_SECONDS * claim.attempts, MAX_FINALIZE_RETRY_SECONDS)
+            queue.release_finalization(
+                claim.job_id, finalizer_id, retry_after=retry_after, counted=not is_transient(exc)
+            )
             raise
     log.info("finalized %s", claim.job_id)
     return claim.job_id
@@ -145,11 +159,15 @@ class _LineCursor:
                 return
 
 
-def _write_file(store: ObjectStore, owner: str, filename: str, chunks: Iterator[bytes], lines: int) -> FileRecord:
+def _write_file(
+    store: ObjectStore, owner: str, filename: str, chunks: Iterator[bytes], lines: int, keep_seconds: int | None
+) -> FileRecord:
+    """Writes one joined file; it expires `keep_seconds` after it is written (None: kept)."""
     file_id = new_id("file-")
     key = f"files/{file_id}"
     reader = CheckingReader(ChunkReader(chunks), None)  # type: ignore[arg-type]
     store.put_stream(key, reader)  # type: ignore[arg-type]
+    created = now()
     return FileRecord(
         id=file_id,
         owner=owner,
@@ -160,4 +178,6 @@ def _write_file(store: ObjectStore, owner: str, filename: str, chunks: Iterator[
         line_count=lines,
         storage_key=key,
         validation={},
+        created_at=created,
+        expires_at=expiry(created, keep_seconds),
     )

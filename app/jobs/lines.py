@@ -3,13 +3,17 @@
 Two forms are accepted on every line:
 
 - OpenAI batch lines: `{"custom_id", "method": "POST", "url", "body"}` with `url`
-  `/v1/completions` (body has `prompt`) or `/v1/chat/completions` (body has
-  `messages`);
-- plain lines: `{"custom_id", "prompt"}` or `{"custom_id", "messages"}`, optionally
-  with the same sampling fields as a body; the job's endpoint and defaults apply.
+  `/v1/completions` (body has `prompt`), `/v1/chat/completions` (body has
+  `messages`) or `/v1/embeddings` (body has `input`);
+- plain lines: `{"custom_id", "prompt"}`, `{"custom_id", "messages"}` or
+  `{"custom_id", "input"}`, optionally with the same fields as a body; the job's
+  endpoint and defaults apply.
 
-`/v1/responses` lines (body has `input`; plain: `{"custom_id", "input"}`, or a plain
-prompt in a responses job) have their own body, `app.jobs.responses.ResponsesBody`.
+`/v1/responses` lines (body has `input`; plain: `{"custom_id", "input"}` or a plain
+prompt in a responses job) have their own body, `app.jobs.responses.ResponsesBody`. A
+plain `input` line fits embeddings and responses alike: the job's endpoint decides which
+body parses it; at upload (no endpoint yet) it is read as an embeddings body, else as a
+responses body (`_plain_input_endpoint`).
 
 A line that breaks this format is a `LineError` (it fails the job before anything
 runs). A well-formed request that the model cannot serve is decided later, per line,
@@ -22,14 +26,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.jobs.responses import RESPONSES, ResponsesBody
 
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
-ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, RESPONSES)
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, EMBEDDINGS, RESPONSES)
 MAX_CUSTOM_ID_CHARS = 512
+MAX_EMBEDDING_INPUTS = 2048  # items in one embeddings request, as OpenAI allows
 
 
 class LineError(ValueError):
@@ -94,11 +100,62 @@ class ChatBody(_Body):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
-BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[ResponsesBody]] = {
+class EmbeddingBody(BaseModel):
+    """An embeddings request: one vector per input, all in one output line."""
+
+    model_config = ConfigDict(extra="allow")  # unknown fields are refused per line, naming them
+
+    model: str | None = None
+    # A string, a list of strings, a list of token ids or a list of lists of token ids.
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        shapes = (
+            isinstance(value, list)
+            and 0 < len(value) <= MAX_EMBEDDING_INPUTS
+            and (
+                all(isinstance(item, str) for item in value)
+                or all(_is_token_id(item) for item in value)
+                or all(isinstance(item, list) and all(_is_token_id(t) for t in item) for item in value)
+            )
+        )
+        if not shapes:
+            raise ValueError(
+                "input must be a string, a list of strings, a list of token ids or a list of lists of token ids, "
+                f"with 1 to {MAX_EMBEDDING_INPUTS} items"
+            )
+        return value
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The request's inputs, one embedding each (a single string or token list is one input)."""
+        value: Any = self.input
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(item, int) for item in value):
+            return [list(value)]
+        return list(value)
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+Body = CompletionBody | ChatBody | EmbeddingBody | ResponsesBody
+
+BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[EmbeddingBody] | type[ResponsesBody]] = {
     COMPLETIONS: CompletionBody,
     CHAT_COMPLETIONS: ChatBody,
+    EMBEDDINGS: EmbeddingBody,
     RESPONSES: ResponsesBody,
 }
+REQUIRED_FIELD = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input", RESPONSES: "input"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +165,7 @@ class Request:
     index: int  # 0-based position in the input file
     custom_id: str
     endpoint: str
-    body: CompletionBody | ChatBody | ResponsesBody
+    body: Body
     plain: bool  # the plain form, without url and body
 
 
@@ -116,7 +173,7 @@ def _first_error(exc: ValidationError, prefix: str) -> tuple[str, str]:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     param = f"{prefix}{where}" if where else prefix.rstrip(".")
-    return param, f"{param}: {err['msg']}"
+    return param, f"{param}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
@@ -157,23 +214,19 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
         endpoint, prefix, plain = url, "body.", False
     else:
         body = {k: v for k, v in obj.items() if k != "custom_id"}
-        if "messages" in body:
-            endpoint = CHAT_COMPLETIONS
-        elif "input" in body:
-            endpoint = RESPONSES
-        elif "prompt" in body:
-            endpoint = job_endpoint or COMPLETIONS
-        else:
-            raise LineError(line, "missing prompt (or messages, or url and body)", "prompt")
+        endpoint, given = _plain_endpoint(line, body, job_endpoint)
         if endpoint == CHAT_COMPLETIONS and "prompt" in body:
             body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
-        if job_endpoint == COMPLETIONS and endpoint == CHAT_COMPLETIONS:
-            raise LineError(line, "messages given, but the batch's endpoint is /v1/completions", "messages")
-        _plain_responses_line(line, body, endpoint, job_endpoint)
+        if job_endpoint is not None and job_endpoint != endpoint:
+            raise LineError(line, f"{given} given, but the batch's endpoint is {job_endpoint}", given)
+        if endpoint == RESPONSES and "prompt" in body and "input" not in body:
+            body["input"] = body.pop("prompt")  # a plain prompt in a responses job is its input
+        elif endpoint == EMBEDDINGS and job_endpoint is None:
+            endpoint = _plain_input_endpoint(body)
         prefix, plain = "", True
 
     model = BODY_MODELS[endpoint]
-    required = {CompletionBody: "prompt", ChatBody: "messages", ResponsesBody: "input"}[model]
+    required = REQUIRED_FIELD[endpoint]
     if required not in body:
         raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
     try:
@@ -186,11 +239,27 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
     return Request(index=index, custom_id=custom_id, endpoint=endpoint, body=parsed, plain=plain)
 
 
-def _plain_responses_line(line: int, body: dict[str, Any], endpoint: str, job_endpoint: str | None) -> None:
-    """A plain `input` line runs only in a responses job; a plain prompt there becomes its input."""
-    if endpoint == RESPONSES and job_endpoint not in (None, RESPONSES):
-        raise LineError(line, f"input given, but the batch's endpoint is {job_endpoint}", "input")
-    if job_endpoint == RESPONSES and endpoint == CHAT_COMPLETIONS:
-        raise LineError(line, f"messages given, but the batch's endpoint is {RESPONSES}; give input", "messages")
-    if endpoint == RESPONSES and "prompt" in body and "input" not in body:
-        body["input"] = body.pop("prompt")
+def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -> tuple[str, str]:
+    """The endpoint a plain line asks for, and the field that says so."""
+    if "messages" in body:
+        return CHAT_COMPLETIONS, "messages"
+    if "prompt" in body:
+        return (job_endpoint if job_endpoint in (CHAT_COMPLETIONS, RESPONSES) else COMPLETIONS), "prompt"
+    if "input" in body:
+        return (RESPONSES if job_endpoint == RESPONSES else EMBEDDINGS), "input"
+    raise LineError(line, "missing prompt (or messages, or input, or url and body)", "prompt")
+
+
+def _plain_input_endpoint(body: dict[str, Any]) -> str:
+    """At upload, the endpoint a plain `input` line is checked for: embeddings if its body
+    is an embeddings body, else responses if it is a responses body; failing both, the one
+    its `input` looks like (a list of objects: messages), which names the error."""
+    for endpoint in (EMBEDDINGS, RESPONSES):
+        try:
+            BODY_MODELS[endpoint].model_validate(body)
+        except (ValidationError, RecursionError):
+            continue
+        return endpoint
+    value = body.get("input")
+    messages = isinstance(value, list) and any(isinstance(item, dict) for item in value)
+    return RESPONSES if messages else EMBEDDINGS

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel
 
-from app.jobs.lines import CHAT_COMPLETIONS, Request
+from app.jobs.lines import CHAT_COMPLETIONS, EmbeddingBody, Request
 from app.jobs.responses import ResponseObject, ResponsesBody, response_object
 
 
@@ -48,10 +50,20 @@ class Generation:
     prompt_tokens: int
     choices: list[Choice]
     timing: RequestTiming | None = None
+    cached_tokens: int = 0  # prompt tokens found in the engine's prefix cache
 
     @property
     def completion_tokens(self) -> int:
         return sum(choice.completion_tokens for choice in self.choices)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What the engine made of one embeddings request: one vector per input, in order."""
+
+    prompt_tokens: int  # over all its inputs
+    vectors: list[list[float]]
+    completion_tokens: int = 0  # nothing is generated
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
@@ -74,10 +86,15 @@ def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
     }
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # found in the engine's prefix cache, not computed again
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class ChatMessageOut(BaseModel):
@@ -110,6 +127,26 @@ class CompletionBody(BaseModel):
     usage: Usage
 
 
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    """An embeddings response, as OpenAI's API answers."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
 class RequestError(BaseModel):
     message: str
     type: str = "invalid_request_error"
@@ -124,7 +161,7 @@ class ErrorBody(BaseModel):
 class Response(BaseModel):
     status_code: int
     request_id: str
-    body: CompletionBody | ResponseObject | ErrorBody
+    body: CompletionBody | EmbeddingList | ResponseObject | ErrorBody
 
 
 class BatchLineError(BaseModel):
@@ -145,7 +182,9 @@ class OutputLine(BaseModel):
 
 
 def _line(
-    custom_id: str, body: CompletionBody | ResponseObject | ErrorBody | None, error: BatchLineError | None = None
+    custom_id: str,
+    body: CompletionBody | EmbeddingList | ResponseObject | ErrorBody | None,
+    error: BatchLineError | None = None,
 ) -> bytes:
     request_id = uuid.uuid4().hex
     status = 400 if isinstance(body, ErrorBody) else 200
@@ -191,7 +230,28 @@ def success_line(request: Request, generation: Generation, model: str) -> bytes:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             total_tokens=generation.prompt_tokens + generation.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens),
         ),
+    )
+    return _line(request.custom_id, body)
+
+
+def base64_vector(vector: list[float]) -> str:
+    """A vector as OpenAI's `encoding_format: "base64"` gives it: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def embedding_line(request: Request, embeddings: Embeddings, model: str) -> bytes:
+    """One output line for an embeddings request: every input's vector, in input order."""
+    assert isinstance(request.body, EmbeddingBody)
+    encode = base64_vector if request.body.encoding_format == "base64" else None
+    body = EmbeddingList(
+        data=[
+            EmbeddingData(index=index, embedding=encode(vector) if encode else vector)
+            for index, vector in enumerate(embeddings.vectors)
+        ],
+        model=model,
+        usage=EmbeddingUsage(prompt_tokens=embeddings.prompt_tokens, total_tokens=embeddings.prompt_tokens),
     )
     return _line(request.custom_id, body)
 

@@ -1,10 +1,12 @@
 """Request planning: from one input line to what the engine runs.
 
 Parse the line, map its OpenAI body to vLLM `SamplingParams` keyword arguments, render
-its prompt as token ids (chat template applied) and check it fits the context. The
-worker plans every line this way before a static batch, and a dry run plans every line
-the same way (on the same model's tokenizer), so what a dry run calls failing is
-exactly what would fail, and both count the same tokens.
+its prompt as token ids (chat template applied) and check it fits the context. An
+embeddings line (`plan_embedding`) becomes one token-id list per input, each checked
+against the context, and `PoolingParams` keyword arguments. The worker plans every line
+this way before a static batch, and a dry run plans every line the same way (on the same
+model's tokenizer), so what a dry run calls failing is exactly what would fail, and both
+count the same tokens.
 
 A line's `model` may name the base model or one of its LoRA adapters (`ServedModels`);
 the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine to apply.
@@ -19,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from app.core.settings import Settings
-from app.jobs.lines import ChatBody, CompletionBody, Request, parse_line
+from app.jobs.lines import EMBEDDINGS, ChatBody, CompletionBody, EmbeddingBody, Request, parse_line
 from app.jobs.responses import ResponsesBody
 
 
@@ -58,7 +60,7 @@ def max_tokens_of(body: CompletionBody | ChatBody | ResponsesBody, defaults: Job
     return body.max_tokens or defaults.max_tokens
 
 
-def _refuse_unknown(body: CompletionBody | ChatBody) -> None:
+def _refuse_unknown(body: BaseModel) -> None:
     for name, value in (body.model_extra or {}).items():
         allowed = TOLERATED.get(name, ())
         if name in TOLERATED and (allowed is None or value in allowed):
@@ -143,8 +145,14 @@ def sampling_kwargs(body: CompletionBody | ChatBody | ResponsesBody, defaults: J
     return kwargs
 
 
+def _generation_body(request: Request) -> CompletionBody | ChatBody | ResponsesBody:
+    if isinstance(request.body, EmbeddingBody):
+        raise UnsupportedRequest(f"An embeddings request on a batch for {request.endpoint}.", param="input")
+    return request.body
+
+
 def prompt_token_ids(tokenizer: Any, request: Request) -> list[int]:
-    body = request.body
+    body = _generation_body(request)
     if isinstance(body, ChatBody | ResponsesBody):
         messages: list[Any] = (
             body.messages()
@@ -173,6 +181,11 @@ class ModelLimits:
 
     max_model_len: int  # prompt and completion tokens
     vocab_size: int  # token ids run from 0 to vocab_size - 1
+    # Embedding models: the vector's length, and whether (and to which lengths) `dimensions`
+    # may shorten it (Matryoshka models only).
+    embedding_size: int | None = None
+    matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] | None = None
 
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
@@ -220,25 +233,19 @@ def plan_request(
     for the context)."""
     max_model_len = limits.max_model_len
     request = parse_line(raw, index, endpoint)
-    sampling = sampling_kwargs(request.body, defaults)
-    adapter = models.adapter_for(request.body.model) if models is not None else None
+    body = _generation_body(request)
+    sampling = sampling_kwargs(body, defaults)
+    adapter = models.adapter_for(body.model) if models is not None else None
     if adapter is not None:
         sampling[LORA_ADAPTER] = adapter
-    seed = request.body.seed
+    seed = body.seed
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UnsupportedRequest(f"seed {seed} is out of range: it must fit in a signed 64-bit integer.", "seed")
     ids = tokenize(request)
     if not ids:
         raise UnsupportedRequest("The prompt is empty: give at least one token.", param="prompt")
-    outside = [token for token in ids if not 0 <= token < limits.vocab_size]
-    if outside:
-        raise UnsupportedRequest(
-            f"Token id {outside[0]} is out of vocabulary: this model's token ids run from 0 to "
-            f"{limits.vocab_size - 1}.",
-            param="prompt",
-            code="invalid_token_id",
-        )
-    completion = max_tokens_of(request.body, defaults)
+    _check_vocabulary(ids, limits, "prompt")
+    completion = max_tokens_of(body, defaults)
     if defaults.truncate_prompts and completion < max_model_len:
         ids = ids[-(max_model_len - completion) :]  # keep the end, as vLLM's own truncation does
     wanted = len(ids) + completion
@@ -251,3 +258,88 @@ def plan_request(
             code="context_length_exceeded",
         )
     return PlannedRequest(request=request, prompt=ids, sampling=sampling, max_tokens=completion)
+
+
+def _check_vocabulary(ids: list[int], limits: ModelLimits, param: str) -> None:
+    outside = [token for token in ids if not 0 <= token < limits.vocab_size]
+    if outside:
+        raise UnsupportedRequest(
+            f"Token id {outside[0]} is out of vocabulary: this model's token ids run from 0 to "
+            f"{limits.vocab_size - 1}.",
+            param=param,
+            code="invalid_token_id",
+        )
+
+
+def input_token_ids(tokenizer: Any, request: Request) -> list[list[int]]:
+    """An embeddings request's inputs as token ids, one list per input (the tokenizer adds
+    the model's special tokens, as vLLM does for a text prompt)."""
+    body = request.body
+    if not isinstance(body, EmbeddingBody):
+        raise UnsupportedRequest(f"A {request.endpoint} request on an embeddings batch.", param="input")
+    return [list(tokenizer.encode(item)) if isinstance(item, str) else list(item) for item in body.inputs()]
+
+
+def pooling_kwargs(body: EmbeddingBody, limits: ModelLimits) -> dict[str, Any]:
+    """Keyword arguments for `PoolingParams`. vLLM shortens a vector to `dimensions` only
+    for Matryoshka models (and then only to the lengths the model lists)."""
+    _refuse_unknown(body)
+    dimensions = body.dimensions
+    if dimensions is None:
+        return {}
+    if not limits.matryoshka:
+        raise UnsupportedRequest(
+            f"dimensions={dimensions} is not supported: this model is not a Matryoshka model, so its "
+            "embeddings cannot be shortened. Leave dimensions unset.",
+            param="dimensions",
+        )
+    if limits.embedding_size is not None and dimensions > limits.embedding_size:
+        raise UnsupportedRequest(
+            f"dimensions={dimensions} is out of range: this model's embeddings have {limits.embedding_size}.",
+            param="dimensions",
+        )
+    if limits.matryoshka_dimensions and dimensions not in limits.matryoshka_dimensions:
+        allowed = ", ".join(str(d) for d in limits.matryoshka_dimensions)
+        raise UnsupportedRequest(f"dimensions={dimensions} is not one of this model's: {allowed}.", "dimensions")
+    return {"dimensions": dimensions}
+
+
+@dataclass(frozen=True)
+class PlannedEmbedding:
+    request: Request
+    inputs: list[list[int]]  # token ids, one list per input (truncated if the batch asks)
+    pooling: dict[str, Any]  # PoolingParams keyword arguments, the same for every input
+
+
+def plan_embedding(
+    raw: bytes,
+    index: int,
+    defaults: JobDefaults,
+    tokenize: Callable[[Request], list[list[int]]],
+    limits: ModelLimits,
+) -> PlannedEmbedding:
+    """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
+    model cannot serve (an unknown field, `dimensions` on a model that cannot shorten its
+    vectors, an empty input, a token id out of the vocabulary, an input too long for the
+    context). `truncate_prompts` keeps the start of a long input, as embedding models'
+    tokenizers truncate."""
+    request = parse_line(raw, index, EMBEDDINGS)
+    assert isinstance(request.body, EmbeddingBody)  # parse_line gives the endpoint's body
+    pooling = pooling_kwargs(request.body, limits)
+    inputs = tokenize(request)
+    max_model_len = limits.max_model_len
+    for position, ids in enumerate(inputs):
+        if not ids:
+            raise UnsupportedRequest(f"Input {position} is empty: give at least one token.", param="input")
+        _check_vocabulary(ids, limits, "input")
+        if len(ids) > max_model_len:
+            if defaults.truncate_prompts:
+                inputs[position] = ids[:max_model_len]
+                continue
+            raise UnsupportedRequest(
+                f"This model's maximum context length is {max_model_len} tokens. However, input {position} has "
+                f"{len(ids)} tokens. Please reduce the input, or create the batch with truncate_prompts.",
+                param="input",
+                code="context_length_exceeded",
+            )
+    return PlannedEmbedding(request=request, inputs=inputs, pooling=pooling)

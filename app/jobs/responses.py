@@ -234,6 +234,7 @@ def response_object(body: ResponsesBody, generation: Generation, model: str) -> 
         ],
         usage=ResponseUsage(
             input_tokens=generation.prompt_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=generation.cached_tokens),
             output_tokens=choice.completion_tokens,
             total_tokens=generation.prompt_tokens + choice.completion_tokens,
         ),

@@ -15,16 +15,18 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from app.core.errors import Conflict
+from app.core.errors import Conflict, InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ChunkReader, ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, check_priority, create_job
+from app.jobs.lines import EMBEDDINGS
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import JobDefaults
 from app.jobs.responses import RESPONSES
+from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
 
 
@@ -77,6 +79,8 @@ def retry_failed(
         raise Conflict(f"Batch {parent_id} is {status.value}; retry it once it has ended.")
     if parent.error_file_id is None:
         raise Conflict(f"Batch {parent_id} has no failed lines to retry.")
+    if parent.endpoint == EMBEDDINGS and overrides.max_tokens is not None:
+        raise InvalidRequest("max_tokens does not apply to an embeddings batch.", param="max_tokens")
     failed = {
         _digest(custom_id_of(line)) for line in _lines_of(store, records.get_file(parent.error_file_id).storage_key)
     }
@@ -94,6 +98,7 @@ def retry_failed(
         filename=f"{parent_id}_retry.jsonl",
         purpose="batch",
         limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
+        keep_seconds=retention_seconds(None, settings.file_retention_days),
     )
     defaults = JobDefaults.model_validate(parent.sampling_defaults)
     spec = JobSpec(
@@ -102,10 +107,12 @@ def retry_failed(
         model=parent.model,
         batch_size=overrides.batch_size or parent.batch_size,
         max_tokens=defaults.max_tokens,
-        priority=parent.priority if overrides.priority is None else overrides.priority,
+        # A retry inherits its parent's priority, but only an admin keeps one above 0.
+        priority=overrides.priority if overrides.priority is not None else min(parent.priority, 0 if scope else 100),
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
         truncate_prompts=overrides.truncate_prompts or defaults.truncate_prompts,
         pack_by_length=defaults.pack_window is not None,
+        output_expires_after_seconds=parent.output_expires_after_seconds,
     )
     return create_job(records, queue, settings, spec, Owner(parent.owner, scope=None), parent_job_id=parent.id)
 

@@ -126,4 +126,5 @@ def engine_totals(windows: list[Window]) -> dict[str, Any] | None:
         "idle_tail_share_of_generate": round(combined.idle_tail_seconds / generate, 4) if generate else None,
         "preemptions": combined.preemptions,
         "peak_kv_cache_demand": combined.kv_cache_demand,
+        "cached_prompt_tokens": combined.cached_prompt_tokens,
     }

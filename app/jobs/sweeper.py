@@ -1,7 +1,7 @@
-"""The sweeper: a thread in each API process that moves overdue jobs to `expiring` and
+"""The sweeper: a thread in each API process that moves overdue jobs to `expiring`,
 finalizes jobs that wait for it (a cancelled job with nothing running, a job whose
-finalizer died). Workers finalize too; the sweeper is what makes every job end even
-when no worker is up."""
+finalizer died) and deletes expired files (app.jobs.retention). Workers finalize too;
+the sweeper is what makes every job end even when no worker is up."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.finalize import finalize_next
+from app.jobs.retention import delete_expired
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ MAX_FINALIZATIONS_PER_SWEEP = 100  # the rest wait for the next sweep (or a work
 def sweep(
     records: Records, queue: JobQueue, store: ObjectStore, finalizer_id: str, lease_seconds: float, max_attempts: int
 ) -> list[str]:
-    """One sweep: expire what is overdue, then finalize what waits. Returns the finalized ids."""
+    """One sweep: expire what is overdue, finalize what waits, then delete expired files
+    (up to MAX_EXPIRED_FILES_PER_SWEEP; inputs of jobs that have not ended wait). Returns
+    the finalized ids."""
     for job_id in queue.expire_due():
         log.info("%s is past its completion window: expiring", job_id)
     finalized: list[str] = []
@@ -32,6 +35,7 @@ def sweep(
         if done is None:
             break
         finalized.append(done)
+    delete_expired(records, store)
     return finalized
 
 

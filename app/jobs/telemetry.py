@@ -34,6 +34,7 @@ class EngineTelemetry:
     preemptions: int
     kv_cache_demand: float | None
     static_batches: int = 1
+    cached_prompt_tokens: int = 0  # prefix cache hits: prompt tokens not computed again
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +73,7 @@ def batch_telemetry(generations: list[Generation], kv_cache_tokens: int | None) 
         idle_tail_fraction=round(idle_tail / span, 4) if span > 0 else 0.0,
         preemptions=sum(t.preemptions for t in timings),
         kv_cache_demand=round((prompt_tokens + completion_tokens) / kv_cache_tokens, 4) if kv_cache_tokens else None,
+        cached_prompt_tokens=sum(g.cached_tokens for g in generations),
     )
 
 
@@ -101,4 +103,5 @@ def combine(parts: list[EngineTelemetry | None]) -> EngineTelemetry | None:
         preemptions=sum(p.preemptions for p in reported),
         kv_cache_demand=max(demands) if demands else None,
         static_batches=sum(p.static_batches for p in reported),
+        cached_prompt_tokens=sum(p.cached_prompt_tokens for p in reported),
     )

@@ -19,9 +19,11 @@ from pydantic import BaseModel, Field, TypeAdapter
 from app.jobs.lines import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
+    EMBEDDINGS,
     MAX_CUSTOM_ID_CHARS,
     ChatBody,
     CompletionBody,
+    EmbeddingBody,
     LineError,
     parse_line,
 )
@@ -43,6 +45,10 @@ class _PlainChatLine(ChatBody):
     custom_id: _CustomId
 
 
+class _PlainEmbeddingLine(EmbeddingBody):
+    custom_id: _CustomId
+
+
 class _CompletionLine(BaseModel):
     custom_id: _CustomId
     method: Literal["POST"] = "POST"
@@ -57,8 +63,15 @@ class _ChatLine(BaseModel):
     body: ChatBody
 
 
-_OPENAI_LINE: TypeAdapter[_CompletionLine | _ChatLine] = TypeAdapter(
-    Annotated[_CompletionLine | _ChatLine, Field(discriminator="url")]
+class _EmbeddingLine(BaseModel):
+    custom_id: _CustomId
+    method: Literal["POST"] = "POST"
+    url: Literal["/v1/embeddings"]
+    body: EmbeddingBody
+
+
+_OPENAI_LINE: TypeAdapter[_CompletionLine | _ChatLine | _EmbeddingLine] = TypeAdapter(
+    Annotated[_CompletionLine | _ChatLine | _EmbeddingLine, Field(discriminator="url")]
 )
 
 
@@ -75,6 +88,11 @@ def _quick_check(raw: bytes) -> tuple[str, str | None] | None:
             if chat.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(chat.__pydantic_extra__):
                 return None
             return chat.custom_id, "plain:messages"
+        if b'"input"' in raw:
+            embedding = _PlainEmbeddingLine.__pydantic_validator__.validate_json(raw)
+            if embedding.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(embedding.__pydantic_extra__):
+                return None
+            return embedding.custom_id, "plain:input"
     except (ValueError, RecursionError):  # ValidationError, or JSON the parser cannot take
         return None
     return None
@@ -196,7 +214,8 @@ class FileCheck:
     lines: int = 0
     error_count: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
-    first_line_of: dict[str, int] = field(default_factory=dict)  # endpoint -> first line using it
+    # endpoint, or "plain:<field>" for plain lines -> the first line using it
+    first_line_of: dict[str, int] = field(default_factory=dict)
     _ids: _DuplicateIds = field(default_factory=_DuplicateIds)
     _finished: bool = False
 
@@ -214,6 +233,7 @@ class FileCheck:
         validate_plain = _PlainCompletionLine.__pydantic_validator__.validate_json
         hashes, ids = self._ids.hashes, self._ids.block_ids
         index = self.lines
+        prompt_seen = "plain:prompt" in self.first_line_of
         for raw in lines:
             custom_id = None
             if b'"body"' not in raw:  # a plain chat line fails here, at a cost, then passes below
@@ -221,6 +241,9 @@ class FileCheck:
                     plain = validate_plain(raw)
                     if not plain.__pydantic_extra__ or _FORM_KEYS.isdisjoint(plain.__pydantic_extra__):
                         custom_id = plain.custom_id
+                        if not prompt_seen:  # plain prompts fit completions, chat and responses
+                            self.first_line_of.setdefault("plain:prompt", index + 1)
+                            prompt_seen = True
                 except (ValueError, RecursionError):  # ValidationError mostly; parse_line names it
                     pass
             if custom_id is None:
@@ -249,11 +272,7 @@ class FileCheck:
                 self._error(LineError(index + 1, f"cannot be read: {type(exc).__name__}"))
                 return None
             custom_id = request.custom_id
-            if not request.plain:
-                used = request.endpoint
-            else:
-                used = "plain:messages" if request.endpoint == CHAT_COMPLETIONS else None
-                used = "plain:input" if request.endpoint == RESPONSES else used
+            used = _PLAIN_FIELD[request.endpoint] if request.plain else request.endpoint
         if used is not None and used not in self.first_line_of:
             self.first_line_of[used] = index + 1
         return custom_id
@@ -268,15 +287,29 @@ class FileCheck:
         return {"errors": self.errors, "error_count": self.error_count, "first_line_of": self.first_line_of}
 
 
+_PLAIN_FIELD = {
+    COMPLETIONS: "plain:prompt",
+    CHAT_COMPLETIONS: "plain:messages",
+    EMBEDDINGS: "plain:input",
+    RESPONSES: "plain:input",
+}
+# The endpoints each kind of plain line runs on (a plain prompt is a chat message on chat
+# and the input on responses; a plain input is an embeddings or a responses body, and the
+# job's endpoint decides which parses it).
+_PLAIN_RUNS_ON = {
+    "plain:prompt": {COMPLETIONS, CHAT_COMPLETIONS, RESPONSES},
+    "plain:messages": {CHAT_COMPLETIONS},
+    "plain:input": {EMBEDDINGS, RESPONSES},
+}
+
+
 def endpoint_mismatch(validation: dict[str, Any], endpoint: str) -> LineError | None:
     """The first line of an uploaded file that cannot run on `endpoint`, if any."""
     for used, line in sorted(validation.get("first_line_of", {}).items(), key=lambda kv: kv[1]):
-        if used == "plain:messages":
-            if endpoint in (COMPLETIONS, RESPONSES):
-                return LineError(line, f"messages given, but the batch's endpoint is {endpoint}", "messages")
-        elif used == "plain:input":
-            if endpoint != RESPONSES:
-                return LineError(line, f"input given, but the batch's endpoint is {endpoint}", "input")
+        if used in _PLAIN_RUNS_ON:
+            if endpoint not in _PLAIN_RUNS_ON[used]:
+                given = used.removeprefix("plain:")
+                return LineError(line, f"{given} given, but the batch's endpoint is {endpoint}", given)
         elif used != endpoint:
             return LineError(line, f"url {used} does not match the batch's endpoint {endpoint}", "url")
     return None

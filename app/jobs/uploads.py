@@ -8,10 +8,25 @@ from typing import IO, Any
 
 from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.storage import LineSplitter, ObjectStore
-from app.data.ids import new_id
+from app.data.ids import new_id, now
 from app.data.models import FileRecord
 from app.data.records import Records
+from app.jobs.retention import expiry
 from app.jobs.upload_check import FileCheck
+
+# Lines between the byte offsets an upload records: a shard then reads its input from the
+# nearest recorded line before it (a ranged read), so the file is read once over all shards.
+LINE_OFFSET_EVERY = 10_000
+
+
+def line_start(line_offsets: dict[str, Any] | None, line: int) -> tuple[int, int]:
+    """(a line at or before `line`, its first byte) from an upload's recorded offsets; (0, 0)
+    for a file recorded without them."""
+    if not line_offsets or not line_offsets.get("offsets"):
+        return 0, 0
+    every, offsets = int(line_offsets["every"]), line_offsets["offsets"]
+    mark = min(line // every, len(offsets) - 1)
+    return mark * every, int(offsets[mark])
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class CheckingReader:
         self._lines = LineSplitter(limits.max_line_bytes if limits else None)
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self.line_offsets = [0]  # the first byte of lines 0, LINE_OFFSET_EVERY, 2 * LINE_OFFSET_EVERY, ...
+        self._lines_seen = 0
+        self._next_line_start = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._read_fully(size)
@@ -41,12 +59,30 @@ class CheckingReader:
             raise PayloadTooLarge(f"The file is larger than the limit of {self._limits.max_bytes} bytes.")
         self.sha256.update(data)
         if self._check is not None:
-            self._check.check_lines(self._lines.feed(data) if data else self._lines.finish())
+            lines = self._lines.feed(data) if data else self._lines.finish()
+            self._record_offsets(lines)
+            self._check.check_lines(lines)
             if self._limits is not None and self._check.lines > self._limits.max_lines:
                 raise PayloadTooLarge(
                     f"The file has more than the limit of {self._limits.max_lines} lines.", code="too_many_lines"
                 )
         return data
+
+    def _record_offsets(self, lines: list[bytes]) -> None:
+        """Notes where every LINE_OFFSET_EVERY-th line starts; walks the lines only when one does."""
+        first, count = self._lines_seen, len(lines)
+        mark = len(self.line_offsets) * LINE_OFFSET_EVERY
+        if first + count <= mark:
+            self._next_line_start += sum(map(len, lines)) + count
+        else:
+            position = self._next_line_start
+            for index, line in enumerate(lines, start=first):
+                if index == mark:
+                    self.line_offsets.append(position)
+                    mark += LINE_OFFSET_EVERY
+                position += len(line) + 1
+            self._next_line_start = position
+        self._lines_seen += count
 
     def _read_fully(self, size: int) -> bytes:
         """Reads `size` bytes unless the source ends first: boto3 takes a short read for
@@ -96,14 +132,25 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
         bytes=reader.bytes,
         sha256=reader.sha256.hexdigest(),
         line_count=check.lines if check else 0,
-        validation=check.summary() if check else {},
+        validation={**check.summary(), "line_offsets": {"every": LINE_OFFSET_EVERY, "offsets": reader.line_offsets}}
+        if check
+        else {},
     )
 
 
 def record_upload(
-    records: Records, store: ObjectStore, stored: StoredUpload, *, owner: str, filename: str, purpose: str
+    records: Records,
+    store: ObjectStore,
+    stored: StoredUpload,
+    *,
+    owner: str,
+    filename: str,
+    purpose: str,
+    keep_seconds: int | None = None,
 ) -> FileRecord:
-    """Stores the upload's FileRecord; the object goes if that fails."""
+    """Stores the upload's FileRecord, expiring `keep_seconds` after its creation (None:
+    kept until deleted; see app.jobs.retention); the object goes if that fails."""
+    created = now()
     record = FileRecord(
         id=stored.file_id,
         owner=owner,
@@ -114,6 +161,8 @@ def record_upload(
         line_count=stored.line_count,
         storage_key=stored.storage_key,
         validation=stored.validation,
+        created_at=created,
+        expires_at=expiry(created, keep_seconds),
     )
     try:
         return records.add_file(record)
@@ -131,7 +180,10 @@ def store_upload(
     filename: str,
     purpose: str,
     limits: UploadLimits,
+    keep_seconds: int | None = None,
 ) -> FileRecord:
     """Writes the upload to storage, then records it; batch input is checked on the way."""
     stored = write_upload(store, source, purpose=purpose, limits=limits)
-    return record_upload(records, store, stored, owner=owner, filename=filename, purpose=purpose)
+    return record_upload(
+        records, store, stored, owner=owner, filename=filename, purpose=purpose, keep_seconds=keep_seconds
+    )

@@ -64,7 +64,15 @@ def _guess_endpoint(path: Path) -> str:
         first = json.loads(handle.readline() or b"{}")
     if isinstance(first, dict) and first.get("url"):
         return str(first["url"])
-    return "/v1/chat/completions" if isinstance(first, dict) and "messages" in first else "/v1/completions"
+    if isinstance(first, dict) and "messages" in first:
+        return "/v1/chat/completions"
+    if isinstance(first, dict) and "input" in first:
+        # A plain input line fits embeddings and responses: messages say responses; else
+        # embeddings (give --endpoint /v1/responses for text inputs to a responses batch).
+        given = first["input"]
+        messages = isinstance(given, list) and any(isinstance(item, dict) for item in given)
+        return "/v1/responses" if messages else "/v1/embeddings"
+    return "/v1/completions"
 
 
 def _summary(batch: dict[str, Any]) -> str:
@@ -237,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="upload a JSONL file and create a batch")
     submit.add_argument("file")
-    submit.add_argument("--endpoint", help="default: from the first line")
+    submit.add_argument(
+        "--endpoint",
+        help="default: from the first line (plain input lines: /v1/embeddings, or /v1/responses when the "
+        "input is messages; give --endpoint /v1/responses for text input to a responses batch)",
+    )
     submit.add_argument("--batch-size", type=int, dest="batch_size")
     submit.add_argument("--max-tokens", type=int, dest="max_tokens", help="default for lines without one")
     submit.add_argument("--model")

@@ -1,20 +1,26 @@
-"""Writes the demo model: a tiny Llama with random weights and its own tokenizer.
+"""Writes the demo models: a tiny Llama with random weights and its own tokenizer, a
+tiny BERT embedding model (random weights, its own WordPiece tokenizer, mean pooling),
+and a LoRA adapter for the Llama.
 
 The whole service path (upload, queue, vLLM static batches, results) runs on a
-laptop CPU with it; a real model is a setting away. The output is deterministic:
-the same seed gives the same weights and tokenizer, byte for byte.
+laptop CPU with them; a real model is a setting away. The output is deterministic:
+the same seed gives the same weights and tokenizers, byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from app.core.settings import DEMO_LORA_PATH, DEMO_MODEL_PATH
+from app.core.settings import DEMO_EMBEDDING_MODEL_PATH, DEMO_LORA_PATH, DEMO_MODEL_PATH
 
 DEFAULT_OUTPUT = DEMO_MODEL_PATH
+DEFAULT_EMBEDDING_OUTPUT = DEMO_EMBEDDING_MODEL_PATH
 DEFAULT_LORA_OUTPUT = DEMO_LORA_PATH
 LORA_SEED = 4321
 LORA_RANK = 8
@@ -28,6 +34,7 @@ INTERMEDIATE_SIZE = 256
 NUM_LAYERS = 2
 NUM_HEADS = 2  # head dim 64, a size the CPU attention kernels support
 MAX_POSITIONS = 2048
+EMBEDDING_MAX_POSITIONS = 512
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
@@ -176,20 +183,97 @@ def build_model(output: Path) -> None:
     model.save_pretrained(str(output), safe_serialization=True)
 
 
-def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
-    """Writes the model unless a complete one is already there; returns its folder."""
-    marker = output / "demo-model.json"
-    if marker.exists():
+def build_embedding_model(output: Path) -> None:
+    """A 2-layer BERT (hidden size 128) with a WordPiece tokenizer trained on the same corpus,
+    and sentence-transformers' pooling files (mean pooling, then normalized), which vLLM
+    reads. It is not a Matryoshka model: requests naming `dimensions` are refused."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    tokenizer = Tokenizer(models.WordPiece(_wordpiece_vocabulary(), unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = BertTokenizer(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.model_max_length = EMBEDDING_MAX_POSITIONS
+    fast.save_pretrained(str(output))
+
+    torch.manual_seed(SEED)
+    config = BertConfig(
+        vocab_size=len(fast),
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=INTERMEDIATE_SIZE,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        max_position_embeddings=EMBEDDING_MAX_POSITIONS,
+        pad_token_id=fast.pad_token_id,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(output), safe_serialization=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (output / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (output / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": HIDDEN_SIZE,
+        "pooling_mode_mean_tokens": True,
+    }
+    (output / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+
+
+def _wordpiece_vocabulary() -> dict[str, int]:
+    """Special tokens, every character (alone and as a continuation), then the corpus's words,
+    most frequent first. Built here because `tokenizers`' WordPiece trainer orders ties
+    differently from run to run."""
+    text = "\n".join(_training_corpus()).lower()
+    characters = sorted({c for c in text if not c.isspace()})
+    words = Counter(re.findall(r"\w+", text))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *(f"##{c}" for c in characters)]
+    tokens += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    return {token: index for index, token in enumerate(dict.fromkeys(tokens[:VOCAB_SIZE]))}
+
+
+def _write_once(output: Path, build: Callable[[Path], None], marker: dict[str, object]) -> Path:
+    """Writes a model unless a complete one is already there (its marker file says so)."""
+    if (output / "demo-model.json").exists():
         return output
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    build_tokenizer(staging)
-    build_model(staging)
-    (staging / "demo-model.json").write_text(json.dumps({"seed": SEED, "vocab_size": VOCAB_SIZE}) + "\n")
+    build(staging)
+    (staging / "demo-model.json").write_text(json.dumps(marker) + "\n")
     shutil.rmtree(output, ignore_errors=True)
     staging.rename(output)
     return output
+
+
+def _build_generation_model(output: Path) -> None:
+    build_tokenizer(output)
+    build_model(output)
+
+
+def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
+    """Writes the demo Llama unless a complete one is already there; returns its folder."""
+    return _write_once(output, _build_generation_model, {"seed": SEED, "vocab_size": VOCAB_SIZE})
+
+
+def ensure_demo_embedding_model(output: Path = DEFAULT_EMBEDDING_OUTPUT) -> Path:
+    """Writes the demo embedding model unless a complete one is already there; returns its folder."""
+    return _write_once(output, build_embedding_model, {"seed": SEED, "architecture": "BertModel"})
 
 
 def build_lora(output: Path, seed: int = LORA_SEED) -> None:
@@ -245,14 +329,22 @@ def ensure_demo_lora(output: Path = DEFAULT_LORA_OUTPUT, seed: int = LORA_SEED) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Write the small demo Llama (random weights, own tokenizer) and a LoRA adapter for it."
+        description="Write the small demo models: a Llama and a BERT embedding model (random weights, own "
+        "tokenizers), and a LoRA adapter for the Llama."
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="model folder (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Llama folder (default: %(default)s)")
+    parser.add_argument(
+        "--embedding-output",
+        type=Path,
+        default=DEFAULT_EMBEDDING_OUTPUT,
+        help="embedding model folder (default: %(default)s)",
+    )
     parser.add_argument(
         "--lora-output", type=Path, default=DEFAULT_LORA_OUTPUT, help="adapter folder (default: %(default)s)"
     )
     args = parser.parse_args()
     print(ensure_demo_model(args.output))
+    print(ensure_demo_embedding_model(args.embedding_output))
     print(ensure_demo_lora(args.lora_output))
 
 

@@ -2,9 +2,11 @@
 
 Starts an embedded Postgres under var/ unless DATABASE_URL is set (it stops when the
 launcher exits), applies the
-migrations, makes the demo model if the configured model is the missing demo one,
-then runs the API (uvicorn) and one worker as child processes until interrupted; a
-worker that exits (an engine failure ends one) is started again.
+migrations, makes the demo models if the configured models are the missing demo ones,
+then runs the API (uvicorn), one worker and (unless EMBEDDING_WORKER=false) one
+embedding worker (`python -m worker --kind embed`, for /v1/embeddings jobs) as child
+processes until interrupted; a worker that exits (an engine failure ends one) is
+started again.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pathlib import Path
 from app.core.embedded_postgres import database_url as embedded_or_configured
 from app.core.migrations import upgrade
 from app.core.settings import get_settings
+from app.tools.demo_model import DEFAULT_EMBEDDING_OUTPUT as DEMO_EMBEDDING_MODEL
 from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
-from app.tools.demo_model import ensure_demo_model
+from app.tools.demo_model import ensure_demo_embedding_model, ensure_demo_model
 
 CHILD_STOP_SECONDS = 60
 WORKER_RESTART_SECONDS = 2
@@ -47,10 +50,13 @@ def _print_admin_key_if_none(database_url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="llm-batch-serve",
-        description="Run the API and one worker (embedded Postgres and local storage unless configured).",
+        description="Run the API, one worker and one embedding worker (embedded Postgres and local storage "
+        "unless configured; EMBEDDING_WORKER=false leaves the embedding worker out).",
     )
     parser.add_argument("--no-worker", action="store_true", help="run the API only")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes to start (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="generation worker processes to start (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     settings = get_settings()
@@ -65,6 +71,9 @@ def main() -> None:
     _print_admin_key_if_none(database_url)
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
         ensure_demo_model(DEMO_MODEL)
+    embedding_worker = settings.embedding_worker and not args.no_worker
+    if embedding_worker and Path(settings.embedding_model).resolve() == DEMO_EMBEDDING_MODEL.resolve():
+        ensure_demo_embedding_model(DEMO_EMBEDDING_MODEL)
 
     api = subprocess.Popen(
         [
@@ -83,10 +92,11 @@ def main() -> None:
         env=env,
     )
 
-    def start_worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "worker"], env=env)
+    def start_worker(kind: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "worker", "--kind", kind], env=env)
 
-    workers = [] if args.no_worker else [start_worker() for _ in range(args.workers)]
+    kinds = [] if args.no_worker else ["generate"] * args.workers + (["embed"] if embedding_worker else [])
+    workers = [start_worker(kind) for kind in kinds]
     print(f"API on http://{settings.host}:{settings.port} (docs at /docs); Ctrl-C stops everything", flush=True)
 
     stopping = False
@@ -101,9 +111,9 @@ def main() -> None:
         while not stopping and api.poll() is None:
             for i, worker in enumerate(workers):
                 if worker.poll() is not None:  # an engine failure ends a worker; start a fresh one
-                    print(f"worker exited with {worker.returncode}; starting another", flush=True)
+                    print(f"{kinds[i]} worker exited with {worker.returncode}; starting another", flush=True)
                     time.sleep(WORKER_RESTART_SECONDS)
-                    workers[i] = start_worker()
+                    workers[i] = start_worker(kinds[i])
             time.sleep(0.5)
     finally:
         children = [api, *workers]

@@ -17,7 +17,7 @@ import pytest
 from app.core.database import Database
 from app.data.keys import create_key
 from app.data.records import Records
-from tests.conftest import DEMO_MODEL, ROOT, admin_sql, free_port, url_for
+from tests.conftest import DEMO_EMBEDDING_MODEL, DEMO_MODEL, ROOT, admin_sql, free_port, url_for
 
 STARTUP_SECONDS = 240
 LOGS = ROOT / "test-artifacts" / "logs"
@@ -100,6 +100,7 @@ def _env(database_url: str, storage: Path) -> dict[str, str]:
         STORAGE_URL=f"file://{storage}",
         MODEL=str(DEMO_MODEL),
         MAX_MODEL_LEN="256",
+        EMBEDDING_MODEL=str(DEMO_EMBEDDING_MODEL),
         PORT=str(free_port()),
         POLL_SECONDS="0.2",
         HEARTBEAT_SECONDS="2",

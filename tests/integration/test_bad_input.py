@@ -26,7 +26,7 @@ def test_every_bad_line_is_named_with_its_reason(client: TestClient, records: Re
             json.dumps({"prompt": "no id"}).encode(),  # 3
             json.dumps({"custom_id": "c"}).encode(),  # 4: no prompt
             json.dumps(completion_line("a", "again")).encode(),  # 5: duplicate custom_id
-            json.dumps({"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {}}).encode(),  # 6
+            json.dumps({"custom_id": "e", "method": "POST", "url": "/v1/moderations", "body": {}}).encode(),  # 6
             b'{"custom_id": "f", "prompt": "caf\xe9"}',  # 7: not UTF-8
             json.dumps(completion_line("g", "x", temperature="hot")).encode(),  # 8
         ]
@@ -38,7 +38,7 @@ def test_every_bad_line_is_named_with_its_reason(client: TestClient, records: Re
     assert "custom_id" in reasons[3]
     assert "missing prompt" in reasons[4]
     assert "duplicate custom_id 'a' (first on line 1)" in reasons[5]
-    assert "unknown url '/v1/embeddings'" in reasons[6]
+    assert "unknown url '/v1/moderations'" in reasons[6]
     assert "not valid UTF-8" in reasons[7]
     assert reasons[8].startswith("body.temperature")
     assert records.shards(client.get("/v1/batches").json()["data"][0]["id"]) == []  # nothing queued
@@ -77,7 +77,7 @@ def test_unknown_ids_get_404_in_openai_shape(client: TestClient) -> None:
 def test_bad_batch_requests_get_400_in_openai_shape(client: TestClient) -> None:
     file_id = upload(client, jsonl([completion_line("a", "x")]))["id"]
     cases = [
-        ({"input_file_id": file_id, "endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"input_file_id": file_id, "endpoint": "/v1/moderations"}, "endpoint"),
         ({"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "1h"}, "completion_window"),
         ({"input_file_id": file_id, "endpoint": "/v1/completions", "batch_size": 0}, "batch_size"),
         ({"input_file_id": file_id, "endpoint": "/v1/completions", "model": "gpt-9"}, "model"),

@@ -11,7 +11,16 @@ from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.sweeper import sweep
-from tests.helpers import both_stores, completion_line, create_batch, download, jsonl, upload, wait_for_status
+from tests.helpers import (
+    both_stores,
+    completion_line,
+    create_batch,
+    download,
+    jsonl,
+    upload,
+    wait_for_estimate,
+    wait_for_status,
+)
 
 pytestmark = both_stores
 
@@ -113,6 +122,7 @@ def test_a_batch_past_its_window_expires_with_its_lines_in_the_error_file(
 ) -> None:
     rows = [completion_line(f"r{i}", "p") for i in range(4)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"])
+    wait_for_estimate(client, batch["id"])  # its writer holds the job row a moment; the sweep skips a locked job
     with records.db.session() as session:
         session.execute(
             text("UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": batch["id"]}

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.core.storage import ObjectStore
-from app.data.queue import FinalizationLost, JobQueue
+from app.data.queue import FinalizationLost, JobQueue, LeaseLost, WindowResult
 from app.data.records import Records
 from app.jobs.finalize import finalize_next
 from app.jobs.output_lines import part_key
@@ -136,8 +136,39 @@ def test_a_finalization_that_keeps_failing_ends_the_job_failed_with_the_reason(
     for _ in range(3):
         with pytest.raises(Exception, match=job_id):
             finalize_next(records, queue, store, "finalizer", 60, 3, job_id)
+        with records.db.session() as session:  # the wait before the next attempt passes
+            session.execute(text("UPDATE jobs SET finalize_lease_expires_at = now() WHERE id = :id"), {"id": job_id})
     assert finalize_next(records, queue, store, "finalizer", 60, 3, job_id) == job_id
 
     failed = client.get(f"/v1/batches/{job_id}").json()
     assert failed["status"] == "failed"
     assert failed["errors"]["data"][-1]["code"] == "finalization_failed"
+
+
+def test_a_shard_given_back_after_its_job_began_to_stop_does_not_hold_the_job_open(
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
+) -> None:
+    job_id = queued_job(client, 6)
+    shard = queue.claim_shard("w", "demo-llama", 60)
+    assert shard is not None
+    client.post(f"/v1/batches/{job_id}/cancel")
+    queue.release_shard(shard.shard_id, "w", failed=True)  # its engine died: the shard goes back to the queue
+    sweep(records, queue, store, "sweeper", 60, 3)
+    assert client.get(f"/v1/batches/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_late_write_from_a_worker_whose_stopped_shard_was_taken_from_it_is_refused(
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
+) -> None:
+    job_id = queued_job(client, 6)
+    shard = queue.claim_shard("slow-worker", "demo-llama", SHORT_LEASE)
+    assert shard is not None
+    client.post(f"/v1/batches/{job_id}/cancel")
+    time.sleep(SHORT_LEASE + 0.1)
+    sweep(records, queue, store, "sweeper", 60, 3)  # stops the shard where it got to: nothing done
+    done = client.get(f"/v1/batches/{job_id}").json()
+    assert done["status"] == "cancelled" and done["request_counts"] == {"total": 6, "completed": 0, "failed": 6}
+    late = WindowResult(0, 2, 2, 2, 0, 5, 7, 0.5)
+    with pytest.raises(LeaseLost):
+        queue.record_window(shard, 0, "slow-worker", late, 60)
+    assert client.get(f"/v1/batches/{job_id}").json()["request_counts"]["completed"] == 0

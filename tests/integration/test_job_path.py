@@ -138,8 +138,8 @@ def test_each_static_batch_records_its_statistics(
     assert stats["static_batches"] == 3 and stats["batch_size"] == 4 and stats["workers"] == 1
     assert stats["completion_tokens"] == sum(r.completion_tokens for r in runs)
     assert stats["generation_tokens_per_second"] == pytest.approx(
-        stats["completion_tokens"] / sum(r.generate_seconds for r in runs), rel=1e-3
-    )
+        stats["completion_tokens"] / sum(r.generate_seconds for r in runs), rel=1e-3, abs=0.06
+    )  # rounded to a tenth of a token/s
     assert sum(bucket["lines"] for bucket in stats["output_length_histogram"]) == 10
     assert all(bucket["from_tokens"] <= 3 for bucket in stats["output_length_histogram"])  # max_tokens=3
     assert [b["first_line"] for b in sorted(stats["windows"], key=lambda b: b["first_line"])] == [0, 4, 8]

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, ChatBody, LineError, parse_line
+from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, ChatBody, LineError, parse_line
 from app.jobs.upload_check import FileCheck
 
 
@@ -109,6 +109,14 @@ def test_duplicates_across_many_blocks_are_counted_all_and_kept_first_by_line() 
     "raw",
     [
         line({"custom_id": "a", "prompt": "x", "max_tokens": "16", "extra": {"k": 1}}),
+        line({"custom_id": "a", "input": "x"}),
+        line({"custom_id": "a", "input": [[1, 2], [3]], "dimensions": 8}),
+        line({"custom_id": "a", "input": []}),
+        line({"custom_id": "a", "input": [1, "x"]}),
+        line({"custom_id": "a", "input": "x", "prompt": "y"}),
+        line({"custom_id": "a", "url": EMBEDDINGS, "body": {"input": ["x", "y"], "encoding_format": "base64"}}),
+        line({"custom_id": "a", "url": EMBEDDINGS, "body": {"input": "x", "encoding_format": "hex"}}),
+        line({"custom_id": "a", "url": EMBEDDINGS, "body": {"prompt": "x"}}),
         line({"custom_id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}),
         line({"custom_id": "a", "prompt": "x", "url": COMPLETIONS, "body": {"prompt": "y"}}),
         line({"custom_id": "a", "messages": [{"role": "user", "content": "hi", "name": "n"}]}),
@@ -137,7 +145,8 @@ def test_the_upload_check_agrees_with_parse_line(raw: bytes) -> None:
         assert check.errors == [err.as_error()] or (not raw.strip() and check.errors[0]["message"] == "empty line")
     else:
         assert check.errors == []
-        used = {COMPLETIONS: {}, CHAT_COMPLETIONS: {"plain:messages": 1}}[request.endpoint]
+        field = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input"}[request.endpoint]
+        used = {f"plain:{field}": 1}
         assert check.first_line_of == (used if request.plain else {request.endpoint: 1})
 
 

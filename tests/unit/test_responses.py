@@ -4,17 +4,19 @@ they are answered with, checked against the openai SDK's own type."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from openai.types.responses import Response as SdkResponse
 from pydantic import BaseModel
 
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, LineError, parse_line
+from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, EmbeddingBody, LineError, parse_line
 from app.jobs.output_lines import Choice, Generation, success_line
 from app.jobs.planning import JobDefaults, UnsupportedRequest, prompt_token_ids, sampling_kwargs
 from app.jobs.responses import RESPONSES, ResponsesBody
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
+from app.tools.cli import _guess_endpoint
 
 DEFAULTS = JobDefaults(max_tokens=64)
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -102,11 +104,32 @@ def test_the_prompt_is_rendered_with_the_chat_template() -> None:
 
 
 def test_a_plain_input_line_runs_in_a_responses_job_and_is_found_at_upload() -> None:
+    """A plain input line is a responses body in a responses job and an embeddings body in
+    an embeddings job; at upload, an embeddings body if it is one, else a responses body."""
     raw = line({"custom_id": "a", "input": "hi", "max_output_tokens": 5})
-    for endpoint in (RESPONSES, None):
-        request = parse_line(raw, 0, endpoint)
-        assert (request.endpoint, request.plain) == (RESPONSES, True)
-        assert isinstance(request.body, ResponsesBody) and request.body.max_output_tokens == 5
+    request = parse_line(raw, 0, RESPONSES)
+    assert (request.endpoint, request.plain) == (RESPONSES, True)
+    assert isinstance(request.body, ResponsesBody) and request.body.max_output_tokens == 5
+    embedding = parse_line(raw, 0, EMBEDDINGS)
+    assert embedding.endpoint == EMBEDDINGS and isinstance(embedding.body, EmbeddingBody)
+    assert parse_line(raw, 0, None).endpoint == EMBEDDINGS  # text fits both; the job's endpoint decides
+
+    messages = line({"custom_id": "b", "input": [{"role": "user", "content": "hi"}]})
+    at_upload = parse_line(messages, 0, None)
+    assert (at_upload.endpoint, at_upload.plain) == (RESPONSES, True)
+    assert isinstance(at_upload.body, ResponsesBody)
+    with pytest.raises(LineError) as caught:  # not an embeddings input
+        parse_line(messages, 0, EMBEDDINGS)
+    assert caught.value.param == "input"
+
+
+def test_a_plain_input_line_that_fits_neither_body_names_the_field_of_the_body_it_looks_like() -> None:
+    with pytest.raises(LineError) as caught:
+        parse_line(line({"custom_id": "a", "input": [{"role": "bot", "content": "x"}]}), 0, None)
+    assert caught.value.param == "input.0.role"
+    with pytest.raises(LineError) as caught:
+        parse_line(line({"custom_id": "a", "input": [1, "x"]}), 0, None)
+    assert caught.value.param == "input" and "a list of token ids" in caught.value.message
 
 
 def test_a_plain_prompt_in_a_responses_job_becomes_its_input() -> None:
@@ -231,6 +254,7 @@ def test_fields_that_change_nothing_offline_are_tolerated() -> None:
     [
         (responses_line(), {RESPONSES: 1}),
         (line({"custom_id": "a", "input": [{"role": "user", "content": "x"}]}), {"plain:input": 1}),
+        (line({"custom_id": "a", "input": "x", "instructions": "Be brief."}), {"plain:input": 1}),
     ],
 )
 def test_the_upload_check_records_what_a_responses_line_needs(raw: bytes, used: dict[str, int]) -> None:
@@ -240,9 +264,11 @@ def test_the_upload_check_records_what_a_responses_line_needs(raw: bytes, used: 
     assert summary["errors"] == [] and summary["first_line_of"] == used
 
 
-def test_a_file_of_plain_input_lines_runs_only_on_responses() -> None:
+def test_a_file_of_plain_input_lines_runs_on_responses_and_embeddings_only() -> None:
     validation = {"first_line_of": {"plain:input": 3}}
     assert endpoint_mismatch(validation, RESPONSES) is None
+    assert endpoint_mismatch(validation, EMBEDDINGS) is None
+    assert endpoint_mismatch({"first_line_of": {"plain:prompt": 1}}, RESPONSES) is None
     refused = endpoint_mismatch(validation, CHAT_COMPLETIONS)
     assert refused is not None and (refused.line, refused.param) == (3, "input")
     messages = endpoint_mismatch({"first_line_of": {"plain:messages": 1}}, RESPONSES)
@@ -298,3 +324,15 @@ def test_the_answer_echoes_the_text_format() -> None:
 
 def test_a_line_that_named_an_adapter_is_answered_as_that_model() -> None:
     assert answer(responses_line(model="demo-lora"))["model"] == "demo-lora"
+
+
+def test_the_cli_guesses_responses_for_plain_input_messages_and_embeddings_for_text(tmp_path: Path) -> None:
+    cases = {
+        "messages.jsonl": ({"custom_id": "a", "input": [{"role": "user", "content": "hi"}]}, RESPONSES),
+        "text.jsonl": ({"custom_id": "a", "input": "hi"}, EMBEDDINGS),
+        "tokens.jsonl": ({"custom_id": "a", "input": [[1, 2]]}, EMBEDDINGS),
+    }
+    for name, (first, endpoint) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(line(first) + b"\n")
+        assert _guess_endpoint(path) == endpoint

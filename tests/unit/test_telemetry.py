@@ -33,6 +33,7 @@ def test_prefill_decode_and_the_idle_tail_of_one_long_answer() -> None:
         "preemptions": 1,
         "kv_cache_demand": 0.463,
         "static_batches": 1,
+        "cached_prompt_tokens": 0,
     }
 
 

@@ -93,6 +93,8 @@ def results(
     """
     job = records.get_job(batch_id, caller.scope)
     source = records.get_file(job.input_file_id)
+    if job.output_file_id is not None:
+        records.get_file(job.output_file_id)  # 404 once it expired or was deleted: its parts went with it
     page = results_page(
         store, job, records.windows(batch_id), records.shards(batch_id), source.storage_key, after, limit
     )

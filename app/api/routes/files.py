@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import CallerDep, RecordsDep, SettingsDep, StoreDep
 from app.api.schemas import FileDeleted, FileList, FileObject
 from app.api.upload_form import UPLOAD_FORM_OPENAPI, receive_upload
+from app.jobs.retention import remove_file_objects, retention_seconds
 from app.jobs.uploads import UploadLimits, record_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -28,16 +29,24 @@ def attachment(filename: str) -> str:
 async def upload_file(
     request: Request, caller: CallerDep, records: RecordsDep, store: StoreDep, settings: SettingsDep
 ) -> FileObject:
-    """Upload a JSONL file (multipart: `file`, `purpose=batch`); batch input is checked line
-    by line as it streams to storage, within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and
-    MAX_LINE_BYTES."""
+    """Upload a JSONL file (multipart: `file`, `purpose=batch`, optionally OpenAI's
+    `expires_after[anchor]=created_at` and `expires_after[seconds]`, else it expires after
+    FILE_RETENTION_DAYS); batch input is checked line by line as it streams to storage,
+    within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and MAX_LINE_BYTES."""
     limits = UploadLimits(
         settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors, settings.max_line_bytes
     )
     form = await receive_upload(request, store, limits)
+    keep = retention_seconds(form.expires_after.seconds if form.expires_after else None, settings.file_retention_days)
     record = await run_in_threadpool(
         lambda: record_upload(
-            records, store, form.stored, owner=caller.owner, filename=form.filename, purpose=form.purpose
+            records,
+            store,
+            form.stored,
+            owner=caller.owner,
+            filename=form.filename,
+            purpose=form.purpose,
+            keep_seconds=keep,
         )
     )
     return FileObject.of(record)
@@ -75,7 +84,8 @@ def get_file_content(file_id: str, caller: CallerDep, records: RecordsDep, store
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, caller: CallerDep, records: RecordsDep, store: StoreDep) -> FileDeleted:
-    """Delete a file (refused while a running batch reads it)."""
+    """Delete a file (refused while a running batch reads it); an ended batch's output file
+    takes the batch's result parts with it."""
     record = records.delete_file(file_id, caller.scope)
-    store.delete(record.storage_key)
+    remove_file_objects(store, record.storage_key, records.job_with_output(record.id))
     return FileDeleted(id=record.id)
