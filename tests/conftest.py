@@ -22,8 +22,10 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from app.tools.demo_model import (
     DEFAULT_EMBEDDING_OUTPUT,
+    DEFAULT_LORA_OUTPUT,
     DEFAULT_OUTPUT,
     ensure_demo_embedding_model,
+    ensure_demo_lora,
     ensure_demo_model,
 )
 
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEMO_MODEL = ROOT / DEFAULT_OUTPUT
 DEMO_EMBEDDING_MODEL = ROOT / DEFAULT_EMBEDDING_OUTPUT
+DEMO_LORA = ROOT / DEFAULT_LORA_OUTPUT
 
 
 def url_for(database: str) -> str:
@@ -139,3 +142,8 @@ def demo_model() -> Path:
 @pytest.fixture(scope="session")
 def demo_embedding_model() -> Path:
     return ensure_demo_embedding_model(DEMO_EMBEDDING_MODEL)
+
+
+@pytest.fixture(scope="session")
+def demo_lora() -> Path:
+    return ensure_demo_lora(DEMO_LORA)

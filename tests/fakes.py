@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from app.jobs.lines import ChatBody, CompletionBody, EmbeddingBody, Request
 from app.jobs.output_lines import Choice, Embeddings, Generation
-from app.jobs.planning import ModelLimits
+from app.jobs.planning import ModelLimits, ServedModels
 from worker.engine import RequestRejected
 
 
@@ -25,6 +25,7 @@ class FakeEngine:
         self.poison = poison
         self.kind = kind
         self.model_name = "demo-embed" if kind == "embed" else "demo-llama"
+        self.models = ServedModels(self.model_name)
         # prompts are their UTF-8 bytes
         self.limits = ModelLimits(max_model_len=256, vocab_size=256, embedding_size=3 if kind == "embed" else None)
         self.calls: list[int] = []

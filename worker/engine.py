@@ -16,7 +16,8 @@ from typing import Any, Literal, Protocol
 from app.core.settings import Settings
 from app.jobs.lines import Request
 from app.jobs.output_lines import Choice, Embeddings, Generation, RequestTiming, TokenLogprob
-from app.jobs.planning import ModelLimits, input_token_ids, prompt_token_ids
+from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, input_token_ids, prompt_token_ids
+from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Engine(Protocol):
     limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
+    models: ServedModels  # what a line's `model` may name: the base model or a LoRA adapter of it
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         """The request's prompt as the model sees it (chat template applied)."""
@@ -80,6 +82,9 @@ def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
     # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
     kwargs["enable_prefix_caching"] = settings.prefix_caching
+    kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
+    if settings.compact_json:  # a per-request disable_any_whitespace is ignored by vLLM 0.32
+        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     return kwargs
 
 
@@ -126,6 +131,9 @@ class VllmEngine:
         self.tensor_parallel_size = 1 if embed else settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
         self.kv_cache_tokens = None if embed else (cache.num_gpu_blocks or 0) * cache.block_size or None
+        # LoRA adapters are the generation model's: an embedding engine serves its model alone.
+        self.adapters = {} if embed else load_adapters(self.llm, settings.lora_modules)
+        self.models = ServedModels(self.model_name, frozenset(self.adapters))
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
@@ -182,6 +190,7 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        kwargs = {name: value for name, value in kwargs.items() if name != LORA_ADAPTER}
         structured = kwargs.get("structured_outputs")
         if structured is not None:
             kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
@@ -212,8 +221,11 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(kwargs) for kwargs in sampling]
+        lora = lora_requests(self.adapters, sampling)  # one per prompt, or None: no line names an adapter
         try:
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
+            )
         except (VLLMClientError, ValueError, TypeError) as exc:
             # Raised while the requests were added: vLLM took none of them (it aborts the ones
             # already added), and the engine runs on.

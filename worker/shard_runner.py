@@ -131,7 +131,13 @@ class ShardRunner:
                     self.engine.check_pooling(embedding.pooling)
                 else:
                     planned = plan_request(
-                        raw, index, shard.endpoint, defaults, self.engine.prompt_token_ids, self.engine.limits
+                        raw,
+                        index,
+                        shard.endpoint,
+                        defaults,
+                        self.engine.prompt_token_ids,
+                        self.engine.limits,
+                        self.engine.models,
                     )
                     self.engine.check(planned.sampling)
             except LineError as err:  # the file changed since upload; still answer per line

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
 DEMO_EMBEDDING_MODEL_PATH = Path("var/models/demo-embed")  # likewise: a small BERT for /v1/embeddings
+DEMO_LORA_PATH = Path("var/models/demo-lora")  # likewise: a LoRA adapter for the demo Llama
 
 
 class Settings(BaseSettings):
@@ -44,6 +45,16 @@ class Settings(BaseSettings):
         default=True, description="vLLM's prefix caching: lines that share a prompt prefix compute it once"
     )
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
+    lora_modules: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="LoRA adapters of MODEL that a line's body.model may name: name=path,... (folder or HF id)",
+    )
+    max_lora_rank: int = Field(default=16, ge=1, description="the largest rank among LORA_MODULES (8, 16, 32, 64, ...)")
+    compact_json: bool = Field(
+        default=False,
+        description="structured outputs with no free whitespace (vLLM's xgrammar backend, disable_any_whitespace), "
+        "so a model cannot spend its max_tokens on blanks",
+    )
 
     # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.
     worker_kind: Literal["generate", "embed"] = Field(
@@ -134,6 +145,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    @field_validator("lora_modules", mode="before")
+    @classmethod
+    def _parse_lora_modules(cls, value: Any) -> Any:
+        return parse_lora_modules(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _one_name_per_model(self) -> Settings:
         # Workers claim jobs by model name, so the two kinds must not share one.
@@ -142,6 +158,12 @@ class Settings(BaseSettings):
                 f"MODEL and EMBEDDING_MODEL are both served as {self.model_name!r}; "
                 "give them different names (SERVED_MODEL_NAME, EMBEDDING_SERVED_MODEL_NAME)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_are_not_the_base(self) -> Settings:
+        if self.model_name in self.lora_modules:
+            raise ValueError(f"LORA_MODULES names an adapter {self.model_name!r}, the base model's own name")
         return self
 
     @property
@@ -160,6 +182,19 @@ class Settings(BaseSettings):
 def _name_of(model: str) -> str:
     """A local folder's last part, else the model's id as given."""
     return model.rstrip("/").split("/")[-1] if Path(model).exists() else model
+
+
+def parse_lora_modules(text: str) -> dict[str, str]:
+    """`name=path,name=path` into {name: path}; a name given twice, or without a path, is an error."""
+    modules: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = (side.strip() for side in item.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"LORA_MODULES: {item!r} is not name=path")
+        if name in modules:
+            raise ValueError(f"LORA_MODULES: adapter {name!r} is given twice")
+        modules[name] = path
+    return modules
 
 
 @lru_cache

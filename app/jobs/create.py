@@ -93,6 +93,12 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
         )
     served = served_model(settings, spec.endpoint)
     model = spec.model or served
+    if spec.endpoint != EMBEDDINGS and model in settings.lora_modules:
+        raise InvalidRequest(
+            f"{model!r} is a LoRA adapter of {served!r}: create the batch for {served!r} "
+            "(or no model) and name the adapter in each line's body.model.",
+            param="model",
+        )
     if model != served:
         raise InvalidRequest(
             f"Model {model!r} is not served here for {spec.endpoint}; workers hold {served!r}.", param="model"

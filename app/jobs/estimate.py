@@ -25,6 +25,7 @@ from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import (
     JobDefaults,
     ModelLimits,
+    ServedModels,
     UnsupportedRequest,
     input_token_ids,
     plan_embedding,
@@ -108,7 +109,9 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
         if embeddings:
             embedding = plan_embedding(raw, index, defaults, partial(input_token_ids, tokenizer), limits)
             return sum(len(ids) for ids in embedding.inputs), 0
-        planned = plan_request(raw, index, endpoint, defaults, partial(prompt_token_ids, tokenizer), limits)
+        planned = plan_request(
+            raw, index, endpoint, defaults, partial(prompt_token_ids, tokenizer), limits, ServedModels.of(settings)
+        )
         return len(planned.prompt), planned.max_tokens * planned.sampling["n"]
 
     counts = LineCounts(context_length=limits.max_model_len)

@@ -9,6 +9,12 @@ Two forms are accepted on every line:
   `{"custom_id", "input"}`, optionally with the same fields as a body; the job's
   endpoint and defaults apply.
 
+`/v1/responses` lines (body has `input`; plain: `{"custom_id", "input"}` or a plain
+prompt in a responses job) have their own body, `app.jobs.responses.ResponsesBody`. A
+plain `input` line fits embeddings and responses alike: the job's endpoint decides which
+body parses it; at upload (no endpoint yet) it is read as an embeddings body, else as a
+responses body (`_plain_input_endpoint`).
+
 A line that breaks this format is a `LineError` (it fails the job before anything
 runs). A well-formed request that the model cannot serve is decided later, per line,
 by the worker.
@@ -22,10 +28,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.jobs.responses import RESPONSES, ResponsesBody
+
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, EMBEDDINGS)
+ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, EMBEDDINGS, RESPONSES)
 MAX_CUSTOM_ID_CHARS = 512
 MAX_EMBEDDING_INPUTS = 2048  # items in one embeddings request, as OpenAI allows
 
@@ -139,14 +147,15 @@ def _is_token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-Body = CompletionBody | ChatBody | EmbeddingBody
+Body = CompletionBody | ChatBody | EmbeddingBody | ResponsesBody
 
-BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[EmbeddingBody]] = {
+BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[EmbeddingBody] | type[ResponsesBody]] = {
     COMPLETIONS: CompletionBody,
     CHAT_COMPLETIONS: ChatBody,
     EMBEDDINGS: EmbeddingBody,
+    RESPONSES: ResponsesBody,
 }
-REQUIRED_FIELD = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input"}
+REQUIRED_FIELD = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input", RESPONSES: "input"}
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,10 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
             body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
         if job_endpoint is not None and job_endpoint != endpoint:
             raise LineError(line, f"{given} given, but the batch's endpoint is {job_endpoint}", given)
+        if endpoint == RESPONSES and "prompt" in body and "input" not in body:
+            body["input"] = body.pop("prompt")  # a plain prompt in a responses job is its input
+        elif endpoint == EMBEDDINGS and job_endpoint is None:
+            endpoint = _plain_input_endpoint(body)
         prefix, plain = "", True
 
     model = BODY_MODELS[endpoint]
@@ -231,7 +244,22 @@ def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -
     if "messages" in body:
         return CHAT_COMPLETIONS, "messages"
     if "prompt" in body:
-        return (job_endpoint if job_endpoint == CHAT_COMPLETIONS else COMPLETIONS), "prompt"
+        return (job_endpoint if job_endpoint in (CHAT_COMPLETIONS, RESPONSES) else COMPLETIONS), "prompt"
     if "input" in body:
-        return EMBEDDINGS, "input"
+        return (RESPONSES if job_endpoint == RESPONSES else EMBEDDINGS), "input"
     raise LineError(line, "missing prompt (or messages, or input, or url and body)", "prompt")
+
+
+def _plain_input_endpoint(body: dict[str, Any]) -> str:
+    """At upload, the endpoint a plain `input` line is checked for: embeddings if its body
+    is an embeddings body, else responses if it is a responses body; failing both, the one
+    its `input` looks like (a list of objects: messages), which names the error."""
+    for endpoint in (EMBEDDINGS, RESPONSES):
+        try:
+            BODY_MODELS[endpoint].model_validate(body)
+        except (ValidationError, RecursionError):
+            continue
+        return endpoint
+    value = body.get("input")
+    messages = isinstance(value, list) and any(isinstance(item, dict) for item in value)
+    return RESPONSES if messages else EMBEDDINGS

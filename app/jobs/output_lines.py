@@ -1,4 +1,5 @@
-"""The output and error lines, in OpenAI's batch output shape."""
+"""The output and error lines, in OpenAI's batch output shape (a responses line's body is
+`app.jobs.responses.ResponseObject`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from app.jobs.lines import CHAT_COMPLETIONS, EmbeddingBody, Request
+from app.jobs.responses import ResponseObject, ResponsesBody, response_object
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class ErrorBody(BaseModel):
 class Response(BaseModel):
     status_code: int
     request_id: str
-    body: CompletionBody | EmbeddingList | ErrorBody
+    body: CompletionBody | EmbeddingList | ResponseObject | ErrorBody
 
 
 class BatchLineError(BaseModel):
@@ -180,7 +182,9 @@ class OutputLine(BaseModel):
 
 
 def _line(
-    custom_id: str, body: CompletionBody | EmbeddingList | ErrorBody | None, error: BatchLineError | None = None
+    custom_id: str,
+    body: CompletionBody | EmbeddingList | ResponseObject | ErrorBody | None,
+    error: BatchLineError | None = None,
 ) -> bytes:
     request_id = uuid.uuid4().hex
     status = 400 if isinstance(body, ErrorBody) else 200
@@ -189,6 +193,11 @@ def _line(
 
 
 def success_line(request: Request, generation: Generation, model: str) -> bytes:
+    """The answer to a line that ran; `model` is the base model's name, answered unless the
+    line named one of its LoRA adapters."""
+    model = request.body.model or model  # planning lets through only the base model or an adapter
+    if isinstance(request.body, ResponsesBody):
+        return _line(request.custom_id, response_object(request.body, generation, model))
     chat = request.endpoint == CHAT_COMPLETIONS
     choices: list[ChatChoice] | list[TextChoice]
     if chat:

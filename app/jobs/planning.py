@@ -7,6 +7,9 @@ against the context, and `PoolingParams` keyword arguments. The worker plans eve
 this way before a static batch, and a dry run plans every line the same way (on the same
 model's tokenizer), so what a dry run calls failing is exactly what would fail, and both
 count the same tokens.
+
+A line's `model` may name the base model or one of its LoRA adapters (`ServedModels`);
+the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine to apply.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from app.core.settings import Settings
 from app.jobs.lines import EMBEDDINGS, ChatBody, CompletionBody, EmbeddingBody, Request, parse_line
+from app.jobs.responses import ResponsesBody
 
 
 class JobDefaults(BaseModel):
@@ -47,7 +52,9 @@ class UnsupportedRequest(ValueError):
         self.code = code
 
 
-def max_tokens_of(body: CompletionBody | ChatBody, defaults: JobDefaults) -> int:
+def max_tokens_of(body: CompletionBody | ChatBody | ResponsesBody, defaults: JobDefaults) -> int:
+    if isinstance(body, ResponsesBody):
+        return body.max_output_tokens or defaults.max_tokens
     if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
         return body.max_completion_tokens
     return body.max_tokens or defaults.max_tokens
@@ -83,9 +90,45 @@ def _logprobs(body: CompletionBody | ChatBody) -> int | None:
     return body.logprobs
 
 
-def sampling_kwargs(body: CompletionBody | ChatBody, defaults: JobDefaults) -> dict[str, Any]:
+def _responses_sampling(body: ResponsesBody, defaults: JobDefaults) -> dict[str, Any]:
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        param, message = unsupported
+        raise UnsupportedRequest(message, param=param)
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens_of(body, defaults), "n": 1}
+    optional = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "structured_outputs": _text_format_output(body.text_format()),
+    }
+    kwargs.update({name: value for name, value in optional.items() if value is not None})
+    return kwargs
+
+
+def _text_format_output(text_format: Any) -> dict[str, Any] | None:
+    """A responses line's `text.format`, as the chat path's `response_format` maps it."""
+    if text_format is None:
+        return None
+    if not isinstance(text_format, dict):
+        raise UnsupportedRequest("text.format must be a JSON object.", param="text.format")
+    kind = text_format.get("type")
+    if kind in ("text", "json_object"):
+        return _structured_output(text_format)
+    if kind != "json_schema":
+        raise UnsupportedRequest(f"Unsupported text.format type {kind!r}.", param="text.format.type")
+    if not isinstance(text_format.get("name"), str):
+        raise UnsupportedRequest("text.format.name is required for a json_schema format.", "text.format.name")
+    schema = text_format.get("schema")
+    if not isinstance(schema, dict):
+        raise UnsupportedRequest("text.format.schema must be a JSON object.", param="text.format.schema")
+    return _structured_output({"type": "json_schema", "json_schema": {"schema": schema}})
+
+
+def sampling_kwargs(body: CompletionBody | ChatBody | ResponsesBody, defaults: JobDefaults) -> dict[str, Any]:
     """Keyword arguments for `SamplingParams`; `structured_outputs` is a dict the engine
     turns into `StructuredOutputsParams`."""
+    if isinstance(body, ResponsesBody):
+        return _responses_sampling(body, defaults)
     _refuse_unknown(body)
     kwargs: dict[str, Any] = {"max_tokens": max_tokens_of(body, defaults), "n": body.n}
     optional = {
@@ -102,7 +145,7 @@ def sampling_kwargs(body: CompletionBody | ChatBody, defaults: JobDefaults) -> d
     return kwargs
 
 
-def _generation_body(request: Request) -> CompletionBody | ChatBody:
+def _generation_body(request: Request) -> CompletionBody | ChatBody | ResponsesBody:
     if isinstance(request.body, EmbeddingBody):
         raise UnsupportedRequest(f"An embeddings request on a batch for {request.endpoint}.", param="input")
     return request.body
@@ -110,8 +153,12 @@ def _generation_body(request: Request) -> CompletionBody | ChatBody:
 
 def prompt_token_ids(tokenizer: Any, request: Request) -> list[int]:
     body = _generation_body(request)
-    if isinstance(body, ChatBody):
-        messages: list[Any] = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if isinstance(body, ChatBody | ResponsesBody):
+        messages: list[Any] = (
+            body.messages()
+            if isinstance(body, ResponsesBody)
+            else [{"role": m.role, "content": m.text()} for m in body.messages]
+        )
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer.encode(str(rendered), add_special_tokens=False))
     if isinstance(body.prompt, list):
@@ -142,6 +189,33 @@ class ModelLimits:
 
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
+LORA_ADAPTER = "lora_adapter"  # in a line's sampling: the LoRA adapter the engine applies (not a SamplingParams field)
+
+
+@dataclass(frozen=True)
+class ServedModels:
+    """The names a line's `model` may give: the base model (the job's), or one of the LoRA
+    adapters of it that every worker holding it registers (`LORA_MODULES`)."""
+
+    base: str
+    adapters: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServedModels:
+        return cls(settings.model_name, frozenset(settings.lora_modules))
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a line names, None for the base model; UnsupportedRequest for any other name."""
+        if model is None or model == self.base:
+            return None
+        if model in self.adapters:
+            return model
+        served = ", ".join(repr(name) for name in [self.base, *sorted(self.adapters)])
+        raise UnsupportedRequest(
+            f"The model {model!r} is not served here: a line may name {served} (or no model).",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def plan_request(
@@ -151,14 +225,19 @@ def plan_request(
     defaults: JobDefaults,
     tokenize: Callable[[Request], list[int]],
     limits: ModelLimits,
+    models: ServedModels | None = None,
 ) -> PlannedRequest:
     """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
-    model cannot serve (an unknown field, a token id out of the vocabulary, a seed out of
-    range, a prompt too long for the context)."""
+    model cannot serve (an unknown field, a model that is neither `models.base` nor one of
+    its adapters, a token id out of the vocabulary, a seed out of range, a prompt too long
+    for the context)."""
     max_model_len = limits.max_model_len
     request = parse_line(raw, index, endpoint)
     body = _generation_body(request)
     sampling = sampling_kwargs(body, defaults)
+    adapter = models.adapter_for(body.model) if models is not None else None
+    if adapter is not None:
+        sampling[LORA_ADAPTER] = adapter
     seed = body.seed
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UnsupportedRequest(f"seed {seed} is out of range: it must fit in a signed 64-bit integer.", "seed")

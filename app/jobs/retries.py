@@ -25,6 +25,7 @@ from app.jobs.create import JobSpec, Owner, check_priority, create_job
 from app.jobs.lines import EMBEDDINGS
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import JobDefaults
+from app.jobs.responses import RESPONSES
 from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
 
@@ -41,18 +42,21 @@ def _lines_of(store: ObjectStore, key: str) -> Iterator[bytes]:
 class RetryOverrides:
     """What a retry changes; everything else is the parent's."""
 
-    max_tokens: int | None = None  # replaces each line's max_tokens
+    max_tokens: int | None = None  # replaces each line's max_tokens (a responses line's max_output_tokens)
     truncate_prompts: bool = False
     batch_size: int | None = None
     priority: int | None = None
     metadata: dict[str, str] | None = None
 
 
-def _with_overrides(raw: bytes, overrides: RetryOverrides) -> bytes:
+def _with_overrides(raw: bytes, overrides: RetryOverrides, endpoint: str = "") -> bytes:
     if overrides.max_tokens is None:
         return raw
     line = json.loads(raw)
     body = line["body"] if isinstance(line.get("body"), dict) else line
+    if endpoint == RESPONSES:
+        body["max_output_tokens"] = overrides.max_tokens
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
     body.pop("max_completion_tokens", None)
     body["max_tokens"] = overrides.max_tokens
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
@@ -82,7 +86,7 @@ def retry_failed(
     }
     source = records.get_file(parent.input_file_id)
     picked = (
-        _with_overrides(raw, overrides) + b"\n"
+        _with_overrides(raw, overrides, parent.endpoint) + b"\n"
         for raw in _lines_of(store, source.storage_key)
         if _digest(custom_id_of(raw)) in failed
     )

@@ -27,6 +27,7 @@ from app.jobs.lines import (
     LineError,
     parse_line,
 )
+from app.jobs.responses import RESPONSES
 
 # The upload check's fast path: a well-formed line validated straight from its bytes
 # (pydantic's JSON parser, the same body models) without building a `Request`. It
@@ -240,7 +241,7 @@ class FileCheck:
                     plain = validate_plain(raw)
                     if not plain.__pydantic_extra__ or _FORM_KEYS.isdisjoint(plain.__pydantic_extra__):
                         custom_id = plain.custom_id
-                        if not prompt_seen:  # plain prompts fit either completion endpoint, not embeddings
+                        if not prompt_seen:  # plain prompts fit completions, chat and responses
                             self.first_line_of.setdefault("plain:prompt", index + 1)
                             prompt_seen = True
                 except (ValueError, RecursionError):  # ValidationError mostly; parse_line names it
@@ -286,12 +287,19 @@ class FileCheck:
         return {"errors": self.errors, "error_count": self.error_count, "first_line_of": self.first_line_of}
 
 
-_PLAIN_FIELD = {COMPLETIONS: "plain:prompt", CHAT_COMPLETIONS: "plain:messages", EMBEDDINGS: "plain:input"}
-# The endpoints each kind of plain line runs on (a plain prompt is a chat message on chat).
+_PLAIN_FIELD = {
+    COMPLETIONS: "plain:prompt",
+    CHAT_COMPLETIONS: "plain:messages",
+    EMBEDDINGS: "plain:input",
+    RESPONSES: "plain:input",
+}
+# The endpoints each kind of plain line runs on (a plain prompt is a chat message on chat
+# and the input on responses; a plain input is an embeddings or a responses body, and the
+# job's endpoint decides which parses it).
 _PLAIN_RUNS_ON = {
-    "plain:prompt": {COMPLETIONS, CHAT_COMPLETIONS},
+    "plain:prompt": {COMPLETIONS, CHAT_COMPLETIONS, RESPONSES},
     "plain:messages": {CHAT_COMPLETIONS},
-    "plain:input": {EMBEDDINGS},
+    "plain:input": {EMBEDDINGS, RESPONSES},
 }
 
 

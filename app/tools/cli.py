@@ -66,7 +66,13 @@ def _guess_endpoint(path: Path) -> str:
         return str(first["url"])
     if isinstance(first, dict) and "messages" in first:
         return "/v1/chat/completions"
-    return "/v1/embeddings" if isinstance(first, dict) and "input" in first else "/v1/completions"
+    if isinstance(first, dict) and "input" in first:
+        # A plain input line fits embeddings and responses: messages say responses; else
+        # embeddings (give --endpoint /v1/responses for text inputs to a responses batch).
+        given = first["input"]
+        messages = isinstance(given, list) and any(isinstance(item, dict) for item in given)
+        return "/v1/responses" if messages else "/v1/embeddings"
+    return "/v1/completions"
 
 
 def _summary(batch: dict[str, Any]) -> str:
@@ -239,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="upload a JSONL file and create a batch")
     submit.add_argument("file")
-    submit.add_argument("--endpoint", help="default: from the first line")
+    submit.add_argument(
+        "--endpoint",
+        help="default: from the first line (plain input lines: /v1/embeddings, or /v1/responses when the "
+        "input is messages; give --endpoint /v1/responses for text input to a responses batch)",
+    )
     submit.add_argument("--batch-size", type=int, dest="batch_size")
     submit.add_argument("--max-tokens", type=int, dest="max_tokens", help="default for lines without one")
     submit.add_argument("--model")

@@ -1,5 +1,6 @@
-"""Writes the demo models: a tiny Llama with random weights and its own tokenizer, and a
-tiny BERT embedding model (random weights, its own WordPiece tokenizer, mean pooling).
+"""Writes the demo models: a tiny Llama with random weights and its own tokenizer, a
+tiny BERT embedding model (random weights, its own WordPiece tokenizer, mean pooling),
+and a LoRA adapter for the Llama.
 
 The whole service path (upload, queue, vLLM static batches, results) runs on a
 laptop CPU with them; a real model is a setting away. The output is deterministic:
@@ -16,10 +17,16 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from app.core.settings import DEMO_EMBEDDING_MODEL_PATH, DEMO_MODEL_PATH
+from app.core.settings import DEMO_EMBEDDING_MODEL_PATH, DEMO_LORA_PATH, DEMO_MODEL_PATH
 
 DEFAULT_OUTPUT = DEMO_MODEL_PATH
 DEFAULT_EMBEDDING_OUTPUT = DEMO_EMBEDDING_MODEL_PATH
+DEFAULT_LORA_OUTPUT = DEMO_LORA_PATH
+LORA_SEED = 4321
+LORA_RANK = 8
+LORA_ALPHA = 16
+LORA_TARGETS = ("q_proj", "v_proj")
+LORA_WEIGHT_STD = 0.1  # large beside the base's 0.02, so the adapter changes what greedy decoding picks
 SEED = 1234
 VOCAB_SIZE = 2048
 HIDDEN_SIZE = 128
@@ -269,9 +276,61 @@ def ensure_demo_embedding_model(output: Path = DEFAULT_EMBEDDING_OUTPUT) -> Path
     return _write_once(output, build_embedding_model, {"seed": SEED, "architecture": "BertModel"})
 
 
+def build_lora(output: Path, seed: int = LORA_SEED) -> None:
+    """A LoRA adapter for the demo Llama in PEFT's format (`adapter_config.json` and
+    `adapter_model.safetensors`): random low-rank A and B for q_proj and v_proj of every
+    layer, rank 8. Written by hand with safetensors (PEFT itself is not needed); the same
+    seed gives the same bytes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    head_dim = HIDDEN_SIZE // NUM_HEADS
+    out_features = {"q_proj": NUM_HEADS * head_dim, "v_proj": NUM_HEADS * head_dim}
+    tensors: dict[str, np.ndarray] = {}
+    for layer in range(NUM_LAYERS):
+        for target in LORA_TARGETS:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
+            a = rng.normal(0.0, LORA_WEIGHT_STD, (LORA_RANK, HIDDEN_SIZE))
+            b = rng.normal(0.0, LORA_WEIGHT_STD, (out_features[target], LORA_RANK))
+            tensors[f"{prefix}.lora_A.weight"] = a.astype(np.float32)
+            tensors[f"{prefix}.lora_B.weight"] = b.astype(np.float32)
+    save_file(tensors, str(output / "adapter_model.safetensors"))
+    config = {
+        "base_model_name_or_path": DEMO_MODEL_PATH.name,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": LORA_RANK,
+        "lora_alpha": LORA_ALPHA,
+        "lora_dropout": 0.0,
+        "target_modules": list(LORA_TARGETS),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
+    (output / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_demo_lora(output: Path = DEFAULT_LORA_OUTPUT, seed: int = LORA_SEED) -> Path:
+    """Writes the adapter unless one is already there; returns its folder."""
+    marker = output / "demo-lora.json"
+    if marker.exists():
+        return output
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build_lora(staging, seed)
+    (staging / "demo-lora.json").write_text(json.dumps({"seed": seed, "rank": LORA_RANK}) + "\n")
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    return output
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Write the small demo models: a Llama and a BERT embedding model (random weights, own tokenizers)."
+        description="Write the small demo models: a Llama and a BERT embedding model (random weights, own "
+        "tokenizers), and a LoRA adapter for the Llama."
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Llama folder (default: %(default)s)")
     parser.add_argument(
@@ -280,9 +339,13 @@ def main() -> None:
         default=DEFAULT_EMBEDDING_OUTPUT,
         help="embedding model folder (default: %(default)s)",
     )
+    parser.add_argument(
+        "--lora-output", type=Path, default=DEFAULT_LORA_OUTPUT, help="adapter folder (default: %(default)s)"
+    )
     args = parser.parse_args()
     print(ensure_demo_model(args.output))
     print(ensure_demo_embedding_model(args.embedding_output))
+    print(ensure_demo_lora(args.lora_output))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.jobs.retries import _digest, _merge
+from app.jobs.retries import RetryOverrides, _digest, _merge, _with_overrides
 
 
 def request(custom_id: str) -> bytes:
@@ -43,3 +43,11 @@ def test_retried_answers_are_found_by_the_digest_of_their_custom_id() -> None:
     answered = {_digest("b"): answer("b", "retry"), _digest("x"): answer("x", "other")}
     assert list(_merge([request("b")], iter([]), answered)) == [answer("b", "retry") + b"\n"]
     assert _digest("b") != _digest("c") and len(_digest("b")) == 16
+
+
+def test_a_max_tokens_override_is_written_as_each_endpoints_field() -> None:
+    chat = json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {"max_completion_tokens": 3}})
+    assert json.loads(_with_overrides(chat.encode(), RetryOverrides(max_tokens=9)))["body"] == {"max_tokens": 9}
+    responses = json.dumps({"custom_id": "a", "input": "hi", "max_output_tokens": 3}).encode()
+    rewritten = json.loads(_with_overrides(responses, RetryOverrides(max_tokens=9), "/v1/responses"))
+    assert rewritten == {"custom_id": "a", "input": "hi", "max_output_tokens": 9}
