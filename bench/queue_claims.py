@@ -1,5 +1,5 @@
 """Scenario 6: many queued jobs, several worker processes (each with its own connections)
-claiming shards through `JobRepository.claim_shard` as fast as they can until none is
+claiming shards through `JobQueue.claim_shard` as fast as they can until none is
 left. Reports claim latency and how many shards were claimed more than once.
 """
 

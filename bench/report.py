@@ -317,7 +317,7 @@ def queue_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[s
         "## 6. Queue",
         "",
         f"{result['jobs']:,} queued one-shard jobs, {result['workers']} worker processes (own connections) "
-        "calling `JobRepository.claim_shard` until the queue is empty.",
+        "calling `JobQueue.claim_shard` until the queue is empty.",
         "",
         *_table(
             ["claims", "claims/s", "median ms", "p99 ms", "claimed twice", "left unclaimed"],
