@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from app.core.backoff import retry_transient
-from app.core.storage import ObjectStore, resilient_lines
+from app.core.storage import ObjectStore
 from app.data.claims import ClaimedShard
 from app.data.models import JobStatus
 from app.data.queue import JobQueue, WindowResult
@@ -37,7 +37,7 @@ from app.jobs.output_lines import (
 from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_embedding, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
-from app.jobs.uploads import line_start
+from app.jobs.uploads import lines_from
 from worker.engine import Engine, RequestRejected
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,8 @@ class ShardRunner:
 
     def _input_lines(self, shard: ClaimedShard) -> Iterator[tuple[int, bytes]]:
         """The shard's lines from `next_line`, read from the recorded line nearest before it."""
-        first, start = line_start(shard.line_offsets, shard.next_line)
-        lines = resilient_lines(self.store, shard.input_key, self.lease_seconds, start)
-        return itertools.islice(enumerate(lines, start=first), shard.next_line - first, shard.end_line - first)
+        lines = lines_from(self.store, shard.input_key, shard.line_offsets, shard.next_line, self.lease_seconds)
+        return itertools.islice(enumerate(lines, start=shard.next_line), shard.end_line - shard.next_line)
 
     def _prepare(
         self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]

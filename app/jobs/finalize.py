@@ -9,13 +9,14 @@ starts over; only the holder of the lease may end the job, so a late one changes
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
 
 from app.core.backoff import is_transient, retry_transient
-from app.core.storage import ChunkReader, ObjectStore, read_lines
+from app.core.storage import ChunkReader, ObjectStore
 from app.data.ids import new_id, now
 from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
@@ -23,7 +24,7 @@ from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.retention import expiry
 from app.jobs.stats import job_stats, window_series
-from app.jobs.uploads import CheckingReader
+from app.jobs.uploads import CheckingReader, lines_from
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,14 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
 
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
-        cursor = _LineCursor(store, input_file.storage_key)
         code, message = unrun_reason(JobStatus(job.status))
+        offsets = input_file.validation.get("line_offsets")
         for shard in shards:
             yield from parts("err", shard.index)
-            for raw in cursor.lines(shard.next_line, shard.end_line):
-                yield batch_error_line(custom_id_of(raw), message, code)
+            if shard.next_line < shard.end_line:  # read from the recorded line nearest before them
+                unrun = lines_from(store, input_file.storage_key, offsets, shard.next_line)
+                for raw in itertools.islice(unrun, shard.end_line - shard.next_line):
+                    yield batch_error_line(custom_id_of(raw), message, code)
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
     keep = job.output_expires_after_seconds
@@ -137,26 +140,6 @@ class _LeaseKept:
                     return  # taken over: the commit will be refused
             except Exception:  # a brief outage; the next beat retries
                 log.warning("could not renew a finalization lease", exc_info=True)
-
-
-class _LineCursor:
-    """Reads the input file forward only, opening it on first use."""
-
-    def __init__(self, store: ObjectStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        self._lines: Iterator[tuple[int, bytes]] | None = None
-
-    def lines(self, start: int, end: int) -> Iterator[bytes]:
-        if start >= end:
-            return
-        if self._lines is None:
-            self._lines = enumerate(read_lines(self._store, self._key))
-        for index, raw in self._lines:
-            if index >= start:
-                yield raw
-            if index + 1 >= end:
-                return
 
 
 def _write_file(

@@ -10,14 +10,15 @@ earlier one, and its lines wait until the gap before them closes.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus, Shard, Window
 from app.jobs.finalize import unrun_reason
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.uploads import lines_from
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,14 @@ def _contiguous_end(stretches: list[_Stretch], after: int) -> int:
 
 
 def results_page(
-    store: ObjectStore, job: Job, runs: list[Window], shards: list[Shard], input_key: str, after: int, limit: int
+    store: ObjectStore,
+    job: Job,
+    runs: list[Window],
+    shards: list[Shard],
+    input_key: str,
+    after: int,
+    limit: int,
+    line_offsets: dict[str, Any] | None = None,
 ) -> ResultsPage:
     """Up to `limit` finished lines from line `after` on (0-based), in input order."""
     stretches = _stretches(job, runs, shards)
@@ -65,18 +73,26 @@ def results_page(
     terminal = JobStatus(job.status) in TERMINAL_STATUSES
     complete = terminal and next_after >= _contiguous_end(stretches, next_after)
     wanted = [s for s in stretches if s.end > after and s.start < next_after]
-    return ResultsPage(after, next_after, complete, _lines(store, job, wanted, input_key, after, next_after))
+    return ResultsPage(
+        after, next_after, complete, _lines(store, job, wanted, (input_key, line_offsets), after, next_after)
+    )
 
 
 def _lines(
-    store: ObjectStore, job: Job, stretches: list[_Stretch], input_key: str, after: int, end: int
+    store: ObjectStore,
+    job: Job,
+    stretches: list[_Stretch],
+    source: tuple[str, dict[str, Any] | None],
+    after: int,
+    end: int,
 ) -> Iterator[bytes]:
     for stretch in stretches:
         if stretch.run is not None:
-            lines = _run_lines(store, job.id, stretch.run)
-        else:
-            lines = _unrun_lines(store, job, input_key, stretch.start)
-        for index, line in enumerate(lines, start=stretch.start):
+            first, lines = stretch.start, _run_lines(store, job.id, stretch.run)
+        else:  # read from the page's first line, not the stretch's
+            first = max(stretch.start, after)
+            lines = _unrun_lines(store, job, source, first)
+        for index, line in enumerate(lines, start=first):
             if index >= end or index >= stretch.end:
                 break
             if index >= after:
@@ -99,8 +115,11 @@ def _run_lines(store: ObjectStore, job_id: str, run: Window) -> Iterator[bytes]:
         yield line
 
 
-def _unrun_lines(store: ObjectStore, job: Job, input_key: str, start: int) -> Iterator[bytes]:
-    """The input file's lines from `start` on as "never ran" error lines."""
+def _unrun_lines(
+    store: ObjectStore, job: Job, source: tuple[str, dict[str, Any] | None], start: int
+) -> Iterator[bytes]:
+    """The input file's lines from `start` on as "never ran" error lines (a ranged read from
+    the recorded line nearest before `start`, so paging through them reads the file once)."""
     code, message = unrun_reason(JobStatus(job.status))
-    for raw in itertools.islice(read_lines(store, input_key), start, None):
+    for raw in lines_from(store, *source, start):
         yield batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n")

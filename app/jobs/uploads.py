@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from app.core.errors import PayloadTooLarge, ServiceError
-from app.core.storage import LineSplitter, ObjectStore
+from app.core.storage import LineSplitter, ObjectStore, resilient_lines
 from app.data.ids import new_id, now
 from app.data.models import FileRecord
 from app.data.records import Records
@@ -27,6 +29,16 @@ def line_start(line_offsets: dict[str, Any] | None, line: int) -> tuple[int, int
     every, offsets = int(line_offsets["every"]), line_offsets["offsets"]
     mark = min(line // every, len(offsets) - 1)
     return mark * every, int(offsets[mark])
+
+
+def lines_from(
+    store: ObjectStore, key: str, line_offsets: dict[str, Any] | None, line: int, give_up_after_seconds: float = 0.0
+) -> Iterator[bytes]:
+    """An uploaded file's lines from `line` on, read with a ranged read from the recorded
+    line nearest before it; a transient storage failure within `give_up_after_seconds`
+    reopens the object and carries on."""
+    first, start = line_start(line_offsets, line)
+    return itertools.islice(resilient_lines(store, key, give_up_after_seconds, start), line - first, None)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,14 @@ def results(
     if job.output_file_id is not None:
         records.get_file(job.output_file_id)  # 404 once it expired or was deleted: its parts went with it
     page = results_page(
-        store, job, records.windows(batch_id), records.shards(batch_id), source.storage_key, after, limit
+        store,
+        job,
+        records.windows(batch_id),
+        records.shards(batch_id),
+        source.storage_key,
+        after,
+        limit,
+        source.validation.get("line_offsets"),
     )
     return StreamingResponse(
         page.lines,
