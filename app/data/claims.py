@@ -129,12 +129,10 @@ STOP_ABANDONED_SHARDS_SQL = text(
     """
 )
 
-CLAIM_FINALIZATION_SQL = text(
-    """
+_CLAIM_FINALIZATION = """
     WITH candidate AS (
         -- A job waiting for its finalizer, or whose finalizer's lease ran out, with no
-        -- shard left open. ix_jobs_to_finalize holds only such jobs. SKIP LOCKED: many
-        -- finalizers (workers, API sweepers) claim at once without waiting on each other.
+        -- shard left open. ix_jobs_to_finalize holds only such jobs.
         SELECT j.id
         FROM jobs j
         WHERE j.status IN ('finalizing', 'cancelling', 'expiring')
@@ -143,7 +141,7 @@ CLAIM_FINALIZATION_SQL = text(
           AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.job_id = j.id AND s.status IN ('queued', 'running'))
         ORDER BY j.finalize_lease_expires_at NULLS FIRST, j.created_at
         LIMIT 1
-        FOR UPDATE OF j SKIP LOCKED
+        FOR UPDATE OF j {wait}
     )
     -- Take the lease; finalizing_at shows when the first finalizer started.
     UPDATE jobs j
@@ -154,7 +152,14 @@ CLAIM_FINALIZATION_SQL = text(
     WHERE j.id = candidate.id
     RETURNING j.id, j.finalize_attempts
     """
-)
+# The next job of any: SKIP LOCKED, many finalizers (workers, API sweepers) claim at once
+# without waiting on each other.
+CLAIM_FINALIZATION_SQL = text(_CLAIM_FINALIZATION.format(wait="SKIP LOCKED"))
+# One named job (its last shard just closed, or it was just cancelled): waits the moment
+# another transaction holds its row (an estimate being written, a cancel) instead of
+# passing it over; the WHERE is checked again on the row as it is then, so a job another
+# finalizer claimed meanwhile is not taken twice.
+CLAIM_FINALIZATION_OF_JOB_SQL = text(_CLAIM_FINALIZATION.format(wait=""))
 
 
 @dataclass(frozen=True)

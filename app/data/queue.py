@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.core.database import Database
 from app.core.errors import Conflict, NotFound
 from app.data.claims import (
+    CLAIM_FINALIZATION_OF_JOB_SQL,
     CLAIM_FINALIZATION_SQL,
     CLAIM_SHARD_SQL,
     FINALIZING_STATUSES,
@@ -151,8 +152,9 @@ class JobQueue:
         expired job whose worker died is stopped where it got to first."""
         with self.db.engine.begin() as conn:
             conn.execute(STOP_ABANDONED_SHARDS_SQL)
+            claim = CLAIM_FINALIZATION_SQL if job_id is None else CLAIM_FINALIZATION_OF_JOB_SQL
             row = conn.execute(
-                CLAIM_FINALIZATION_SQL, {"finalizer_id": finalizer_id, "lease_seconds": lease_seconds, "job_id": job_id}
+                claim, {"finalizer_id": finalizer_id, "lease_seconds": lease_seconds, "job_id": job_id}
             ).one_or_none()
             return Finalization(job_id=row.id, attempts=row.finalize_attempts) if row is not None else None
 

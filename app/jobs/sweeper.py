@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterable
 
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
@@ -22,14 +23,26 @@ MAX_FINALIZATIONS_PER_SWEEP = 100  # the rest wait for the next sweep (or a work
 
 
 def sweep(
-    records: Records, queue: JobQueue, store: ObjectStore, finalizer_id: str, lease_seconds: float, max_attempts: int
+    records: Records,
+    queue: JobQueue,
+    store: ObjectStore,
+    finalizer_id: str,
+    lease_seconds: float,
+    max_attempts: int,
+    poked: Iterable[str] = (),
 ) -> list[str]:
-    """One sweep: expire what is overdue, finalize what waits, then delete expired files
-    (up to MAX_EXPIRED_FILES_PER_SWEEP; inputs of jobs that have not ended wait). Returns
-    the finalized ids."""
+    """One sweep: expire what is overdue, finalize the `poked` jobs (just cancelled: each
+    claimed by id, waiting out a transaction that holds its row rather than passing it
+    over), then whatever else waits, then delete expired files (up to
+    MAX_EXPIRED_FILES_PER_SWEEP; inputs of jobs that have not ended wait). Returns the
+    finalized ids."""
     for job_id in queue.expire_due():
         log.info("%s is past its completion window: expiring", job_id)
-    finalized: list[str] = []
+    finalized = [
+        done
+        for job_id in poked
+        if (done := finalize_next(records, queue, store, finalizer_id, lease_seconds, max_attempts, job_id))
+    ]
     while len(finalized) < MAX_FINALIZATIONS_PER_SWEEP:
         done = finalize_next(records, queue, store, finalizer_id, lease_seconds, max_attempts)
         if done is None:
@@ -56,13 +69,17 @@ class Sweeper:
         self._interval = interval_seconds
         self._stop = threading.Event()
         self._poked = threading.Event()
+        self._poked_jobs: list[str] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def poke(self) -> None:
-        """Sweeps now (a cancel was recorded) instead of at the next interval."""
+    def poke(self, job_id: str) -> None:
+        """Sweeps now (a cancel of `job_id` was recorded) instead of at the next interval."""
+        with self._lock:
+            self._poked_jobs.append(job_id)
         self._poked.set()
 
     def stop(self) -> None:
@@ -76,7 +93,9 @@ class Sweeper:
             self._poked.clear()
             if self._stop.is_set():
                 return
+            with self._lock:
+                poked, self._poked_jobs = self._poked_jobs, []
             try:
-                sweep(*self._args)
+                sweep(*self._args, poked=poked)
             except Exception:  # the database may be briefly away; the next sweep retries
                 log.exception("sweep failed")

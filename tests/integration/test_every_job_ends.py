@@ -4,6 +4,7 @@ leased work, taken over when the lease of a process that died runs out."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from app.jobs.finalize import finalize_next
 from app.jobs.output_lines import part_key
 from app.jobs.sweeper import sweep
 from tests.fakes import FakeEngine
-from tests.helpers import completion_line, create_batch, download, jsonl, upload
+from tests.helpers import completion_line, create_batch, download, jsonl, upload, wait_for_estimate
 from worker.loop import WorkerLoop
 
 SHORT_LEASE = 0.5  # seconds: long enough to hold, short enough to wait out in a test
@@ -31,8 +32,12 @@ def worker(records: Records, queue: JobQueue, store: ObjectStore) -> WorkerLoop:
 
 
 def queued_job(client: TestClient, lines: int, **extra: object) -> str:
+    """A queued job whose estimate is written: its writer holds the job row a moment, and
+    a sweep passes a locked job over, so the tests' own sweeps would race it."""
     rows = [completion_line(f"r{i}", f"line {i}") for i in range(lines)]
-    return str(create_batch(client, upload(client, jsonl(rows))["id"], **{"pack_by_length": False, **extra})["id"])
+    job_id = str(create_batch(client, upload(client, jsonl(rows))["id"], **{"pack_by_length": False, **extra})["id"])
+    wait_for_estimate(client, job_id)
+    return job_id
 
 
 def test_a_finalizer_that_dies_mid_join_is_replaced_when_its_lease_runs_out(
@@ -94,7 +99,7 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled_with_exactly_the_lines
     with records.db.session() as session:  # its last renewal, as the dead worker left it
         session.execute(text("UPDATE shards SET lease_expires_at = now() + interval '0.3 second'"))
 
-    assert client.post(f"/v1/batches/{job_id}/cancel").json()["status"] in ("cancelling", "cancelled")
+    assert queue.request_cancel(job_id, None).status == "cancelling"
     time.sleep(0.5)
     sweep(records, queue, store, "sweeper", 60, 3)
 
@@ -151,7 +156,7 @@ def test_a_shard_given_back_after_its_job_began_to_stop_does_not_hold_the_job_op
     job_id = queued_job(client, 6)
     shard = queue.claim_shard("w", "demo-llama", 60)
     assert shard is not None
-    client.post(f"/v1/batches/{job_id}/cancel")
+    queue.request_cancel(job_id, None)  # not the route: its poke would sweep beside this test's sweep
     queue.release_shard(shard.shard_id, "w", failed=True)  # its engine died: the shard goes back to the queue
     sweep(records, queue, store, "sweeper", 60, 3)
     assert client.get(f"/v1/batches/{job_id}").json()["status"] == "cancelled"
@@ -163,7 +168,7 @@ def test_a_late_write_from_a_worker_whose_stopped_shard_was_taken_from_it_is_ref
     job_id = queued_job(client, 6)
     shard = queue.claim_shard("slow-worker", "demo-llama", SHORT_LEASE)
     assert shard is not None
-    client.post(f"/v1/batches/{job_id}/cancel")
+    queue.request_cancel(job_id, None)  # not the route: its poke would sweep beside this test's sweep
     time.sleep(SHORT_LEASE + 0.1)
     sweep(records, queue, store, "sweeper", 60, 3)  # stops the shard where it got to: nothing done
     done = client.get(f"/v1/batches/{job_id}").json()
@@ -172,3 +177,22 @@ def test_a_late_write_from_a_worker_whose_stopped_shard_was_taken_from_it_is_ref
     with pytest.raises(LeaseLost):
         queue.record_window(shard, 0, "slow-worker", late, 60)
     assert client.get(f"/v1/batches/{job_id}").json()["request_counts"]["completed"] == 0
+
+
+def test_a_cancelled_job_is_finalized_by_id_even_while_another_transaction_holds_its_row(
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
+) -> None:
+    """A cancel's sweep claims that job by id and waits out a transaction on its row (the
+    estimate being written, say) instead of passing it over until the next sweep."""
+    job_id = queued_job(client, 3)
+    queue.request_cancel(job_id, None)
+    with ThreadPoolExecutor(1) as pool, queue.db.engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
+        poked = pool.submit(sweep, records, queue, store, "poked-sweeper", 60, 3, [job_id])
+        assert sweep(records, queue, store, "sweeper", 60, 3) == []  # an ordinary sweep passes it over
+        time.sleep(0.2)
+        assert not poked.done()  # the poked one waits for the row
+        holder.rollback()
+        assert poked.result(timeout=30) == [job_id]
+    done = client.get(f"/v1/batches/{job_id}").json()
+    assert done["status"] == "cancelled" and done["request_counts"]["failed"] == 3

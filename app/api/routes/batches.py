@@ -149,5 +149,5 @@ def cancel(batch_id: str, caller: CallerDep, queue: QueueDep, sweeper: SweeperDe
     """Cancel: the batch answers `cancelling` at once, stops at its next window boundary and
     ends `cancelled` with what it did (its output so far, the rest in the error file)."""
     job = queue.request_cancel(batch_id, caller.scope)
-    sweeper.poke()  # with nothing running, this process ends it now; else its worker does
+    sweeper.poke(job.id)  # with nothing running, this process ends it now; else its worker does
     return BatchObject.of(job)
