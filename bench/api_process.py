@@ -1,4 +1,4 @@
-"""The service's API alone, as `app/launcher.py` starts it (uvicorn, one process), on a
+"""The service's API alone, as `app/tools/launcher.py` starts it (uvicorn, one process), on a
 fresh database and a local storage folder, with an API key for the benchmark's clients."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Hostile input costs only its sender: for /v1/*, the caller is known (from headers)
-and the body's size allowed before the app reads a byte of the body.
+and the body's size allowed before the app reads a byte of the body; bodies elsewhere
+(the dashboard's forms) are capped the same way.
 
 Without this, FastAPI parses (or spools) a body before its dependencies run, so a
 300 MB body with no API key was read whole. Uploads (multipart POST /v1/files) stream
@@ -38,16 +39,18 @@ class RequestGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not guarded(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
         headers = Headers(scope=scope)
         try:
-            scope.setdefault("state", {})["principal"] = await self._caller(state, headers.get("authorization"))
-            if is_upload(scope, headers):
-                await self.app(scope, receive, send)
-                return
+            if guarded(scope["path"]):
+                scope.setdefault("state", {})["principal"] = await self._caller(state, headers.get("authorization"))
+                if is_upload(scope, headers):
+                    await self.app(scope, receive, send)
+                    return
+            # Every other body (the dashboard's login form included) is capped too.
             body = await _read_capped(headers, receive, state.settings.max_json_body_bytes)
         except ServiceError as exc:
             await service_error_json(exc)(scope, receive, send)

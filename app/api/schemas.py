@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.text import unstorable
-from app.data.models import FileRecord, Job, JobStatus, WebhookEndpoint
-from app.data.webhook_endpoints import secret_hint
+from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec
 from app.jobs.estimate import JobEstimate
 from app.jobs.lines import ENDPOINTS
@@ -58,14 +56,14 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
-class _Page(BaseModel):
+class Page(BaseModel):
     object: Literal["list"] = "list"
     first_id: str | None
     last_id: str | None
     has_more: bool
 
 
-class FileList(_Page):
+class FileList(Page):
     data: list[FileObject]
 
     @classmethod
@@ -199,6 +197,37 @@ class BatchErrors(BaseModel):
 
 # The statuses OpenAI's API knows: `queued` shows as `validating` until a worker
 # takes it; `expiring` (stopping at a batch boundary) as `finalizing`.
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="prompt tokens vLLM's prefix cache served")
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(BaseModel):
+    """OpenAI's batch usage: the job's tokens so far."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class BatchThroughput(BaseModel):
+    """The job's rates and timings (app.jobs.stats.throughput), plus who ran it."""
+
+    generate_seconds: float = Field(description="summed over its static batches' generate calls")
+    generation_tokens_per_second: float | None = Field(description="generated tokens per generate-second")
+    end_to_end_seconds: float | None = Field(description="from the first claim to the end, or to now while it runs")
+    end_to_end_tokens_per_second: float | None
+    queue_wait_seconds: float | None = Field(description="from creation to the first claim")
+    time_to_first_window_seconds: float | None = Field(description="from the first claim to the first window")
+    tensor_parallel_size: int | None
+    workers: int | None = Field(description="workers that ran its static batches (on a single batch's view)")
+
+
 OPENAI_STATUS = {JobStatus.QUEUED: JobStatus.VALIDATING, JobStatus.EXPIRING: JobStatus.FINALIZING}
 
 
@@ -227,9 +256,9 @@ class BatchObject(BaseModel):
     model: str
     batch_size: int
     priority: int
-    usage: dict[str, Any]
+    usage: BatchUsage
     queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
-    throughput: dict[str, Any]
+    throughput: BatchThroughput
     estimate: JobEstimate | None = Field(
         default=None, description="lines, prompt tokens, requested output tokens and ETA, counted when queued"
     )
@@ -263,20 +292,18 @@ class BatchObject(BaseModel):
             metadata=job.metadata_,
             model=job.model,
             batch_size=job.batch_size,
-            usage={
-                "input_tokens": job.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": job.cached_tokens},
-                "output_tokens": job.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": job.prompt_tokens + job.completion_tokens,
-            },
+            usage=BatchUsage(
+                input_tokens=job.prompt_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=job.cached_tokens),
+                output_tokens=job.completion_tokens,
+                output_tokens_details=OutputTokensDetails(),
+                total_tokens=job.prompt_tokens + job.completion_tokens,
+            ),
             priority=job.priority,
             queue_status=status.value,
-            throughput={
-                **asdict(throughput(job)),
-                "tensor_parallel_size": job.tensor_parallel_size,
-                "workers": workers,
-            },
+            throughput=BatchThroughput(
+                **asdict(throughput(job)), tensor_parallel_size=job.tensor_parallel_size, workers=workers
+            ),
             estimate=JobEstimate.model_validate(job.estimate) if job.estimate else None,
             parent_batch_id=job.parent_job_id,
             child_batch_ids=children,
@@ -305,93 +332,11 @@ class BatchEstimate(JobEstimate):
         )
 
 
-class BatchList(_Page):
+class BatchList(Page):
     data: list[BatchObject]
 
     @classmethod
     def of(cls, data: list[BatchObject], has_more: bool) -> BatchList:
-        return cls(
-            data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-        )
-
-
-# Webhook endpoints: OpenAI's `webhook_endpoint` objects, plus the owner whose events they get.
-
-BatchEventType = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL")
-    return value
-
-
-class WebhookEndpointCreate(BaseModel):
-    url: Annotated[
-        str, Field(max_length=2048, description="receives the events as signed POSTs"), AfterValidator(_http_url)
-    ]
-    owner: str = Field(min_length=1, max_length=128, description="whose batches' events this endpoint receives")
-    secret: str | None = Field(
-        default=None, description="whsec_ + base64 of 24 to 64 bytes; unset: one is made and returned once"
-    )
-    event_types: list[BatchEventType] | None = Field(
-        default=None, min_length=1, description="the events to send; unset: all four batch events"
-    )
-    name: str = Field(default="", max_length=256)
-
-
-class WebhookEndpointObject(BaseModel):
-    id: str
-    object: Literal["webhook_endpoint"] = "webhook_endpoint"
-    created_at: int
-    updated_at: int
-    url: str
-    name: str
-    event_types: list[str]
-    signing_secret_hint: str
-    owner: str = Field(description="whose batches' events this endpoint receives")
-
-    @classmethod
-    def fields_of(cls, endpoint: WebhookEndpoint) -> dict[str, Any]:
-        created = unix(endpoint.created_at) or 0
-        return {
-            "id": endpoint.id,
-            "created_at": created,
-            "updated_at": created,
-            "url": endpoint.url,
-            "name": endpoint.name,
-            "event_types": endpoint.event_types,
-            "signing_secret_hint": secret_hint(endpoint.secret),
-            "owner": endpoint.owner,
-        }
-
-    @classmethod
-    def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointObject:
-        return cls(**cls.fields_of(endpoint))
-
-
-class WebhookEndpointWithSecret(WebhookEndpointObject):
-    """The answer to a create: the only time the signing secret is shown."""
-
-    signing_secret: str
-
-    @classmethod
-    def with_secret(cls, endpoint: WebhookEndpoint) -> WebhookEndpointWithSecret:
-        return cls(**cls.fields_of(endpoint), signing_secret=endpoint.secret)
-
-
-class WebhookEndpointDeleted(BaseModel):
-    id: str
-    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
-    deleted: bool = True
-
-
-class WebhookEndpointList(_Page):
-    data: list[WebhookEndpointObject]
-
-    @classmethod
-    def of(cls, data: list[WebhookEndpointObject], has_more: bool) -> WebhookEndpointList:
         return cls(
             data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
         )

@@ -148,7 +148,7 @@ class Records:
             return list(session.scalars(select(Job).join(tree, Job.id == tree.c.id).order_by(Job.created_at, Job.id)))
 
     def windows(self, job_id: str) -> list[Window]:
-        """The recorded static batches in input order."""
+        """The recorded windows (each one or more static batches) in input order."""
         with self.db.session() as session:
             return list(session.scalars(select(Window).where(Window.job_id == job_id).order_by(Window.first_line)))
 
@@ -157,11 +157,12 @@ class Records:
     ) -> tuple[float, int] | None:
         """Generated tokens (or with `prompt_tokens`, prompt tokens: what an embedding model
         reads) per generate-second of recent static batches of jobs on `model` at
-        `batch_size`, and how many static batches that is; None without any."""
+        `batch_size`, and how many static batches that is (a packed window counts each of
+        its static batches); None without any."""
         counted = Window.prompt_tokens if prompt_tokens else Window.completion_tokens
         with self.db.session() as session:
             tokens, seconds, count = session.execute(
-                select(func.sum(counted), func.sum(Window.generate_seconds), func.count())
+                select(func.sum(counted), func.sum(Window.generate_seconds), func.sum(Window.static_batches))
                 .join(Job, Job.id == Window.job_id)
                 .where(
                     Job.model == model,
@@ -177,7 +178,7 @@ class Records:
             session.execute(update(Job).where(Job.id == job_id).values(estimate=estimate))
 
     def worker_count(self, job_id: str) -> int:
-        """How many workers ran static batches of this batch."""
+        """How many workers ran static batches of this job."""
         with self.db.session() as session:
             return int(
                 session.scalar(select(func.count(Window.worker_id.distinct())).where(Window.job_id == job_id)) or 0

@@ -119,30 +119,36 @@ def retry_failed(
 
 def merged_output(records: Records, store: ObjectStore, job_id: str, scope: str | None) -> Iterator[bytes]:
     """The batch's output lines with the lines its retries answered filled in, in input
-    order; a line no attempt answered is left out (the last retry's error file has it)."""
+    order; a line no attempt answered is left out (the last retry's error file has it).
+    Streamed in memory bounded by the number of retries: every output is in the input's
+    order, so one pass over each, side by side, merges them."""
     job = records.get_job(job_id, scope)
     if job.output_file_id is None:
         raise Conflict(f"Batch {job_id} has no output yet (it is {job.status}).")
-    answered: dict[bytes, bytes] = {}
-    for child in records.descendants(job_id):  # oldest first: a later retry's answer wins
-        if child.output_file_id is not None:
-            for line in _lines_of(store, records.get_file(child.output_file_id).storage_key):
-                answered[_digest(custom_id_of(line))] = line
-    own = _lines_of(store, records.get_file(job.output_file_id).storage_key)
+    outputs = [job.output_file_id] + [
+        child.output_file_id
+        for child in records.descendants(job_id)  # oldest first: a later retry's answer wins
+        if child.output_file_id is not None
+    ]
+    answers = [_lines_of(store, records.get_file(file_id).storage_key) for file_id in outputs]
     inputs = _lines_of(store, records.get_file(job.input_file_id).storage_key)
-    return _merge(inputs, own, answered)
+    return _merge(inputs, answers)
 
 
-def _merge(inputs: Iterable[bytes], own: Iterator[bytes], answered: dict[bytes, bytes]) -> Iterator[bytes]:
-    """Walks the input in order, taking each line's answer from the retries or, in turn,
-    from the batch's own output (which holds its answered lines in input order)."""
-    pending: bytes | None = next(own, None)
-    pending_id = custom_id_of(pending) if pending is not None else None
+def _merge(inputs: Iterable[bytes], answers: list[Iterator[bytes]]) -> Iterator[bytes]:
+    """Walks the input in order beside every output (the batch's own first, then its
+    retries oldest first): each output answers some of the input's lines in input order, so
+    each one's next line is either this input line's answer or a later one's. A line
+    answered by several takes the last one's answer."""
+    heads = [next(stream, None) for stream in answers]
+    head_ids = [custom_id_of(line) if line is not None else None for line in heads]
     for raw in inputs:
         custom_id = custom_id_of(raw)
-        if pending is not None and custom_id == pending_id:
-            yield pending + b"\n"
-            pending = next(own, None)
-            pending_id = custom_id_of(pending) if pending is not None else None
-        elif (retried := answered.get(_digest(custom_id))) is not None:
-            yield retried + b"\n"
+        answer: bytes | None = None
+        for k, stream in enumerate(answers):
+            if heads[k] is not None and head_ids[k] == custom_id:
+                answer = heads[k]
+                heads[k] = next(stream, None)
+                head_ids[k] = custom_id_of(heads[k]) if heads[k] is not None else None  # type: ignore[arg-type]
+        if answer is not None:
+            yield answer + b"\n"

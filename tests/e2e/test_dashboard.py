@@ -104,14 +104,14 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     assert page.locator(f'tr[data-batch-id="{running}"]').count() == 0
     assert page.locator(f'tr[data-batch-id="{finished}"]').count() == 1
 
-    # One job: the cards and the per-batch chart match its recorded static batches.
+    # One job: the cards and the per-window chart match its recorded static batches.
     page.goto(f"{service.url}/admin/batches/{finished}")
     runs = records.windows(finished)
     stats = job_stats(done, runs)
     assert int(page.inner_text("#tokens")) == stats["completion_tokens"]
     assert int(page.inner_text("#static-batches")) == sum(r.static_batches for r in runs) == 8  # 1 packed window
     assert float(page.inner_text("#gen-tps")) == stats["generation_tokens_per_second"]
-    points = page.evaluate("Chart.getChart('per-batch').data.datasets[0].data")
+    points = page.evaluate("Chart.getChart('per-window').data.datasets[0].data")
     assert points == [pytest.approx(round(r.tokens_per_second, 1)) for r in sorted(runs, key=lambda r: r.created_at)]
     assert page.evaluate("Chart.getChart('lengths').data.datasets[0].data.reduce((a, b) => a + b, 0)") == 120
     assert page.locator("#output-link").count() == 1

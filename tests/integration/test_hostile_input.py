@@ -28,7 +28,9 @@ def assert_openai_error(response: Any, status: int, code: str | None = None, par
         assert error["param"] == param
 
 
-def call_without_reading_the_body(app: FastAPI, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+def call_without_reading_the_body(
+    app: FastAPI, headers: list[tuple[bytes, bytes]], path: str = "/v1/batches"
+) -> list[dict[str, Any]]:
     """Calls the app as a server would, with a body it must never ask for."""
     sent: list[dict[str, Any]] = []
 
@@ -44,8 +46,8 @@ def call_without_reading_the_body(app: FastAPI, headers: list[tuple[bytes, bytes
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/batches",
-        "raw_path": b"/v1/batches",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [(b"content-type", b"application/json"), (b"content-length", b"314572800"), *headers],
@@ -74,6 +76,11 @@ def test_a_known_caller_with_a_body_over_the_cap_gets_413_before_it_is_read(app:
     sent = call_without_reading_the_body(app, [(b"authorization", key)])
     assert sent[0]["status"] == 413
     assert b'"code":"request_too_large"' in sent[1]["body"]
+
+
+def test_an_oversized_form_to_the_dashboard_login_gets_413_before_it_is_read(app: FastAPI) -> None:
+    sent = call_without_reading_the_body(app, [], path="/admin/login")
+    assert sent[0]["status"] == 413
 
 
 def test_a_key_postgres_could_not_store_is_a_400_before_anything_else(app: FastAPI) -> None:

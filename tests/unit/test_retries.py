@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.jobs.retries import RetryOverrides, _digest, _merge, _with_overrides
+from app.jobs.retries import RetryOverrides, _merge, _with_overrides
 
 
 def request(custom_id: str) -> bytes:
@@ -15,14 +15,13 @@ def answer(custom_id: str, text: str) -> bytes:
     return json.dumps({"custom_id": custom_id, "response": text}).encode()
 
 
-def merged(ids: list[str], own: list[bytes], retried: list[bytes]) -> list[bytes]:
-    answered = {_digest(json.loads(line)["custom_id"]): line for line in retried}
-    return list(_merge([request(i) for i in ids], iter(own), answered))
+def merged(ids: list[str], own: list[bytes], *retries: list[bytes]) -> list[bytes]:
+    return list(_merge([request(i) for i in ids], [iter(own), *(iter(r) for r in retries)]))
 
 
 def test_the_batchs_own_answers_come_out_in_input_order_with_newlines() -> None:
     own = [answer("a", "1"), answer("b", "2"), answer("c", "3")]
-    assert merged(["a", "b", "c"], own, []) == [line + b"\n" for line in own]
+    assert merged(["a", "b", "c"], own) == [line + b"\n" for line in own]
 
 
 def test_a_retried_answer_fills_the_gap_at_its_input_position() -> None:
@@ -39,10 +38,26 @@ def test_a_line_nobody_answered_is_left_out() -> None:
     assert got == [answer("a", "1") + b"\n", answer("c", "retry") + b"\n"]
 
 
-def test_retried_answers_are_found_by_the_digest_of_their_custom_id() -> None:
-    answered = {_digest("b"): answer("b", "retry"), _digest("x"): answer("x", "other")}
-    assert list(_merge([request("b")], iter([]), answered)) == [answer("b", "retry") + b"\n"]
-    assert _digest("b") != _digest("c") and len(_digest("b")) == 16
+def test_a_retry_of_a_retry_answers_what_the_first_retry_failed_and_the_later_answer_wins() -> None:
+    ids = [f"l{i}" for i in range(6)]
+    own = [answer("l0", "own"), answer("l3", "own")]
+    first = [answer("l1", "first"), answer("l4", "first")]  # l2 and l5 failed again
+    second = [answer("l2", "second"), answer("l4", "second"), answer("l5", "second")]
+    assert merged(ids, own, first, second) == [
+        answer(i, text) + b"\n"
+        for i, text in [
+            ("l0", "own"),
+            ("l1", "first"),
+            ("l2", "second"),
+            ("l3", "own"),
+            ("l4", "second"),
+            ("l5", "second"),
+        ]
+    ]
+
+
+def test_answers_are_matched_by_custom_id_not_position() -> None:
+    assert merged(["a", "b", "c"], [], [answer("c", "retry")]) == [answer("c", "retry") + b"\n"]
 
 
 def test_a_max_tokens_override_is_written_as_each_endpoints_field() -> None:

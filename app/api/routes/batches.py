@@ -67,7 +67,7 @@ def list_batches(
 
 @router.get("/{batch_id}/stats")
 def stats(batch_id: str, caller: CallerDep, records: RecordsDep) -> dict[str, Any]:
-    """Throughput of a batch: totals, rates, timings, output lengths and the per-batch series."""
+    """Throughput of a batch: totals, rates, timings, output lengths and the per-window series."""
     job = records.get_job(batch_id, caller.scope)
     runs = records.windows(batch_id)
     return {**job_stats(job, runs), "windows": window_series(runs)}

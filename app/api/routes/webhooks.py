@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.auth import Principal
 from app.api.deps import CallerDep
-from app.api.schemas import (
+from app.api.webhook_schemas import (
     WebhookEndpointCreate,
     WebhookEndpointDeleted,
     WebhookEndpointList,
