@@ -1,35 +1,42 @@
 """Responses lines and per-line LoRA adapters through the official `openai` SDK against the
-service as processes: the API and a generation worker started with two adapters
-(`LORA_MODULES`) and compact JSON. A JSON-schema line's output parses and matches its
-schema; lines naming the base model and each adapter run in one job, each answered as
-its model; a line naming a model nobody serves fails alone, naming `model`."""
+service as processes: the API and a generation worker started with two different
+adapters (`LORA_MODULES`) and compact JSON. A JSON-schema line's output parses and
+matches its schema; lines naming the base model and each adapter run in one job, each
+answered as its model with what `LLM.generate` gives for that adapter's lines alone
+(its `LoRARequest`, or none), run directly once the service is stopped; a line naming
+a model nobody serves fails alone, naming `model`."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from openai import OpenAI
 from openai.types import Batch
 from openai.types.responses import Response
 
-from tests.conftest import DEMO_LORA
+from app.jobs.lines import parse_line
+from app.jobs.planning import prompt_token_ids
+from app.tools.demo_model import ensure_demo_lora
+from tests.conftest import DEMO_MODEL
 from tests.e2e.conftest import Service
 from tests.helpers import jsonl
 
 pytestmark = pytest.mark.engine
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
-RESPONSES = "/v1/responses"
+RESPONSES: Final = "/v1/responses"
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string", "maxLength": 8}},
     "required": ["answer"],
     "additionalProperties": False,
 }
-LORA = DEMO_LORA
+PROMPTS = ["Say something.", "the cat of the", "a man was in"]
+MODELS = ("demo-llama", "pirate", "poet")  # the base model, then each adapter
+MAX_TOKENS = 8
 
 
 def line(custom_id: str, **body: Any) -> dict[str, Any]:
@@ -40,11 +47,17 @@ def rows() -> list[dict[str, Any]]:
     structured = {"format": {"type": "json_schema", "name": "short", "schema": SCHEMA, "strict": True}}
     return [
         line("json", input="Answer in JSON.", instructions="Be brief.", max_output_tokens=24, text=structured),
-        line("base", input="Say something.", max_output_tokens=4, temperature=0, model="demo-llama"),
-        line("pirate", input="Say something.", max_output_tokens=4, temperature=0, model="pirate"),
-        line("poet", input="Say something.", max_output_tokens=4, temperature=0, model="poet"),
+        *(
+            line(f"{model}-{i}", input=prompt, max_output_tokens=MAX_TOKENS, temperature=0, model=model)
+            for i, prompt in enumerate(PROMPTS)
+            for model in MODELS
+        ),
         line("unknown", input="Say something.", max_output_tokens=4, model="gpt-4o"),
     ]
+
+
+def lines_of(model: str) -> list[dict[str, Any]]:
+    return [row for row in rows() if row["custom_id"].startswith(f"{model}-")]
 
 
 def wait(client: OpenAI, batch_id: str) -> Batch:
@@ -57,10 +70,55 @@ def wait(client: OpenAI, batch_id: str) -> Batch:
     raise TimeoutError(batch_id)
 
 
+def direct_generations(adapters: dict[str, str]) -> dict[str, list[str]]:
+    """Each model's lines in one `LLM.generate` call with its `LoRARequest` (none for the
+    base model), on an engine built as the worker builds it without CUDA: eager, its KV
+    cache, prefix caching, LoRA with one slot more than there are adapters (`worker.adapters`)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(
+        model=str(DEMO_MODEL),
+        max_model_len=256,
+        enforce_eager=True,
+        kv_cache_memory_bytes=512 << 20,
+        enable_prefix_caching=True,
+        enable_lora=True,
+        max_loras=len(adapters) + 1,
+        max_lora_rank=16,
+    )
+    try:
+        tokenizer = llm.get_tokenizer()
+        requests = {
+            name: LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=adapters[name])
+            for lora_id, name in enumerate(sorted(adapters), start=1)
+        }
+        found = {}
+        for model in MODELS:
+            prompts = [
+                TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, parse_line(jsonl([row]), 0, RESPONSES)))
+                for row in lines_of(model)
+            ]
+            outputs = llm.generate(
+                prompts,
+                SamplingParams(temperature=0, max_tokens=MAX_TOKENS),
+                lora_request=requests.get(model),
+                use_tqdm=False,
+            )
+            found[model] = [out.outputs[0].text for out in outputs]
+        return found
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
 def test_responses_and_lora_adapters_through_the_openai_sdk(
     service: Service, demo_model: Path, demo_lora: Path, tmp_path: Path
 ) -> None:
-    service.env.update(LORA_MODULES=f"pirate={LORA},poet={LORA}", COMPACT_JSON="true", MAX_MODEL_LEN="256")
+    poet = ensure_demo_lora(tmp_path / "poet", seed=99)  # a second adapter, unlike the first
+    adapters = {"pirate": str(demo_lora), "poet": str(poet)}
+    modules = ",".join(f"{name}={path}" for name, path in adapters.items())
+    service.env.update(LORA_MODULES=modules, COMPACT_JSON="true", MAX_MODEL_LEN="256")
     service.start_api()
     service.start_worker()
     service.wait_for("/readyz")
@@ -72,7 +130,7 @@ def test_responses_and_lora_adapters_through_the_openai_sdk(
     batch = client.batches.create(input_file_id=file.id, endpoint=RESPONSES, completion_window="24h")
     done = wait(client, batch.id)
     assert done.status == "completed" and done.request_counts is not None
-    assert (done.request_counts.completed, done.request_counts.failed) == (4, 1)
+    assert (done.request_counts.completed, done.request_counts.failed) == (1 + len(PROMPTS) * len(MODELS), 1)
 
     output = {
         json.loads(text)["custom_id"]: json.loads(text)["response"]["body"]
@@ -83,5 +141,15 @@ def test_responses_and_lora_adapters_through_the_openai_sdk(
     answers = {custom_id: Response.model_validate(body) for custom_id, body in output.items()}
     parsed = json.loads(answers["json"].output_text)
     assert set(parsed) == {"answer"} and isinstance(parsed["answer"], str) and len(parsed["answer"]) <= 8
-    assert [answers[name].model for name in ("base", "pirate", "poet")] == ["demo-llama", "pirate", "poet"]
-    assert all(answers[name].usage is not None and answers[name].usage.output_tokens > 0 for name in answers)
+    assert all((answer.usage.output_tokens if answer.usage else 0) > 0 for answer in answers.values())
+    got = {}
+    for model in MODELS:
+        mine = [answers[row["custom_id"]] for row in lines_of(model)]
+        assert {answer.model for answer in mine} == {model}
+        got[model] = [answer.output_text for answer in mine]
+    service.stop()  # the cores go to the reference engine
+
+    expected = direct_generations(adapters)
+    for model in MODELS:
+        assert got[model] == expected[model], model
+    assert got["pirate"] != got["demo-llama"] and got["poet"] != got["pirate"]  # the adapters change answers
