@@ -28,13 +28,15 @@ SCENARIOS = [
     "service_overhead",
     "deployed_shape",
     "peer",
+    "shared_prefix",
     "ingest",
     "polling",
     "queue",
     "scale_out",
+    "input_read",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
-DEFAULT_PEER_BATCH_SIZE = 512
+DEFAULT_PEER_BATCH_SIZE = 256
 
 QUICK = {"runs": 3, "prompts": 512, "max_tokens": 128, "lines": 2048, "ingest_mb": 1024, "scale_out_lines": 4000}
 FULL = {"runs": 5, "prompts": 2048, "max_tokens": 512, "lines": 8192, "ingest_mb": 1024, "scale_out_lines": 8000}
@@ -63,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     sizes.add_argument("--queue-jobs", type=int, default=10_000, help="scenario 6: queued jobs")
     sizes.add_argument("--queue-workers", type=int, default=4, help="scenario 6: claiming processes")
     sizes.add_argument("--scale-out-lines", type=int, help="scenario 7: lines of the job (default 4000, full 8000)")
-    sizes.add_argument("--peer-batch-size", type=int, help="scenario 3: service batch size (default: best of 1a)")
+    sizes.add_argument("--peer-batch-size", type=int, help="scenario 3: service batch size (default 256)")
     sizes.add_argument("--seed", type=int, default=1234, help="seed of the output-length spread")
     which = parser.add_argument_group("which scenarios")
     which.add_argument("--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"run these: {SCENARIOS}")
@@ -105,14 +107,6 @@ def build_config(args: argparse.Namespace, model: str, server_url: str) -> Bench
     )
 
 
-def best_static_batch_size(static: dict[str, Any] | None, lines: int) -> int:
-    if not static:
-        return DEFAULT_PEER_BATCH_SIZE
-    sizes = static["by_batch_size"]
-    best = max(sizes, key=lambda size: sizes[size]["tokens_per_second"])
-    return lines if best == "all" else int(best)
-
-
 def engine_phase(config: BenchConfig, selected: set[str], peer_batch_size: int | None) -> dict[str, Any]:
     """Everything that runs on the in-process engine, loaded once."""
     from bench import peer, service_overhead, static_batches
@@ -134,7 +128,8 @@ def engine_phase(config: BenchConfig, selected: set[str], peer_batch_size: int |
                     result = service_overhead.measure(engine, config, url, Path(tmp) / "overhead", config.lines)
                 write_result("service_overhead", result)
             if "peer" in selected:
-                size = peer_batch_size or best_static_batch_size(found.get("static"), config.lines)
+                # A user who sets a batch size and nothing else: 256 at the service's defaults.
+                size = peer_batch_size or DEFAULT_PEER_BATCH_SIZE
                 print(f"scenario 3: the service's side, batch size {size}", flush=True)
                 lines = peer.chat_lines(config.lines, config.max_tokens, config.seed, engine.model_name)
                 with fresh_database(config.database_url, "bench_peer") as url:
@@ -194,10 +189,12 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("static_vs_continuous", lambda: run_continuous(config, found)),
         ("peer", lambda: run_peer_side(config, found)),
         ("deployed_shape", lambda: run_module("deployed_shape", "deployed_shape", config)),
+        ("shared_prefix", lambda: run_module("shared_prefix", "shared_prefix", config)),
         ("ingest", lambda: run_module("ingest", "ingest", config)),
         ("polling", lambda: run_module("polling", "polling", config)),
         ("queue", lambda: run_module("queue_claims", "queue", config)),
         ("scale_out", lambda: run_module("scale_out_runner", "scale_out_summary", config)),
+        ("input_read", lambda: run_module("input_read", "input_read", config)),
     ]
     for name, step in steps:
         if name in selected:

@@ -1,0 +1,127 @@
+"""The report's sections for the deployed shape, shared prefixes and reading the input once
+(bench/report.py writes the page and the other sections)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Section = tuple[list[str], list[list[str]]]
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def _median(runs: list[dict[str, Any]], side: str, key: str) -> float:
+    values = sorted(float(run[side][key]) for run in runs)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def deployed_shape_section(result: dict[str, Any] | None) -> Section:
+    if not result:
+        return [], []
+    runs, settings = result["runs"], result["settings"]
+    generation, end_to_end = result["generation_ratio"], result["end_to_end_ratio"]
+    rows = [
+        [
+            side,
+            _n(_median(runs, key, "tokens_per_second")),
+            _n(_median(runs, key, "end_to_end_tokens_per_second")),
+        ]
+        for side, key in (("raw `LLM.generate` (token ids)", "raw"), ("the service (`make run`'s shape)", "service"))
+    ]
+    lines = [
+        "## 2b. The deployed shape",
+        "",
+        f"A {settings['lines']:,}-line completions job ({settings['max_tokens']} tokens each, batch size "
+        f"{settings['batch_size']}) through the API and a worker as separate processes on Postgres, uploaded, "
+        "created and polled once a second over HTTP like a client, against raw `LLM.generate` on the same "
+        "prompts in static batches of the same size with the worker's engine settings, in its own process, "
+        f"handed token ids as the worker hands them. {len(runs)} runs of each, interleaved; medians. The "
+        "service's generate tokens/s are its own `generate_seconds`; its end to end is the client's clock from "
+        "upload to seeing `completed`, against raw's wall time.",
+        "",
+        *_table(["", "generate tokens/s", "end-to-end tokens/s"], rows),
+        f"Service / raw: **{generation:.3f}** in `generate`, **{end_to_end:.3f}** end to end.",
+        "",
+    ]
+    goals = [
+        ["2b. deployed: generation / raw", "≥ 0.97", f"{generation:.3f}", _verdict(generation >= 0.97)],
+        ["2b. deployed: end to end / raw", "≥ 0.93", f"{end_to_end:.3f}", _verdict(end_to_end >= 0.93)],
+    ]
+    return lines, goals
+
+
+def shared_prefix_section(result: dict[str, Any] | None) -> Section:
+    if not result:
+        return [], []
+    ours, plain, theirs = result["defaults"]["median"], result["input_order"]["median"], result["run_batch"]["median"]
+    to_plain, to_peer = result["ratio_to_input_order"], result["ratio_to_run_batch"]
+    rows = [
+        [
+            "service at its defaults (grouped by prefix, then length)",
+            _n(ours["tokens_per_second"]),
+            _n(ours["end_to_end_tokens_per_second"]),
+            _n(ours.get("cached_prompt_tokens", 0)),
+        ],
+        [
+            "service in input order (`pack_by_length: false`)",
+            _n(plain["tokens_per_second"]),
+            _n(plain["end_to_end_tokens_per_second"]),
+            _n(plain.get("cached_prompt_tokens", 0)),
+        ],
+        ["vLLM run-batch", "", _n(theirs["tokens_per_second"]), ""],
+    ]
+    lines = [
+        "## 3b. Shared prefixes",
+        "",
+        f"{result['lines']:,} chat lines, each with one of {result['system_prompts']} system prompts of about "
+        f"{result['prefix_tokens']:,} tokens drawn at random (so neighbours rarely share one), `max_tokens` "
+        f"{result['max_tokens']}, batch size {result['batch_size']}; the service's worker path on one engine "
+        "(prefix cache on both ways, runs interleaved), and vLLM's run-batch on the same file at its defaults.",
+        "",
+        *_table(["", "generate tokens/s", "end-to-end tokens/s", "cached prompt tokens"], rows),
+        f"Defaults / input order: **{to_plain:.2f}x**; defaults / run-batch: **{to_peer:.2f}x** (end to end).",
+        "",
+    ]
+    goals = [
+        ["3b. shared prefixes / input order", "≥ 1.5x", f"{to_plain:.2f}x", _verdict(to_plain >= 1.5)],
+        ["3b. shared prefixes / run-batch", "≥ 1.5x", f"{to_peer:.2f}x", _verdict(to_peer >= 1.5)],
+    ]
+    return lines, goals
+
+
+def input_read_section(result: dict[str, Any] | None) -> Section:
+    if not result:
+        return [], []
+    ratio = result["read_ratio"]
+    lines = [
+        "## 8. Input read once",
+        "",
+        f"A {result['lines']:,}-line input ({result['file_bytes'] / 1e6:,.0f} MB) in {result['shards']} shards, "
+        "each shard's lines read as its runner reads them (a ranged read from the recorded line offset "
+        "nearest before it), counting bytes read from storage.",
+        "",
+        *_table(
+            ["", "bytes read", "times the file"],
+            [
+                ["ranged reads (now)", _n(result["bytes_read"]), f"{ratio:.3f}"],
+                [
+                    "every shard from line 0 (before)",
+                    _n(result["from_line_zero_bytes"]),
+                    f"{result['from_line_zero_ratio']:.2f}",
+                ],
+            ],
+        ),
+    ]
+    return lines, [["8. input bytes read / file", "≤ 1.1x", f"{ratio:.3f}x", _verdict(ratio <= 1.1)]]
