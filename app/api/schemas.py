@@ -34,7 +34,9 @@ class FileObject(BaseModel):
     expires_at: int | None = Field(default=None, description="when the file is deleted; null: kept until deleted")
     # Extras: what the upload check found.
     lines: int
-    sha256: str
+    sha256: str = Field(
+        description="SHA-256 (hex) of the content; empty for an output S3 joined by server-side copy, unread here"
+    )
 
     @classmethod
     def of(cls, record: FileRecord) -> FileObject:

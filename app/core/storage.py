@@ -1,20 +1,25 @@
 """Object storage behind one small interface: a local folder or S3 (boto3).
 
 Both stream: writes take an iterable of chunks or a file object, reads yield
-chunks, so no object passes whole through memory.
+chunks, so no object passes whole through memory. Both join objects into one
+(`concatenate`, the final join of a job's output): a folder copies files; S3 copies
+inside S3 where part sizes allow (app.core.s3_join), so those bytes never pass through.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
+from app.core import s3_join
 from app.core.errors import LineTooLong
 
 CHUNK_BYTES = 1 << 20
@@ -23,6 +28,15 @@ S3_PART_BYTES = 8 << 20
 
 class ObjectNotFound(KeyError):
     pass
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What `concatenate` wrote: its size, and the SHA-256 (hex) of its bytes when they
+    passed through this process (None when S3 copied them inside S3: nobody read them)."""
+
+    bytes: int
+    sha256: str | None
 
 
 class ObjectStore(Protocol):
@@ -45,6 +59,10 @@ class ObjectStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Deletes every object whose key starts with `prefix`; returns how many."""
+
+    def concatenate(self, key: str, part_keys: Sequence[str]) -> Joined:
+        """Writes the part objects' bytes, in the order given, as `key` (empty without
+        parts); raises ObjectNotFound for a missing part, writing nothing."""
 
 
 S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -71,6 +89,28 @@ class ChunkReader:
 
     def readable(self) -> bool:
         return True
+
+
+class HashingReader(ChunkReader):
+    """A ChunkReader that counts and hashes what is read from it."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__(chunks)
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def put_hashed(store: ObjectStore, key: str, chunks: Iterable[bytes]) -> Joined:
+    """Streams `chunks` to `key`, hashing them on the way."""
+    reader = HashingReader(chunks)
+    store.put_stream(key, reader)  # type: ignore[arg-type]
+    return Joined(reader.bytes, reader.sha256.hexdigest())
 
 
 class LocalStore:
@@ -143,6 +183,11 @@ class LocalStore:
             shutil.rmtree(self._path(prefix), ignore_errors=True)  # the emptied folders
         return deleted
 
+    def concatenate(self, key: str, part_keys: Sequence[str]) -> Joined:
+        """Copies the files in turn into the new one (renamed into place when complete),
+        hashing them on the way."""
+        return put_hashed(self, key, (chunk for k in part_keys for chunk in self.read_chunks(k)))
+
 
 def _iter_file(handle: IO[bytes]) -> Iterator[bytes]:
     with handle:
@@ -204,6 +249,24 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def concatenate(self, key: str, part_keys: Sequence[str]) -> Joined:
+        """A multipart upload of server-side copies (UploadPartCopy) of every part of
+        5 MiB or more, the smaller ones read and uploaded in parts of S3_PART_BYTES; see
+        app.core.s3_join for how S3's part sizes are met. The size is the sum of the
+        parts' listed sizes; the SHA-256 is None, since the copied bytes are never read
+        here. With no part large enough to copy (or over S3's 10,000 parts) it streams
+        the parts instead, as the other writes do, and hashes them."""
+        full = [self._key(k) for k in part_keys]
+        try:
+            sizes = s3_join.object_sizes(self.client, self.bucket, full) if full else []
+        except KeyError as exc:
+            raise ObjectNotFound(exc.args[0][len(self.prefix) :]) from None
+        parts = s3_join.plan_parts(list(zip(full, sizes, strict=True)), upload_bytes=S3_PART_BYTES)
+        if not any(isinstance(p, s3_join.Copy) for p in parts) or len(parts) > s3_join.S3_MAX_PARTS:
+            return put_hashed(self, key, (chunk for k in part_keys for chunk in self.read_chunks(k)))
+        s3_join.multipart_join(self.client, self.bucket, self._key(key), parts)
+        return Joined(sum(sizes), None)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))

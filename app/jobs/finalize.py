@@ -1,6 +1,11 @@
 """Finalization: a job's parts joined into one output file and one error file, in input
 order, and the job ended (completed, cancelled or expired).
 
+The output file is its parts only, so the store joins it (`ObjectStore.concatenate`: on
+S3 a multipart upload of server-side copies, the bytes never passing through here). The
+error file interleaves each shard's error parts with lines made here for the lines it
+never ran, so it is streamed through this process.
+
 Finalization is leased work, claimed like a shard: whoever finalizes (the worker that
 closed a job's last shard, an idle worker, the API's sweeper) holds a lease it renews
 while it works. If it dies at any instruction, the lease runs out and another process
@@ -14,9 +19,10 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from app.core.backoff import is_transient, retry_transient
-from app.core.storage import ChunkReader, ObjectStore
+from app.core.storage import Joined, ObjectStore, put_hashed
 from app.data.ids import new_id, now
 from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
@@ -24,7 +30,7 @@ from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.retention import expiry
 from app.jobs.stats import job_stats, window_series
-from app.jobs.uploads import CheckingReader, lines_from
+from app.jobs.uploads import lines_from
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +53,21 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
     shards = records.shards(job_id)
     input_file = records.get_file(job.input_file_id)
 
-    def parts(kind: str, shard_index: int | None = None) -> Iterator[bytes]:
-        for run in runs:
-            if shard_index is not None and run.shard_index != shard_index:
-                continue
-            if (run.completed if kind == "out" else run.failed) > 0:
-                yield from store.read_chunks(part_key(job_id, run.shard_index, run.seq, kind))
+    def part_keys(kind: str, shard_index: int | None = None) -> list[str]:
+        return [
+            part_key(job_id, run.shard_index, run.seq, kind)
+            for run in runs
+            if (shard_index is None or run.shard_index == shard_index)
+            and (run.completed if kind == "out" else run.failed) > 0
+        ]
 
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         code, message = unrun_reason(JobStatus(job.status))
         offsets = input_file.validation.get("line_offsets")
         for shard in shards:
-            yield from parts("err", shard.index)
+            for key in part_keys("err", shard.index):
+                yield from store.read_chunks(key)
             if shard.next_line < shard.end_line:  # read from the recorded line nearest before them
                 unrun = lines_from(store, input_file.storage_key, offsets, shard.next_line)
                 for raw in itertools.islice(unrun, shard.end_line - shard.next_line):
@@ -67,9 +75,11 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
     keep = job.output_expires_after_seconds
-    output = _write_file(store, job.owner, f"{job_id}_output.jsonl", parts("out"), job.request_completed, keep)
+    joined = partial(store.concatenate, part_keys=part_keys("out"))
+    output = _write_file(job.owner, f"{job_id}_output.jsonl", job.request_completed, keep, joined)
     failed = job.request_failed + unrun
-    errors = _write_file(store, job.owner, f"{job_id}_error.jsonl", error_parts(), failed, keep) if failed else None
+    streamed = partial(put_hashed, store, chunks=error_parts())
+    errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, streamed) if failed else None
     store.put_bytes(
         f"batches/{job_id}/stats.json",
         json.dumps({**job_stats(job, runs), "windows": window_series(runs)}, indent=2).encode(),
@@ -143,21 +153,23 @@ class _LeaseKept:
 
 
 def _write_file(
-    store: ObjectStore, owner: str, filename: str, chunks: Iterator[bytes], lines: int, keep_seconds: int | None
+    owner: str, filename: str, lines: int, keep_seconds: int | None, write: Callable[[str], Joined]
 ) -> FileRecord:
-    """Writes one joined file; it expires `keep_seconds` after it is written (None: kept)."""
+    """Writes one joined file with `write(key)`; it expires `keep_seconds` after it is
+    written (None: kept). Its sha256 is "" when the store joined it without reading it
+    (S3's server-side copy): the hash is informational (the API shows it; nothing checks
+    it), and reading the whole output back to hash it would undo what the copy saves."""
     file_id = new_id("file-")
     key = f"files/{file_id}"
-    reader = CheckingReader(ChunkReader(chunks), None)  # type: ignore[arg-type]
-    store.put_stream(key, reader)  # type: ignore[arg-type]
+    joined = write(key)
     created = now()
     return FileRecord(
         id=file_id,
         owner=owner,
         filename=filename,
         purpose="batch_output",
-        bytes=reader.bytes,
-        sha256=reader.sha256.hexdigest(),
+        bytes=joined.bytes,
+        sha256=joined.sha256 or "",
         line_count=lines,
         storage_key=key,
         validation={},

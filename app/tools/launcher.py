@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app.core.embedded_postgres import database_url as embedded_or_configured
 from app.core.migrations import upgrade
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 from app.tools.demo_model import DEFAULT_EMBEDDING_OUTPUT as DEMO_EMBEDDING_MODEL
 from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
 from app.tools.demo_model import ensure_demo_embedding_model, ensure_demo_model
@@ -47,6 +47,31 @@ def _print_admin_key_if_none(database_url: str) -> None:
         db.dispose()
 
 
+def api_command(settings: Settings) -> list[str]:
+    """The API's command line: uvicorn running API_PROCESSES processes on one port."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.api.main:create_app",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.api_processes),
+    ]
+
+
+def api_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The children's environment: with several API processes and no SESSION_SECRET, one
+    made here for all of them, so an admin session signed by one is valid on every one."""
+    if settings.api_processes > 1 and not settings.session_secret:
+        return {**env, "SESSION_SECRET": secrets.token_urlsafe(32)}
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="llm-batch-serve",
@@ -66,8 +91,7 @@ def main() -> None:
         env["DATABASE_URL"] = database_url  # the children join this process's embedded server
         print(f"embedded Postgres: {database_url}", flush=True)
     upgrade(database_url)
-    if settings.api_processes > 1 and not settings.session_secret:
-        env["SESSION_SECRET"] = secrets.token_urlsafe(32)  # one admin session valid on every API process
+    env = api_env(settings, env)
     _print_admin_key_if_none(database_url)
     if Path(settings.model).resolve() == DEMO_MODEL.resolve():
         ensure_demo_model(DEMO_MODEL)
@@ -75,22 +99,7 @@ def main() -> None:
     if embedding_worker and Path(settings.embedding_model).resolve() == DEMO_EMBEDDING_MODEL.resolve():
         ensure_demo_embedding_model(DEMO_EMBEDDING_MODEL)
 
-    api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "app.api.main:create_app",
-            "--host",
-            settings.host,
-            "--port",
-            str(settings.port),
-            "--workers",
-            str(settings.api_processes),
-        ],
-        env=env,
-    )
+    api = subprocess.Popen(api_command(settings), env=env)
 
     def start_worker(kind: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "worker", "--kind", kind], env=env)

@@ -37,6 +37,26 @@ def test_a_packed_window_runs_short_lines_together_and_long_lines_together(
     assert all(line["response"]["body"]["choices"][0]["text"] == f"item {i}"[::-1] for i, line in enumerate(output))
 
 
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_batch_created_without_pack_by_length_is_packed_in_windows_of_packing_window_batches(
+    client: TestClient, records: Records, settings: Settings, store: ObjectStore
+) -> None:
+    client.app.state.settings.packing_window_batches = 2  # type: ignore[attr-defined]
+    packed = create_batch(client, upload(client, jsonl(alternating_rows(16)))["id"], batch_size=4)
+    assert records.get_job(packed["id"]).sampling_defaults["pack_window"] == 2
+    engine = FakeEngine()
+    run_worker_until_idle(engine, settings, store)
+    assert engine.max_tokens_per_call == [[SHORT] * 4, [LONG] * 4] * 2  # two windows of 2 static batches
+
+    unpacked = create_batch(
+        client, upload(client, jsonl(alternating_rows(8)))["id"], batch_size=4, pack_by_length=False
+    )
+    assert "pack_window" not in records.get_job(unpacked["id"]).sampling_defaults
+    engine = FakeEngine()
+    run_worker_until_idle(engine, settings, store)
+    assert engine.max_tokens_per_call == [[SHORT, LONG] * 2] * 2  # consecutive lines
+
+
 @pytest.mark.engine
 def test_packing_with_the_real_engine_keeps_every_answer_with_its_line(
     client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
