@@ -27,7 +27,18 @@ CPU_EMBEDDING_KV_CACHE_BYTES = 64 << 20  # an encoder keeps no KV cache; a decod
 
 class RequestRejected(ValueError):
     """The engine refused a request of a static batch; the engine itself is fine, so the
-    batch can be split to find the request (a dead engine raises anything else)."""
+    batch can be split to find the request (a dead engine raises anything else). `field`
+    is the `SamplingParams` (or `PoolingParams`) field refused, when known
+    (`app.jobs.planning.line_param` turns it into the line's field)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def of(cls, exc: Exception, field: str | None = None) -> RequestRejected:
+        """vLLM's refusal, with the field it names (its validation errors carry `parameter`)."""
+        return cls(str(exc), field or getattr(exc, "parameter", None))
 
 
 class Engine(Protocol):
@@ -121,12 +132,14 @@ class VllmEngine:
         self.model_name = str(kwargs["served_model_name"])
         model_config = self.llm.llm_engine.model_config
         dimensions = model_config.matryoshka_dimensions if embed else None
+        vocab_size = max(int(model_config.get_vocab_size()), len(self.tokenizer))
         self.limits = ModelLimits(
             max_model_len=int(model_config.max_model_len),
-            vocab_size=max(int(model_config.get_vocab_size()), len(self.tokenizer)),
+            vocab_size=vocab_size,
             embedding_size=int(model_config.embedding_size) if embed else None,
             matryoshka=embed and bool(model_config.is_matryoshka),
             matryoshka_dimensions=tuple(dimensions) if dimensions else None,
+            max_logprobs=int(model_config.max_logprobs) if model_config.max_logprobs >= 0 else vocab_size,
         )
         self.tensor_parallel_size = 1 if embed else settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
@@ -143,11 +156,12 @@ class VllmEngine:
 
     def _pooling_params(self, kwargs: dict[str, Any]) -> Any:
         from vllm import PoolingParams
+        from vllm.exceptions import VLLMClientError
 
         try:
             return PoolingParams(**kwargs)
-        except (ValueError, TypeError) as exc:
-            raise RequestRejected(str(exc)) from exc
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected.of(exc) from exc
 
     def check_pooling(self, pooling: dict[str, Any]) -> None:
         """What vLLM checks when an embeddings request is added (`dimensions` above all)."""
@@ -158,7 +172,7 @@ class VllmEngine:
         try:
             params.verify(self.llm.llm_engine.model_config)
         except (VLLMClientError, ValueError, TypeError) as exc:
-            raise RequestRejected(str(exc)) from exc
+            raise RequestRejected.of(exc) from exc
 
     def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
         from vllm.exceptions import VLLMClientError
@@ -173,7 +187,7 @@ class VllmEngine:
         try:
             outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
         except (VLLMClientError, ValueError, TypeError) as exc:
-            raise RequestRejected(str(exc)) from exc  # vLLM aborts the requests it had added
+            raise RequestRejected.of(exc) from exc  # vLLM aborts the requests it had added
         results, start = [], 0
         for request_inputs in inputs:
             mine = outputs[start : start + len(request_inputs)]
@@ -188,23 +202,37 @@ class VllmEngine:
 
     def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import StructuredOutputsParams
 
         kwargs = {name: value for name, value in kwargs.items() if name != LORA_ADAPTER}
         structured = kwargs.get("structured_outputs")
         if structured is not None:
-            kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
+            try:
+                kwargs = {**kwargs, "structured_outputs": StructuredOutputsParams(**structured)}
+            except (VLLMClientError, ValueError, TypeError) as exc:
+                raise RequestRejected.of(exc, "structured_outputs") from exc
         try:
             return SamplingParams(**kwargs)
-        except (ValueError, TypeError) as exc:
-            raise RequestRejected(str(exc)) from exc
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected.of(exc) from exc
 
     def check(self, sampling: dict[str, Any]) -> None:
         """What vLLM checks when a request is added (logprobs, stop tokens, structured output
-        grammar, ...), asked before the request joins a static batch."""
+        grammar, ...), asked before the request joins a static batch. The structured output
+        is checked last, on its own, so a grammar that does not compile (vLLM names no
+        field then) is refused as `structured_outputs`."""
+        structured = sampling.get("structured_outputs")
+        self._verify(self._sampling_params({k: v for k, v in sampling.items() if k != "structured_outputs"}))
+        if structured is not None:
+            try:
+                self._verify(self._sampling_params(sampling))
+            except RequestRejected as refusal:
+                raise RequestRejected(str(refusal), "structured_outputs") from refusal
+
+    def _verify(self, params: Any) -> None:
         from vllm.exceptions import VLLMClientError
 
-        params = self._sampling_params(sampling)
         processor = self.llm.llm_engine.input_processor
         try:
             params.verify(
@@ -214,7 +242,7 @@ class VllmEngine:
                 processor.tokenizer,
             )
         except (VLLMClientError, ValueError, TypeError) as exc:
-            raise RequestRejected(str(exc)) from exc
+            raise RequestRejected.of(exc) from exc
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
         from vllm.exceptions import VLLMClientError
@@ -229,12 +257,12 @@ class VllmEngine:
         except (VLLMClientError, ValueError, TypeError) as exc:
             # Raised while the requests were added: vLLM took none of them (it aborts the ones
             # already added), and the engine runs on.
-            raise RequestRejected(str(exc)) from exc
+            raise RequestRejected.of(exc) from exc
         except OverflowError as exc:
             # A number too large to send to the engine core (a seed past 64 bits, say): the
             # request is registered but never sent, and would hang the next call. Drop it.
             self.llm.llm_engine.abort_request(list(self.llm.llm_engine.output_processor.request_states), internal=True)
-            raise RequestRejected(str(exc)) from exc
+            raise RequestRejected.of(exc) from exc
         return [
             Generation(
                 prompt_tokens=len(out.prompt_token_ids or []),

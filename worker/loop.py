@@ -23,6 +23,8 @@ from worker.waker import Waker
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+FAILURE_PAUSE_SECONDS = 10.0  # a shard that failed for a reason not the engine's is claimed again after this
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -42,7 +44,9 @@ class WorkerLoop:
         max_batch_attempts: int = 3,
         waker: Waker | None = None,
         worker_id: str | None = None,
+        failure_pause_seconds: float = FAILURE_PAUSE_SECONDS,
     ) -> None:
+        self.failure_pause_seconds = min(failure_pause_seconds, lease_seconds)
         self.waker = waker
         self.engine = engine
         self.records = records
@@ -104,6 +108,12 @@ class WorkerLoop:
         except EngineFailed:
             self.queue.release_shard(shard.shard_id, self.worker_id, failed=True)
             raise
+        except Exception:
+            # Not the engine (storage refusing a write or a read, say): the shard goes back
+            # after a pause, and the attempt does not count toward setting its batch aside.
+            self._current = None  # the heartbeat must not renew the lease given back
+            self._give_back(shard)
+            raise
         finally:
             self._current = None
         all_closed = retry_transient(
@@ -114,6 +124,12 @@ class WorkerLoop:
         if all_closed:  # this worker closed the job's last shard: it joins the results now
             self._finalize(shard.job_id)
         return True
+
+    def _give_back(self, shard: ClaimedShard) -> None:
+        try:
+            self.queue.release_shard(shard.shard_id, self.worker_id, retry_after=self.failure_pause_seconds)
+        except Exception:  # Postgres away too: the lease runs out instead
+            log.exception("could not release shard %s of %s", shard.shard_index, shard.job_id)
 
     def _finalize(self, job_id: str | None = None) -> str | None:
         """Finalizes one waiting job (or `job_id`); a failure leaves it to the next claimant."""
@@ -148,7 +164,7 @@ class WorkerLoop:
                 except EngineFailed:
                     raise  # the process ends; its supervisor starts a fresh engine
                 except Exception:
-                    log.exception("shard failed; it will be retried when its lease runs out")
+                    log.exception("shard failed; it will be retried after a pause")
                     worked = False
                 if not worked:
                     self._idle()

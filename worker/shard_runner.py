@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,7 +34,7 @@ from app.jobs.output_lines import (
     request_error_line,
     success_line,
 )
-from app.jobs.planning import JobDefaults, UnsupportedRequest, plan_embedding, plan_request
+from app.jobs.planning import JobDefaults, UnsupportedRequest, line_param, plan_embedding, plan_request
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from app.jobs.uploads import lines_from
@@ -125,44 +125,39 @@ class ShardRunner:
         window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, embeddings=embeddings)
         for index, raw in chunk:
             try:
-                if embeddings:
-                    embedding = plan_embedding(raw, index, defaults, self.engine.input_token_ids, self.engine.limits)
-                    self.engine.check_pooling(embedding.pooling)
-                else:
-                    planned = plan_request(
-                        raw,
-                        index,
-                        shard.endpoint,
-                        defaults,
-                        self.engine.prompt_token_ids,
-                        self.engine.limits,
-                        self.engine.models,
-                    )
-                    self.engine.check(planned.sampling)
+                request, engine_input, params = self._plan(shard, defaults, index, raw)
             except LineError as err:  # the file changed since upload; still answer per line
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
                 continue
             except UnsupportedRequest as err:
                 window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
                 continue
-            except RequestRejected as err:
-                message = f"The engine refuses this request: {err}"
-                window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
-                continue
             except Exception as err:  # whatever else a line can do, it costs only that line
                 log.exception("could not prepare line %d of %s", index + 1, shard.job_id)
                 message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
                 window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
                 continue
-            if embeddings:
-                window.runnable.append(embedding.request)
-                window.inputs.append(embedding.inputs)
-                window.sampling.append(embedding.pooling)
-            else:
-                window.runnable.append(planned.request)
-                window.prompts.append(planned.prompt)
-                window.sampling.append(planned.sampling)
+            window.runnable.append(request)
+            (window.inputs if embeddings else window.prompts).append(engine_input)
+            window.sampling.append(params)
         return window
+
+    def _plan(
+        self, shard: ClaimedShard, defaults: JobDefaults, index: int, raw: bytes
+    ) -> tuple[Request, Any, dict[str, Any]]:
+        """One line planned and checked by the engine: (request, its prompt or inputs as token
+        ids, its SamplingParams or PoolingParams keyword arguments). A request the engine
+        refuses is an UnsupportedRequest naming the line's field."""
+        engine = self.engine
+        if shard.endpoint == EMBEDDINGS:
+            embedding = plan_embedding(raw, index, defaults, engine.input_token_ids, engine.limits)
+            _engine_check(engine.check_pooling, embedding.request, embedding.pooling)
+            return embedding.request, embedding.inputs, embedding.pooling
+        planned = plan_request(
+            raw, index, shard.endpoint, defaults, engine.prompt_token_ids, engine.limits, engine.models
+        )
+        _engine_check(engine.check, planned.request, planned.sampling)
+        return planned.request, planned.prompt, planned.sampling
 
     def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
@@ -177,11 +172,11 @@ class ShardRunner:
             order = packing_order(window)
             groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
         in_order: list[Generation | Embeddings | None] = [None] * count
-        refused: dict[int, str] = {}
+        refused: dict[int, RequestRejected] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
             for positions, outcome in self._static_batches(window, group):
-                if isinstance(outcome, str):
+                if isinstance(outcome, RequestRejected):
                     refused[positions[0]] = outcome
                     continue
                 results: list[Generation | Embeddings] = list(outcome)
@@ -201,7 +196,7 @@ class ShardRunner:
 
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | str]]:
+    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | RequestRejected]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the
         refused request stands alone: it gets the engine's reason, the rest run."""
@@ -209,7 +204,7 @@ class ShardRunner:
             generated = self._run_static_batch(window, positions)
         except RequestRejected as refusal:
             if len(positions) == 1:
-                yield positions, str(refusal)
+                yield positions, refusal
                 return
             log.warning("the engine refused a request among %d; splitting the static batch", len(positions))
             middle = len(positions) // 2
@@ -345,12 +340,24 @@ def packing_order(window: PreparedWindow) -> list[int]:
     return sorted(positions, key=lambda i: (group.get(prefixes[i], unshared), *window.length(i)))
 
 
-def _set_refused_aside(window: PreparedWindow, refused: dict[int, str]) -> None:
+def _engine_check(check: Callable[[dict[str, Any]], None], request: Request, params: dict[str, Any]) -> None:
+    """The engine's own check of a planned line's parameters; its refusal names the line's field."""
+    try:
+        check(params)
+    except RequestRejected as refusal:
+        raise UnsupportedRequest(
+            f"The engine refuses this request: {refusal}", line_param(request.body, refusal.field)
+        ) from refusal
+
+
+def _set_refused_aside(window: PreparedWindow, refused: dict[int, RequestRejected]) -> None:
     """Moves the requests the engine refused (by position) to the window's error lines."""
     for position in sorted(refused, reverse=True):
         request = window.drop(position)
-        message = f"The engine refused this request: {refused[position]}"
-        window.errors[request.index] = request_error_line(request.custom_id, message, None, "invalid_request")
+        refusal = refused[position]
+        message = f"The engine refused this request: {refusal}"
+        param = line_param(request.body, refusal.field)
+        window.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")
 
 
 class ShutdownRequested(Exception):

@@ -283,22 +283,28 @@ class JobQueue:
             session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=func.now()))
             return renewed is not None
 
-    def release_shard(self, shard_id: int, worker_id: str, *, failed: bool = False) -> None:
+    def release_shard(
+        self, shard_id: int, worker_id: str, *, failed: bool = False, retry_after: float | None = None
+    ) -> None:
         """Gives a shard back unfinished; another worker resumes it. A graceful stop
         forgets the attempt; a failure (`failed`) keeps it, so a batch that keeps
-        killing engines is eventually set aside."""
+        killing engines is eventually set aside. With `retry_after`, the shard is held
+        that many seconds more before any worker (this one too) may claim it again: a
+        failure that may not pass at once (storage refusing a write, say) is retried
+        after a pause rather than on every poll."""
         with self.db.session() as session:
-            session.execute(
-                update(Shard)
-                .where(Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING)
-                .values(
-                    status=ShardStatus.QUEUED,
-                    worker_id=None,
-                    lease_expires_at=None,
-                    attempts=Shard.attempts if failed else Shard.attempts - 1,
-                )
+            attempts = Shard.attempts if failed else Shard.attempts - 1
+            mine = update(Shard).where(
+                Shard.id == shard_id, Shard.worker_id == worker_id, Shard.status == ShardStatus.RUNNING
             )
-            session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+            if retry_after is None:
+                session.execute(
+                    mine.values(status=ShardStatus.QUEUED, worker_id=None, lease_expires_at=None, attempts=attempts)
+                )
+                session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+            else:  # the lease runs out in `retry_after`; the claim then takes it as a stale shard
+                expires = func.now() + timedelta(seconds=retry_after)
+                session.execute(mine.values(lease_expires_at=expires, attempts=attempts))
             session.execute(update(Worker).where(Worker.id == worker_id).values(current_shard_id=None))
 
     def finish_shard(self, shard: ClaimedShard, worker_id: str, stopped: bool) -> bool:

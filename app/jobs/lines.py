@@ -78,7 +78,8 @@ class _Body(BaseModel):
 
 class CompletionBody(_Body):
     prompt: str | list[int]
-    logprobs: int | None = Field(default=None, ge=0, le=20, description="top log probabilities per token")
+    # How many the engine returns at most is the model's (planning refuses more, per line).
+    logprobs: int | None = Field(default=None, ge=0, description="top log probabilities per token")
 
 
 class ChatMessage(BaseModel):
@@ -97,7 +98,7 @@ class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0)  # at most the model's, checked per line
 
 
 class EmbeddingBody(BaseModel):

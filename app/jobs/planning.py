@@ -5,8 +5,10 @@ its prompt as token ids (chat template applied) and check it fits the context. A
 embeddings line (`plan_embedding`) becomes one token-id list per input, each checked
 against the context, and `PoolingParams` keyword arguments. The worker plans every line
 this way before a static batch, and a dry run plans every line the same way (on the same
-model's tokenizer), so what a dry run calls failing is exactly what would fail, and both
-count the same tokens.
+model's tokenizer), so what a dry run calls failing is what would fail, and both count
+the same tokens. Only what the engine alone can tell (a JSON schema its structured-output
+backend cannot compile, say) waits for the worker's engine check; `line_param` names the
+line's field then.
 
 A line's `model` may name the base model or one of its LoRA adapters (`ServedModels`);
 the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine to apply.
@@ -14,10 +16,14 @@ the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine t
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict
 
 from app.core.settings import Settings
@@ -68,7 +74,9 @@ def _refuse_unknown(body: BaseModel) -> None:
         raise UnsupportedRequest(f"Unsupported parameter '{name}' (value {value!r}) in an offline batch.", param=name)
 
 
-def _structured_output(response_format: dict[str, Any]) -> dict[str, Any] | None:
+def _structured_output(response_format: dict[str, Any], param: str = "response_format") -> dict[str, Any] | None:
+    """`response_format` (or a responses line's `text.format`, named by `param`) as vLLM's
+    structured outputs."""
     kind = response_format.get("type")
     if kind == "text":
         return None
@@ -78,8 +86,57 @@ def _structured_output(response_format: dict[str, Any]) -> dict[str, Any] | None
         schema = (response_format.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise UnsupportedRequest("response_format.json_schema.schema must be a JSON object.", "response_format")
+        check_json_schema(schema, param)
         return {"json": schema}
     raise UnsupportedRequest(f"Unsupported response_format type {kind!r}.", param="response_format.type")
+
+
+MAX_SCHEMA_NESTING = 64  # vLLM's MAX_STRUCTURED_OUTPUT_JSON_NESTING: a schema nested deeper is refused
+
+
+def check_json_schema(schema: dict[str, Any], param: str) -> None:
+    """Refuses a JSON schema vLLM cannot compile into a grammar, naming `param`: one nested
+    deeper than vLLM takes, or one that is not JSON Schema (`{"type": "nope"}`, a `required`
+    that is not a list, a `pattern` that is not a regex; checked against the draft its
+    `$schema` names, else 2020-12). What only the structured-output backend knows (a
+    keyword it does not implement, an unknown `format`, a `$ref` to nothing) is refused by
+    the worker's engine check before the static batch, naming the same field."""
+    if _nests_deeper_than(schema, MAX_SCHEMA_NESTING):
+        problem: str | None = f"is nested too deeply: objects and arrays may nest at most {MAX_SCHEMA_NESTING} levels."
+    else:
+        problem = _schema_problem(json.dumps(schema, sort_keys=True))
+    if problem is not None:
+        raise UnsupportedRequest(f"The JSON schema in {param} {problem}", param=param)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_problem(canonical: str) -> str | None:
+    """What is wrong with a schema (given as canonical JSON), or None. Cached: checking one
+    against its metaschema takes milliseconds, and a batch's lines mostly share one schema."""
+    schema = json.loads(canonical)
+    dialect = schema.get("$schema")
+    if dialect is not None and not isinstance(dialect, str):
+        return "has a $schema that is not a URI."
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as err:
+        return f"is not valid JSON Schema: {err.message} (at /{'/'.join(str(part) for part in err.path)})."
+    return None
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels in `value` (as vLLM counts)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _logprobs(body: CompletionBody | ChatBody) -> int | None:
@@ -121,7 +178,7 @@ def _text_format_output(text_format: Any) -> dict[str, Any] | None:
     schema = text_format.get("schema")
     if not isinstance(schema, dict):
         raise UnsupportedRequest("text.format.schema must be a JSON object.", param="text.format.schema")
-    return _structured_output({"type": "json_schema", "json_schema": {"schema": schema}})
+    return _structured_output({"type": "json_schema", "json_schema": {"schema": schema}}, param="text.format")
 
 
 def sampling_kwargs(body: CompletionBody | ChatBody | ResponsesBody, defaults: JobDefaults) -> dict[str, Any]:
@@ -186,6 +243,7 @@ class ModelLimits:
     embedding_size: int | None = None
     matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] | None = None
+    max_logprobs: int = 20  # log probabilities per token the engine returns at most (vLLM's default max_logprobs)
 
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
@@ -229,8 +287,9 @@ def plan_request(
 ) -> PlannedRequest:
     """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
     model cannot serve (an unknown field, a model that is neither `models.base` nor one of
-    its adapters, a token id out of the vocabulary, a seed out of range, a prompt too long
-    for the context)."""
+    its adapters, a token id out of the vocabulary, a seed out of range, more logprobs than
+    the engine returns, a JSON schema that does not compile, an empty prompt, a prompt too
+    long for the context)."""
     max_model_len = limits.max_model_len
     request = parse_line(raw, index, endpoint)
     body = _generation_body(request)
@@ -241,6 +300,14 @@ def plan_request(
     seed = body.seed
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UnsupportedRequest(f"seed {seed} is out of range: it must fit in a signed 64-bit integer.", "seed")
+    logprobs = sampling.get("logprobs")
+    if logprobs is not None and logprobs > limits.max_logprobs:
+        field = line_param(body, "logprobs")
+        raise UnsupportedRequest(
+            f"{field}={logprobs} is too many: this model returns at most {limits.max_logprobs} log probabilities "
+            "per token.",
+            param=field,
+        )
     ids = tokenize(request)
     if not ids:
         raise UnsupportedRequest("The prompt is empty: give at least one token.", param="prompt")
@@ -269,6 +336,24 @@ def _check_vocabulary(ids: list[int], limits: ModelLimits, param: str) -> None:
             param=param,
             code="invalid_token_id",
         )
+
+
+def line_param(body: CompletionBody | ChatBody | ResponsesBody | EmbeddingBody, engine_field: str | None) -> str | None:
+    """The field of a line's body that an engine parameter (a `SamplingParams` or
+    `PoolingParams` field, as vLLM names the one it refuses) comes from, to name in the
+    line's error; None when the line has no such field."""
+    if engine_field == "structured_outputs":
+        return "text.format" if isinstance(body, ResponsesBody) else "response_format"
+    if engine_field == "logprobs" and isinstance(body, ChatBody):
+        return "top_logprobs"
+    if engine_field == "max_tokens":
+        if isinstance(body, ResponsesBody):
+            return "max_output_tokens"
+        if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
+            return "max_completion_tokens"
+    if engine_field is not None and engine_field in type(body).model_fields:
+        return engine_field
+    return None
 
 
 def input_token_ids(tokenizer: Any, request: Request) -> list[list[int]]:

@@ -1,9 +1,12 @@
 """The worker loop's fault handling, with a stand-in engine: a batch that keeps killing
-the engine is set aside, and an upload cut off midway leaves nothing behind."""
+the engine is set aside, a shard that fails on storage is given back without counting
+as an engine death, and an upload cut off midway leaves nothing behind."""
 
 from __future__ import annotations
 
 import io
+import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -63,6 +66,62 @@ def test_a_batch_that_kills_the_engine_every_time_is_set_aside_alone(
     errors = download(client, done["error_file_id"])
     assert [line["custom_id"] for line in errors] == ["r4", "r5", "r6", "r7"]
     assert {line["response"]["body"]["error"]["code"] for line in errors} == {"engine_error"}
+
+
+class RefusesPartWrites(LocalStore):
+    """Storage that refuses the first `refusals` writes of a result part (a permission
+    error: not an outage, so nothing retries it)."""
+
+    def __init__(self, root: Path, refusals: int) -> None:
+        super().__init__(root)
+        self.refusals = refusals
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if "/parts/" in key and self.refusals > 0:
+            self.refusals -= 1
+            raise PermissionError(f"{key}: read-only file system")
+        super().put_bytes(key, data)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_shard_that_fails_on_storage_is_given_back_after_a_pause_without_counting_as_an_engine_death(
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore
+) -> None:
+    assert isinstance(store, LocalStore)
+    rows = [completion_line(f"r{i}", f"fine {i}") for i in range(12)]
+    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4)
+    engine = FakeEngine()
+    pause = 0.5
+    failing = RefusesPartWrites(store.root, refusals=4)  # more failures than MAX_BATCH_ATTEMPTS (3)
+    loop = WorkerLoop(
+        engine,
+        records,
+        queue,
+        failing,
+        lease_seconds=60,
+        heartbeat_seconds=5,
+        poll_seconds=0.1,
+        max_batch_attempts=3,
+        failure_pause_seconds=pause,
+    )
+    loop.register()
+
+    with pytest.raises(PermissionError):
+        loop.run_once()
+    assert queue.claim_shard("another-worker", engine.model_name, 60) is None  # held for the pause
+    while failing.refusals:
+        time.sleep(pause)
+        with pytest.raises(PermissionError):
+            loop.run_once()  # claimed again once the pause is over, by this worker or any
+    time.sleep(pause)
+    while loop.run_once():
+        pass
+
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["status"] == "completed", done
+    # No claim counted as an engine death: no batch was set aside (engine_error lines).
+    assert done["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+    assert [line["custom_id"] for line in download(client, done["output_file_id"])] == [f"r{i}" for i in range(12)]
 
 
 class BreaksOff(io.RawIOBase):

@@ -194,6 +194,7 @@ def test_json_object_and_text_formats() -> None:
     [
         ({"type": "json_schema", "schema": SCHEMA}, "text.format.name"),
         ({"type": "json_schema", "name": "x", "schema": "{}"}, "text.format.schema"),
+        ({"type": "json_schema", "name": "x", "schema": {"type": "nope"}}, "text.format"),  # not JSON Schema
         ({"type": "grammar", "grammar": "x"}, "text.format.type"),
         ("json", "text.format"),
     ],

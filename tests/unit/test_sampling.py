@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, parse_line
-from app.jobs.planning import JobDefaults, UnsupportedRequest, sampling_kwargs
+from app.jobs.planning import (
+    MAX_SCHEMA_NESTING,
+    JobDefaults,
+    ModelLimits,
+    UnsupportedRequest,
+    line_param,
+    plan_request,
+    sampling_kwargs,
+)
+from app.jobs.responses import RESPONSES
 
 DEFAULTS = JobDefaults(max_tokens=64)
 
@@ -80,3 +90,98 @@ def test_chat_logprobs_count_top_logprobs() -> None:
     assert kwargs_of(CHAT_COMPLETIONS, logprobs=True, top_logprobs=2)["logprobs"] == 2
     assert kwargs_of(CHAT_COMPLETIONS, logprobs=True)["logprobs"] == 0
     assert "logprobs" not in kwargs_of(CHAT_COMPLETIONS, logprobs=False)
+
+
+# What vLLM would refuse, refused when the line is planned (so a dry run reports it too)
+
+LIMITS = ModelLimits(max_model_len=256, vocab_size=256)
+
+
+def planning_refusal(endpoint: str, limits: ModelLimits = LIMITS, **fields: Any) -> UnsupportedRequest:
+    key = "messages" if endpoint == CHAT_COMPLETIONS else "prompt"
+    prompt: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
+    raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: prompt, **fields}}).encode()
+    with pytest.raises(UnsupportedRequest) as caught:
+        plan_request(raw, 0, endpoint, DEFAULTS, lambda request: [1, 2, 3], limits)
+    return caught.value
+
+
+def json_schema_format(schema: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+def nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels - 1):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "nope"}, "(at /type)"),
+        ({"type": "object", "required": "a"}, "'a' is not of type 'array' (at /required)"),
+        ({"type": "object", "properties": {"a": 5}}, "(at /properties/a)"),
+        ({"type": "string", "pattern": "(("}, "'((' is not a 'regex' (at /pattern)"),
+        ({"$schema": "http://json-schema.org/draft-07/schema#", "type": "nope"}, "(at /type)"),
+        ({"$schema": ["x"]}, "$schema that is not a URI"),
+        (nested(MAX_SCHEMA_NESTING + 1), f"nest at most {MAX_SCHEMA_NESTING} levels"),
+    ],
+)
+def test_a_json_schema_vllm_cannot_compile_is_refused_naming_response_format(schema: Any, words: str) -> None:
+    refused = refusal(CHAT_COMPLETIONS, response_format=json_schema_format(schema))
+    assert refused.param == "response_format"
+    assert refused.message.startswith("The JSON schema in response_format ") and words in refused.message
+
+
+def test_a_json_schema_valid_as_json_schema_passes_planning_whatever_the_backend_makes_of_it() -> None:
+    for schema in (nested(MAX_SCHEMA_NESTING), {"type": "string", "format": "made-up"}, {"$ref": "#/$defs/gone"}):
+        assert kwargs_of(COMPLETIONS, response_format=json_schema_format(schema))["structured_outputs"] == {
+            "json": schema
+        }
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fields", "param"),
+    [
+        (COMPLETIONS, {"logprobs": 21}, "logprobs"),
+        (CHAT_COMPLETIONS, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ],
+)
+def test_more_logprobs_than_the_engine_returns_are_refused_per_line(
+    endpoint: str, fields: dict[str, Any], param: str
+) -> None:
+    refused = planning_refusal(endpoint, **fields)
+    assert refused.param == param and "at most 20 log probabilities" in refused.message
+    assert planning_refusal(endpoint, replace(LIMITS, max_logprobs=5), **{**fields, param: 6}).param == param
+
+
+def test_as_many_logprobs_as_the_engine_returns_are_planned() -> None:
+    raw = json.dumps({"custom_id": "a", "prompt": "hi", "logprobs": 20}).encode()
+    assert plan_request(raw, 0, COMPLETIONS, DEFAULTS, lambda request: [1], LIMITS).sampling["logprobs"] == 20
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "engine_field", "fields", "param"),
+    [
+        (COMPLETIONS, "structured_outputs", {}, "response_format"),
+        (CHAT_COMPLETIONS, "structured_outputs", {}, "response_format"),
+        (RESPONSES, "structured_outputs", {}, "text.format"),
+        (COMPLETIONS, "logprobs", {}, "logprobs"),
+        (CHAT_COMPLETIONS, "logprobs", {}, "top_logprobs"),
+        (CHAT_COMPLETIONS, "max_tokens", {"max_completion_tokens": 3}, "max_completion_tokens"),
+        (CHAT_COMPLETIONS, "max_tokens", {}, "max_tokens"),
+        (RESPONSES, "max_tokens", {}, "max_output_tokens"),
+        (COMPLETIONS, "seed", {}, "seed"),
+        (COMPLETIONS, "stop_token_ids", {}, None),  # no field of the line sets it
+        (COMPLETIONS, None, {}, None),
+    ],
+)
+def test_the_engine_field_refused_is_named_as_the_lines_field(
+    endpoint: str, engine_field: str | None, fields: dict[str, Any], param: str | None
+) -> None:
+    key = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", RESPONSES: "input"}[endpoint]
+    value: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
+    raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: value, **fields}}).encode()
+    assert line_param(parse_line(raw, 0, endpoint).body, engine_field) == param
