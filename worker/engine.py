@@ -118,6 +118,9 @@ def _embedding_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     return kwargs
 
 
+WARM_UP_TOKENS = 16
+
+
 class VllmEngine:
     def __init__(self, settings: Settings) -> None:
         from vllm import LLM
@@ -147,6 +150,22 @@ class VllmEngine:
         # LoRA adapters are the generation model's: an embedding engine serves its model alone.
         self.adapters = {} if embed else load_adapters(self.llm, settings.lora_modules)
         self.models = ServedModels(self.model_name, frozenset(self.adapters))
+        if not cuda:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One small request before any line runs. On this CPU build (vLLM 0.32, x86 with
+        AMX) the engine's worker process dies of SIGILL when its very first forward pass
+        has only a few tokens (a static batch of 3-token prompts, say): one pass of
+        WARM_UP_TOKENS tokens first, and later short ones run (tests/e2e/test_engine_warm_up.py)."""
+        from vllm import PoolingParams, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=[self.tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
+        if self.kind == "embed":
+            self.llm.embed([prompt], PoolingParams(), use_tqdm=False)
+        else:
+            self.llm.generate([prompt], SamplingParams(max_tokens=1), use_tqdm=False)
 
     def prompt_token_ids(self, request: Request) -> list[int]:
         return prompt_token_ids(self.tokenizer, request)
