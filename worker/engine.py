@@ -163,7 +163,7 @@ class VllmEngine:
 
         prompt = TokensPrompt(prompt_token_ids=[self.tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
         if self.kind == "embed":
-            self.llm.embed([prompt], PoolingParams(), use_tqdm=False)
+            self.llm.embed([prompt], pooling_params=PoolingParams(), use_tqdm=False)
         else:
             self.llm.generate([prompt], SamplingParams(max_tokens=1), use_tqdm=False)
 
