@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.database import Database
@@ -59,6 +60,10 @@ class WindowResult:
     static_batches: int = 1  # generate calls in this window
     cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
+
+
+FINALIZATION_LOCK_SECONDS = 5  # how long a claim of one named job waits for its row
+LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
 
 
 class JobQueue:
@@ -149,14 +154,23 @@ class JobQueue:
     ) -> Finalization | None:
         """The next job whose shards are all closed and that waits to be joined or ended
         (`job_id`: only that one), with a lease on it. A running shard of a cancelled or
-        expired job whose worker died is stopped where it got to first."""
+        expired job whose worker died is stopped first, committed on its own (the claim never
+        waits on a job's row holding shard rows); one job's claim waits for its row a while."""
         with self.db.engine.begin() as conn:
             conn.execute(STOP_ABANDONED_SHARDS_SQL)
-            claim = CLAIM_FINALIZATION_SQL if job_id is None else CLAIM_FINALIZATION_OF_JOB_SQL
-            row = conn.execute(
-                claim, {"finalizer_id": finalizer_id, "lease_seconds": lease_seconds, "job_id": job_id}
-            ).one_or_none()
-            return Finalization(job_id=row.id, attempts=row.finalize_attempts) if row is not None else None
+        params = {"finalizer_id": finalizer_id, "lease_seconds": lease_seconds, "job_id": job_id}
+        try:
+            with self.db.engine.begin() as conn:
+                if job_id is None:
+                    row = conn.execute(CLAIM_FINALIZATION_SQL, params).one_or_none()
+                else:
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{FINALIZATION_LOCK_SECONDS}s'"))
+                    row = conn.execute(CLAIM_FINALIZATION_OF_JOB_SQL, params).one_or_none()
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            return None  # its row stayed busy: the next sweep (SKIP LOCKED) takes it
+        return Finalization(job_id=row.id, attempts=row.finalize_attempts) if row is not None else None
 
     def renew_finalization(self, job_id: str, finalizer_id: str, lease_seconds: float) -> bool:
         with self.db.session() as session:

@@ -12,6 +12,7 @@ which embedding workers read them.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -35,6 +36,8 @@ from app.jobs.planning import (
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2)
@@ -119,20 +122,27 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
         counts.lines += 1
         try:
             prompt_tokens, output_tokens = tokens_of(index, raw)
-        except (LineError, UnsupportedRequest) as err:
+        except Exception as err:  # whatever a line does costs only that line, as in the worker
             counts.failing_lines += 1
             if len(counts.failing) < settings.max_reported_errors:
-                code = err.code if isinstance(err, UnsupportedRequest) else "invalid_request"
-                counts.failing.append(
-                    FailingLine(
-                        line=index + 1, custom_id=custom_id_of(raw), code=code, param=err.param, message=err.message
-                    )
-                )
+                counts.failing.append(_failing_line(index, raw, err))
             continue
         counts.runnable_lines += 1
         counts.prompt_tokens += prompt_tokens
         counts.requested_output_tokens += output_tokens
     return counts
+
+
+def _failing_line(index: int, raw: bytes, err: Exception) -> FailingLine:
+    if isinstance(err, UnsupportedRequest):
+        code, param, message = err.code, err.param, err.message
+    elif isinstance(err, LineError):
+        code, param, message = "invalid_request", err.param, err.message
+    else:  # what the worker would answer for a line it could not prepare
+        log.exception("could not plan line %d", index + 1)
+        code, param = "invalid_request", None
+        message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
+    return FailingLine(line=index + 1, custom_id=custom_id_of(raw), code=code, param=param, message=message)
 
 
 def eta(records: Records, model: str, batch_size: int, tokens: int, *, embeddings: bool = False) -> Eta:

@@ -16,17 +16,14 @@ the adapter rides with the line's sampling under `LORA_ADAPTER` for the engine t
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator, SchemaError
-from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict
 
 from app.core.settings import Settings
+from app.jobs.json_schemas import json_schema_problem
 from app.jobs.lines import EMBEDDINGS, ChatBody, CompletionBody, EmbeddingBody, Request, parse_line
 from app.jobs.responses import ResponsesBody
 
@@ -91,52 +88,12 @@ def _structured_output(response_format: dict[str, Any], param: str = "response_f
     raise UnsupportedRequest(f"Unsupported response_format type {kind!r}.", param="response_format.type")
 
 
-MAX_SCHEMA_NESTING = 64  # vLLM's MAX_STRUCTURED_OUTPUT_JSON_NESTING: a schema nested deeper is refused
-
-
 def check_json_schema(schema: dict[str, Any], param: str) -> None:
-    """Refuses a JSON schema vLLM cannot compile into a grammar, naming `param`: one nested
-    deeper than vLLM takes, or one that is not JSON Schema (`{"type": "nope"}`, a `required`
-    that is not a list, a `pattern` that is not a regex; checked against the draft its
-    `$schema` names, else 2020-12). What only the structured-output backend knows (a
-    keyword it does not implement, an unknown `format`, a `$ref` to nothing) is refused by
-    the worker's engine check before the static batch, naming the same field."""
-    if _nests_deeper_than(schema, MAX_SCHEMA_NESTING):
-        problem: str | None = f"is nested too deeply: objects and arrays may nest at most {MAX_SCHEMA_NESTING} levels."
-    else:
-        problem = _schema_problem(json.dumps(schema, sort_keys=True))
+    """Refuses a JSON schema vLLM cannot compile into a grammar, naming `param`
+    (app.jobs.json_schemas says which)."""
+    problem = json_schema_problem(schema)
     if problem is not None:
         raise UnsupportedRequest(f"The JSON schema in {param} {problem}", param=param)
-
-
-@functools.lru_cache(maxsize=256)
-def _schema_problem(canonical: str) -> str | None:
-    """What is wrong with a schema (given as canonical JSON), or None. Cached: checking one
-    against its metaschema takes milliseconds, and a batch's lines mostly share one schema."""
-    schema = json.loads(canonical)
-    dialect = schema.get("$schema")
-    if dialect is not None and not isinstance(dialect, str):
-        return "has a $schema that is not a URI."
-    try:
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except SchemaError as err:
-        return f"is not valid JSON Schema: {err.message} (at /{'/'.join(str(part) for part in err.path)})."
-    return None
-
-
-def _nests_deeper_than(value: Any, limit: int) -> bool:
-    """Whether objects and arrays nest more than `limit` levels in `value` (as vLLM counts)."""
-    level = [value]
-    for _ in range(limit):
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return False
-    return True
 
 
 def _logprobs(body: CompletionBody | ChatBody) -> int | None:

@@ -196,3 +196,17 @@ def test_a_cancelled_job_is_finalized_by_id_even_while_another_transaction_holds
         assert poked.result(timeout=30) == [job_id]
     done = client.get(f"/v1/batches/{job_id}").json()
     assert done["status"] == "cancelled" and done["request_counts"]["failed"] == 3
+
+
+def test_a_claim_of_one_job_whose_row_stays_busy_gives_up_and_leaves_it_to_the_next_sweep(
+    client: TestClient, records: Records, queue: JobQueue, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.data.queue.FINALIZATION_LOCK_SECONDS", 0.2)
+    job_id = queued_job(client, 3)
+    queue.request_cancel(job_id, None)
+    with queue.db.engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
+        assert queue.claim_finalization("poked-sweeper", 60, job_id) is None  # gave up after its lock timeout
+        holder.rollback()
+    assert sweep(records, queue, store, "sweeper", 60, 3) == [job_id]
+    assert client.get(f"/v1/batches/{job_id}").json()["status"] == "cancelled"

@@ -16,7 +16,7 @@ from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.jobs.planning import MAX_SCHEMA_NESTING
+from app.jobs.json_schemas import MAX_SCHEMA_NESTING
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine

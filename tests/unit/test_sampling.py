@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from app.jobs.json_schemas import MAX_SCHEMA_NESTING
 from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, parse_line
 from app.jobs.planning import (
-    MAX_SCHEMA_NESTING,
     JobDefaults,
     ModelLimits,
     UnsupportedRequest,
@@ -123,6 +123,8 @@ def nested(levels: int) -> dict[str, Any]:
         ({"type": "nope"}, "(at /type)"),
         ({"type": "object", "required": "a"}, "'a' is not of type 'array' (at /required)"),
         ({"type": "object", "properties": {"a": 5}}, "(at /properties/a)"),
+        ({"type": "string", "pattern": "a{99999999999}"}, "cannot be checked (OverflowError"),
+        ({"type": "string", "pattern": "(" * 600 + ")" * 600}, "cannot be checked"),
         ({"type": "string", "pattern": "(("}, "'((' is not a 'regex' (at /pattern)"),
         ({"$schema": "http://json-schema.org/draft-07/schema#", "type": "nope"}, "(at /type)"),
         ({"$schema": ["x"]}, "$schema that is not a URI"),
