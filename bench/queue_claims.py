@@ -67,7 +67,7 @@ def queue_jobs(database_url: str, jobs: int) -> None:
                 ]
                 session.execute(insert(Job), batch_rows)
                 shard_rows = [
-                    {"batch_id": batch_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0}
+                    {"job_id": batch_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0, "owner": "bench"}
                     for batch_id in chunk
                 ]
                 session.execute(insert(Shard), shard_rows)

@@ -50,8 +50,10 @@ CLAIM_SHARD_SQL = text(
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
     ),
-    running AS (
-        -- How many shards each owner has running now (one row per busy worker at most).
+    running AS MATERIALIZED (
+        -- How many shards each owner has running now (one row per busy worker at most),
+        -- counted once: inlined, a planner with stale statistics after a burst of jobs
+        -- counted them again for every waiting shard (2.2 s a claim with 10,000 queued).
         SELECT owner, count(*) AS shards FROM shards WHERE status = 'running' GROUP BY owner
     ),
     waiting AS (
