@@ -16,6 +16,7 @@ import importlib
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,12 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         if name in selected:
             print(f"scenario {name}", flush=True)
             began = time.perf_counter()
-            step()
+            try:
+                step()
+            except Exception:  # one broken scenario must not lose the others' figures
+                traceback.print_exc()
+                print(f"scenario {name} failed; its previous results are kept", flush=True)
+                continue
             seconds[name] = round(time.perf_counter() - began, 1)
     return seconds
 
