@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -40,21 +41,29 @@ WORKER_STALE_SECONDS = 120
 log = logging.getLogger(__name__)
 
 
+# transformers imports its classes lazily, and two threads importing one at once can fail
+# ("cannot import name 'AutoTokenizer'"): the heavy-work threads load a model's files one
+# at a time.
+_TRANSFORMERS_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=2)
 def model_tokenizer(model: str) -> Any:
     """The model's tokenizer (the same files the engine loads), once per process."""
-    from transformers import AutoTokenizer
+    with _TRANSFORMERS_LOCK:
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model)
+        return AutoTokenizer.from_pretrained(model)
 
 
 @functools.lru_cache(maxsize=2)
 def model_limits(model: str, configured_context: int | None) -> ModelLimits:
     """The context length (the setting, else the model's) and the vocabulary size (the
     larger of the model's and the tokenizer's, as vLLM takes it)."""
-    from transformers import AutoConfig
+    with _TRANSFORMERS_LOCK:
+        from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model)
     dimensions = getattr(config, "matryoshka_dimensions", None)
     return ModelLimits(
         max_model_len=configured_context or int(config.max_position_embeddings),
