@@ -4,10 +4,12 @@ with a finished job and a running job: every figure on the pages matches the dat
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from app.core.database import Database
 from app.data.records import Records
@@ -51,8 +53,13 @@ def submit(service: Service, rows: list[dict], endpoint: str, batch_size: int) -
 
 
 def shot(page: Page, name: str) -> None:
+    """A screenshot for people to look at, not a check: on two cores busy with the engine a
+    full-page capture can take longer than Playwright's 30 s, which must not fail the test."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    try:
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, animations="disabled", timeout=120_000)
+    except PlaywrightTimeoutError:
+        warnings.warn(f"no {name} screenshot: the page took too long to capture", stacklevel=2)
 
 
 def cell(page: Page, batch_id: str, css: str) -> str:
@@ -88,6 +95,8 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     page.wait_for_url(f"{service.url}/admin")
 
     # Jobs: the finished job's figures are exactly the database's; the running one is in progress.
+    page.set_default_timeout(90_000)  # two cores busy with the running job: pages render slowly
+    page.wait_for_selector(f'tr[data-batch-id="{finished}"]', state="attached")
     done = records.get_job(finished)
     assert cell(page, finished, ".status") == "completed"
     assert cell(page, finished, ".lines") == f"{done.request_completed}/{done.request_total}"
@@ -99,8 +108,13 @@ def test_an_admin_sees_jobs_throughput_and_workers_as_the_database_has_them(serv
     assert cell(page, running, ".status") == "in_progress"
     assert int(cell(page, running, ".tokens")) <= records.get_job(running).completion_tokens
     shot(page, "jobs")
-    page.select_option('select[name="status"]', "completed")
-    page.click("form.filters button")
+    for _ in range(5):  # the page refreshes itself every 5 s while a job runs: a refresh may reset the form
+        page.select_option('select[name="status"]', "completed")
+        page.click("form.filters button")
+        page.wait_for_load_state()
+        if "status=completed" in page.url:
+            break
+    assert "status=completed" in page.url
     assert page.locator(f'tr[data-batch-id="{running}"]').count() == 0
     assert page.locator(f'tr[data-batch-id="{finished}"]').count() == 1
 
