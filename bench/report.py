@@ -6,24 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import read_result
-from bench.report_sections import deployed_shape_section, input_read_section, shared_prefix_section
+from bench.report_sections import (
+    _n,
+    _table,
+    _verdict,
+    deployed_shape_section,
+    input_read_section,
+    shared_prefix_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 CHARTS = ROOT / "docs" / "benchmarks"
-
-
-def _n(value: float, digits: int = 0) -> str:
-    return f"{value:,.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
-
-
-def _verdict(met: bool) -> str:
-    return "met" if met else "**not met**"
 
 
 def _chart(name: str, draw: Any) -> str:

@@ -1,5 +1,6 @@
-"""The report's sections for the deployed shape, shared prefixes and reading the input once
-(bench/report.py writes the page and the other sections)."""
+"""The report's sections for the deployed shape, shared prefixes and reading the input once,
+and the table helpers every section uses (bench/report.py writes the page and the other
+sections)."""
 
 from __future__ import annotations
 
