@@ -1,7 +1,9 @@
 """Fixtures every tier that touches a database shares: a database per test cloned from a
-migrated template, moto's S3 server over HTTP, and the demo model. Unit tests use none
-of them; the in-process API, storage backends and the engine live in
-tests/integration/conftest.py, the processes in tests/e2e/conftest.py."""
+migrated template, moto's S3 server over HTTP, the demo models, and the real vLLM engines
+on them, each loaded once per run and shared by the in-process tier and the e2e tier's
+reference answers. Unit tests use none of them; the
+in-process API and storage backends live in tests/integration/conftest.py, the processes
+in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 
 from app.core.database import Database
 from app.core.migrations import upgrade
+from app.core.settings import Settings
 from app.core.storage import S3Store
 from app.data.queue import JobQueue
 from app.data.records import Records
@@ -28,12 +31,14 @@ from app.tools.demo_model import (
     ensure_demo_lora,
     ensure_demo_model,
 )
+from worker.engine import VllmEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEMO_MODEL = ROOT / DEFAULT_OUTPUT
 DEMO_EMBEDDING_MODEL = ROOT / DEFAULT_EMBEDDING_OUTPUT
 DEMO_LORA = ROOT / DEFAULT_LORA_OUTPUT
+LORA_RANK = 8  # the shared LoRA engine's max_lora_rank
 
 
 def url_for(database: str) -> str:
@@ -147,3 +152,39 @@ def demo_embedding_model() -> Path:
 @pytest.fixture(scope="session")
 def demo_lora() -> Path:
     return ensure_demo_lora(DEMO_LORA)
+
+
+@pytest.fixture(scope="session")
+def engine(demo_model: Path) -> Iterator[VllmEngine]:
+    """The real vLLM engine on the demo model, loaded once per test run."""
+    vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
+    yield vllm_engine
+    vllm_engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def embedding_engine(demo_embedding_model: Path) -> Iterator[VllmEngine]:
+    """The real vLLM pooling engine on the demo embedding model, loaded once per test run."""
+    vllm_engine = VllmEngine(Settings(worker_kind="embed", embedding_model=str(demo_embedding_model)))
+    yield vllm_engine
+    vllm_engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lora_modules(demo_lora: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two LoRA adapters of the demo model: the demo one, and one from another seed."""
+    other = ensure_demo_lora(tmp_path_factory.mktemp("adapters") / "poet", seed=99)
+    return {"pirate": str(demo_lora), "poet": str(other)}
+
+
+@pytest.fixture(scope="session")
+def lora_engine(demo_model: Path, lora_modules: dict[str, str]) -> Iterator[VllmEngine]:
+    """A second real engine: the demo model with both adapters registered and compact JSON
+    structured outputs (COMPACT_JSON), for tests/integration/test_lora.py and the e2e LoRA
+    test's reference answers."""
+    settings = Settings(
+        model=str(demo_model), max_model_len=256, lora_modules=lora_modules, max_lora_rank=LORA_RANK, compact_json=True
+    )
+    vllm_engine = VllmEngine(settings)
+    yield vllm_engine
+    vllm_engine.shutdown()

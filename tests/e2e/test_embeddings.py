@@ -1,6 +1,7 @@
 """Embeddings through the official `openai` SDK against the service as processes: the API
 and an embedding worker (`WORKER_KIND=embed`). The vectors that come back are what
-`LLM.embed` gives for the same inputs, run directly afterwards."""
+`LLM.embed` gives for the same inputs, run directly afterwards on the run's shared
+pooling engine."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch, CreateEmbeddingResponse
 
-from tests.conftest import DEMO_EMBEDDING_MODEL
 from tests.e2e.conftest import Service
 from tests.helpers import jsonl
+from worker.engine import VllmEngine
 
 pytestmark = pytest.mark.engine
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -50,32 +51,21 @@ def wait(client: OpenAI, batch_id: str) -> Batch:
     raise TimeoutError(batch_id)
 
 
-def direct_embeddings() -> dict[str, list[list[float]]]:
-    """`LLM.embed` on the same inputs, as the worker's engine is built (pooling runner,
-    float32 without CUDA), in this process."""
-    from vllm import LLM
+def direct_embeddings(embedding_engine: VllmEngine) -> dict[str, list[list[float]]]:
+    """`LLM.embed` on the same inputs, on the run's shared pooling engine (built from the
+    worker's settings: pooling runner, float32 without CUDA), in this process."""
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(
-        model=str(DEMO_EMBEDDING_MODEL),
-        runner="pooling",
-        dtype="float32",
-        enforce_eager=True,
-        kv_cache_memory_bytes=64 << 20,
-    )
-    try:
-        found = {}
-        for name, value in INPUTS.items():
-            items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
-            prompts = [item if isinstance(item, str) else TokensPrompt(prompt_token_ids=item) for item in items]
-            found[name] = [out.outputs.embedding for out in llm.embed(prompts, use_tqdm=False)]
-        return found
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    found = {}
+    for name, value in INPUTS.items():
+        items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+        prompts = [item if isinstance(item, str) else TokensPrompt(prompt_token_ids=item) for item in items]
+        found[name] = [out.outputs.embedding for out in embedding_engine.llm.embed(prompts, use_tqdm=False)]
+    return found
 
 
 def test_embeddings_through_the_openai_sdk_equal_llm_embed(
-    service: Service, demo_embedding_model: Path, tmp_path: Path
+    service: Service, embedding_engine: VllmEngine, tmp_path: Path
 ) -> None:
     service.start_api()
     service.start_worker("embed-worker", WORKER_KIND="embed")
@@ -112,7 +102,7 @@ def test_embeddings_through_the_openai_sdk_equal_llm_embed(
     assert error["response"]["body"]["error"]["param"] == "dimensions"
     assert [line["custom_id"] for line in output] == list(INPUTS)
     assert estimate["prompt_tokens"] == done.usage.input_tokens
-    expected = direct_embeddings()
+    expected = direct_embeddings(embedding_engine)
     for line in output:
         raw = line["response"]["body"]
         encoded = [isinstance(item["embedding"], str) for item in raw["data"]]

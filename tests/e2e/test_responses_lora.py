@@ -3,7 +3,8 @@ service as processes: the API and a generation worker started with two different
 adapters (`LORA_MODULES`) and compact JSON. A JSON-schema line's output parses and
 matches its schema; lines naming the base model and each adapter run in one job, each
 answered as its model with what `LLM.generate` gives for that adapter's lines alone
-(its `LoRARequest`, or none), run directly once the service is stopped; a line naming
+(its `LoRARequest`, or none) on the run's shared LoRA engine, run directly once the
+service is stopped; a line naming
 a model nobody serves fails alone, naming `model`."""
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from openai.types.responses import Response
 
 from app.jobs.lines import parse_line
 from app.jobs.planning import prompt_token_ids
-from app.tools.demo_model import ensure_demo_lora
-from tests.conftest import DEMO_MODEL
+from tests.conftest import LORA_RANK
 from tests.e2e.conftest import Service
 from tests.helpers import jsonl
+from worker.engine import VllmEngine
 
 pytestmark = pytest.mark.engine
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -70,55 +71,42 @@ def wait(client: OpenAI, batch_id: str) -> Batch:
     raise TimeoutError(batch_id)
 
 
-def direct_generations(adapters: dict[str, str]) -> dict[str, list[str]]:
+def direct_generations(lora_engine: VllmEngine, adapters: dict[str, str]) -> dict[str, list[str]]:
     """Each model's lines in one `LLM.generate` call with its `LoRARequest` (none for the
-    base model), on an engine built as the worker builds it without CUDA: eager, its KV
-    cache, prefix caching, LoRA with one slot more than there are adapters (`worker.adapters`)."""
-    from vllm import LLM, SamplingParams
+    base model), on the run's shared LoRA engine: built from the same settings as the
+    service's worker (adapters, rank, compact JSON), so greedy answers must be equal."""
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    llm = LLM(
-        model=str(DEMO_MODEL),
-        max_model_len=256,
-        enforce_eager=True,
-        kv_cache_memory_bytes=512 << 20,
-        enable_prefix_caching=True,
-        enable_lora=True,
-        max_loras=len(adapters) + 1,
-        max_lora_rank=16,
-    )
-    try:
-        tokenizer = llm.get_tokenizer()
-        requests = {
-            name: LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=adapters[name])
-            for lora_id, name in enumerate(sorted(adapters), start=1)
-        }
-        found = {}
-        for model in MODELS:
-            prompts = [
-                TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, parse_line(jsonl([row]), 0, RESPONSES)))
-                for row in lines_of(model)
-            ]
-            outputs = llm.generate(
-                prompts,
-                SamplingParams(temperature=0, max_tokens=MAX_TOKENS),
-                lora_request=requests.get(model),
-                use_tqdm=False,
-            )
-            found[model] = [out.outputs[0].text for out in outputs]
-        return found
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    llm = lora_engine.llm
+    tokenizer = llm.get_tokenizer()
+    requests = {
+        name: LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=adapters[name])
+        for lora_id, name in enumerate(sorted(adapters), start=1)
+    }
+    found = {}
+    for model in MODELS:
+        prompts = [
+            TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, parse_line(jsonl([row]), 0, RESPONSES)))
+            for row in lines_of(model)
+        ]
+        outputs = llm.generate(
+            prompts,
+            SamplingParams(temperature=0, max_tokens=MAX_TOKENS),
+            lora_request=requests.get(model),
+            use_tqdm=False,
+        )
+        found[model] = [out.outputs[0].text for out in outputs]
+    return found
 
 
 def test_responses_and_lora_adapters_through_the_openai_sdk(
-    service: Service, demo_model: Path, demo_lora: Path, tmp_path: Path
+    service: Service, lora_engine: VllmEngine, lora_modules: dict[str, str], tmp_path: Path
 ) -> None:
-    poet = ensure_demo_lora(tmp_path / "poet", seed=99)  # a second adapter, unlike the first
-    adapters = {"pirate": str(demo_lora), "poet": str(poet)}
+    adapters = lora_modules  # the demo adapter and one from another seed, unlike it
     modules = ",".join(f"{name}={path}" for name, path in adapters.items())
-    service.env.update(LORA_MODULES=modules, COMPACT_JSON="true", MAX_MODEL_LEN="256")
+    service.env.update(LORA_MODULES=modules, COMPACT_JSON="true", MAX_MODEL_LEN="256", MAX_LORA_RANK=str(LORA_RANK))
     service.start_api()
     service.start_worker()
     service.wait_for("/readyz")
@@ -149,7 +137,7 @@ def test_responses_and_lora_adapters_through_the_openai_sdk(
         got[model] = [answer.output_text for answer in mine]
     service.stop()  # the cores go to the reference engine
 
-    expected = direct_generations(adapters)
+    expected = direct_generations(lora_engine, adapters)
     for model in MODELS:
         assert got[model] == expected[model], model
     assert got["pirate"] != got["demo-llama"] and got["poet"] != got["pirate"]  # the adapters change answers

@@ -1,5 +1,5 @@
-"""The in-process tier: the API app with its clients, storage backends (local by default;
-tests where storage matters ask for both), and one real vLLM engine per run."""
+"""The in-process tier: the API app with its clients and storage backends (local by default;
+tests where storage matters ask for both). The real engines are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from app.core.settings import Settings
 from app.core.storage import LocalStore, ObjectStore, S3Store
 from app.data.keys import create_key
 from app.data.records import Records
-from app.tools.demo_model import ensure_demo_lora
 from tests.conftest import DEMO_EMBEDDING_MODEL, DEMO_MODEL
-from worker.engine import VllmEngine
 
 
 @pytest.fixture
@@ -86,38 +84,3 @@ def other_client(app: FastAPI, records: Records) -> TestClient:
 @pytest.fixture
 def admin_client(app: FastAPI, records: Records) -> TestClient:
     return client_for(app, records, "ops", admin=True)
-
-
-@pytest.fixture(scope="session")
-def engine(demo_model: Path) -> Iterator[VllmEngine]:
-    """The real vLLM engine on the demo model, loaded once per test run."""
-    vllm_engine = VllmEngine(Settings(model=str(demo_model), max_model_len=256))
-    yield vllm_engine
-    vllm_engine.shutdown()
-
-
-@pytest.fixture(scope="session")
-def embedding_engine(demo_embedding_model: Path) -> Iterator[VllmEngine]:
-    """The real vLLM pooling engine on the demo embedding model, loaded once per test run."""
-    vllm_engine = VllmEngine(Settings(worker_kind="embed", embedding_model=str(demo_embedding_model)))
-    yield vllm_engine
-    vllm_engine.shutdown()
-
-
-@pytest.fixture(scope="session")
-def lora_modules(demo_lora: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Two LoRA adapters of the demo model: the demo one, and one from another seed."""
-    other = ensure_demo_lora(tmp_path_factory.mktemp("adapters") / "poet", seed=99)
-    return {"pirate": str(demo_lora), "poet": str(other)}
-
-
-@pytest.fixture(scope="session")
-def lora_engine(demo_model: Path, lora_modules: dict[str, str]) -> Iterator[VllmEngine]:
-    """A second real engine: the demo model with both adapters registered and compact JSON
-    structured outputs (COMPACT_JSON). Only tests/integration/test_lora.py uses it."""
-    settings = Settings(
-        model=str(demo_model), max_model_len=256, lora_modules=lora_modules, max_lora_rank=8, compact_json=True
-    )
-    vllm_engine = VllmEngine(settings)
-    yield vllm_engine
-    vllm_engine.shutdown()
