@@ -11,7 +11,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE = 10
-READER_POOL_SIZE = 4  # one read is one short round trip: a few connections serve many pollers
+READER_POOL_SIZE = 8  # one read is one short round trip: a few connections serve many pollers
+# No overflow: an overflow connection is closed when handed back, so under load the reader
+# would connect (a new Postgres backend) for a read of a millisecond.
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -37,7 +39,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.reader = create_engine(
-            sqlalchemy_url(url), pool_size=READER_POOL_SIZE, max_overflow=READER_POOL_SIZE, isolation_level="AUTOCOMMIT"
+            sqlalchemy_url(url), pool_size=READER_POOL_SIZE, max_overflow=0, isolation_level="AUTOCOMMIT"
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
