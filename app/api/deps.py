@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.auth import KeyCache, Principal, verify_key
+from app.api.batch_views import BatchViews
 from app.api.text import unstorable
 from app.core.errors import InvalidRequest
 from app.core.settings import Settings
@@ -29,6 +30,11 @@ async def get_records(request: Request) -> Records:
     return records
 
 
+async def get_batch_views(request: Request) -> BatchViews:
+    views: BatchViews = request.app.state.batch_views
+    return views
+
+
 async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
@@ -46,6 +52,7 @@ async def get_sweeper(request: Request) -> Sweeper:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RecordsDep = Annotated[Records, Depends(get_records)]
+BatchViewsDep = Annotated[BatchViews, Depends(get_batch_views)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 SweeperDep = Annotated[Sweeper, Depends(get_sweeper)]

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from app.api.admin.routes import install_admin
 from app.api.admin.session import SessionSigner
 from app.api.auth import KeyCache
+from app.api.batch_views import BatchViews
 from app.api.errors import install_error_handlers
 from app.api.heavy_work import HeavyWork
 from app.api.limits import RequestGate
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.records = Records(db)
         app.state.queue = JobQueue(db)
+        app.state.batch_views = BatchViews(app.state.records)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
