@@ -32,6 +32,7 @@ class Service:
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
         LOGS.mkdir(parents=True, exist_ok=True)
 
     def _spawn(
@@ -53,7 +54,9 @@ class Service:
         self.wait_for("/healthz")
 
     def start_worker(self, log_name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:
-        return self._spawn(["-m", "worker"], log_name, extra_env)
+        worker = self._spawn(["-m", "worker"], log_name, extra_env)
+        self.workers.append(worker)
+        return worker
 
     def wait_for(self, path: str, timeout: float = STARTUP_SECONDS) -> httpx.Response:
         deadline = time.monotonic() + timeout
@@ -123,14 +126,15 @@ def service(service_env: dict[str, str], request: pytest.FixtureRequest) -> Iter
         svc.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def running_service(
-    template_database: str, tmp_path_factory: pytest.TempPathFactory, demo_model: Path, request: pytest.FixtureRequest
+    template_database: str, tmp_path_factory: pytest.TempPathFactory, demo_model: Path
 ) -> Iterator[Service]:
-    """One API and one worker shared by a module's tests (the engine loads once)."""
-    name = f"llmbatch_m_{uuid.uuid4().hex[:12]}"
+    """One API and one worker shared by every test that needs nothing but a running service
+    (the worker's engine loads once per run); each such test works as an owner of its own."""
+    name = f"llmbatch_s_{uuid.uuid4().hex[:12]}"
     admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    svc = Service(_env(url_for(name), tmp_path_factory.mktemp("storage")), request.module.__name__.split(".")[-1])
+    svc = Service(_env(url_for(name), tmp_path_factory.mktemp("storage")), "shared")
     try:
         svc.start_api()
         svc.start_worker()

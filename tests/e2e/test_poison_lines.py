@@ -27,10 +27,9 @@ KINDS = [
 POSITIONS = {37 + 101 * k: kind for k, kind in enumerate(KINDS)}  # in different static batches of 64
 
 
-def test_poison_lines_in_a_large_batch_fail_alone_and_the_worker_process_lives_on(service: Service) -> None:
-    service.start_api()
-    worker = service.start_worker()
-    service.wait_for("/readyz")
+def test_poison_lines_in_a_large_batch_fail_alone_and_the_worker_process_lives_on(running_service: Service) -> None:
+    service = running_service
+    [worker] = service.workers
     rows = [
         {"custom_id": POSITIONS[i], "method": "POST", "url": "/v1/completions", "body": POISON[POSITIONS[i]].body}
         if i in POSITIONS
@@ -38,7 +37,7 @@ def test_poison_lines_in_a_large_batch_fail_alone_and_the_worker_process_lives_o
         for i in range(LINES)
     ]
     planned = {kind for kind in KINDS if POISON[kind].planned}
-    with service.client() as client:
+    with service.client("poisoner") as client:
         file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
             "id"
         ]

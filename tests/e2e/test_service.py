@@ -29,13 +29,12 @@ def wait_until_done(client: httpx.Client, batch_id: str) -> dict:  # type: ignor
     raise TimeoutError(batch_id)
 
 
-def test_upload_run_download_with_worker_process(service: Service) -> None:
-    service.start_api()
-    worker = service.start_worker()
-    service.wait_for("/readyz")
+def test_upload_run_download_with_worker_process(running_service: Service) -> None:
+    service = running_service
+    [worker] = service.workers
     rows = [completion_line(f"line-{i:04d}", f"summarize record {i}", max_tokens=4 + i % 5) for i in range(600)]
     rows += [{"custom_id": f"plain-{i}", "prompt": f"question {i}"} for i in range(200)]
-    with service.client() as client:
+    with service.client("path-user") as client:
         file = client.post(
             "/v1/files", files={"file": ("prompts.jsonl", jsonl(rows))}, data={"purpose": "batch"}
         ).json()
