@@ -2,7 +2,9 @@
 
 Three stages overlap so the engine never waits on I/O: while batch k is in
 `generate`, a thread prepares batch k+1 (reading, parsing, tokenizing) and another
-writes batch k-1's results to storage and its progress to Postgres. An embeddings
+writes batch k-1's results to storage and its progress to Postgres. A packed window is
+ordered from its parsed lines (worker.packing) and tokenized one static batch at a time,
+so its first `generate` starts without waiting for the whole window's tokens. An embeddings
 shard runs the same way, each static batch of `batch_size` lines in one `embed` call.
 """
 
@@ -12,10 +14,9 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from app.core.storage import ObjectStore
 from app.data.claims import ClaimedShard
 from app.data.models import JobStatus
 from app.data.queue import JobQueue, WindowResult
-from app.jobs.lines import EMBEDDINGS, LineError, Request
+from app.jobs.lines import EMBEDDINGS, LineError, Request, parse_line
 from app.jobs.output_lines import (
     Embeddings,
     Generation,
@@ -34,11 +35,13 @@ from app.jobs.output_lines import (
     request_error_line,
     success_line,
 )
-from app.jobs.planning import JobDefaults, UnsupportedRequest, line_param, plan_embedding, plan_request
+from app.jobs.planning import JobDefaults, UnsupportedRequest, line_param, plan_embedding, plan_parsed
 from app.jobs.stats import length_histogram
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from app.jobs.uploads import lines_from
 from worker.engine import Engine, RequestRejected
+from worker.packing import line_facts, packing_order
+from worker.windows import Generated, PreparedWindow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,42 +53,6 @@ STOPPING_STATUSES = {
     JobStatus.EXPIRED,
     JobStatus.FAILED,
 }
-
-
-@dataclass
-class PreparedWindow:
-    """One static batch, ready for the engine."""
-
-    seq: int
-    first_line: int
-    next_line: int
-    embeddings: bool = False  # an embeddings window: `inputs`, not `prompts`
-    runnable: list[Request] = field(default_factory=list)
-    prompts: list[list[int]] = field(default_factory=list)
-    inputs: list[list[list[int]]] = field(default_factory=list)  # embeddings: each line's inputs
-    sampling: list[dict[str, Any]] = field(default_factory=list)  # SamplingParams (or PoolingParams) kwargs
-    # Lines answered without the engine, keyed by input index.
-    errors: dict[int, bytes] = field(default_factory=dict)
-
-    def length(self, position: int) -> tuple[int, int]:
-        """What the engine's work on a runnable line grows with, to sort a packed window by."""
-        if self.embeddings:
-            return 0, sum(len(ids) for ids in self.inputs[position])
-        return self.sampling[position]["max_tokens"], len(self.prompts[position])
-
-    def drop(self, position: int) -> Request:
-        """Takes a runnable line out of the window."""
-        del (self.inputs if self.embeddings else self.prompts)[position], self.sampling[position]
-        return self.runnable.pop(position)
-
-
-@dataclass(frozen=True)
-class Generated:
-    """What the engine made of one window, in input order."""
-
-    generations: list[Generation | Embeddings]
-    telemetry: EngineTelemetry | None
-    static_batches: int  # generate (or embed) calls
 
 
 @dataclass
@@ -119,31 +86,68 @@ class ShardRunner:
         return itertools.islice(enumerate(lines, start=shard.next_line), shard.end_line - shard.next_line)
 
     def _prepare(
-        self, shard: ClaimedShard, defaults: JobDefaults, seq: int, chunk: list[tuple[int, bytes]]
+        self,
+        shard: ClaimedShard,
+        defaults: JobDefaults,
+        seq: int,
+        chunk: list[tuple[int, bytes]],
+        batch_size: int,
+        preparer: ThreadPoolExecutor,
     ) -> PreparedWindow:
+        """A window of lines planned for the engine. A packed generation window (more lines
+        than one static batch) is only parsed and ordered here; its static batches are queued
+        on `preparer` to be tokenized one by one (before any later window)."""
         embeddings = shard.endpoint == EMBEDDINGS
         window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, embeddings=embeddings)
+        if embeddings or len(chunk) <= batch_size:
+            self._plan_lines(shard, defaults, window, [(index, raw, None) for index, raw in chunk])
+            return window
+        parsed: list[tuple[int, bytes, Request]] = []
         for index, raw in chunk:
             try:
-                request, engine_input, params = self._plan(shard, defaults, index, raw)
-            except LineError as err:  # the file changed since upload; still answer per line
-                window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
-                continue
-            except UnsupportedRequest as err:
-                window.errors[index] = request_error_line(custom_id_of(raw), err.message, err.param, err.code)
-                continue
-            except Exception as err:  # whatever else a line can do, it costs only that line
-                log.exception("could not prepare line %d of %s", index + 1, shard.job_id)
-                message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
-                window.errors[index] = request_error_line(custom_id_of(raw), message, None, "invalid_request")
+                parsed.append((index, raw, parse_line(raw, index, shard.endpoint)))
+            except Exception as err:
+                window.errors[index] = self._error_line(shard, index, raw, err)
+        facts = [line_facts(request, defaults) for _, _, request in parsed]
+        order = packing_order(facts, self.engine.kv_cache_tokens)
+        for start in range(0, len(order), batch_size):
+            part = PreparedWindow(seq=seq, first_line=window.first_line, next_line=window.next_line)
+            lines = [parsed[i] for i in order[start : start + batch_size]]
+            window.planned.append(preparer.submit(self._plan_lines, shard, defaults, part, lines))
+        return window
+
+    def _plan_lines(
+        self,
+        shard: ClaimedShard,
+        defaults: JobDefaults,
+        window: PreparedWindow,
+        lines: Sequence[tuple[int, bytes, Request | None]],
+    ) -> PreparedWindow:
+        """Plans (index, raw line, its parse if already parsed) into `window`: runnable, or an error line."""
+        for index, raw, request in lines:
+            try:
+                request, engine_input, params = self._plan(shard, defaults, index, raw, request)
+            except Exception as err:
+                window.errors[index] = self._error_line(shard, index, raw, err)
                 continue
             window.runnable.append(request)
-            (window.inputs if embeddings else window.prompts).append(engine_input)
+            (window.inputs if window.embeddings else window.prompts).append(engine_input)
             window.sampling.append(params)
         return window
 
+    def _error_line(self, shard: ClaimedShard, index: int, raw: bytes, err: Exception) -> bytes:
+        """The error line of a line that cannot be planned."""
+        if isinstance(err, LineError):  # the file changed since upload; still answer per line
+            return request_error_line(custom_id_of(raw), err.message, err.param, "invalid_request")
+        if isinstance(err, UnsupportedRequest):
+            return request_error_line(custom_id_of(raw), err.message, err.param, err.code)
+        # Whatever else a line can do, it costs only that line.
+        log.error("could not prepare line %d of %s", index + 1, shard.job_id, exc_info=err)
+        message = f"This request could not be prepared ({type(err).__name__}: {str(err)[:200]})."
+        return request_error_line(custom_id_of(raw), message, None, "invalid_request")
+
     def _plan(
-        self, shard: ClaimedShard, defaults: JobDefaults, index: int, raw: bytes
+        self, shard: ClaimedShard, defaults: JobDefaults, index: int, raw: bytes, request: Request | None
     ) -> tuple[Request, Any, dict[str, Any]]:
         """One line planned and checked by the engine: (request, its prompt or inputs as token
         ids, its SamplingParams or PoolingParams keyword arguments). A request the engine
@@ -153,25 +157,50 @@ class ShardRunner:
             embedding = plan_embedding(raw, index, defaults, engine.input_token_ids, engine.limits)
             _engine_check(engine.check_pooling, embedding.request, embedding.pooling)
             return embedding.request, embedding.inputs, embedding.pooling
-        planned = plan_request(
-            raw, index, shard.endpoint, defaults, engine.prompt_token_ids, engine.limits, engine.models
-        )
+        request = request or parse_line(raw, index, shard.endpoint)
+        planned = plan_parsed(request, defaults, engine.prompt_token_ids, engine.limits, engine.models)
         _engine_check(engine.check, planned.request, planned.sampling)
         return planned.request, planned.prompt, planned.sampling
 
     def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
         """One `generate` per static batch of `batch_size`. A packed window (more lines than
-        one batch) is cut into static batches of similar requested length, so short answers
-        do not wait for long ones; the generations come back in input order."""
-        if not window.runnable:
-            return Generated([], None, 0)
+        one batch) runs as static batches of similar requested length, so short answers do
+        not wait for long ones; the generations come back in input order."""
+        if window.planned:
+            return self._generate_planned(window)
         count = len(window.runnable)
         if count <= batch_size:
-            groups = [list(range(count))]
-        else:
-            order = packing_order(window)
+            groups = [list(range(count))] if count else []
+        else:  # an embeddings window, by its inputs' tokens
+            order = sorted(range(count), key=window.length)
             groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
-        in_order: list[Generation | Embeddings | None] = [None] * count
+        generations, telemetry = self._run_groups(window, groups)
+        return Generated(generations, combine(telemetry), len(telemetry))
+
+    def _generate_planned(self, window: PreparedWindow) -> Generated:
+        """Runs a packed window's static batches as each is planned, then puts the window's
+        runnable lines and their generations back in input order."""
+        rows: list[tuple[Request, list[int], dict[str, Any], Generation | Embeddings]] = []
+        telemetry: list[EngineTelemetry | None] = []
+        for planned in window.planned:
+            part = planned.result()
+            generations, part_telemetry = self._run_groups(part, [list(range(len(part.runnable)))])
+            rows += zip(part.runnable, part.prompts, part.sampling, generations, strict=True)
+            telemetry += part_telemetry
+            window.errors.update(part.errors)
+        window.planned = []
+        rows.sort(key=lambda row: row[0].index)
+        window.runnable = [request for request, _, _, _ in rows]
+        window.prompts = [prompt for _, prompt, _, _ in rows]
+        window.sampling = [sampling for _, _, sampling, _ in rows]
+        return Generated([generation for *_, generation in rows], combine(telemetry), len(telemetry))
+
+    def _run_groups(
+        self, window: PreparedWindow, groups: list[list[int]]
+    ) -> tuple[list[Generation | Embeddings], list[EngineTelemetry | None]]:
+        """Runs each group of the window's positions as a static batch: the generations in the
+        window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
+        in_order: list[Generation | Embeddings | None] = [None] * len(window.runnable)
         refused: dict[int, RequestRejected] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
@@ -185,7 +214,7 @@ class ShardRunner:
                 generations = [g for g in results if isinstance(g, Generation)]
                 telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
         _set_refused_aside(window, refused)
-        return Generated([g for g in in_order if g is not None], combine(telemetry), len(telemetry))
+        return [g for g in in_order if g is not None], telemetry
 
     def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
         """One `generate` (or `embed`) call for the window's requests at `positions`."""
@@ -287,7 +316,9 @@ class ShardRunner:
 
             def prepare_next() -> Future[PreparedWindow] | None:
                 chunk = next(chunks, None)
-                return preparer.submit(self._prepare, shard, defaults, next(seqs), chunk) if chunk else None
+                if not chunk:
+                    return None
+                return preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
 
             pending_prep = prepare_next()
             pending_write: Future[JobStatus] | None = None
@@ -314,30 +345,13 @@ class ShardRunner:
                 if cut_short or self.stop_requested.is_set():
                     break
             last_status = pending_write.result() if pending_write is not None else None
-            if pending_prep is not None:
-                pending_prep.cancel()
+            if pending_prep is not None and not pending_prep.cancel():
+                for planned in pending_prep.result().planned:  # its static batches, not yet tokenized
+                    planned.cancel()
         cut_short = cut_short or last_status in STOPPING_STATUSES
         if pending_prep is not None and not cut_short:
             raise ShutdownRequested
         return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
-
-
-PREFIX_GROUP_TOKENS = 64  # lines whose prompts start with the same this many tokens run together
-
-
-def packing_order(window: PreparedWindow) -> list[int]:
-    """The order a packed window's lines run in: lines that share the start of their prompt
-    (a system prompt, few-shot examples) together, so the engine's prefix cache computes it
-    once for them; then the others; within each group by requested length, so short answers
-    do not wait for long ones. Answers go back in input order whatever this order is."""
-    positions = range(len(window.runnable))
-    if window.embeddings:
-        return sorted(positions, key=window.length)
-    prefixes = [hash(tuple(prompt[:PREFIX_GROUP_TOKENS])) for prompt in window.prompts]
-    shared = Counter(prefixes)
-    group = {prefix: rank for rank, prefix in enumerate(dict.fromkeys(p for p in prefixes if shared[p] > 1))}
-    unshared = len(group)  # lines alone with their prefix come last, as one group
-    return sorted(positions, key=lambda i: (group.get(prefixes[i], unshared), *window.length(i)))
 
 
 def _engine_check(check: Callable[[dict[str, Any]], None], request: Request, params: dict[str, Any]) -> None:

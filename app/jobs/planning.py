@@ -247,8 +247,19 @@ def plan_request(
     its adapters, a token id out of the vocabulary, a seed out of range, more logprobs than
     the engine returns, a JSON schema that does not compile, an empty prompt, a prompt too
     long for the context)."""
+    return plan_parsed(parse_line(raw, index, endpoint), defaults, tokenize, limits, models)
+
+
+def plan_parsed(
+    request: Request,
+    defaults: JobDefaults,
+    tokenize: Callable[[Request], list[int]],
+    limits: ModelLimits,
+    models: ServedModels | None = None,
+) -> PlannedRequest:
+    """`plan_request` for a line already parsed (the worker parses a packed window's lines
+    first, to order them before tokenizing)."""
     max_model_len = limits.max_model_len
-    request = parse_line(raw, index, endpoint)
     body = _generation_body(request)
     sampling = sampling_kwargs(body, defaults)
     adapter = models.adapter_for(body.model) if models is not None else None

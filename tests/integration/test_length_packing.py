@@ -4,6 +4,8 @@ input order."""
 from __future__ import annotations
 
 import re
+import threading
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.records import Records
+from app.jobs.lines import Request
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
@@ -55,6 +58,48 @@ def test_a_batch_created_without_pack_by_length_is_packed_in_windows_of_packing_
     engine = FakeEngine()
     run_worker_until_idle(engine, settings, store)
     assert engine.max_tokens_per_call == [[SHORT, LONG] * 2] * 2  # consecutive lines
+
+
+class FirstBatchFirst(FakeEngine):
+    """Tokenizes a long line only once a static batch has started (or after WAIT_SECONDS):
+    a worker that tokenizes a whole packed window before its first `generate` is caught
+    waiting, and the order of events says so."""
+
+    WAIT_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.events: list[str] = []
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        long = getattr(request.body, "max_tokens", None) == LONG
+        if long:
+            self.started.wait(self.WAIT_SECONDS)
+        self.events.append("tokenize long" if long else "tokenize short")
+        return super().prompt_token_ids(request)
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Any]:
+        self.events.append("generate")
+        self.started.set()
+        return super().generate(prompts, sampling)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_packed_window_starts_its_first_static_batch_before_tokenizing_the_rest(
+    client: TestClient, records: Records, settings: Settings, store: ObjectStore
+) -> None:
+    batch = create_batch(client, upload(client, jsonl(alternating_rows(16)))["id"], batch_size=4, pack_by_length=True)
+    engine = FirstBatchFirst()
+    run_worker_until_idle(engine, settings, store)
+
+    # The window's order comes from the parsed lines: the short lines of the first static
+    # batch are tokenized, the batch runs, and the long lines are tokenized meanwhile.
+    assert engine.events[:4] == ["tokenize short"] * 4
+    assert engine.events.index("generate") < engine.events.index("tokenize long")
+    assert engine.max_tokens_per_call == [[SHORT] * 4, [SHORT] * 4, [LONG] * 4, [LONG] * 4]
+    output = download(client, client.get(f"/v1/batches/{batch['id']}").json()["output_file_id"])
+    assert [line["custom_id"] for line in output] == [f"r{i}" for i in range(16)]
 
 
 @pytest.mark.engine

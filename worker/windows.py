@@ -1,0 +1,54 @@
+"""A window of lines as the shard runner carries it: planned for the engine, then generated.
+
+A window is one static batch, or (length-aware packing) several run in the order of
+worker.packing; either way it is recorded as one unit.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.jobs.lines import Request
+from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.telemetry import EngineTelemetry
+
+
+@dataclass
+class PreparedWindow:
+    """A window's lines, ready for the engine (runnable, or answered as error lines)."""
+
+    seq: int
+    first_line: int
+    next_line: int
+    embeddings: bool = False  # an embeddings window: `inputs`, not `prompts`
+    runnable: list[Request] = field(default_factory=list)
+    prompts: list[list[int]] = field(default_factory=list)
+    inputs: list[list[list[int]]] = field(default_factory=list)  # embeddings: each line's inputs
+    sampling: list[dict[str, Any]] = field(default_factory=list)  # SamplingParams (or PoolingParams) kwargs
+    # Lines answered without the engine, keyed by input index.
+    errors: dict[int, bytes] = field(default_factory=dict)
+    # A packed generation window: its static batches in the order they run, each planned
+    # (tokenized) on the preparer while the one before it generates; `runnable` fills as they run.
+    planned: list[Future[PreparedWindow]] = field(default_factory=list)
+
+    def length(self, position: int) -> tuple[int, int]:
+        """What the engine's work on a runnable line grows with, to sort a packed window by."""
+        if self.embeddings:
+            return 0, sum(len(ids) for ids in self.inputs[position])
+        return self.sampling[position]["max_tokens"], len(self.prompts[position])
+
+    def drop(self, position: int) -> Request:
+        """Takes a runnable line out of the window."""
+        del (self.inputs if self.embeddings else self.prompts)[position], self.sampling[position]
+        return self.runnable.pop(position)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the engine made of one window, in input order."""
+
+    generations: list[Generation | Embeddings]
+    telemetry: EngineTelemetry | None
+    static_batches: int  # generate (or embed) calls
