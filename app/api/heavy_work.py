@@ -1,11 +1,17 @@
 """Expensive work the API does for a caller (a dry run of a huge file, a retry that copies
 millions of lines, a queued job's estimate) runs on its own small pool of threads, never
-on the thread pool that serves requests: a big dry run never stalls everyone's polls."""
+on the thread pool that serves requests: a big dry run never stalls everyone's polls.
+
+The threads run at the lowest CPU priority (nice 19): where the API shares a machine
+with a worker, as under `make run`, an estimate takes only the CPU the engine leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -14,11 +20,22 @@ from fastapi import Request
 
 P = ParamSpec("P")
 T = TypeVar("T")
+LOWEST_PRIORITY = 19
+log = logging.getLogger(__name__)
+
+
+def lower_priority() -> None:
+    """Makes the calling thread the machine's last in line for CPU (Linux sets a nice
+    value per thread; elsewhere this changes nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+    except (AttributeError, OSError) as exc:
+        log.debug("heavy-work thread keeps its priority: %s", exc)
 
 
 class HeavyWork:
     def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="heavy-work")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="heavy-work", initializer=lower_priority)
 
     async def run(self, action: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `action` on the heavy-work threads and waits for it without blocking the loop."""

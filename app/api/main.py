@@ -25,6 +25,7 @@ from app.data.outbox import Outbox
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.data.webhook_endpoints import WebhookEndpoints
+from app.jobs.estimate import preload_model_files
 from app.jobs.sweeper import Sweeper
 from app.jobs.webhooks import WebhookSender
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.sweeper = sweeper
         app.state.heavy_work = HeavyWork(settings.heavy_work_threads)
+        app.state.model_files = app.state.heavy_work.submit(preload_model_files, settings)
         sweeper.start()
         app.state.webhook_endpoints = WebhookEndpoints(db)
         app.state.webhook_sender = webhook_sender = WebhookSender.from_settings(Outbox(db), settings)

@@ -74,6 +74,21 @@ def model_limits(model: str, configured_context: int | None) -> ModelLimits:
     )
 
 
+def preload_model_files(settings: Settings) -> None:
+    """Loads the served models' tokenizers and configs now, at start-up: the first load
+    imports transformers (and torch with it), some seconds of CPU that would otherwise
+    land in the middle of the first job's run, beside its engine. A model whose files
+    are not here yet is loaded by the first estimate that needs it instead."""
+    for model, context in (
+        (settings.model, settings.max_model_len),
+        (settings.embedding_model, settings.embedding_max_model_len),
+    ):
+        try:
+            model_limits(model, context)
+        except Exception as exc:  # an estimate that needs the model says what is wrong
+            log.info("model files of %s not loaded at start-up: %s", model, exc)
+
+
 class FailingLine(BaseModel):
     """A line that would go to the error file, and why."""
 
