@@ -294,9 +294,9 @@ def polling_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
     lines = [
         "## 5. Polling",
         "",
-        "Clients polling one batch on the API process (httpx, asyncio, in the harness's process on the same "
-        "cores). Paced: each client polls once per interval (the CLI polls once a second). Saturated: no pause, "
-        "the API's capacity; in a closed loop latency is clients / throughput.",
+        f"Clients polling one batch on the API process ({result.get('load_generator', 'httpx, asyncio')}, on the "
+        "same cores). Paced: each client polls once per interval (the CLI polls once a second). Saturated: no "
+        "pause, the API's capacity; in a closed loop latency is clients / throughput.",
         "",
         *_table(["", "clients", "interval", "requests/s", "p50 ms", "p99 ms", "errors"], rows),
         chart,
