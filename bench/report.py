@@ -143,7 +143,8 @@ def service_overhead_section(result: dict[str, Any] | None) -> tuple[list[str], 
         "",
         f"{sizes['lines']:,} prompts of {sizes['max_tokens']} tokens at batch size {sizes['batch_size']}, raw "
         "`LLM.generate` and the service's worker (storage, Postgres, parsing, tokenizing, writing) on one "
-        "engine, runs interleaved.",
+        "engine, runs interleaved. Tokens/s are medians; each ratio is the median of the service run's "
+        "against the raw run just before it.",
         "",
         *_table(
             ["", "raw tokens/s", "service tokens/s", "ratio", "goal"],
