@@ -32,8 +32,8 @@ def main() -> None:
     from app.core.storage import open_store
     from app.data.queue import JobQueue
     from app.data.records import Records
-    from worker.affinity import restrict_to
-    from worker.engine import VllmEngine
+    from worker.affinity import keep_off_compute_cores, restrict_to
+    from worker.engine import VllmEngine, has_cuda
     from worker.loop import WorkerLoop
     from worker.orphan_guard import guard_process_group
     from worker.waker import Waker
@@ -54,6 +54,9 @@ def main() -> None:
     engine = VllmEngine(settings)
     if started_on != set(range(os.cpu_count() or 1)):
         restrict_to(started_on)  # vLLM widened it; stay on the CPUs this worker was given
+    if not has_cuda():  # the CPU build: the engine's compute gets its cores to itself
+        moved_to = keep_off_compute_cores()
+        logging.getLogger("worker").info("worker threads on CPUs %s, off the engine's compute", moved_to)
     loop = WorkerLoop(
         engine,
         Records(db),

@@ -9,33 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from fastapi import Request
 
+from app.core.priority import lower_thread_priority
+
 P = ParamSpec("P")
 T = TypeVar("T")
-LOWEST_PRIORITY = 19
-log = logging.getLogger(__name__)
-
-
-def lower_priority() -> None:
-    """Makes the calling thread the machine's last in line for CPU (Linux sets a nice
-    value per thread; elsewhere this changes nothing)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-    except (AttributeError, OSError) as exc:
-        log.debug("heavy-work thread keeps its priority: %s", exc)
 
 
 class HeavyWork:
     def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="heavy-work", initializer=lower_priority)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="heavy-work", initializer=lower_thread_priority)
 
     async def run(self, action: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `action` on the heavy-work threads and waits for it without blocking the loop."""

@@ -4,13 +4,16 @@ vLLM CPU engine, HTTP download, every line checked."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.conftest import Service
 from tests.helpers import chat_line, completion_line, jsonl, read_jsonl
+from worker.affinity import COMPUTE_PROCESS
 
 pytestmark = pytest.mark.engine
 JOB_SECONDS = 300
@@ -60,6 +63,22 @@ def test_upload_run_download_with_worker_process(running_service: Service) -> No
         usage = line["response"]["body"]["usage"]
         assert usage["completion_tokens"] <= row.get("body", {}).get("max_tokens", 16)
     assert worker.poll() is None
+    assert_off_compute_cores(worker.pid)
+
+
+def assert_off_compute_cores(worker_pid: int) -> None:
+    """On the CPU build the engine computes on cores of its own: no other thread of the
+    worker's process tree may run there (worker.affinity)."""
+    tree = [psutil.Process(worker_pid), *psutil.Process(worker_pid).children(recursive=True)]
+    compute = [p for p in tree if p.name().startswith(COMPUTE_PROCESS)]
+    assert compute, [p.name() for p in tree]
+    compute_cores = set().union(*(os.sched_getaffinity(p.pid) for p in compute))
+    if compute_cores == os.sched_getaffinity(0):
+        return  # the compute takes every core: nowhere else to go
+    for process in tree:
+        if process not in compute:
+            for thread in process.threads():
+                assert not os.sched_getaffinity(thread.id) & compute_cores, (process.name(), thread.id)
 
 
 def test_sigterm_lets_the_worker_finish_its_batch_and_another_resumes(service: Service) -> None:

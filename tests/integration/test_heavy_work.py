@@ -4,29 +4,23 @@ by the first job's estimate while that job runs."""
 
 from __future__ import annotations
 
-import os
-import threading
-
 from fastapi.testclient import TestClient
 
-from app.api.heavy_work import LOWEST_PRIORITY, HeavyWork
+from app.api.heavy_work import HeavyWork
 from app.api.main import create_app
+from app.core.priority import LOWEST, thread_priority
 from app.core.settings import Settings
 from app.jobs.estimate import model_limits, model_tokenizer
-
-
-def own_priority() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 def test_heavy_work_runs_at_the_lowest_cpu_priority_and_requests_keep_theirs() -> None:
     heavy = HeavyWork(2)
     try:
-        priorities = {heavy.submit(own_priority).result(timeout=10) for _ in range(4)}
+        priorities = {heavy.submit(thread_priority).result(timeout=10) for _ in range(4)}
     finally:
         heavy.shutdown()
-    assert priorities == {LOWEST_PRIORITY}
-    assert own_priority() < LOWEST_PRIORITY  # the caller's thread is untouched
+    assert priorities == {LOWEST}
+    assert thread_priority() < LOWEST  # the caller's thread is untouched
 
 
 def test_the_api_loads_its_models_tokenizers_and_configs_at_start_up(settings: Settings) -> None:
