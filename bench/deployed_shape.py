@@ -35,12 +35,17 @@ POLL_SECONDS = 1.0
 READY_SECONDS = 600
 
 
-def raw_side(model: str, lines: int, max_tokens: int, batch_size: int) -> dict[str, float]:
-    """Runs in a child process: loads the worker's engine, times `generate` per static batch."""
+def raw_side(model: str, lines: int, max_tokens: int, batch_size: int, off_compute: bool) -> dict[str, float]:
+    """Runs in a child process: loads the worker's engine, times `generate` per static batch.
+    `off_compute`: this process's threads kept off the engine's compute cores, as the worker
+    keeps its own (`worker.affinity`), so that gain is not counted as the service's."""
     from app.core.settings import Settings
-    from worker.engine import VllmEngine
+    from worker.affinity import keep_off_compute_cores
+    from worker.engine import VllmEngine, has_cuda
 
     engine = VllmEngine(Settings(model=model))
+    if off_compute and not has_cuda():
+        keep_off_compute_cores()
     try:
         raw_run(engine, prompts(64, max_tokens), batch_size)  # warm-up
         return raw_run(engine, prompts(lines, max_tokens), batch_size)
@@ -147,29 +152,45 @@ def measure(
     runs = []
     with postgres(database_url) as server:
         for run_number in range(runs_wanted):
-            raw = subprocess.run(
-                [sys.executable, "-m", "bench.deployed_shape", "raw", "--model", model, "--lines", str(lines),
-                 "--max-tokens", str(max_tokens), "--batch-size", str(batch_size)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            raw_figures = json.loads(raw.stdout.strip().splitlines()[-1])
+            sides = {}
+            for side in ("raw", "raw_off_compute"):
+                raw = subprocess.run(
+                    [sys.executable, "-m", "bench.deployed_shape", side, "--model", model, "--lines", str(lines),
+                     "--max-tokens", str(max_tokens), "--batch-size", str(batch_size)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                sides[side] = json.loads(raw.stdout.strip().splitlines()[-1])
             with fresh_database(server, f"bench_deployed_{run_number}") as url:
                 service = service_side(url, model, lines, max_tokens, batch_size)
-            runs.append({"raw": raw_figures, "service": service})
-            print(f"run {run_number}: raw {raw_figures['tokens_per_second']:.0f} tok/s, "
+            runs.append({**sides, "service": service})
+            print(f"run {run_number}: raw {sides['raw']['tokens_per_second']:.0f} tok/s, "
+                  f"raw off compute cores {sides['raw_off_compute']['tokens_per_second']:.0f}, "
                   f"service {service['tokens_per_second']:.0f} tok/s (generate), "
                   f"{service['end_to_end_tokens_per_second']:.0f} tok/s end to end", flush=True)  # fmt: skip
     generation = statistics.median(r["service"]["tokens_per_second"] / r["raw"]["tokens_per_second"] for r in runs)
     end_to_end = statistics.median(
         r["service"]["end_to_end_tokens_per_second"] / r["raw"]["end_to_end_tokens_per_second"] for r in runs
     )
+    # Against raw with its threads kept off the compute cores too: what the service's own
+    # path costs, once the placement both can have is taken out.
+    to_placed = statistics.median(
+        r["service"]["tokens_per_second"] / r["raw_off_compute"]["tokens_per_second"] for r in runs
+    )
     settings = {"lines": lines, "max_tokens": max_tokens, "batch_size": batch_size}
-    return {"settings": settings, "runs": runs, "generation_ratio": generation, "end_to_end_ratio": end_to_end}
+    return {
+        "settings": settings,
+        "runs": runs,
+        "generation_ratio": generation,
+        "end_to_end_ratio": end_to_end,
+        "generation_ratio_to_raw_off_compute": to_placed,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("side", nargs="?", choices=["raw"], help="(internal) run one raw side and print it")
+    parser.add_argument(
+        "side", nargs="?", choices=["raw", "raw_off_compute"], help="(internal) run one raw side and print it"
+    )
     parser.add_argument("--model", default=str(Path("var/models/demo-llama").resolve()))
     parser.add_argument("--lines", type=int, default=4096)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -177,8 +198,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    if args.side == "raw":
-        print(json.dumps(raw_side(args.model, args.lines, args.max_tokens, args.batch_size)))
+    if args.side:
+        off_compute = args.side == "raw_off_compute"
+        print(json.dumps(raw_side(args.model, args.lines, args.max_tokens, args.batch_size, off_compute)))
         return
     result = measure(args.model, args.lines, args.max_tokens, args.batch_size, args.runs, args.database_url)
     write_result("deployed_shape", result)
