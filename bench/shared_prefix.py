@@ -1,8 +1,11 @@
 """Shared prefixes: chat lines that repeat long system prompts, through the service at its
-defaults (vLLM's prefix cache on, each packing window grouped by shared prefix, then by
-length), through the service in input order (`pack_by_length: false`: the same engine,
-prefix cache on, but lines run as they come), and through vLLM's run-batch on the same
-file (its own defaults, the engine loaded once and timed per run as in scenario 3).
+defaults (vLLM's prefix cache on, each packing window ordered by worker.packing), through
+the service in input order (`pack_by_length: false`: the same engine, prefix cache on, but
+lines run as they come; vLLM 0.32 turns prefix caching on by default, so this is the
+service as it was before issue 14), through the service in input order on a second engine
+with PREFIX_CACHING off (what the prefix cache itself is worth), and through vLLM's
+run-batch on the same file (its own defaults, prefix caching on, the engine loaded once and
+timed per run as in scenario 3).
 
     python -m bench.shared_prefix [--lines 2048] [--system-prompts 16] [--prefix-tokens 1000] [--runs 2]
 
@@ -81,13 +84,16 @@ def shared_prefix_lines(
 
 def run(config: BenchConfig) -> dict[str, Any]:
     from bench import peer, service_overhead
-    from bench.engines import load_engine, max_num_seqs
+    from bench.engines import engine_settings, load_engine, max_num_seqs
+    from worker.engine import VllmEngine
 
     lines_count = int(config.extra.get("prefix_lines", config.lines))
     prompts = int(config.extra.get("system_prompts", 16))
     prefix_tokens = int(config.extra.get("prefix_tokens", 1000))
     longest = int(config.extra.get("prefix_max_tokens", 64))
+    # Both engines stay loaded (the idle one waits without using a core), so the runs interleave.
     engine = load_engine(config)
+    uncached_engine = VllmEngine(engine_settings(config, prefix_caching=False))
     try:
         num_seqs, model_name = max_num_seqs(engine), engine.model_name
         lines = shared_prefix_lines(
@@ -95,18 +101,23 @@ def run(config: BenchConfig) -> dict[str, Any]:
         )
         with tempfile.TemporaryDirectory() as tmp, fresh_database(config.database_url, "bench_prefix") as url:
             bench = service_overhead.ServiceBench(engine, config, url, Path(tmp) / "storage", BATCH_SIZE)
+            uncached = service_overhead.ServiceBench(uncached_engine, config, url, Path(tmp) / "uncached", BATCH_SIZE)
             try:
                 bench.run(lines[: peer.WARM_UP_LINES], CHAT_URL, pack_by_length=True)
-                grouped, input_order = [], []
-                for _ in range(config.runs):  # interleaved, so drift hits both alike
+                uncached.run(lines[: peer.WARM_UP_LINES], CHAT_URL, pack_by_length=False)
+                grouped, input_order, no_cache = [], [], []
+                for _ in range(config.runs):  # interleaved, so drift hits all alike
                     grouped.append(bench.run(lines, CHAT_URL, pack_by_length=True))
                     input_order.append(bench.run(lines, CHAT_URL, pack_by_length=False))
+                    no_cache.append(uncached.run(lines, CHAT_URL, pack_by_length=False))
             finally:
                 bench.close()
+                uncached.close()
     finally:
         engine.shutdown()
+        uncached_engine.shutdown()
     theirs = peer.run_vllm_batch(config, lines, model_name, num_seqs)
-    ours, plain = medians(grouped), medians(input_order)
+    ours, plain, bare = medians(grouped), medians(input_order), medians(no_cache)
     return {
         "lines": lines_count,
         "system_prompts": prompts,
@@ -116,8 +127,16 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "max_num_seqs": num_seqs,
         "defaults": {"median": ours, "runs": grouped},
         "input_order": {"median": plain, "runs": input_order},
+        "input_order_no_prefix_cache": {"median": bare, "runs": no_cache},
         "run_batch": theirs,
         "ratio_to_input_order": round(ours["tokens_per_second"] / plain["tokens_per_second"], 3),
+        "ratio_to_input_order_end_to_end": round(
+            ours["end_to_end_tokens_per_second"] / plain["end_to_end_tokens_per_second"], 3
+        ),
+        "ratio_to_no_prefix_cache": round(ours["tokens_per_second"] / bare["tokens_per_second"], 3),
+        "ratio_to_no_prefix_cache_end_to_end": round(
+            ours["end_to_end_tokens_per_second"] / bare["end_to_end_tokens_per_second"], 3
+        ),
         "ratio_to_run_batch": round(ours["end_to_end_tokens_per_second"] / theirs["median"]["tokens_per_second"], 3),
     }
 
@@ -145,9 +164,11 @@ def main() -> None:
         config = BenchConfig(model=model, runs=args.runs, database_url=server, extra=extra)
         result = run(config)
     write_result("shared_prefix", result)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("defaults", "input_order", "run_batch")}, indent=2))
+    sides = ("defaults", "input_order", "input_order_no_prefix_cache", "run_batch")
+    print(json.dumps({k: v for k, v in result.items() if k not in sides}, indent=2))
     print(
         f"defaults / input order: {result['ratio_to_input_order']:.2f}x (goal 1.5x); "
+        f"defaults / input order without the prefix cache: {result['ratio_to_no_prefix_cache']:.2f}x; "
         f"defaults / run-batch: {result['ratio_to_run_batch']:.2f}x (goal 1.5x)"
     )
 
