@@ -19,7 +19,7 @@ class FakeEngine:
     REFUSED = b"REFUSED"
 
     tensor_parallel_size = 1
-    kv_cache_tokens = None
+    kv_cache_tokens: int | None = None
 
     def __init__(self, poison: str | None = None, kind: Literal["generate", "embed"] = "generate") -> None:
         self.poison = poison
