@@ -39,8 +39,14 @@ def deployed_shape_section(result: dict[str, Any] | None) -> Section:
             _n(_median(runs, key, "tokens_per_second")),
             _n(_median(runs, key, "end_to_end_tokens_per_second")),
         ]
-        for side, key in (("raw `LLM.generate` (token ids)", "raw"), ("the service (`make run`'s shape)", "service"))
+        for side, key in (
+            ("raw `LLM.generate` (token ids)", "raw"),
+            ("raw, its threads kept off the compute cores as the worker's are", "raw_off_compute"),
+            ("the service (`make run`'s shape)", "service"),
+        )
+        if key in runs[0]
     ]
+    placed = result.get("generation_ratio_to_raw_off_compute")
     lines = [
         "## 2b. The deployed shape",
         "",
@@ -53,7 +59,8 @@ def deployed_shape_section(result: dict[str, Any] | None) -> Section:
         "upload to seeing `completed`, against raw's wall time.",
         "",
         *_table(["", "generate tokens/s", "end-to-end tokens/s"], rows),
-        f"Service / raw: **{generation:.3f}** in `generate`, **{end_to_end:.3f}** end to end.",
+        f"Service / raw: **{generation:.3f}** in `generate`, **{end_to_end:.3f}** end to end"
+        + (f"; against raw with the same CPU placement, {placed:.3f} in `generate`." if placed else "."),
         "",
     ]
     goals = [
@@ -133,7 +140,10 @@ def _against_input_order(result: dict[str, Any]) -> list[str]:
     end_to_end = result.get("ratio_to_input_order_end_to_end")
     if end_to_end is None:
         return [f"{in_generate:.2f}x", _verdict(in_generate >= 1.5)]
-    return [f"{end_to_end:.2f}x end to end ({in_generate:.2f}x in `generate`)", _verdict(end_to_end >= 1.5)]
+    figures = f"{end_to_end:.2f}x end to end ({in_generate:.2f}x in `generate`)"
+    if end_to_end >= 1.5 > in_generate:
+        return [figures, "**end to end only**"]  # a goal met one way only is not called met
+    return [figures, _verdict(min(end_to_end, in_generate) >= 1.5)]
 
 
 def input_read_section(result: dict[str, Any] | None) -> Section:
