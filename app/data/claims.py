@@ -37,7 +37,7 @@ WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
 # The claim, in one round trip.
 CLAIM_SHARD_SQL = text(
     """
-    WITH RECURSIVE stale AS (
+    WITH stale AS (
         -- First, a shard whose worker's lease ran out (it died or lost its machine):
         -- resuming it lets its job finish. ix_shards_running_lease holds one row per
         -- busy worker, so this is cheap.
@@ -50,67 +50,28 @@ CLAIM_SHARD_SQL = text(
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
     ),
-    top AS MATERIALIZED (
-        -- Else a waiting shard of a runnable job for this model, the highest priority first
-        -- (ix_shards_claim_order walks waiting shards in priority order).
-        SELECT s.priority
-        FROM shards s
-        JOIN jobs j ON j.id = s.job_id
-        WHERE s.status = 'queued'
-          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-        ORDER BY s.priority DESC
-        LIMIT 1
-    ),
-    owners (owner) AS (
-        -- The owners with shards waiting at that priority: a skip scan of
-        -- ix_shards_owner_claim_order, one index probe per owner, however many shards wait.
-        (SELECT s.owner FROM shards s, top
-         WHERE s.status = 'queued' AND s.priority = top.priority ORDER BY s.priority DESC, s.owner LIMIT 1)
-        UNION ALL
-        SELECT (SELECT s.owner FROM shards s, top
-                WHERE s.status = 'queued' AND s.priority = top.priority AND s.owner > o.owner
-                ORDER BY s.priority DESC, s.owner LIMIT 1)
-        FROM owners o
-        WHERE o.owner IS NOT NULL
-    ),
     running AS MATERIALIZED (
-        -- How many shards each owner has running now (one row per busy worker at most).
+        -- How many shards each owner has running now (one row per busy worker at most),
+        -- counted once: inlined, a planner with stale statistics after a burst of jobs
+        -- counted them again for every waiting shard (2.2 s a claim with 10,000 queued).
         SELECT owner, count(*) AS shards FROM shards WHERE status = 'running' GROUP BY owner
     ),
-    turns AS MATERIALIZED (
-        -- Owners share the workers: the owner with the fewest shards running first, then
-        -- the one served least recently, then the one whose runnable work is oldest.
-        SELECT o.owner, coalesce(r.shards, 0) AS running, t.last_claimed_at,
-               (SELECT s.job_created_at
-                FROM shards s JOIN jobs j ON j.id = s.job_id, top
-                WHERE s.status = 'queued' AND s.priority = top.priority AND s.owner = o.owner
-                  AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-                ORDER BY s.priority DESC, s.owner, s.job_created_at
-                LIMIT 1) AS oldest
-        FROM owners o
-        LEFT JOIN running r ON r.owner = o.owner
-        LEFT JOIN owner_turns t ON t.owner = o.owner
-        WHERE o.owner IS NOT NULL
-        ORDER BY 2, 3 NULLS FIRST, 4 NULLS LAST
-    ),
     waiting AS (
-        -- The first owner in turn with a shard no other claimant holds: its oldest job's
-        -- next shard. Owners are tried in turn order and the first hit ends the scan, so
-        -- only that shard is locked. SKIP LOCKED lets many workers claim at once without
-        -- waiting on each other.
-        SELECT pick.id
-        FROM turns
-        CROSS JOIN LATERAL (
-            SELECT s.id
-            FROM shards s JOIN jobs j ON j.id = s.job_id, top
-            WHERE s.status = 'queued' AND s.priority = top.priority AND s.owner = turns.owner
-              AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-            ORDER BY s.priority DESC, s.owner, s.job_created_at, s.job_id, s.index
-            LIMIT 1
-            FOR UPDATE OF s SKIP LOCKED
-        ) pick
-        WHERE turns.oldest IS NOT NULL
+        -- Else a waiting shard of a runnable job for this model: the highest priority first;
+        -- within it, the owner with the fewest shards running, then the one served least
+        -- recently (owners share the workers); then the oldest job, its shards in order.
+        -- SKIP LOCKED lets many workers claim at once without waiting on each other.
+        SELECT s.id
+        FROM shards s
+        JOIN jobs j ON j.id = s.job_id
+        LEFT JOIN running r ON r.owner = s.owner
+        LEFT JOIN owner_turns t ON t.owner = s.owner
+        WHERE s.status = 'queued'
+          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
+        ORDER BY s.priority DESC, coalesce(r.shards, 0), t.last_claimed_at NULLS FIRST,
+                 s.job_created_at, s.job_id, s.index
         LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED
     ),
     candidate AS (
         -- `waiting` is only read (and its row only locked) when `stale` is empty.
