@@ -17,9 +17,18 @@ import psutil
 def restrict_to(allowed: set[int]) -> int:
     """Narrows each thread of this process and its children to `allowed`; returns how
     many threads it changed. Threads already inside `allowed` are left alone."""
-    changed = 0
+    return _narrow(_process_tree(), allowed)
+
+
+def _process_tree() -> list[psutil.Process]:
     root = psutil.Process()
-    for process in [root, *root.children(recursive=True)]:
+    return [root, *root.children(recursive=True)]
+
+
+def _narrow(processes: list[psutil.Process], allowed: set[int]) -> int:
+    """Moves every thread of `processes` not already inside `allowed` into it; returns how many."""
+    changed = 0
+    for process in processes:
         try:
             tids = [t.id for t in process.threads()]
         except psutil.Error:
@@ -47,11 +56,9 @@ def keep_off_compute_cores() -> set[int]:
     Measured under `make run`'s shape on 2 cores: 1.09-1.30x the generate tokens/s.
     Workers sharing a host each start on CPUs of their own (`taskset`), so one worker's
     threads never land on another's compute cores."""
-    root = psutil.Process()
-    processes = [root, *root.children(recursive=True)]
     compute: list[psutil.Process] = []
     others: list[psutil.Process] = []
-    for process in processes:
+    for process in _process_tree():
         try:
             (compute if process.name().startswith(COMPUTE_PROCESS) else others).append(process)
         except psutil.Error:
@@ -65,14 +72,5 @@ def keep_off_compute_cores() -> set[int]:
     free = set(os.sched_getaffinity(0)) - compute_cores
     if not compute or not free:
         return set()
-    for process in others:
-        try:
-            tids = [t.id for t in process.threads()]
-        except psutil.Error:
-            continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, free)
-            except OSError:
-                continue
+    _narrow(others, free)
     return free

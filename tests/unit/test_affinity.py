@@ -36,7 +36,12 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
 def test_restrict_to_narrows_every_thread_and_child_process() -> None:
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    run_alone(SCRIPT)
+
+
+def run_alone(script: str) -> None:
+    """Runs `script` in a Python process of its own; it must print "ok"."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -74,12 +79,10 @@ OFF_COMPUTE_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
 def test_the_workers_threads_move_off_the_cores_the_engine_computes_on() -> None:
-    result = subprocess.run([sys.executable, "-c", OFF_COMPUTE_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_alone(OFF_COMPUTE_SCRIPT)
 
 
 def test_nothing_moves_without_a_compute_process() -> None:
-    script = "from worker.affinity import keep_off_compute_cores; assert keep_off_compute_cores() == set(); print('ok')"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "ok", result.stderr
+    run_alone(
+        "from worker.affinity import keep_off_compute_cores\nassert keep_off_compute_cores() == set()\nprint('ok')"
+    )
