@@ -71,6 +71,15 @@ def a_batch(client: TestClient) -> str:
     return str(create_batch(client, upload(client, jsonl([completion_line("a", "secret prompt")]))["id"])["id"])
 
 
+def settled(client: TestClient, batch_id: str) -> dict[str, Any]:
+    """The batch once its estimate (background work) is recorded: later polls answer the same."""
+    deadline = time.monotonic() + 60
+    while (body := client.get(f"/v1/batches/{batch_id}").json())["estimate"] is None:
+        assert time.monotonic() < deadline, "the estimate (background work) never came"
+        time.sleep(0.05)
+    return dict(body)
+
+
 QUIET_SECONDS = 3600  # the sweeper and webhook sender of the app below stay idle meanwhile
 
 
@@ -79,10 +88,7 @@ def test_a_poll_is_one_statement_on_the_reader(settings: Settings, records: Reco
     app = create_app(quiet)
     with TestClient(app, headers={"Authorization": f"Bearer {create_key(records, 'alice')[1]}"}) as client:
         batch_id = a_batch(client)
-        deadline = time.monotonic() + 60
-        while (expected := client.get(f"/v1/batches/{batch_id}").json())["estimate"] is None:
-            assert time.monotonic() < deadline, "the estimate (background work) never came"
-            time.sleep(0.05)
+        expected = settled(client, batch_id)
         with counted(database_of(app)) as seen:
             polls = [client.get(f"/v1/batches/{batch_id}") for _ in range(5)]
     assert [p.status_code for p in polls] == [200] * 5
@@ -119,7 +125,7 @@ def test_polls_at_once_share_reads_and_never_answer_another_owner(
 
 def test_a_poll_after_postgres_dropped_the_pooled_connections_still_answers(app: FastAPI, client: TestClient) -> None:
     batch_id = a_batch(client)
-    before = client.get(f"/v1/batches/{batch_id}")
+    before = settled(client, batch_id)
     db = database_of(app)
     with psycopg.connect(db.url, autocommit=True) as conn:
         pids = [
@@ -137,7 +143,7 @@ def test_a_poll_after_postgres_dropped_the_pooled_connections_still_answers(app:
             time.sleep(0.02)
     after = client.get(f"/v1/batches/{batch_id}")
     assert after.status_code == 200, after.text
-    assert after.json() == before.json()
+    assert after.json() == before
 
 
 def test_a_revoked_key_stops_polling_within_key_cache_seconds(settings: Settings, records: Records) -> None:
