@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from types import FrameType
 
 
@@ -75,10 +76,21 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    code = 0
     try:
         loop.run_forever()
+    except Exception:
+        logging.getLogger("worker").exception("the worker loop stopped on an error")
+        code = 1
     finally:
         engine.shutdown()
+    # Nothing is left to do but flush: leave now. The engine's threads can hang the
+    # interpreter's own exit (seen with vLLM's CPU build on a one-core Ray node, an
+    # orphan spinning at exit with no Python frame left).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,11 @@ def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
     kwargs["enable_prefix_caching"] = settings.prefix_caching
     kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
-    if settings.compact_json:  # a per-request disable_any_whitespace is ignored by vLLM 0.32
-        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+    # Structured outputs through llguidance: its JSON strings are JSON's. xgrammar's grammar
+    # for a string with a maxLength lets raw control characters through, which strict JSON
+    # parsers refuse (a third of hot-sampled answers, tests/integration/test_sampling.py).
+    # A per-request disable_any_whitespace is ignored by vLLM 0.32: it is the engine's.
+    kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": settings.compact_json}
     return kwargs
 
 

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(default=16, ge=1, description="the largest rank among LORA_MODULES (8, 16, 32, 64, ...)")
     compact_json: bool = Field(
         default=False,
-        description="structured outputs with no free whitespace (vLLM's xgrammar backend, disable_any_whitespace), "
+        description="structured outputs with no free whitespace (vLLM's guidance backend, disable_any_whitespace), "
         "so a model cannot spend its max_tokens on blanks",
     )
 

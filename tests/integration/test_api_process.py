@@ -66,7 +66,9 @@ def api_process(
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                # ready once the start-up load of the model files is done: it grows
+                # the process by some hundred MB, which must not land in a test's window
+                if httpx.get(f"{url}/readyz", timeout=2).json()["model_files"] == "loaded":
                     break
             except httpx.TransportError:
                 pass

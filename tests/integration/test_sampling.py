@@ -85,3 +85,39 @@ def test_chat_fields(client: TestClient, settings: Settings, store: ObjectStore,
     else:
         assert made["message"]["content"].lstrip().startswith("{")
     assert out["tools"]["response"]["status_code"] == 400
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_sampled_json_with_a_length_limited_string_is_strict_json(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
+    """JSON allows no raw control character in a string, and a strict parser (Python's
+    json.loads, most clients) refuses one. Sampled hot from a random model, a string with a
+    maxLength once got one through: the grammar for a length-limited string allowed any
+    byte but a quote, a backslash or a newline (xgrammar's; the guidance backend's follows
+    JSON)."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 8}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    hot_json = {"type": "json_schema", "json_schema": {"name": "short", "schema": schema}}
+    rows = [
+        chat_line(f"hot-{i}", "Answer in JSON.", max_tokens=64, temperature=2.0, seed=i, response_format=hot_json)
+        for i in range(160)
+    ]
+    out = run(client, settings, store, engine, rows, "/v1/chat/completions")
+
+    finished = [line["response"]["body"]["choices"][0] for line in out.values()]
+    finished = [choice for choice in finished if choice["finish_reason"] == "stop"]
+    assert len(finished) >= len(rows) // 4  # hot sampling spends some lines' tokens on whitespace
+    refused = []
+    for choice in finished:
+        try:
+            answer = json.loads(choice["message"]["content"])  # strict: no raw control character
+        except json.JSONDecodeError as exc:
+            refused.append(f"{choice['message']['content']!r}: {exc}")
+            continue
+        assert set(answer) == {"answer"} and len(answer["answer"]) <= 8
+    assert not refused, f"{len(refused)} of {len(finished)} answers are not JSON: {refused[:3]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -23,10 +23,15 @@ def healthz(records: RecordsDep) -> JSONResponse:
 
 
 @router.get("/readyz")
-def readyz(records: RecordsDep, settings: SettingsDep) -> JSONResponse:
-    """200 when at least one worker has its model loaded and heartbeats."""
+def readyz(request: Request, records: RecordsDep, settings: SettingsDep) -> JSONResponse:
+    """200 when at least one worker has its model loaded and heartbeats. `model_files`
+    says whether the API has loaded the models' tokenizers (it does so at start-up, in
+    the background; until then an estimate waits for them)."""
     workers = records.ready_workers(stale_after_seconds=settings.lease_seconds)
-    body = {"workers": [{"id": w.id, "model": w.model, "host": w.host} for w in workers]}
+    body = {
+        "workers": [{"id": w.id, "model": w.model, "host": w.host} for w in workers],
+        "model_files": "loaded" if request.app.state.model_files.done() else "loading",
+    }
     return JSONResponse(
         {"status": "ready" if workers else "no worker ready", **body}, status_code=200 if workers else 503
     )
