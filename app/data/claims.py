@@ -34,10 +34,24 @@ class ClaimedShard:
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
 
+# Whether shard `s`'s job is runnable on this worker's model. A scalar subquery, not a
+# join: the planner cannot turn it around to start from `jobs`, so every scan below walks
+# its index in claim order and stops at the first hit, with or without statistics (joined,
+# a burst of 10,000 jobs before ANALYZE made it sort every waiting shard: 100 ms a claim).
+_RUNNABLE = (
+    "(SELECT j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model"
+    " FROM jobs j WHERE j.id = s.job_id)"
+)
+
+# The claim's plan, set for its transaction alone: walk indexes in claim order, never sort
+# or bitmap-scan every waiting shard. Right after a burst of jobs, before autovacuum's
+# ANALYZE, the planner takes the queue for a handful of rows and chose exactly that.
+CLAIM_PLANNER_SQL = text("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off")
+
 # The claim, in one round trip.
 CLAIM_SHARD_SQL = text(
-    """
-    WITH stale AS (
+    f"""
+    WITH RECURSIVE stale AS (
         -- First, a shard whose worker's lease ran out (it died or lost its machine):
         -- resuming it lets its job finish. ix_shards_running_lease holds one row per
         -- busy worker, so this is cheap.
@@ -50,28 +64,63 @@ CLAIM_SHARD_SQL = text(
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
     ),
+    top AS MATERIALIZED (
+        -- Else a waiting shard of a runnable job for this model, the highest priority first
+        -- (ix_shards_owner_claim_order leads with priority).
+        SELECT s.priority FROM shards s
+        WHERE s.status = 'queued' AND {_RUNNABLE}
+        ORDER BY s.priority DESC
+        LIMIT 1
+    ),
+    owners (owner) AS (
+        -- The owners with shards waiting at that priority: a skip scan of
+        -- ix_shards_owner_claim_order, one index probe per owner, however many shards wait.
+        (SELECT s.owner FROM shards s
+         WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top)
+         ORDER BY s.priority DESC, s.owner LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.owner FROM shards s
+                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner > o.owner
+                ORDER BY s.priority DESC, s.owner LIMIT 1)
+        FROM owners o
+        WHERE o.owner IS NOT NULL
+    ),
     running AS MATERIALIZED (
-        -- How many shards each owner has running now (one row per busy worker at most),
-        -- counted once: inlined, a planner with stale statistics after a burst of jobs
-        -- counted them again for every waiting shard (2.2 s a claim with 10,000 queued).
+        -- How many shards each owner has running now (one row per busy worker at most).
         SELECT owner, count(*) AS shards FROM shards WHERE status = 'running' GROUP BY owner
     ),
+    turns AS MATERIALIZED (
+        -- Owners share the workers: the owner with the fewest shards running first, then
+        -- the one served least recently, then the one whose runnable work is oldest.
+        SELECT o.owner, coalesce(r.shards, 0) AS running, t.last_claimed_at,
+               (SELECT s.job_created_at FROM shards s
+                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner = o.owner
+                  AND {_RUNNABLE}
+                ORDER BY s.priority DESC, s.owner, s.job_created_at
+                LIMIT 1) AS oldest
+        FROM owners o
+        LEFT JOIN running r ON r.owner = o.owner
+        LEFT JOIN owner_turns t ON t.owner = o.owner
+        WHERE o.owner IS NOT NULL
+        ORDER BY 2, 3 NULLS FIRST, 4 NULLS LAST
+    ),
     waiting AS (
-        -- Else a waiting shard of a runnable job for this model: the highest priority first;
-        -- within it, the owner with the fewest shards running, then the one served least
-        -- recently (owners share the workers); then the oldest job, its shards in order.
-        -- SKIP LOCKED lets many workers claim at once without waiting on each other.
-        SELECT s.id
-        FROM shards s
-        JOIN jobs j ON j.id = s.job_id
-        LEFT JOIN running r ON r.owner = s.owner
-        LEFT JOIN owner_turns t ON t.owner = s.owner
-        WHERE s.status = 'queued'
-          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
-        ORDER BY s.priority DESC, coalesce(r.shards, 0), t.last_claimed_at NULLS FIRST,
-                 s.job_created_at, s.job_id, s.index
+        -- The first owner in turn with a shard no other claimant holds: its oldest job's
+        -- next shard. Owners are tried in turn order and the first hit ends the scan, so
+        -- only that shard is locked. SKIP LOCKED lets many workers claim at once without
+        -- waiting on each other.
+        SELECT pick.id
+        FROM turns
+        CROSS JOIN LATERAL (
+            SELECT s.id FROM shards s
+            WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner = turns.owner
+              AND {_RUNNABLE}
+            ORDER BY s.priority DESC, s.owner, s.job_created_at, s.job_id, s.index
+            LIMIT 1
+            FOR UPDATE OF s SKIP LOCKED
+        ) pick
+        WHERE turns.oldest IS NOT NULL
         LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED
     ),
     candidate AS (
         -- `waiting` is only read (and its row only locked) when `stale` is empty.

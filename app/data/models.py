@@ -151,14 +151,17 @@ class Shard(Base):
     """Consecutive input lines [start_line, end_line) that one worker claims at a time."""
 
     __tablename__ = "shards"
-    # Partial indexes over open shards only. The claim walks ix_shards_claim_order in
-    # claim order and stops at the first shard it may take, however long the queue;
-    # lost leases are found through ix_shards_running_lease (one row per busy worker).
+    # Partial indexes over open shards only. The claim walks ix_shards_owner_claim_order
+    # in claim order (the top priority, then a skip scan over the few owners waiting at it,
+    # then the chosen owner's first shard) and stops at the first shard it may take,
+    # however long the queue; lost leases are found through ix_shards_running_lease (one
+    # row per busy worker).
     __table_args__ = (
         Index("ix_shards_open", "job_id", postgresql_where=text("status IN ('queued', 'running')")),
         Index(
-            "ix_shards_claim_order",
+            "ix_shards_owner_claim_order",
             text("priority DESC"),
+            "owner",
             "job_created_at",
             "job_id",
             "index",

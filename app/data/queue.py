@@ -22,6 +22,7 @@ from app.core.errors import Conflict, NotFound
 from app.data.claims import (
     CLAIM_FINALIZATION_OF_JOB_SQL,
     CLAIM_FINALIZATION_SQL,
+    CLAIM_PLANNER_SQL,
     CLAIM_SHARD_SQL,
     FINALIZING_STATUSES,
     STOP_ABANDONED_SHARDS_SQL,
@@ -208,11 +209,10 @@ class JobQueue:
     # The worker's side.
 
     def claim_shard(self, worker_id: str, model: str, lease_seconds: float) -> ClaimedShard | None:
-        # A plain connection, not an ORM session: the claim is the hot path of a busy queue.
-        with self.db.engine.begin() as conn:
-            row = conn.execute(
-                CLAIM_SHARD_SQL, {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
-            ).one_or_none()
+        with self.db.engine.begin() as conn:  # a plain connection, not an ORM session: the hot path
+            conn.execute(CLAIM_PLANNER_SQL)
+            params = {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
+            row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
             return ClaimedShard(**row._asdict()) if row is not None else None
 
     def record_window(

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import insert, text
 
+from app.core.database import Database
+from app.data.claims import CLAIM_PLANNER_SQL, CLAIM_SHARD_SQL
+from app.data.ids import new_id
+from app.data.models import FileRecord, Job, Shard
 from app.data.queue import JobQueue, LeaseLost, WindowResult
 from app.data.records import Records
 from tests.helpers import completion_line, create_batch, jsonl, upload
@@ -108,3 +115,61 @@ def test_only_an_admin_puts_work_ahead_of_the_queue(
     urgent = queued_batch(admin_client, 1, priority=5)
     claimed = [queue.claim_shard(f"w{i}", "demo-llama", LEASE) for i in range(3)]
     assert [shard.job_id for shard in claimed if shard] == [urgent, ordinary, behind]
+
+
+def queue_many(db: Database, owners: list[str], jobs_each: int) -> None:
+    """`jobs_each` one-shard jobs per owner for the model `deep-queue`, written straight to the tables."""
+    expires = datetime.now(UTC) + timedelta(days=1)
+    with db.session() as session:
+        file_id = new_id("file-")
+        session.add(
+            FileRecord(id=file_id, owner=owners[0], filename="q.jsonl", purpose="batch", bytes=1,
+                       sha256="0" * 64, line_count=1, storage_key=f"files/{file_id}")
+        )  # fmt: skip
+        session.flush()
+        for owner in owners:
+            ids = [new_id("batch_") for _ in range(jobs_each)]
+            session.execute(
+                insert(Job),
+                [
+                    {"id": job_id, "owner": owner, "input_file_id": file_id, "endpoint": "/v1/completions",
+                     "completion_window": "24h", "model": "deep-queue", "batch_size": 8, "status": "queued",
+                     "sampling_defaults": {}, "request_total": 1, "expires_at": expires}
+                    for job_id in ids
+                ],
+            )  # fmt: skip
+            session.execute(
+                insert(Shard),
+                [{"job_id": job_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0, "owner": owner}
+                 for job_id in ids],
+            )  # fmt: skip
+
+
+def shard_rows_read(plan: dict[str, Any]) -> int:
+    """Rows the plan's scans of `shards` returned, over all their loops."""
+    own = plan["Actual Rows"] * plan["Actual Loops"] if plan.get("Relation Name") == "shards" else 0
+    return int(own) + sum(shard_rows_read(child) for child in plan.get("Plans", []))
+
+
+def test_a_claim_reads_a_handful_of_shards_however_deep_the_queue(db: Database, queue: JobQueue) -> None:
+    """Owners share the workers without the claim sorting every waiting shard: it finds the
+    top priority, skips from owner to owner, and takes the chosen owner's first shard."""
+    queue_many(db, ["ann", "ben", "cat"], 400)
+    with db.engine.connect() as connection:
+        connection.execute(CLAIM_PLANNER_SQL)  # as the claim runs: no statistics yet for 1,200 rows
+        explained = connection.execute(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + str(CLAIM_SHARD_SQL)),
+            {"model": "deep-queue", "worker_id": "w", "lease_seconds": 60},
+        ).scalar_one()
+        connection.rollback()
+    rows = shard_rows_read(explained[0]["Plan"])
+    assert 0 < rows < 40, rows  # of 1,200 waiting shards
+    claimed = [queue.claim_shard(f"w{i}", "deep-queue", LEASE) for i in range(3)]
+    assert sorted(db_owner(db, shard.job_id) for shard in claimed if shard) == ["ann", "ben", "cat"]
+
+
+def db_owner(db: Database, job_id: str) -> str:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.owner
