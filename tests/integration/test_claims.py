@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 from app.core.database import Database
 from app.data.claims import CLAIM_PLANNER_SQL, CLAIM_SHARD_SQL
-from app.data.ids import new_id
-from app.data.models import FileRecord, Job, Shard
+from app.data.models import Job
 from app.data.queue import JobQueue, LeaseLost, WindowResult
 from app.data.records import Records
+from bench.queue_claims import queue_jobs
 from tests.helpers import completion_line, create_batch, jsonl, upload
 
 
@@ -117,34 +116,6 @@ def test_only_an_admin_puts_work_ahead_of_the_queue(
     assert [shard.job_id for shard in claimed if shard] == [urgent, ordinary, behind]
 
 
-def queue_many(db: Database, owners: list[str], jobs_each: int) -> None:
-    """`jobs_each` one-shard jobs per owner for the model `deep-queue`, written straight to the tables."""
-    expires = datetime.now(UTC) + timedelta(days=1)
-    with db.session() as session:
-        file_id = new_id("file-")
-        session.add(
-            FileRecord(id=file_id, owner=owners[0], filename="q.jsonl", purpose="batch", bytes=1,
-                       sha256="0" * 64, line_count=1, storage_key=f"files/{file_id}")
-        )  # fmt: skip
-        session.flush()
-        for owner in owners:
-            ids = [new_id("batch_") for _ in range(jobs_each)]
-            session.execute(
-                insert(Job),
-                [
-                    {"id": job_id, "owner": owner, "input_file_id": file_id, "endpoint": "/v1/completions",
-                     "completion_window": "24h", "model": "deep-queue", "batch_size": 8, "status": "queued",
-                     "sampling_defaults": {}, "request_total": 1, "expires_at": expires}
-                    for job_id in ids
-                ],
-            )  # fmt: skip
-            session.execute(
-                insert(Shard),
-                [{"job_id": job_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0, "owner": owner}
-                 for job_id in ids],
-            )  # fmt: skip
-
-
 def shard_rows_read(plan: dict[str, Any]) -> int:
     """Rows the plan's scans of `shards` returned, over all their loops."""
     own = plan["Actual Rows"] * plan["Actual Loops"] if plan.get("Relation Name") == "shards" else 0
@@ -154,7 +125,7 @@ def shard_rows_read(plan: dict[str, Any]) -> int:
 def test_a_claim_reads_a_handful_of_shards_however_deep_the_queue(db: Database, queue: JobQueue) -> None:
     """Owners share the workers without the claim sorting every waiting shard: it finds the
     top priority, skips from owner to owner, and takes the chosen owner's first shard."""
-    queue_many(db, ["ann", "ben", "cat"], 400)
+    queue_jobs(db.url, 400, owners=["ann", "ben", "cat"], model="deep-queue")
     with db.engine.connect() as connection:
         connection.execute(CLAIM_PLANNER_SQL)  # as the claim runs: no statistics yet for 1,200 rows
         explained = connection.execute(
