@@ -80,9 +80,12 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
+    """bench/results/<name>.json, stamped with the machine and commit it was measured on."""
+    from bench.machine import stamp
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result | {"measured": stamp()}, indent=2) + "\n")
     return path
 
 

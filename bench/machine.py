@@ -60,6 +60,18 @@ def postgres_version(database_url: str) -> str:
     return str(row[0]) if row else "unknown"
 
 
+def stamp() -> dict[str, Any]:
+    """Where and when one scenario's figures were measured (each result file carries one)."""
+    from datetime import UTC, datetime
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "git_commit": _git_commit(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
 def describe(database_url: str | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),

@@ -1,6 +1,8 @@
 """Scenario 6: many queued jobs, several worker processes (each with its own connections)
 claiming shards through `JobQueue.claim_shard` as fast as they can until none is
-left. Reports claim latency and how many shards were claimed more than once.
+left. Each closes its shard (`finish_shard`, untimed) before the next claim, as a worker
+does, so at most one shard per worker runs at a time. Reports claim latency and how many
+shards were claimed more than once.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[l
             if claimed is None:
                 return shards, seconds[:-1]  # the last, empty claim is not a claim
             shards.append(claimed.shard_id)
+            queue.finish_shard(claimed, worker_id, stopped=False)  # a worker holds one shard at a time
     finally:
         db.dispose()
 

@@ -318,7 +318,8 @@ def queue_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[s
         "## 6. Queue",
         "",
         f"{result['jobs']:,} queued one-shard jobs, {result['workers']} worker processes (own connections) "
-        "calling `JobQueue.claim_shard` until the queue is empty.",
+        "calling `JobQueue.claim_shard` until the queue is empty, each closing its shard (untimed) before its "
+        "next claim, as a worker does.",
         "",
         *_table(
             ["claims", "claims/s", "median ms", "p99 ms", "claimed twice", "left unclaimed"],
@@ -377,10 +378,35 @@ def scale_out_section(result: dict[str, Any] | None) -> tuple[list[str], list[li
     ]
 
 
+def provenance(result: dict[str, Any] | None, harness: dict[str, Any] | None) -> list[str]:
+    """A line under a section whose figures are not from the harness run the page names."""
+    if not result or not harness:
+        return []
+    machine = harness["machine"]
+    measured = result.get("measured")
+    if measured is None:
+        return ["*Measured by an earlier harness run, on a machine not recorded.*", ""]
+    if measured["cpu"] == machine["cpu"] and measured["git_commit"] == machine["git_commit"]:
+        return []
+    return [
+        f"*Measured by an earlier harness run: {measured['cpu']}, {measured['cores']} cores, "
+        f"commit {measured['git_commit']}, {measured['date']}.*",
+        "",
+    ]
+
+
+def _with_provenance(lines: list[str], result: dict[str, Any] | None, harness: dict[str, Any] | None) -> list[str]:
+    """`lines` (a section: heading, blank line, body) with its provenance under the heading."""
+    return [*lines[:2], *provenance(result, harness), *lines[2:]] if lines else lines
+
+
 def write() -> Path:
     sections: list[str] = []
     goals: list[list[str]] = []
-    sections += static_vs_continuous_section(read_result("static_batches"), read_result("continuous_batching"))
+    harness = read_result("harness")
+    static = read_result("static_batches")
+    continuous = read_result("continuous_batching")
+    sections += _with_provenance(static_vs_continuous_section(static, continuous), static, harness)
     for build, name in (
         (service_overhead_section, "service_overhead"),
         (deployed_shape_section, "deployed_shape"),
@@ -392,8 +418,9 @@ def write() -> Path:
         (scale_out_section, "scale_out_summary"),
         (input_read_section, "input_read"),
     ):
-        lines, found = build(read_result(name))
-        sections += lines
+        result = read_result(name)
+        lines, found = build(result)
+        sections += _with_provenance(lines, result, harness)
         goals += found
     page = [
         "# Benchmarks",
@@ -405,7 +432,7 @@ def write() -> Path:
         "## Goals",
         "",
         *_table(["Goal", "Target", "Measured", ""], goals),
-        *machine_section(read_result("harness")),
+        *machine_section(harness),
         *sections,
     ]
     DOC.parent.mkdir(parents=True, exist_ok=True)
