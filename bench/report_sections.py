@@ -62,6 +62,11 @@ def deployed_shape_section(result: dict[str, Any] | None) -> Section:
         f"Service / raw: **{generation:.3f}** in `generate`, **{end_to_end:.3f}** end to end"
         + (f"; against raw with the same CPU placement, {placed:.3f} in `generate`." if placed else "."),
         "",
+        "Each ratio is the median of the runs' ratios, each service run against the raw run just before it, "
+        "not a ratio of the medians above (`generate` pairs: "
+        + ", ".join(f"{run['service']['tokens_per_second'] / run['raw']['tokens_per_second']:.3f}" for run in runs)
+        + "); the pairs' spread is this shared machine's noise.",
+        "",
     ]
     goals = [
         ["2b. deployed: generation / raw", "≥ 0.97", f"{generation:.3f}", _verdict(generation >= 0.97)],
