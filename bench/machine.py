@@ -73,14 +73,11 @@ def stamp() -> dict[str, Any]:
 
 
 def describe(database_url: str | None) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+    info: dict[str, Any] = stamp() | {
         "memory_gib": _memory_gib(),
         "gpus": _gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "versions": _versions(),
-        "git_commit": _git_commit(),
     }
     if database_url:
         info["versions"]["postgres"] = postgres_version(database_url)

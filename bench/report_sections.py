@@ -64,7 +64,7 @@ def deployed_shape_section(result: dict[str, Any] | None) -> Section:
         "",
         "Each ratio is the median of the runs' ratios, each service run against the raw run just before it, "
         "not a ratio of the medians above (`generate` pairs: "
-        + ", ".join(f"{run['service']['tokens_per_second'] / run['raw']['tokens_per_second']:.3f}" for run in runs)
+        + ", ".join(f"{pair:.3f}" for pair in result["generation_pairs"])
         + "); the pairs' spread is this shared machine's noise.",
         "",
     ]
