@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 from app.jobs.lines import ChatBody, CompletionBody, EmbeddingBody, Request
@@ -14,14 +15,22 @@ class FakeEngine:
     """Echoes prompts; dies on any batch holding a prompt that contains `poison`, and refuses
     (as vLLM refuses a request, the engine running on) any batch holding `REFUSED`. With
     `kind="embed"` it holds "demo-embed" and embeds each input as [its length, its first
-    byte, its last byte]."""
+    byte, its last byte]. Enqueued requests (overlapped static batches) run as a scheduler
+    runs them: the first `max_num_seqs` unfinished ones each step, each for as many steps as
+    its `max_tokens`; `steps` records which static batches (by enqueue order) ran in each."""
 
     REFUSED = b"REFUSED"
 
     tensor_parallel_size = 1
     kv_cache_tokens: int | None = None
 
-    def __init__(self, poison: str | None = None, kind: Literal["generate", "embed"] = "generate") -> None:
+    def __init__(
+        self, poison: str | None = None, kind: Literal["generate", "embed"] = "generate", max_num_seqs: int = 256
+    ) -> None:
+        self.max_num_seqs = max_num_seqs
+        self._queue: dict[str, tuple[list[int], int, int]] = {}  # request id -> prompt, steps left, its static batch
+        self._ids = itertools.count()
+        self.steps: list[set[int]] = []
         self.poison = poison
         self.kind = kind
         self.model_name = "demo-embed" if kind == "embed" else "demo-llama"
@@ -66,10 +75,45 @@ class FakeEngine:
         self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
         if self.poison and any(self.poison.encode() in bytes(p) for p in prompts):
             raise RuntimeError("engine died")
-        return [
-            Generation(
-                prompt_tokens=len(p),
-                choices=[Choice(text=bytes(p).decode()[::-1], completion_tokens=3, finish_reason="length")],
-            )
-            for p in prompts
-        ]
+        return [_echo(p) for p in prompts]
+
+    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+        if any(self.REFUSED in bytes(p) for p in prompts):
+            raise RequestRejected("a request the engine refuses")
+        batch = len(self.calls)
+        self.calls.append(len(prompts))
+        self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
+        ids = [str(next(self._ids)) for _ in prompts]
+        for request_id, prompt, kwargs in zip(ids, prompts, sampling, strict=True):
+            self._queue[request_id] = (prompt, int(kwargs["max_tokens"]), batch)
+        return ids
+
+    def step(self) -> list[tuple[str, Generation]]:
+        running = list(self._queue)[: self.max_num_seqs]
+        if self.poison and any(self.poison.encode() in bytes(self._queue[r][0]) for r in running):
+            self._queue.clear()  # what a dead engine held is gone with it
+            raise RuntimeError("engine died")
+        self.steps.append({self._queue[r][2] for r in running})
+        finished = []
+        for request_id in running:
+            prompt, left, batch = self._queue[request_id]
+            if left <= 1:
+                del self._queue[request_id]
+                finished.append((request_id, _echo(prompt)))
+            else:
+                self._queue[request_id] = (prompt, left - 1, batch)
+        return finished
+
+    def unfinished(self) -> int:
+        return len(self._queue)
+
+    def abort(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self._queue.pop(request_id, None)
+
+
+def _echo(prompt: list[int]) -> Generation:
+    return Generation(
+        prompt_tokens=len(prompt),
+        choices=[Choice(text=bytes(prompt).decode()[::-1], completion_tokens=3, finish_reason="length")],
+    )

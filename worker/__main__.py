@@ -67,7 +67,9 @@ def main() -> None:
         heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds,
         max_batch_attempts=settings.max_batch_attempts,
+        max_static_batches_in_flight=settings.max_static_batches_in_flight,
         waker=Waker(url),
+        gpu_hour_price=settings.gpu_hour_price,
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 from app.core.settings import Settings
 from app.jobs.lines import Request
-from app.jobs.output_lines import Choice, Embeddings, Generation, RequestTiming, TokenLogprob
+from app.jobs.output_lines import Embeddings, Generation
 from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, input_token_ids, prompt_token_ids
 from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
+from worker.engine_outputs import generation
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,18 @@ class RequestRejected(ValueError):
         return cls(str(exc), field or getattr(exc, "parameter", None))
 
 
+class EngineFailed(RuntimeError):
+    """The engine raised while running requests: its state is unknown, so the worker
+    process must end (its supervisor starts a fresh engine)."""
+
+
 class Engine(Protocol):
     model_name: str
     kind: Literal["generate", "embed"]  # which of generate / embed it runs
     limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
+    max_num_seqs: int  # sequences the engine's scheduler runs at once
     models: ServedModels  # what a line's `model` may name: the base model or a LoRA adapter of it
 
     def prompt_token_ids(self, request: Request) -> list[int]:
@@ -68,6 +77,21 @@ class Engine(Protocol):
     def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
         """One static batch of embeddings requests (each a list of inputs): every input of
         every request in one `embed` call. RequestRejected when the engine refuses one."""
+
+    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+        """Adds a static batch's requests to the running engine without waiting for them;
+        their request ids, in order. RequestRejected when the engine refuses one (it keeps
+        none of them then)."""
+
+    def step(self) -> list[tuple[str, Generation]]:
+        """One engine step: the requests that finished in it, by request id. Only called
+        while `unfinished()` is above 0."""
+
+    def unfinished(self) -> int:
+        """Requests enqueued and not yet returned by `step`."""
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Drops enqueued requests (a cancelled job, a stopping worker)."""
 
 
 def has_cuda() -> bool:
@@ -150,9 +174,11 @@ class VllmEngine:
         self.tensor_parallel_size = 1 if embed else settings.tensor_parallel_size
         cache = self.llm.llm_engine.vllm_config.cache_config
         self.kv_cache_tokens = None if embed else (cache.num_gpu_blocks or 0) * cache.block_size or None
+        self.max_num_seqs = int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
         # LoRA adapters are the generation model's: an embedding engine serves its model alone.
         self.adapters = {} if embed else load_adapters(self.llm, settings.lora_modules)
         self.models = ServedModels(self.model_name, frozenset(self.adapters))
+        self._enqueued: dict[str, int | None] = {}  # enqueued request id -> its top logprobs asked
         if not cuda:
             self._warm_up()
 
@@ -267,75 +293,64 @@ class VllmEngine:
             raise RequestRejected.of(exc) from exc
 
     def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
-        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(kwargs) for kwargs in sampling]
         lora = lora_requests(self.adapters, sampling)  # one per prompt, or None: no line names an adapter
-        try:
+        with self._refusals():
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
+        return [generation(out, kw.get("logprobs"), self.tokenizer) for out, kw in zip(outputs, sampling, strict=True)]
+
+    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+        from vllm.inputs import TokensPrompt
+
+        params = [self._sampling_params(kwargs) for kwargs in sampling]
+        lora = lora_requests(self.adapters, sampling)
+        with self._refusals():
+            ids = self.llm.enqueue(
+                [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
+            )
+        for request_id, kwargs in zip(ids, sampling, strict=True):
+            self._enqueued[request_id] = kwargs.get("logprobs")
+        return list(ids)
+
+    def step(self) -> list[tuple[str, Generation]]:
+        finished = []
+        for out in self.llm.llm_engine.step():
+            if out.finished:
+                top_n = self._enqueued.pop(out.request_id, None)
+                finished.append((out.request_id, generation(out, top_n, self.tokenizer)))
+        return finished
+
+    def unfinished(self) -> int:
+        return int(self.llm.llm_engine.get_num_unfinished_requests())
+
+    def abort(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self._enqueued.pop(request_id, None)
+        self.llm.llm_engine.abort_request(request_ids, internal=True)
+
+    @contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """vLLM refusing a request while it is added, as RequestRejected (the engine runs on)."""
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            yield
         except (VLLMClientError, ValueError, TypeError) as exc:
             # Raised while the requests were added: vLLM took none of them (it aborts the ones
             # already added), and the engine runs on.
             raise RequestRejected.of(exc) from exc
         except OverflowError as exc:
             # A number too large to send to the engine core (a seed past 64 bits, say): the
-            # request is registered but never sent, and would hang the next call. Drop it.
-            self.llm.llm_engine.abort_request(list(self.llm.llm_engine.output_processor.request_states), internal=True)
+            # request is registered but never sent, and would hang the next step. Drop the
+            # requests that never reached the core (the ones of earlier static batches did).
+            states = self.llm.llm_engine.output_processor.request_states
+            self.llm.llm_engine.abort_request([rid for rid in states if rid not in self._enqueued], internal=True)
             raise RequestRejected.of(exc) from exc
-        return [
-            Generation(
-                prompt_tokens=len(out.prompt_token_ids or []),
-                choices=[
-                    Choice(
-                        text=choice.text,
-                        completion_tokens=len(choice.token_ids),
-                        finish_reason=choice.finish_reason or "stop",
-                        logprobs=self._logprobs(choice, kw.get("logprobs")),
-                    )
-                    for choice in out.outputs
-                ],
-                timing=_timing(out.metrics),
-                cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),
-            )
-            for out, kw in zip(outputs, sampling, strict=True)
-        ]
-
-    def _logprobs(self, choice: Any, top_n: int | None) -> list[TokenLogprob] | None:
-        if top_n is None or choice.logprobs is None:
-            return None
-        tokens = []
-        for token_id, candidates in zip(choice.token_ids, choice.logprobs, strict=False):
-            chosen = candidates[token_id]
-            ranked = sorted(
-                (c for c in candidates.values() if c.rank is not None and c.rank <= top_n), key=lambda c: c.rank
-            )
-            tokens.append(
-                TokenLogprob(
-                    token=self._token_text(token_id, chosen.decoded_token),
-                    logprob=float(chosen.logprob),
-                    top=[(c.decoded_token or "", float(c.logprob)) for c in ranked],
-                )
-            )
-        return tokens
-
-    def _token_text(self, token_id: int, decoded: str | None) -> str:
-        return decoded if decoded is not None else str(self.tokenizer.decode([token_id]))
 
     def shutdown(self) -> None:
         """Stops the engine's processes; without this, interpreter exit waits on them."""
         self.llm.llm_engine.engine_core.shutdown()
-
-
-def _timing(stats: Any) -> RequestTiming | None:
-    """vLLM's per-request stats (present when stats logging is on)."""
-    if stats is None or not getattr(stats, "first_token_ts", 0):
-        return None
-    return RequestTiming(
-        scheduled=float(stats.scheduled_ts),
-        first_token=float(stats.first_token_ts),
-        last_token=float(stats.last_token_ts),
-        preemptions=int(stats.num_preemptions),
-    )

@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import uuid
+from dataclasses import replace
+from functools import partial
 from typing import TypeVar
 
 from app.core.backoff import retry_transient
@@ -16,8 +18,9 @@ from app.data.models import Worker
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.finalize import finalize_next
-from worker.engine import Engine
-from worker.shard_runner import EngineFailed, ShardRunner, ShutdownRequested
+from worker.engine import Engine, EngineFailed
+from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT, ShardRunner, ShutdownRequested
+from worker.sizing import fit_batch_size
 from worker.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,15 @@ class WorkerLoop:
         heartbeat_seconds: float,
         poll_seconds: float,
         max_batch_attempts: int = 3,
+        max_static_batches_in_flight: int = DEFAULT_STATIC_BATCHES_IN_FLIGHT,
         waker: Waker | None = None,
         worker_id: str | None = None,
+        gpu_hour_price: float | None = None,
         failure_pause_seconds: float = FAILURE_PAUSE_SECONDS,
     ) -> None:
         self.failure_pause_seconds = min(failure_pause_seconds, lease_seconds)
         self.waker = waker
+        self.gpu_hour_price = gpu_hour_price
         self.engine = engine
         self.records = records
         self.queue = queue
@@ -60,7 +66,14 @@ class WorkerLoop:
         self.stop_requested = threading.Event()
         self._current: ClaimedShard | None = None
         self.runner = ShardRunner(
-            engine, queue, store, self.worker_id, lease_seconds, self.stop_requested, max_batch_attempts
+            engine,
+            queue,
+            store,
+            self.worker_id,
+            lease_seconds,
+            self.stop_requested,
+            max_batch_attempts,
+            max_static_batches_in_flight,
         )
 
     def register(self) -> None:
@@ -94,6 +107,9 @@ class WorkerLoop:
         shard = self.queue.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
         if shard is None:
             return False
+        if shard.batch_size is None:
+            size = self.queue.fit_batch_size(shard.job_id, partial(fit_batch_size, self.engine))
+            shard = replace(shard, batch_size=size)
         self._current = shard
         log.info(
             "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.job_id, shard.next_line, shard.end_line
@@ -142,6 +158,7 @@ class WorkerLoop:
                 self.lease_seconds,
                 self.max_batch_attempts,
                 job_id,
+                gpu_hour_price=self.gpu_hour_price,
             )
         except Exception:
             log.exception("finalization failed; it will be retried")

@@ -1,8 +1,11 @@
 """Runs one claimed shard as static batches.
 
-Three stages overlap so the engine never waits on I/O: while batch k is in
-`generate`, a thread prepares batch k+1 (reading, parsing, tokenizing) and another
-writes batch k-1's results to storage and its progress to Postgres. A packed window is
+A generation shard's static batches overlap in the engine by default (worker.overlap): the
+next enters while the last drains, and each window is recorded when its last request ends.
+Strict mode (`batching: "strict"`) and embeddings run one blocking call per static batch.
+Either way three stages overlap so the engine never waits on I/O: while the engine runs,
+a thread prepares the next window (reading, parsing, tokenizing) and another writes the
+finished ones' results to storage and their progress to Postgres. A packed window is
 ordered from its parsed lines (worker.packing) and tokenized one static batch at a time,
 so its first `generate` starts without waiting for the whole window's tokens. An embeddings
 shard runs the same way, each static batch of `batch_size` lines in one `embed` call.
@@ -10,6 +13,7 @@ shard runs the same way, each static batch of `batch_size` lines in one `embed` 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -22,9 +26,9 @@ from typing import Any, TypeVar
 
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore
-from app.data.claims import ClaimedShard
+from app.data.claims import ClaimedShard, WindowResult
 from app.data.models import JobStatus
-from app.data.queue import JobQueue, WindowResult
+from app.data.queue import JobQueue
 from app.jobs.lines import EMBEDDINGS, LineError, Request, parse_line
 from app.jobs.output_lines import (
     Embeddings,
@@ -37,14 +41,17 @@ from app.jobs.output_lines import (
 )
 from app.jobs.planning import JobDefaults, UnsupportedRequest, line_param, plan_embedding, plan_parsed
 from app.jobs.stats import length_histogram
-from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from app.jobs.uploads import lines_from
-from worker.engine import Engine, RequestRejected
+from worker.engine import Engine, EngineFailed, RequestRejected
+from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows, window_result
 from worker.packing import line_facts, packing_order
+from worker.strict import StrictBatches
 from worker.windows import Generated, PreparedWindow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+DEFAULT_STATIC_BATCHES_IN_FLIGHT = 8  # Settings.max_static_batches_in_flight
 
 STOPPING_STATUSES = {
     JobStatus.CANCELLING,
@@ -71,9 +78,12 @@ class ShardRunner:
         lease_seconds: float,
         stop_requested: threading.Event,
         max_batch_attempts: int = 3,
+        max_static_batches_in_flight: int = DEFAULT_STATIC_BATCHES_IN_FLIGHT,
     ) -> None:
         self.max_batch_attempts = max_batch_attempts
+        self.max_static_batches_in_flight = max_static_batches_in_flight
         self.engine = engine
+        self.strict = StrictBatches(engine)
         self.queue = queue
         self.store = store
         self.worker_id = worker_id
@@ -162,85 +172,8 @@ class ShardRunner:
         _engine_check(engine.check, planned.request, planned.sampling)
         return planned.request, planned.prompt, planned.sampling
 
-    def _generate(self, window: PreparedWindow, batch_size: int) -> Generated:
-        """One `generate` per static batch of `batch_size`. A packed window (more lines than
-        one batch) runs as static batches of similar requested length, so short answers do
-        not wait for long ones; the generations come back in input order."""
-        if window.planned:
-            return self._generate_planned(window)
-        count = len(window.runnable)
-        if count <= batch_size:
-            groups = [list(range(count))] if count else []
-        else:  # an embeddings window, by its inputs' tokens
-            order = sorted(range(count), key=window.length)
-            groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
-        generations, telemetry = self._run_groups(window, groups)
-        return Generated(generations, combine(telemetry), len(telemetry))
-
-    def _generate_planned(self, window: PreparedWindow) -> Generated:
-        """Runs a packed window's static batches as each is planned, then puts the window's
-        runnable lines and their generations back in input order."""
-        rows: list[tuple[Request, list[int], dict[str, Any], Generation | Embeddings]] = []
-        telemetry: list[EngineTelemetry | None] = []
-        for planned in window.planned:
-            part = planned.result()
-            generations, part_telemetry = self._run_groups(part, [list(range(len(part.runnable)))])
-            rows += zip(part.runnable, part.prompts, part.sampling, generations, strict=True)
-            telemetry += part_telemetry
-            window.errors.update(part.errors)
-        window.planned = []
-        rows.sort(key=lambda row: row[0].index)
-        window.runnable = [request for request, _, _, _ in rows]
-        window.prompts = [prompt for _, prompt, _, _ in rows]
-        window.sampling = [sampling for _, _, sampling, _ in rows]
-        return Generated([generation for *_, generation in rows], combine(telemetry), len(telemetry))
-
-    def _run_groups(
-        self, window: PreparedWindow, groups: list[list[int]]
-    ) -> tuple[list[Generation | Embeddings], list[EngineTelemetry | None]]:
-        """Runs each group of the window's positions as a static batch: the generations in the
-        window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
-        in_order: list[Generation | Embeddings | None] = [None] * len(window.runnable)
-        refused: dict[int, RequestRejected] = {}
-        telemetry: list[EngineTelemetry | None] = []
-        for group in groups:
-            for positions, outcome in self._static_batches(window, group):
-                if isinstance(outcome, RequestRejected):
-                    refused[positions[0]] = outcome
-                    continue
-                results: list[Generation | Embeddings] = list(outcome)
-                for position, result in zip(positions, results, strict=True):
-                    in_order[position] = result
-                generations = [g for g in results if isinstance(g, Generation)]
-                telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
-        _set_refused_aside(window, refused)
-        return [g for g in in_order if g is not None], telemetry
-
-    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
-        """One `generate` (or `embed`) call for the window's requests at `positions`."""
-        sampling = [window.sampling[i] for i in positions]
-        if window.embeddings:
-            return self.engine.embed([window.inputs[i] for i in positions], sampling)
-        return self.engine.generate([window.prompts[i] for i in positions], sampling)
-
-    def _static_batches(
-        self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | RequestRejected]]:
-        """Runs the window's requests at `positions` as one static batch. When the engine
-        refuses a request, the batch is split in two and each half run again, until the
-        refused request stands alone: it gets the engine's reason, the rest run."""
-        try:
-            generated = self._run_static_batch(window, positions)
-        except RequestRejected as refusal:
-            if len(positions) == 1:
-                yield positions, refusal
-                return
-            log.warning("the engine refused a request among %d; splitting the static batch", len(positions))
-            middle = len(positions) // 2
-            yield from self._static_batches(window, positions[:middle])
-            yield from self._static_batches(window, positions[middle:])
-            return
-        yield positions, generated
+    def _set_aside_when_planned(self, planned: Future[PreparedWindow], attempts: int) -> PreparedWindow:
+        return self._set_aside(planned.result(), attempts)
 
     def _set_aside(self, window: PreparedWindow, attempts: int) -> PreparedWindow:
         """A window that killed the engine on every try: its lines become error lines."""
@@ -289,6 +222,7 @@ class ShardRunner:
             cached_tokens=sum(g.cached_tokens for g in generations if isinstance(g, Generation)),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
+            accelerator_seconds=seconds * self.engine.tensor_parallel_size,
             output_lengths=length_histogram(g.completion_tokens for g in generations if isinstance(g, Generation)),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
             static_batches=generated.static_batches,
@@ -301,57 +235,125 @@ class ShardRunner:
         )
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
-        batch_size = shard.batch_size
+        batch_size = shard.batch_size or self.engine.max_num_seqs  # the worker fits it at claim
         # Length-aware packing reads a window of several static batches at a time. After a
-        # claim that died without progress, windows are single static batches: the one that
-        # kills the engine is then found (and set aside) alone, not with its whole window.
+        # claim that died without progress, windows are single static batches and run one
+        # at a time: the one that kills the engine is then found (and set aside) alone, not
+        # with its whole window or the static batches overlapping it.
         defaults = JobDefaults.model_validate(shard.sampling_defaults)
-        packed = defaults.pack_window is not None and shard.attempts <= 1
+        retrying = shard.attempts > 1
+        packed = defaults.pack_window is not None and not retrying
         window_lines = batch_size * ((defaults.pack_window or 1) if packed else 1)
         lines = self._input_lines(shard)
         chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
         seqs = itertools.count(shard.windows_done)
-        batches = 0
         with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
+            first = True
 
             def prepare_next() -> Future[PreparedWindow] | None:
+                nonlocal first
                 chunk = next(chunks, None)
                 if not chunk:
                     return None
-                return preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
+                prepared = preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
+                if first and shard.attempts > self.max_batch_attempts:
+                    prepared = preparer.submit(self._set_aside_when_planned, prepared, shard.attempts)
+                first = False
+                return prepared
 
-            pending_prep = prepare_next()
-            pending_write: Future[JobStatus] | None = None
-            cut_short = False
-            while pending_prep is not None:
-                window = pending_prep.result()
-                pending_prep = prepare_next()  # tokenizes batch k+1 while k generates
-                if batches == 0 and shard.attempts > self.max_batch_attempts:
-                    window = self._set_aside(window, shard.attempts)
-                started = time.perf_counter()
-                try:
-                    generated = self._generate(window, batch_size)
-                except Exception as exc:
-                    raise EngineFailed(f"generate failed on lines {window.first_line + 1}-{window.next_line}") from exc
-                seconds = time.perf_counter() - started
-                previous, pending_write = (
-                    pending_write,
-                    writer.submit(self._write, shard, window, generated, seconds),
-                )
-                batches += 1
-                # The previous batch's transaction tells whether the batch was cancelled meanwhile.
-                if previous is not None and previous.result() in STOPPING_STATUSES:
-                    cut_short = True
-                if cut_short or self.stop_requested.is_set():
-                    break
-            last_status = pending_write.result() if pending_write is not None else None
-            if pending_prep is not None and not pending_prep.cancel():
-                for planned in pending_prep.result().planned:  # its static batches, not yet tokenized
-                    planned.cancel()
+            if self.engine.kind == "generate" and defaults.batching == "overlapped":
+                in_flight = 1 if retrying else self.max_static_batches_in_flight
+                return self._run_overlapped(shard, prepare_next, writer, in_flight)
+            return self._run_strict(shard, prepare_next, writer, batch_size)
+
+    def _run_strict(
+        self,
+        shard: ClaimedShard,
+        prepare_next: Callable[[], Future[PreparedWindow] | None],
+        writer: ThreadPoolExecutor,
+        batch_size: int,
+    ) -> ShardOutcome:
+        """One blocking `generate` (or `embed`) per static batch, each waiting for its
+        slowest answer before the next starts: the seed's experiment, and embeddings."""
+        batches = 0
+        pending_prep = prepare_next()
+        pending_write: Future[JobStatus] | None = None
+        cut_short = False
+        while pending_prep is not None:
+            window = pending_prep.result()
+            pending_prep = prepare_next()  # tokenizes batch k+1 while k generates
+            started = time.perf_counter()
+            try:
+                generated = self.strict.generate(window, batch_size)
+            except Exception as exc:
+                raise EngineFailed(f"generate failed on lines {window.first_line + 1}-{window.next_line}") from exc
+            seconds = time.perf_counter() - started
+            previous, pending_write = (
+                pending_write,
+                writer.submit(self._write, shard, window, generated, seconds),
+            )
+            batches += 1
+            # The previous batch's transaction tells whether the batch was cancelled meanwhile.
+            if previous is not None and previous.result() in STOPPING_STATUSES:
+                cut_short = True
+            if cut_short or self.stop_requested.is_set():
+                break
+        last_status = pending_write.result() if pending_write is not None else None
+        if pending_prep is not None and not pending_prep.cancel():
+            for planned in pending_prep.result().planned:  # its static batches, not yet tokenized
+                planned.cancel()
         cut_short = cut_short or last_status in STOPPING_STATUSES
         if pending_prep is not None and not cut_short:
             raise ShutdownRequested
         return ShardOutcome(stopped=cut_short and pending_prep is not None, batches=batches)
+
+    def _run_overlapped(
+        self,
+        shard: ClaimedShard,
+        prepare_next: Callable[[], Future[PreparedWindow] | None],
+        writer: ThreadPoolExecutor,
+        in_flight: int,
+    ) -> ShardOutcome:
+        """The shard's static batches overlapped in the engine (worker.overlap); each window
+        is written when its last request ends, in input order. A window's seconds are the
+        engine time it alone accounts for (from its start, or the previous window's end if
+        later, to its end), so they add up to the shard's wall time in the engine."""
+        overlapped = OverlappedEngine(self.engine, in_flight)
+        source = StaticBatchSource(prepare_next)
+        writes: collections.deque[Future[JobStatus]] = collections.deque()
+        stopping = False
+        last_end: float | None = None
+        windows = 0
+
+        def on_window(run: WindowRun) -> None:
+            nonlocal last_end, windows
+            assert run.started is not None and run.ended is not None
+            generated = window_result(run, self.engine.kv_cache_tokens)
+            seconds = run.ended - (run.started if last_end is None else max(run.started, last_end))
+            last_end = run.ended
+            writes.append(writer.submit(self._write, shard, run.window, generated, seconds))
+            windows += 1
+
+        def should_stop() -> bool:
+            nonlocal stopping
+            while writes and writes[0].done():
+                if writes.popleft().result() in STOPPING_STATUSES:  # cancelled or expired meanwhile
+                    stopping = True
+            return stopping or self.stop_requested.is_set()
+
+        try:
+            left = run_windows(overlapped, source, on_window, should_stop)
+        except EngineFailed:
+            source.cancel()
+            raise
+        except BaseException:  # storage or Postgres gave up: the engine runs on, without this shard
+            overlapped.abort()
+            source.cancel()
+            raise
+        stopping = any([write.result() in STOPPING_STATUSES for write in writes]) or stopping
+        if left and not stopping:
+            raise ShutdownRequested
+        return ShardOutcome(stopped=stopping and left, batches=windows)
 
 
 def _engine_check(check: Callable[[dict[str, Any]], None], request: Request, params: dict[str, Any]) -> None:
@@ -364,19 +366,5 @@ def _engine_check(check: Callable[[dict[str, Any]], None], request: Request, par
         ) from refusal
 
 
-def _set_refused_aside(window: PreparedWindow, refused: dict[int, RequestRejected]) -> None:
-    """Moves the requests the engine refused (by position) to the window's error lines."""
-    for position in sorted(refused, reverse=True):
-        request = window.drop(position)
-        refusal = refused[position]
-        message = f"The engine refused this request: {refusal}"
-        param = line_param(request.body, refusal.field)
-        window.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")
-
-
 class ShutdownRequested(Exception):
     """The worker is stopping; the shard is released for another worker to resume."""
-
-
-class EngineFailed(RuntimeError):
-    """`generate` raised: the engine's state is unknown, so the worker process must end."""

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.jobs.lines import Request
-from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.output_lines import Embeddings, Generation, request_error_line
+from app.jobs.planning import line_param
 from app.jobs.telemetry import EngineTelemetry
+from worker.engine import RequestRejected
 
 
 @dataclass
@@ -52,3 +54,30 @@ class Generated:
     generations: list[Generation | Embeddings]
     telemetry: EngineTelemetry | None
     static_batches: int  # generate (or embed) calls
+
+
+def merge_parts(
+    window: PreparedWindow, parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]]
+) -> list[Generation | Embeddings]:
+    """Puts the static batches' lines (and their error lines) back into their window, in
+    input order; the generations in that order."""
+    rows: list[tuple[Request, list[int], dict[str, Any], Generation | Embeddings]] = []
+    for part, generations in parts:
+        rows += zip(part.runnable, part.prompts, part.sampling, generations, strict=True)
+        if part is not window:
+            window.errors.update(part.errors)
+    rows.sort(key=lambda row: row[0].index)
+    window.runnable = [request for request, _, _, _ in rows]
+    window.prompts = [prompt for _, prompt, _, _ in rows]
+    window.sampling = [sampling for _, _, sampling, _ in rows]
+    return [generation for *_, generation in rows]
+
+
+def set_refused_aside(window: PreparedWindow, refused: dict[int, RequestRejected]) -> None:
+    """Moves the requests the engine refused (by position) to the window's error lines."""
+    for position in sorted(refused, reverse=True):
+        request = window.drop(position)
+        refusal = refused[position]
+        message = f"The engine refused this request: {refusal}"
+        param = line_param(request.body, refusal.field)
+        window.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")

@@ -21,8 +21,9 @@ class BatchViews:
     """Batches as polled; concurrent polls of one batch share a read (`CoalescedReads`),
     and each caller's right to see it is checked against the owner read with it."""
 
-    def __init__(self, records: Records) -> None:
+    def __init__(self, records: Records, gpu_hour_price: float | None = None) -> None:
         self._records = records
+        self._gpu_hour_price = gpu_hour_price
         self._reads: CoalescedReads[str, BatchView | None] = CoalescedReads(self._read)
 
     async def body(self, batch_id: str, scope: str | None) -> bytes:
@@ -37,5 +38,5 @@ class BatchViews:
             job, workers, children = self._records.job_view(batch_id)
         except NotFound:
             return None
-        body = BatchObject.of(job, workers=workers, children=children).model_dump_json()
+        body = BatchObject.of(job, self._gpu_hour_price, workers=workers, children=children).model_dump_json()
         return BatchView(job.owner, body.encode())

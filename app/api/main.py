@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.records = Records(db)
         app.state.queue = JobQueue(db)
-        app.state.batch_views = BatchViews(app.state.records)
+        app.state.batch_views = BatchViews(app.state.records, settings.gpu_hour_price)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interval_seconds=settings.sweep_seconds,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_batch_attempts,
+            gpu_hour_price=settings.gpu_hour_price,
         )
         app.state.sweeper = sweeper
         app.state.heavy_work = HeavyWork(settings.heavy_work_threads)

@@ -13,9 +13,10 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec
 from app.jobs.estimate import JobEstimate
 from app.jobs.lines import ENDPOINTS
+from app.jobs.planning import JobDefaults
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
-from app.jobs.stats import throughput
+from app.jobs.stats import cost, throughput
 
 
 def unix(ts: datetime | None) -> int | None:
@@ -141,7 +142,19 @@ class BatchCreate(BaseModel):
         description="model to run; default: the one the workers hold for the endpoint (the embedding "
         "model for /v1/embeddings)",
     )
-    batch_size: int | None = Field(default=None, ge=1, le=100_000, description="prompts per static batch")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="prompts per static batch; default: BATCH_SIZE, else fitted to the engine that runs the batch "
+        "(its max_num_seqs, cut to the lines its KV cache holds; the batch shows the size and why)",
+    )
+    batching: Literal["overlapped", "strict"] = Field(
+        default="overlapped",
+        description="overlapped (the default): the next static batch enters the engine while the last one drains, "
+        "each recorded when its last answer ends; strict: one blocking generate per static batch, which waits for "
+        "its slowest answer (the seed's static batching)",
+    )
     max_tokens: int | None = Field(default=None, ge=1, description="default max_tokens for lines without one")
     truncate_prompts: bool = Field(
         default=False,
@@ -230,6 +243,15 @@ class BatchThroughput(BaseModel):
     workers: int | None = Field(description="workers that ran its static batches (on a single batch's view)")
 
 
+class BatchCost(BaseModel):
+    """What the batch held of the accelerators (app.jobs.stats.cost)."""
+
+    accelerator_seconds: float = Field(description="engine wall seconds x tensor parallel size, over its windows")
+    gpu_hour_price: float | None = Field(description="GPU_HOUR_PRICE, the price of one accelerator-hour")
+    cost: float | None = Field(description="accelerator-hours x GPU_HOUR_PRICE; null without a price")
+    cost_per_million_output_tokens: float | None
+
+
 OPENAI_STATUS = {JobStatus.QUEUED: JobStatus.VALIDATING, JobStatus.EXPIRING: JobStatus.FINALIZING}
 
 
@@ -256,9 +278,12 @@ class BatchObject(BaseModel):
     metadata: dict[str, str] | None
     # Extras.
     model: str
-    batch_size: int
+    batch_size: int | None = Field(description="prompts per static batch; null until a worker fits it to its engine")
+    batch_size_basis: str | None = Field(description="how the size was fitted to the engine; null when it was given")
+    batching: Literal["overlapped", "strict"]
     priority: int
     usage: BatchUsage
+    cost: BatchCost
     queue_status: str = Field(description="the service's own status; `queued` is shown as `validating` above")
     throughput: BatchThroughput
     estimate: JobEstimate | None = Field(
@@ -268,7 +293,13 @@ class BatchObject(BaseModel):
     child_batch_ids: list[str] | None = Field(default=None, description="retries of this batch, oldest first")
 
     @classmethod
-    def of(cls, job: Job, workers: int | None = None, children: list[str] | None = None) -> BatchObject:
+    def of(
+        cls,
+        job: Job,
+        gpu_hour_price: float | None = None,
+        workers: int | None = None,
+        children: list[str] | None = None,
+    ) -> BatchObject:
         status = JobStatus(job.status)
         return cls(
             id=job.id,
@@ -294,6 +325,9 @@ class BatchObject(BaseModel):
             metadata=job.metadata_,
             model=job.model,
             batch_size=job.batch_size,
+            batch_size_basis=job.batch_size_basis,
+            batching=JobDefaults.model_validate(job.sampling_defaults).batching,
+            cost=BatchCost(**asdict(cost(job, gpu_hour_price))),
             usage=BatchUsage(
                 input_tokens=job.prompt_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=job.cached_tokens),

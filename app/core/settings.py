@@ -78,7 +78,23 @@ class Settings(BaseSettings):
     )
 
     # Jobs.
-    batch_size: int = Field(default=64, ge=1, le=100_000, description="prompts per static batch (default for jobs)")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="prompts per static batch (default for jobs); unset: fitted to the engine that runs the job "
+        "(its max_num_seqs, cut to the lines its KV cache holds)",
+    )
+    max_static_batches_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=1_000,
+        description="overlapped batching: static batches in the engine and not yet recorded, at most "
+        "(a worker killed mid-job loses these)",
+    )
+    gpu_hour_price: float | None = Field(
+        default=None, ge=0, description="price of one accelerator-hour: batches show their cost from it"
+    )
     default_max_tokens: int = Field(default=16, ge=1, description="max_tokens for lines that give none")
     shard_size: int = Field(default=100_000, ge=1, description="lines per shard claimed by one worker")
     lease_seconds: float = Field(default=60.0, gt=0, description="a claimed shard is re-claimable after this")

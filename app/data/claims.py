@@ -1,4 +1,5 @@
-"""The claim statements, in one place: a shard for a worker, a job for a finalizer.
+"""The claim statements, in one place: a shard for a worker, a job for a finalizer; and
+what a worker holds of a claimed shard and hands back for each window.
 
 Each is one round trip: commented CTEs pick the candidate with `FOR UPDATE SKIP LOCKED`
 (many claimants at once never wait on each other nor take the same row), then take the
@@ -26,10 +27,30 @@ class ClaimedShard:
     attempts: int  # claims since the shard last made progress
     input_key: str
     endpoint: str
-    batch_size: int
+    batch_size: int | None  # None: fitted to the claimant's engine (JobQueue.fit_batch_size)
     sampling_defaults: dict[str, Any]
     model: str
     line_offsets: dict[str, Any] | None = None  # where every N-th input line starts (app.jobs.uploads)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What one window (one or more static batches) did, recorded in the same transaction as its progress."""
+
+    first_line: int
+    next_line: int
+    prompts: int
+    completed: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    generate_seconds: float
+    output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
+    error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
+    static_batches: int = 1  # generate calls in this window
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
+    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
+    accelerator_seconds: float = 0.0  # generate_seconds x the accelerators the engine holds
 
 
 WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim

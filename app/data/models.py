@@ -104,7 +104,9 @@ class Job(Base):
     endpoint: Mapped[str] = mapped_column(String(64))
     completion_window: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(Text)
-    batch_size: Mapped[int] = mapped_column(Integer)
+    # None until the first claimant fits it to its engine (worker.sizing); the basis says how.
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    batch_size_basis: Mapped[str | None] = mapped_column(Text, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), index=True)
     sampling_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -122,6 +124,8 @@ class Job(Base):
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     generate_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Engine wall seconds x the accelerators the engine holds (tensor x pipeline parallel).
+    accelerator_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     tensor_parallel_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     output_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
@@ -215,6 +219,7 @@ class Window(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # prefix cache hits
     completion_tokens: Mapped[int] = mapped_column(Integer)
     generate_seconds: Mapped[float] = mapped_column(Float)
+    accelerator_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     tokens_per_second: Mapped[float] = mapped_column(Float)
     output_lengths: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)  # app.jobs.stats histogram
     # Offsets (from first_line) of the lines that went to the error part; the rest, in

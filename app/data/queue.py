@@ -9,7 +9,7 @@ transaction that ends it. Reads live in `app.data.records`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from app.data.claims import (
     WORK_CHANNEL,
     ClaimedShard,
     Finalization,
+    WindowResult,
 )
 from app.data.ids import now
 from app.data.models import (
@@ -42,26 +43,6 @@ from app.data.models import (
 )
 from app.data.outbox import record_event
 from app.data.records import visible_to
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    """What one window (one or more static batches) did, recorded in the same transaction as its progress."""
-
-    first_line: int
-    next_line: int
-    prompts: int
-    completed: int
-    failed: int
-    prompt_tokens: int
-    completion_tokens: int
-    generate_seconds: float
-    output_lengths: list[int] | None = None  # histogram over app.jobs.stats.OUTPUT_LENGTH_EDGES
-    error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
-    static_batches: int = 1  # generate calls in this window
-    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
-    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
-
 
 FINALIZATION_LOCK_SECONDS = 5  # how long a claim of one named job waits for its row
 LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
@@ -215,6 +196,15 @@ class JobQueue:
             row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
             return ClaimedShard(**row._asdict()) if row is not None else None
 
+    def fit_batch_size(self, job_id: str, fit: Callable[[dict[str, Any] | None], tuple[int, str]]) -> int:
+        """The job's batch size; when it has none yet, `fit(its estimate)` sets it, with its
+        basis, under the job's row lock: every shard of a job runs the first claimant's size."""
+        with self.db.session() as session:
+            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            if job.batch_size is None:
+                job.batch_size, job.batch_size_basis = fit(job.estimate)
+            return job.batch_size
+
     def record_window(
         self, shard: ClaimedShard, seq: int, worker_id: str, result: WindowResult, lease_seconds: float
     ) -> JobStatus:
@@ -255,6 +245,7 @@ class JobQueue:
                     cached_tokens=result.cached_tokens,
                     completion_tokens=result.completion_tokens,
                     generate_seconds=result.generate_seconds,
+                    accelerator_seconds=result.accelerator_seconds,
                     tokens_per_second=tps,
                     output_lengths=result.output_lengths,
                     error_lines=result.error_lines,
@@ -273,6 +264,7 @@ class JobQueue:
                     cached_tokens=Job.cached_tokens + result.cached_tokens,
                     completion_tokens=Job.completion_tokens + result.completion_tokens,
                     generate_seconds=Job.generate_seconds + result.generate_seconds,
+                    accelerator_seconds=Job.accelerator_seconds + result.accelerator_seconds,
                     first_window_at=func.coalesce(Job.first_window_at, func.now()),
                 )
                 .returning(Job.status)

@@ -154,12 +154,13 @@ class Records:
             return list(session.scalars(select(Window).where(Window.job_id == job_id).order_by(Window.first_line)))
 
     def measured_rate(
-        self, model: str, batch_size: int, days: float, *, prompt_tokens: bool = False
+        self, model: str, batch_size: int | None, days: float, *, prompt_tokens: bool = False
     ) -> tuple[float, int] | None:
         """Generated tokens (or with `prompt_tokens`, prompt tokens: what an embedding model
         reads) per generate-second of recent static batches of jobs on `model` at
-        `batch_size`, and how many static batches that is (a packed window counts each of
-        its static batches); None without any."""
+        `batch_size` (None: of jobs whose size was fitted to the engine), and how many static
+        batches that is (a packed window counts each of its static batches); None without any."""
+        sized = Job.batch_size_basis.is_not(None) if batch_size is None else Job.batch_size == batch_size
         counted = Window.prompt_tokens if prompt_tokens else Window.completion_tokens
         with self.db.session() as session:
             tokens, seconds, count = session.execute(
@@ -167,7 +168,7 @@ class Records:
                 .join(Job, Job.id == Window.job_id)
                 .where(
                     Job.model == model,
-                    Job.batch_size == batch_size,
+                    sized,
                     Window.prompts > 0,
                     Window.created_at > func.now() - timedelta(days=days),
                 )

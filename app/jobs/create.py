@@ -7,7 +7,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.settings import Settings
@@ -41,6 +41,7 @@ class JobSpec:
     metadata: dict[str, str] | None = None
     truncate_prompts: bool = False
     pack_by_length: bool = True
+    batching: Literal["overlapped", "strict"] = "overlapped"
     # OpenAI's output_expires_after.seconds; None: FILE_RETENTION_DAYS (app.jobs.retention).
     output_expires_after_seconds: int | None = None
 
@@ -68,7 +69,7 @@ class DryRun:
 class CheckedSpec:
     source: FileRecord
     model: str
-    batch_size: int
+    batch_size: int | None  # None: the first claimant fits it to its engine
     defaults: JobDefaults
     file_errors: list[dict[str, Any]] = field(default_factory=list)  # line-numbered: the job fails as a whole
 
@@ -120,6 +121,7 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
         max_tokens=spec.max_tokens or settings.default_max_tokens,
         truncate_prompts=spec.truncate_prompts,
         pack_window=settings.packing_window_batches if spec.pack_by_length else None,
+        batching=spec.batching,
     )
     return CheckedSpec(
         source=source,

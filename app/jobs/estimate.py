@@ -120,7 +120,7 @@ class Eta(BaseModel):
 class JobEstimate(LineCounts, Eta):
     """Lines, prompt tokens, requested output tokens, failing lines and an ETA."""
 
-    batch_size: int
+    batch_size: int | None = Field(description="null: fitted to the engine that runs the batch")
 
 
 def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
@@ -169,16 +169,16 @@ def _failing_line(index: int, raw: bytes, err: Exception) -> FailingLine:
     return FailingLine(line=index + 1, custom_id=custom_id_of(raw), code=code, param=param, message=message)
 
 
-def eta(records: Records, model: str, batch_size: int, tokens: int, *, embeddings: bool = False) -> Eta:
+def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, embeddings: bool = False) -> Eta:
     """Seconds to generate `tokens` (for embeddings: to read `tokens` of input), from the
     rate workers measured recently."""
+    size = f"size {batch_size}" if batch_size else "the size fitted to the engine"
     measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=embeddings)
     workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
     if measured is None or not measured[0]:
         return Eta(
             eta_seconds=None,
-            basis=f"no history: no worker holding {model} has run a batch of size {batch_size} "
-            f"in the last {HISTORY_DAYS} days",
+            basis=f"no history: no worker holding {model} has run a batch of {size} in the last {HISTORY_DAYS} days",
             ready_workers=workers,
         )
     tokens_per_second, static_batches = measured
@@ -186,7 +186,7 @@ def eta(records: Records, model: str, batch_size: int, tokens: int, *, embedding
     bound = "" if embeddings else "; an upper bound, as every line is counted at its max_tokens"
     return Eta(
         eta_seconds=round(tokens / (tokens_per_second * max(workers, 1)), 3),
-        basis=f"{static_batches} static batches of size {batch_size} on {model} in the last {HISTORY_DAYS} days, "
+        basis=f"{static_batches} static batches of {size} on {model} in the last {HISTORY_DAYS} days, "
         f"{tokens_per_second:.0f} {rate} per worker, {max(workers, 1)} worker(s){bound}",
         tokens_per_second_per_worker=round(tokens_per_second, 1),
         ready_workers=workers,
@@ -201,7 +201,7 @@ def estimate_job(
     endpoint: str,
     defaults: JobDefaults,
     model: str,
-    batch_size: int,
+    batch_size: int | None,
     total_lines: int | None = None,
 ) -> JobEstimate:
     """The whole estimate: counts, failing lines and the ETA. When `lines` is the start of

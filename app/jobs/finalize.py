@@ -46,7 +46,14 @@ def unrun_reason(status: JobStatus) -> tuple[str, str]:
     return EXPIRED_REASON if status in (JobStatus.EXPIRING, JobStatus.EXPIRED) else CANCELLED_REASON
 
 
-def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: str, finalizer_id: str) -> None:
+def finalize_job(
+    records: Records,
+    queue: JobQueue,
+    store: ObjectStore,
+    job_id: str,
+    finalizer_id: str,
+    gpu_hour_price: float | None = None,
+) -> None:
     """Joins and ends one job whose finalization `finalizer_id` holds."""
     job = records.get_job(job_id)
     runs = records.windows(job_id)
@@ -82,7 +89,7 @@ def finalize_job(records: Records, queue: JobQueue, store: ObjectStore, job_id: 
     errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, streamed) if failed else None
     store.put_bytes(
         f"batches/{job_id}/stats.json",
-        json.dumps({**job_stats(job, runs), "windows": window_series(runs)}, indent=2).encode(),
+        json.dumps({**job_stats(job, runs, gpu_hour_price), "windows": window_series(runs)}, indent=2).encode(),
     )
     queue.complete_job(job_id, finalizer_id, output, errors, unrun)
 
@@ -95,6 +102,8 @@ def finalize_next(
     lease_seconds: float,
     max_attempts: int,
     job_id: str | None = None,
+    *,
+    gpu_hour_price: float | None = None,
 ) -> str | None:
     """Claims the next job waiting for finalization (or `job_id` only) and finalizes it,
     renewing the lease meanwhile. Returns the job's id, or None when nothing waits. A job
@@ -110,7 +119,7 @@ def finalize_next(
     with _LeaseKept(lambda: queue.renew_finalization(claim.job_id, finalizer_id, lease_seconds), lease_seconds):
         try:
             retry_transient(  # rides out a storage or database outage shorter than half the lease
-                lambda: finalize_job(records, queue, store, claim.job_id, finalizer_id),
+                lambda: finalize_job(records, queue, store, claim.job_id, finalizer_id, gpu_hour_price),
                 what=f"finalizing {claim.job_id}",
                 give_up_after_seconds=lease_seconds / 2,
             )

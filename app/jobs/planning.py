@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +36,8 @@ class JobDefaults(BaseModel):
     max_tokens: int  # for lines that give none
     truncate_prompts: bool = False  # keep a too-long prompt's end instead of failing the line
     pack_window: int | None = None  # length-aware packing: static batches per window
+    # overlapped (worker.overlap), or strict: one blocking generate per static batch.
+    batching: Literal["overlapped", "strict"] = "overlapped"
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=True) | {"max_tokens": self.max_tokens}

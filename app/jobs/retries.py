@@ -112,6 +112,7 @@ def retry_failed(
         metadata=overrides.metadata if overrides.metadata is not None else parent.metadata_,
         truncate_prompts=overrides.truncate_prompts or defaults.truncate_prompts,
         pack_by_length=defaults.pack_window is not None,
+        batching=defaults.batching,
         output_expires_after_seconds=parent.output_expires_after_seconds,
     )
     return create_job(records, queue, settings, spec, Owner(parent.owner, scope=None), parent_job_id=parent.id)

@@ -61,8 +61,29 @@ def throughput(job: Job, at: datetime | None = None) -> Throughput:
     )
 
 
-def job_stats(job: Job, windows: list[Window]) -> dict[str, Any]:
-    """Totals, rates, timings and the output-length distribution of one job."""
+@dataclass(frozen=True)
+class Cost:
+    """What a job held of the accelerators, and with GPU_HOUR_PRICE set, what that cost."""
+
+    accelerator_seconds: float  # engine wall seconds x tensor parallel size, summed over windows
+    gpu_hour_price: float | None
+    cost: float | None
+    cost_per_million_output_tokens: float | None
+
+
+def cost(job: Job, gpu_hour_price: float | None) -> Cost:
+    spent = job.accelerator_seconds / 3600 * gpu_hour_price if gpu_hour_price is not None else None
+    per_million = spent / job.completion_tokens * 1e6 if spent is not None and job.completion_tokens else None
+    return Cost(
+        accelerator_seconds=round(job.accelerator_seconds, 3),
+        gpu_hour_price=gpu_hour_price,
+        cost=round(spent, 6) if spent is not None else None,
+        cost_per_million_output_tokens=round(per_million, 6) if per_million is not None else None,
+    )
+
+
+def job_stats(job: Job, windows: list[Window], gpu_hour_price: float | None = None) -> dict[str, Any]:
+    """Totals, rates, timings, cost and the output-length distribution of one job."""
     histogram = [0] * len(OUTPUT_LENGTH_EDGES)
     for window in windows:
         for i, count in enumerate(window.output_lengths or []):
@@ -71,6 +92,8 @@ def job_stats(job: Job, windows: list[Window]) -> dict[str, Any]:
         "batch_id": job.id,
         "model": job.model,
         "batch_size": job.batch_size,
+        "batch_size_basis": job.batch_size_basis,
+        "batching": job.sampling_defaults.get("batching", "overlapped"),
         "tensor_parallel_size": job.tensor_parallel_size,
         "workers": len({w.worker_id for w in windows}),
         "static_batches": sum(w.static_batches for w in windows),
@@ -79,6 +102,7 @@ def job_stats(job: Job, windows: list[Window]) -> dict[str, Any]:
         "completion_tokens": job.completion_tokens,
         **asdict(throughput(job)),
         "engine": engine_totals(windows),
+        **asdict(cost(job, gpu_hour_price)),
         "output_length_histogram": [
             {"from_tokens": low, "below_tokens": high, "lines": count}
             for low, high, count in zip(OUTPUT_LENGTH_EDGES, [*OUTPUT_LENGTH_EDGES[1:], None], histogram, strict=True)
@@ -101,6 +125,7 @@ def window_series(windows: list[Window]) -> list[dict[str, Any]]:
             "prompt_tokens": w.prompt_tokens,
             "completion_tokens": w.completion_tokens,
             "generate_seconds": round(w.generate_seconds, 4),
+            "accelerator_seconds": round(w.accelerator_seconds, 4),
             "tokens_per_second": round(w.tokens_per_second, 1),
             "worker_id": w.worker_id,
             "recorded_at": w.created_at.isoformat(),

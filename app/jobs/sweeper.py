@@ -30,6 +30,7 @@ def sweep(
     lease_seconds: float,
     max_attempts: int,
     poked: Iterable[str] = (),
+    gpu_hour_price: float | None = None,
 ) -> list[str]:
     """One sweep: expire what is overdue, finalize the `poked` jobs (just cancelled: each
     claimed by id, waiting out a transaction that holds its row rather than passing it
@@ -41,10 +42,16 @@ def sweep(
     finalized = [
         done
         for job_id in poked
-        if (done := finalize_next(records, queue, store, finalizer_id, lease_seconds, max_attempts, job_id))
+        if (
+            done := finalize_next(
+                records, queue, store, finalizer_id, lease_seconds, max_attempts, job_id, gpu_hour_price=gpu_hour_price
+            )
+        )
     ]
     while len(finalized) < MAX_FINALIZATIONS_PER_SWEEP:
-        done = finalize_next(records, queue, store, finalizer_id, lease_seconds, max_attempts)
+        done = finalize_next(
+            records, queue, store, finalizer_id, lease_seconds, max_attempts, gpu_hour_price=gpu_hour_price
+        )
         if done is None:
             break
         finalized.append(done)
@@ -64,8 +71,10 @@ class Sweeper:
         interval_seconds: float,
         lease_seconds: float,
         max_attempts: int,
+        gpu_hour_price: float | None = None,
     ) -> None:
         self._args = (records, queue, store, f"api-{socket.gethostname()}-{os.getpid()}", lease_seconds, max_attempts)
+        self._gpu_hour_price = gpu_hour_price
         self._interval = interval_seconds
         self._stop = threading.Event()
         self._poked = threading.Event()
@@ -96,6 +105,6 @@ class Sweeper:
             with self._lock:
                 poked, self._poked_jobs = self._poked_jobs, []
             try:
-                sweep(*self._args, poked=poked)
+                sweep(*self._args, poked=poked, gpu_hour_price=self._gpu_hour_price)
             except Exception:  # the database may be briefly away; the next sweep retries
                 log.exception("sweep failed")

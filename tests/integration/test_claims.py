@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.core.database import Database
-from app.data.claims import CLAIM_PLANNER_SQL, CLAIM_SHARD_SQL
+from app.data.claims import CLAIM_PLANNER_SQL, CLAIM_SHARD_SQL, WindowResult
 from app.data.models import Job
-from app.data.queue import JobQueue, LeaseLost, WindowResult
+from app.data.queue import JobQueue, LeaseLost
 from app.data.records import Records
 from bench.queue_claims import queue_jobs
 from tests.helpers import completion_line, create_batch, jsonl, upload

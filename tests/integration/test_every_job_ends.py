@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.core.storage import ObjectStore
-from app.data.queue import FinalizationLost, JobQueue, LeaseLost, WindowResult
+from app.data.claims import WindowResult
+from app.data.queue import FinalizationLost, JobQueue, LeaseLost
 from app.data.records import Records
 from app.jobs.finalize import finalize_next
 from app.jobs.output_lines import part_key

@@ -41,7 +41,7 @@ async def create(
     job = await run_in_threadpool(create_job, records, queue, settings, body.spec(), owner)
     if job.status == JobStatus.QUEUED:
         heavy.submit(record_estimate, records, store, settings, job.id)
-    return BatchObject.of(job)
+    return BatchObject.of(job, settings.gpu_hour_price)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
@@ -55,20 +55,21 @@ async def get(batch_id: str, caller: CallerDep, views: BatchViewsDep) -> Respons
 def list_batches(
     caller: CallerDep,
     records: RecordsDep,
+    settings: SettingsDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
     """Your batches, newest first, paged with `after`."""
     page = records.list_jobs(caller.scope, limit + 1, after)
-    return BatchList.of([BatchObject.of(b) for b in page[:limit]], has_more=len(page) > limit)
+    return BatchList.of([BatchObject.of(b, settings.gpu_hour_price) for b in page[:limit]], has_more=len(page) > limit)
 
 
 @router.get("/{batch_id}/stats")
-def stats(batch_id: str, caller: CallerDep, records: RecordsDep) -> dict[str, Any]:
-    """Throughput of a batch: totals, rates, timings, output lengths and the per-window series."""
+def stats(batch_id: str, caller: CallerDep, records: RecordsDep, settings: SettingsDep) -> dict[str, Any]:
+    """Throughput of a batch: totals, rates, timings, cost, output lengths and the per-window series."""
     job = records.get_job(batch_id, caller.scope)
     runs = records.windows(batch_id)
-    return {**job_stats(job, runs), "windows": window_series(runs)}
+    return {**job_stats(job, runs, settings.gpu_hour_price), "windows": window_series(runs)}
 
 
 @router.get(
@@ -129,7 +130,7 @@ async def retry(
     optionally with a new `max_tokens` for every line or prompts cut to fit the context."""
     overrides = (body or BatchRetry()).overrides()
     child = await heavy.run(retry_failed, records, queue, store, settings, batch_id, overrides, caller.scope)
-    return BatchObject.of(child)
+    return BatchObject.of(child, settings.gpu_hour_price)
 
 
 @router.get(
@@ -143,9 +144,11 @@ def merged(batch_id: str, caller: CallerDep, records: RecordsDep, store: StoreDe
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
-def cancel(batch_id: str, caller: CallerDep, queue: QueueDep, sweeper: SweeperDep) -> BatchObject:
+def cancel(
+    batch_id: str, caller: CallerDep, queue: QueueDep, sweeper: SweeperDep, settings: SettingsDep
+) -> BatchObject:
     """Cancel: the batch answers `cancelling` at once, stops at its next window boundary and
     ends `cancelled` with what it did (its output so far, the rest in the error file)."""
     job = queue.request_cancel(batch_id, caller.scope)
     sweeper.poke(job.id)  # with nothing running, this process ends it now; else its worker does
-    return BatchObject.of(job)
+    return BatchObject.of(job, settings.gpu_hour_price)

@@ -1,0 +1,254 @@
+"""Static batches that overlap in the engine: the next one enters while the last one drains.
+
+A strict static batch is one blocking `generate` call: as its short answers end, the engine
+runs fewer and fewer sequences until the longest ends, and nothing new enters. Here a
+shard's static batches are added to the running engine (`Engine.enqueue`) as soon as it has
+a free slot (fewer unfinished requests than its `max_num_seqs`), so its scheduler always has
+a full set to run, as it has when a vLLM user hands it every line at once. The static batch
+stays the unit that is planned, recorded, resumed and reported: each window is recorded when
+the last request of its last static batch ends, in input order, and at most
+`max_in_flight` static batches are admitted and not yet recorded, so a crash loses those
+alone (the next claimant resumes after the last recorded window).
+
+Why the engine's own `add_request`/`step` (through `LLM.enqueue`) and not `AsyncLLM`: the
+worker already holds one `LLM` for its whole life (strict mode, embeddings, LoRA adapters
+and the engine checks use it), the loop is single-threaded and synchronous like the rest
+of the shard runner, and `step` hands back each finished request as it ends with the same
+`RequestOutput` that `generate` returns, so one code path builds every output line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from worker.engine import Engine, EngineFailed, RequestRejected
+from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
+
+
+@dataclass
+class StaticBatchRun:
+    """One static batch in the engine: its planned lines and what came back so far."""
+
+    lines: PreparedWindow
+    results: list[Generation | None]
+    refused: dict[int, RequestRejected] = field(default_factory=dict)
+    waiting: int = 0  # requests enqueued and not yet finished
+
+    @property
+    def done(self) -> bool:
+        return self.waiting == 0
+
+
+@dataclass
+class WindowRun:
+    """A window whose static batches are entering or in the engine."""
+
+    window: PreparedWindow
+    batches: list[StaticBatchRun] = field(default_factory=list)
+    all_admitted: bool = False  # every static batch of the window is in `batches`
+    started: float | None = None  # when its first static batch entered the engine
+    ended: float | None = None  # when its last request ended
+
+    @property
+    def done(self) -> bool:
+        return self.all_admitted and all(batch.done for batch in self.batches)
+
+
+class StaticBatchSource:
+    """A shard's static batches in order, as their lines are planned: a plain window is one
+    static batch, a packed window's static batches are planned one by one on the preparer.
+    `ready()` says whether the next one can be taken without waiting for the preparer."""
+
+    def __init__(self, next_window: Callable[[], Future[PreparedWindow] | None]) -> None:
+        self._next_window = next_window
+        self._pending = next_window()
+        self._parts: deque[Future[PreparedWindow]] = deque()
+        self._current: WindowRun | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pending is None and not self._parts
+
+    def ready(self) -> bool:
+        if self._parts:
+            return self._parts[0].done()
+        if self._pending is None:
+            return True
+        if not self._pending.done():
+            return False
+        planned = self._pending.result().planned
+        return not planned or planned[0].done()
+
+    def take(self) -> tuple[WindowRun, PreparedWindow, bool] | None:
+        """The next static batch: (its window, its lines, whether it starts a new window)."""
+        if self._parts:
+            assert self._current is not None
+            lines = self._parts.popleft().result()
+            self._current.all_admitted = not self._parts
+            return self._current, lines, False
+        if self._pending is None:
+            return None
+        window = self._pending.result()
+        self._pending = self._next_window()  # the next window is prepared while this one runs
+        run = WindowRun(window)
+        self._current = run
+        if not window.planned:
+            run.all_admitted = True
+            return run, window, True
+        self._parts = deque(window.planned)
+        window.planned = []
+        lines = self._parts.popleft().result()
+        run.all_admitted = not self._parts
+        return run, lines, True
+
+    def cancel(self) -> bool:
+        """Stops preparing what was not taken; whether anything was left."""
+        left = not self.exhausted
+        for part in self._parts:
+            part.cancel()
+        if self._pending is not None and not self._pending.cancel():
+            for planned in self._pending.result().planned:
+                planned.cancel()
+        return left
+
+
+class OverlappedEngine:
+    """Keeps the engine full from a StaticBatchSource; hands back each window once its last
+    static batch ends, in the order the windows were taken."""
+
+    def __init__(self, engine: Engine, max_in_flight: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.engine = engine
+        self.max_in_flight = max(1, max_in_flight)
+        self.clock = clock
+        self.windows: deque[WindowRun] = deque()  # taken and not yet handed back, in order
+        self._requests: dict[str, tuple[StaticBatchRun, int]] = {}  # request id -> its batch and position
+        self._unrecorded = 0  # static batches admitted and not yet handed back
+
+    def has_room(self) -> bool:
+        """Whether another static batch may enter: the crash bound holds, and the engine has
+        a free slot (else the new requests would only wait in its queue). A window being
+        filled is recorded as one unit, so its own static batches may pass the bound."""
+        filling = bool(self.windows) and not self.windows[0].all_admitted
+        bounded = self._unrecorded < self.max_in_flight or filling
+        return bounded and self.engine.unfinished() < self.engine.max_num_seqs
+
+    @property
+    def idle(self) -> bool:
+        return not self._requests
+
+    def admit(self, run: WindowRun, lines: PreparedWindow, new_window: bool) -> None:
+        """Adds a static batch's requests to the engine. A refused request is found by
+        splitting the batch in halves, as strict mode does; it gets the engine's reason."""
+        if new_window:
+            self.windows.append(run)
+        batch = StaticBatchRun(lines, [None] * len(lines.runnable))
+        run.batches.append(batch)
+        if run.started is None:
+            run.started = self.clock()
+        self._unrecorded += 1
+        self._enqueue(batch, list(range(len(lines.runnable))))
+
+    def _enqueue(self, batch: StaticBatchRun, positions: list[int]) -> None:
+        if not positions:
+            return
+        lines = batch.lines
+        try:
+            ids = self.engine.enqueue([lines.prompts[i] for i in positions], [lines.sampling[i] for i in positions])
+        except RequestRejected as refusal:
+            if len(positions) == 1:
+                batch.refused[positions[0]] = refusal
+                return
+            middle = len(positions) // 2
+            self._enqueue(batch, positions[:middle])
+            self._enqueue(batch, positions[middle:])
+            return
+        except Exception as exc:
+            raise EngineFailed(f"the engine failed adding lines {lines.first_line + 1}-{lines.next_line}") from exc
+        for request_id, position in zip(ids, positions, strict=True):
+            self._requests[request_id] = (batch, position)
+        batch.waiting += len(ids)
+
+    def step(self) -> None:
+        """One engine step; the requests that ended are put in their static batches."""
+        try:
+            finished = self.engine.step()
+        except Exception as exc:
+            raise EngineFailed("the engine failed in a step of overlapped static batches") from exc
+        now = self.clock()
+        for request_id, generation in finished:
+            if request_id not in self._requests:  # aborted meanwhile
+                continue
+            batch, position = self._requests.pop(request_id)
+            batch.results[position] = generation
+            batch.waiting -= 1
+        for run in self.windows:
+            if run.ended is None and run.done:
+                run.ended = now
+
+    def completed(self) -> Iterator[WindowRun]:
+        """The windows at the head of the order whose every static batch has ended."""
+        while self.windows and self.windows[0].done:
+            run = self.windows.popleft()
+            if run.ended is None:
+                run.ended = self.clock()
+            self._unrecorded -= len(run.batches)
+            yield run
+
+    def abort(self) -> None:
+        """Drops every request in the engine (the job stopped, or the worker does)."""
+        if self._requests:
+            self.engine.abort(list(self._requests))
+        self._requests.clear()
+        self.windows.clear()
+        self._unrecorded = 0
+
+
+def run_windows(
+    overlapped: OverlappedEngine,
+    source: StaticBatchSource,
+    on_window: Callable[[WindowRun], None],
+    should_stop: Callable[[], bool],
+) -> bool:
+    """Runs the source's static batches overlapped, calling `on_window` for each window in
+    order as it ends; returns whether it stopped early (`should_stop`) with work left."""
+    while True:
+        if should_stop():
+            left = bool(overlapped.windows)
+            overlapped.abort()
+            return source.cancel() or left
+        # Admit while there is room; wait for the preparer only when the engine has nothing to do.
+        while not source.exhausted and overlapped.has_room() and (overlapped.idle or source.ready()):
+            taken = source.take()
+            if taken is None:
+                break
+            overlapped.admit(*taken)
+            for run in overlapped.completed():  # a window with nothing for the engine
+                on_window(run)
+        if overlapped.idle:
+            for run in overlapped.completed():
+                on_window(run)
+            if source.exhausted and not overlapped.windows:
+                return False
+            continue
+        overlapped.step()
+        for run in overlapped.completed():
+            on_window(run)
+
+
+def window_result(run: WindowRun, kv_cache_tokens: int | None) -> Generated:
+    """A window whose static batches ran overlapped: the engine's refusals moved to its
+    error lines, its lines and generations in input order."""
+    parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]] = []
+    telemetry: list[EngineTelemetry | None] = []
+    for batch in run.batches:
+        generations = [g for i, g in enumerate(batch.results) if i not in batch.refused and g is not None]
+        set_refused_aside(batch.lines, batch.refused)
+        parts.append((batch.lines, list(generations)))
+        telemetry.append(batch_telemetry(generations, kv_cache_tokens) if generations else None)
+    return Generated(merge_parts(run.window, parts), combine(telemetry), len(run.batches))

@@ -1,0 +1,99 @@
+"""Strict static batches: one blocking `generate` (or `embed`) call per static batch.
+
+Each call waits for its slowest answer before the next static batch starts: the seed's
+static batching, kept as `batching: "strict"` and as the embeddings path (vLLM's
+`LLM.enqueue` serves generation only). A request the engine refuses is found by splitting
+the static batch in halves until it stands alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from worker.engine import Engine, RequestRejected
+from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
+
+log = logging.getLogger(__name__)
+
+
+class StrictBatches:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def generate(self, window: PreparedWindow, batch_size: int) -> Generated:
+        """One `generate` per static batch of `batch_size`. A packed window (more lines than
+        one batch) runs as static batches of similar requested length, so short answers do
+        not wait for long ones; the generations come back in input order."""
+        if window.planned:
+            return self._generate_planned(window)
+        count = len(window.runnable)
+        if count <= batch_size:
+            groups = [list(range(count))] if count else []
+        else:  # an embeddings window, by its inputs' tokens
+            order = sorted(range(count), key=window.length)
+            groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
+        generations, telemetry = self._run_groups(window, groups)
+        return Generated(generations, combine(telemetry), len(telemetry))
+
+    def _generate_planned(self, window: PreparedWindow) -> Generated:
+        """Runs a packed window's static batches as each is planned, then puts the window's
+        runnable lines and their generations back in input order."""
+        parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]] = []
+        telemetry: list[EngineTelemetry | None] = []
+        for planned in window.planned:
+            part = planned.result()
+            generations, part_telemetry = self._run_groups(part, [list(range(len(part.runnable)))])
+            parts.append((part, generations))
+            telemetry += part_telemetry
+        window.planned = []
+        return Generated(merge_parts(window, parts), combine(telemetry), len(telemetry))
+
+    def _run_groups(
+        self, window: PreparedWindow, groups: list[list[int]]
+    ) -> tuple[list[Generation | Embeddings], list[EngineTelemetry | None]]:
+        """Runs each group of the window's positions as a static batch: the generations in the
+        window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
+        in_order: list[Generation | Embeddings | None] = [None] * len(window.runnable)
+        refused: dict[int, RequestRejected] = {}
+        telemetry: list[EngineTelemetry | None] = []
+        for group in groups:
+            for positions, outcome in self._static_batches(window, group):
+                if isinstance(outcome, RequestRejected):
+                    refused[positions[0]] = outcome
+                    continue
+                results: list[Generation | Embeddings] = list(outcome)
+                for position, result in zip(positions, results, strict=True):
+                    in_order[position] = result
+                generations = [g for g in results if isinstance(g, Generation)]
+                telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
+        set_refused_aside(window, refused)
+        return [g for g in in_order if g is not None], telemetry
+
+    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
+        """One `generate` (or `embed`) call for the window's requests at `positions`."""
+        sampling = [window.sampling[i] for i in positions]
+        if window.embeddings:
+            return self.engine.embed([window.inputs[i] for i in positions], sampling)
+        return self.engine.generate([window.prompts[i] for i in positions], sampling)
+
+    def _static_batches(
+        self, window: PreparedWindow, positions: list[int]
+    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | RequestRejected]]:
+        """Runs the window's requests at `positions` as one static batch. When the engine
+        refuses a request, the batch is split in two and each half run again, until the
+        refused request stands alone: it gets the engine's reason, the rest run."""
+        try:
+            generated = self._run_static_batch(window, positions)
+        except RequestRejected as refusal:
+            if len(positions) == 1:
+                yield positions, refusal
+                return
+            log.warning("the engine refused a request among %d; splitting the static batch", len(positions))
+            middle = len(positions) // 2
+            yield from self._static_batches(window, positions[:middle])
+            yield from self._static_batches(window, positions[middle:])
+            return
+        yield positions, generated
