@@ -78,10 +78,10 @@ class FakeEngine:
         return [_echo(p) for p in prompts]
 
     def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
-        if any(self.REFUSED in bytes(p) for p in prompts):
-            raise RequestRejected("a request the engine refuses")
         batch = len(self.calls)
         self.calls.append(len(prompts))
+        if any(self.REFUSED in bytes(p) for p in prompts):
+            raise RequestRejected("a request the engine refuses")
         self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
         ids = [str(next(self._ids)) for _ in prompts]
         for request_id, prompt, kwargs in zip(ids, prompts, sampling, strict=True):

@@ -178,7 +178,7 @@ class VllmEngine:
         # LoRA adapters are the generation model's: an embedding engine serves its model alone.
         self.adapters = {} if embed else load_adapters(self.llm, settings.lora_modules)
         self.models = ServedModels(self.model_name, frozenset(self.adapters))
-        self._enqueued: dict[str, int | None] = {}  # enqueued request id -> its top logprobs asked
+        self._enqueued: dict[str, int | None] = {}  # enqueued, unfinished request id -> its top logprobs asked
         if not cuda:
             self._warm_up()
 
@@ -309,28 +309,32 @@ class VllmEngine:
         params = [self._sampling_params(kwargs) for kwargs in sampling]
         lora = lora_requests(self.adapters, sampling)
         with self._refusals():
-            ids = self.llm.enqueue(
+            internal = self.llm.enqueue(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
+        # vLLM answers with its internal ids (the given id and a random suffix); a finished
+        # request's output carries the id given.
+        states = self.llm.llm_engine.output_processor.request_states
+        ids = [states[request_id].external_req_id for request_id in internal]
         for request_id, kwargs in zip(ids, sampling, strict=True):
             self._enqueued[request_id] = kwargs.get("logprobs")
-        return list(ids)
+        return ids
 
     def step(self) -> list[tuple[str, Generation]]:
         finished = []
         for out in self.llm.llm_engine.step():
-            if out.finished:
-                top_n = self._enqueued.pop(out.request_id, None)
+            if out.finished and out.request_id in self._enqueued:
+                top_n = self._enqueued.pop(out.request_id)
                 finished.append((out.request_id, generation(out, top_n, self.tokenizer)))
         return finished
 
     def unfinished(self) -> int:
-        return int(self.llm.llm_engine.get_num_unfinished_requests())
+        return len(self._enqueued)
 
     def abort(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._enqueued.pop(request_id, None)
-        self.llm.llm_engine.abort_request(request_ids, internal=True)
+        self.llm.llm_engine.abort_request(request_ids, internal=False)
 
     @contextmanager
     def _refusals(self) -> Iterator[None]:
@@ -348,7 +352,8 @@ class VllmEngine:
             # request is registered but never sent, and would hang the next step. Drop the
             # requests that never reached the core (the ones of earlier static batches did).
             states = self.llm.llm_engine.output_processor.request_states
-            self.llm.llm_engine.abort_request([rid for rid in states if rid not in self._enqueued], internal=True)
+            unsent = [rid for rid, state in states.items() if state.external_req_id not in self._enqueued]
+            self.llm.llm_engine.abort_request(unsent, internal=True)
             raise RequestRejected.of(exc) from exc
 
     def shutdown(self) -> None:

@@ -84,6 +84,11 @@ class FirstBatchFirst(FakeEngine):
         self.started.set()
         return super().generate(prompts, sampling)
 
+    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+        self.events.append("generate")  # an overlapped static batch starts
+        self.started.set()
+        return super().enqueue(prompts, sampling)
+
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)
 def test_a_packed_window_starts_its_first_static_batch_before_tokenizing_the_rest(

@@ -58,9 +58,10 @@ def test_a_batch_that_kills_the_engine_every_time_is_set_aside_alone(
                 break
         except EngineFailed:
             deaths += 1
-    # Packed or overlapped: one death more, the claim that runs static batches one at a
-    # time to find the one that kills the engine.
-    assert deaths == (3 if batching == "strict" and not packed else 4)
+    # Packed or overlapped, there may be one death more: the first claim's, when it had
+    # recorded nothing before the poison entered (the next claim runs static batches one at
+    # a time to find it).
+    assert deaths == 3 if batching == "strict" and not packed else deaths in (3, 4)
 
     done = client.get(f"/v1/batches/{batch['id']}").json()
     assert done["status"] == "completed"
