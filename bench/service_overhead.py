@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_TOKENS = 32
@@ -68,6 +68,7 @@ def service_run(
     rows: list[dict[str, Any]],
     endpoint: str = "/v1/completions",
     pack_by_length: bool = False,
+    batching: Literal["overlapped", "strict"] = "overlapped",
 ) -> dict[str, float]:
     """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
     from app.data.queue import JobQueue
@@ -89,7 +90,7 @@ def service_run(
     loop = WorkerLoop(engine, records, queue, store, lease_seconds=600, heartbeat_seconds=30, poll_seconds=1)
     loop.register()
     started = time.perf_counter()
-    spec = JobSpec(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length)
+    spec = JobSpec(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length, batching=batching)
     batch = create_job(records, queue, settings, spec, Owner("bench", scope=None))
     while loop.run_once():
         pass
@@ -109,7 +110,7 @@ def service_run(
 class ServiceBench:
     """The worker's path with an engine already loaded: a database and a storage folder."""
 
-    def __init__(self, engine: Any, config: Any, database_url: str, storage: Path, batch_size: int) -> None:
+    def __init__(self, engine: Any, config: Any, database_url: str, storage: Path, batch_size: int | None) -> None:
         from app.core.database import Database
         from app.core.storage import LocalStore
         from app.data.records import Records
@@ -122,9 +123,15 @@ class ServiceBench:
         self.settings = engine_settings(config, database_url=database_url, batch_size=batch_size, shard_size=10**9)
 
     def run(
-        self, rows: list[dict[str, Any]], endpoint: str = "/v1/completions", pack_by_length: bool = False
+        self,
+        rows: list[dict[str, Any]],
+        endpoint: str = "/v1/completions",
+        pack_by_length: bool = False,
+        batching: Literal["overlapped", "strict"] = "overlapped",
     ) -> dict[str, float]:
-        return service_run(self.engine, self.records, self.store, self.settings, rows, endpoint, pack_by_length)
+        return service_run(
+            self.engine, self.records, self.store, self.settings, rows, endpoint, pack_by_length, batching
+        )
 
     def close(self) -> None:
         self.db.dispose()

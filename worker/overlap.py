@@ -22,8 +22,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.jobs.output_lines import Embeddings, Generation
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
@@ -39,6 +40,7 @@ class StaticBatchRun:
     results: list[Generation | None]
     refused: dict[int, RequestRejected] = field(default_factory=dict)
     waiting: int = 0  # requests enqueued and not yet finished
+    seconds: float = 0.0  # its share of the engine's wall time (OverlappedEngine.step)
 
     @property
     def done(self) -> bool:
@@ -52,12 +54,14 @@ class WindowRun:
     window: PreparedWindow
     batches: list[StaticBatchRun] = field(default_factory=list)
     all_admitted: bool = False  # every static batch of the window is in `batches`
-    started: float | None = None  # when its first static batch entered the engine
-    ended: float | None = None  # when its last request ended
 
     @property
     def done(self) -> bool:
         return self.all_admitted and all(batch.done for batch in self.batches)
+
+    @property
+    def seconds(self) -> float:
+        return sum(batch.seconds for batch in self.batches)
 
 
 class StaticBatchSource:
@@ -128,12 +132,17 @@ class OverlappedEngine:
         self.clock = clock
         self.windows: deque[WindowRun] = deque()  # taken and not yet handed back, in order
         self._requests: dict[str, tuple[StaticBatchRun, int]] = {}  # request id -> its batch and position
-        self._unrecorded = 0  # static batches admitted and not yet handed back
+        self._unrecorded = 0  # static batches admitted and not yet recorded
+        self._writes: deque[tuple[Future[Any], int]] = deque()  # handed back, being recorded: its static batches
+        self._in_engine: list[StaticBatchRun] = []  # static batches with requests in the engine
+        self._since: float | None = None  # the engine's time is counted from here
 
     def has_room(self) -> bool:
         """Whether another static batch may enter: the crash bound holds, and the engine has
         a free slot (else the new requests would only wait in its queue). A window being
         filled is recorded as one unit, so its own static batches may pass the bound."""
+        while self._writes and self._writes[0][0].done():
+            self._unrecorded -= self._writes.popleft()[1]
         filling = bool(self.windows) and not self.windows[0].all_admitted
         bounded = self._unrecorded < self.max_in_flight or filling
         return bounded and self.engine.unfinished() < self.engine.max_num_seqs
@@ -149,10 +158,12 @@ class OverlappedEngine:
             self.windows.append(run)
         batch = StaticBatchRun(lines, [None] * len(lines.runnable))
         run.batches.append(batch)
-        if run.started is None:
-            run.started = self.clock()
+        if self.idle:
+            self._since = self.clock()
         self._unrecorded += 1
         self._enqueue(batch, list(range(len(lines.runnable))))
+        if batch.waiting:
+            self._in_engine.append(batch)
 
     def _enqueue(self, batch: StaticBatchRun, positions: list[int]) -> None:
         if not positions:
@@ -175,30 +186,41 @@ class OverlappedEngine:
         batch.waiting += len(ids)
 
     def step(self) -> None:
-        """One engine step; the requests that ended are put in their static batches."""
+        """One engine step; the requests that ended are put in their static batches. The
+        wall time since the last step is shared among the static batches in the engine by
+        their unfinished requests, so a window's seconds are the engine time it used, and
+        the windows' seconds add up to the engine's wall time."""
         try:
             finished = self.engine.step()
         except Exception as exc:
             raise EngineFailed("the engine failed in a step of overlapped static batches") from exc
         now = self.clock()
+        elapsed = now - (self._since if self._since is not None else now)
+        self._since = now
+        total = sum(batch.waiting for batch in self._in_engine)
+        for batch in self._in_engine:
+            batch.seconds += elapsed * batch.waiting / total if total else 0.0
         for request_id, generation in finished:
             if request_id not in self._requests:  # aborted meanwhile
                 continue
             batch, position = self._requests.pop(request_id)
             batch.results[position] = generation
             batch.waiting -= 1
-        for run in self.windows:
-            if run.ended is None and run.done:
-                run.ended = now
+        self._in_engine = [batch for batch in self._in_engine if batch.waiting]
 
     def completed(self) -> Iterator[WindowRun]:
         """The windows at the head of the order whose every static batch has ended."""
         while self.windows and self.windows[0].done:
-            run = self.windows.popleft()
-            if run.ended is None:
-                run.ended = self.clock()
-            self._unrecorded -= len(run.batches)
-            yield run
+            yield self.windows.popleft()
+
+    def recording(self, run: WindowRun, write: Future[Any]) -> None:
+        """`run` is being recorded by `write`: its static batches count until it is done."""
+        self._writes.append((write, len(run.batches)))
+
+    def wait_for_room(self) -> None:
+        """Waits for the oldest recording, when only recordings stand in the way."""
+        if self._writes:
+            wait([self._writes[0][0]])
 
     def abort(self) -> None:
         """Drops every request in the engine (the job stopped, or the worker does)."""
@@ -206,17 +228,23 @@ class OverlappedEngine:
             self.engine.abort(list(self._requests))
         self._requests.clear()
         self.windows.clear()
-        self._unrecorded = 0
+        self._in_engine = []
+        self._unrecorded = sum(count for _, count in self._writes)
 
 
 def run_windows(
     overlapped: OverlappedEngine,
     source: StaticBatchSource,
-    on_window: Callable[[WindowRun], None],
+    record: Callable[[WindowRun], Future[Any]],
     should_stop: Callable[[], bool],
 ) -> bool:
-    """Runs the source's static batches overlapped, calling `on_window` for each window in
-    order as it ends; returns whether it stopped early (`should_stop`) with work left."""
+    """Runs the source's static batches overlapped, calling `record` for each window in
+    order as it ends (the future of its recording); returns whether it stopped early
+    (`should_stop`) with work left."""
+
+    def on_window(run: WindowRun) -> None:
+        overlapped.recording(run, record(run))
+
     while True:
         if should_stop():
             left = bool(overlapped.windows)
@@ -235,6 +263,8 @@ def run_windows(
                 on_window(run)
             if source.exhausted and not overlapped.windows:
                 return False
+            if not overlapped.has_room():
+                overlapped.wait_for_room()
             continue
         overlapped.step()
         for run in overlapped.completed():

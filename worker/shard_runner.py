@@ -315,24 +315,20 @@ class ShardRunner:
         in_flight: int,
     ) -> ShardOutcome:
         """The shard's static batches overlapped in the engine (worker.overlap); each window
-        is written when its last request ends, in input order. A window's seconds are the
-        engine time it alone accounts for (from its start, or the previous window's end if
-        later, to its end), so they add up to the shard's wall time in the engine."""
+        is written when its last request ends, in input order, with its share of the
+        engine's wall time as its seconds (they add up to the shard's time in the engine)."""
         overlapped = OverlappedEngine(self.engine, in_flight)
         source = StaticBatchSource(prepare_next)
         writes: collections.deque[Future[JobStatus]] = collections.deque()
         stopping = False
-        last_end: float | None = None
         windows = 0
 
-        def on_window(run: WindowRun) -> None:
-            nonlocal last_end, windows
-            assert run.started is not None and run.ended is not None
+        def record(run: WindowRun) -> Future[JobStatus]:
+            nonlocal windows
             generated = window_result(run, self.engine.kv_cache_tokens)
-            seconds = run.ended - (run.started if last_end is None else max(run.started, last_end))
-            last_end = run.ended
-            writes.append(writer.submit(self._write, shard, run.window, generated, seconds))
+            writes.append(writer.submit(self._write, shard, run.window, generated, run.seconds))
             windows += 1
+            return writes[-1]
 
         def should_stop() -> bool:
             nonlocal stopping
@@ -342,7 +338,7 @@ class ShardRunner:
             return stopping or self.stop_requested.is_set()
 
         try:
-            left = run_windows(overlapped, source, on_window, should_stop)
+            left = run_windows(overlapped, source, record, should_stop)
         except EngineFailed:
             source.cancel()
             raise

@@ -15,6 +15,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from app.core.settings import DEMO_EMBEDDING_MODEL_PATH, DEMO_LORA_PATH, DEMO_MODEL_PATH
@@ -22,6 +23,15 @@ from app.core.settings import DEMO_EMBEDDING_MODEL_PATH, DEMO_LORA_PATH, DEMO_MO
 DEFAULT_OUTPUT = DEMO_MODEL_PATH
 DEFAULT_EMBEDDING_OUTPUT = DEMO_EMBEDDING_MODEL_PATH
 DEFAULT_LORA_OUTPUT = DEMO_LORA_PATH
+DEFAULT_LONG_TAIL_OUTPUT = DEMO_MODEL_PATH.with_name("demo-llama-long-tail")
+# The long-tail variant: after any of STOP_TOKENS tokens (picked with LONG_TAIL_SEED) its
+# next token is the end of the answer. Greedy answers then end anywhere from a few tokens
+# to never (measured: 256 chat prompts at max_tokens 1,024: median 18 tokens, mean 65, the
+# 90th percentile 116, 5 run to 1,024), as answers of a real model do.
+LONG_TAIL_SEED = 99
+STOP_TOKENS = 90
+STOP_MARK = 1.0  # the stop tokens' embeddings carry this in dimension 0 (others are ~0.02)
+STOP_LOGIT_WEIGHT = 0.3  # the end token's logit is this times the final hidden state's dimension 0
 LORA_SEED = 4321
 LORA_RANK = 8
 LORA_ALPHA = 16
@@ -183,6 +193,27 @@ def build_model(output: Path) -> None:
     model.save_pretrained(str(output), safe_serialization=True)
 
 
+def build_long_tail_model(base: Path, output: Path) -> None:
+    """The demo Llama with an end-of-sequence bias: the lengths of its answers are the
+    model's to decide, most short and some to max_tokens, unknown to the service before
+    they run (the long-tail benchmark's model)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(base, output, dirs_exist_ok=True)
+    (output / "demo-model.json").unlink()
+    tensors = load_file(str(base / "model.safetensors"))
+    stops = np.random.default_rng(LONG_TAIL_SEED).choice(np.arange(len(SPECIAL_TOKENS), VOCAB_SIZE), STOP_TOKENS, False)
+    embeddings = tensors["model.embed_tokens.weight"].copy()
+    embeddings[stops, 0] = STOP_MARK
+    head = tensors["lm_head.weight"].copy()
+    end = SPECIAL_TOKENS.index("<|eot_id|>")
+    head[end, :] = 0.0
+    head[end, 0] = STOP_LOGIT_WEIGHT
+    tensors["model.embed_tokens.weight"], tensors["lm_head.weight"] = embeddings, head
+    save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
+
+
 def build_embedding_model(output: Path) -> None:
     """A 2-layer BERT (hidden size 128) with a WordPiece tokenizer trained on the same corpus,
     and sentence-transformers' pooling files (mean pooling, then normalized), which vLLM
@@ -271,6 +302,13 @@ def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
     return _write_once(output, _build_generation_model, {"seed": SEED, "vocab_size": VOCAB_SIZE})
 
 
+def ensure_demo_long_tail_model(output: Path = DEFAULT_LONG_TAIL_OUTPUT, base: Path = DEFAULT_OUTPUT) -> Path:
+    """Writes the long-tail variant of the demo Llama unless it is there; returns its folder."""
+    ensure_demo_model(base)
+    marker: dict[str, object] = {"seed": SEED, "stop_seed": LONG_TAIL_SEED, "stop_tokens": STOP_TOKENS}
+    return _write_once(output, partial(build_long_tail_model, base), marker)
+
+
 def ensure_demo_embedding_model(output: Path = DEFAULT_EMBEDDING_OUTPUT) -> Path:
     """Writes the demo embedding model unless a complete one is already there; returns its folder."""
     return _write_once(output, build_embedding_model, {"seed": SEED, "architecture": "BertModel"})
@@ -330,7 +368,8 @@ def ensure_demo_lora(output: Path = DEFAULT_LORA_OUTPUT, seed: int = LORA_SEED) 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Write the small demo models: a Llama and a BERT embedding model (random weights, own "
-        "tokenizers), and a LoRA adapter for the Llama."
+        "tokenizers), a LoRA adapter for the Llama, and a long-tail variant of the Llama (answers of "
+        "model-decided lengths)."
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Llama folder (default: %(default)s)")
     parser.add_argument(
@@ -342,8 +381,15 @@ def main() -> None:
     parser.add_argument(
         "--lora-output", type=Path, default=DEFAULT_LORA_OUTPUT, help="adapter folder (default: %(default)s)"
     )
+    parser.add_argument(
+        "--long-tail-output",
+        type=Path,
+        default=DEFAULT_LONG_TAIL_OUTPUT,
+        help="the Llama with an end-of-sequence bias, for the long-tail benchmark (default: %(default)s)",
+    )
     args = parser.parse_args()
     print(ensure_demo_model(args.output))
+    print(ensure_demo_long_tail_model(args.long_tail_output, args.output))
     print(ensure_demo_embedding_model(args.embedding_output))
     print(ensure_demo_lora(args.lora_output))
 

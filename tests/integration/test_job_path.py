@@ -28,6 +28,7 @@ from tests.helpers import (
 )
 from worker.engine import VllmEngine
 from worker.loop import WorkerLoop
+from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT
 
 pytestmark = pytest.mark.engine
 
@@ -170,10 +171,14 @@ def run_worker_with_hook_after_batch(
     db.dispose()
 
 
+LINES = 2 * (3 * DEFAULT_STATIC_BATCHES_IN_FLIGHT)  # static batches of 2
+
+
 def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
     client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
 ) -> None:
-    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
+    # More static batches than are ever in flight at once, so some are still to run.
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(LINES)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2, pack_by_length=False)
 
     run_worker_with_hook_after_batch(
@@ -183,17 +188,18 @@ def test_cancel_stops_at_a_batch_boundary_and_keeps_what_was_done(
     done = wait_for_status(client, batch["id"], "cancelled")
     assert done["cancelled_at"] is not None
     kept = download(client, done["output_file_id"])
-    assert 4 <= len(kept) < 12
+    assert 4 <= len(kept) < LINES
     assert [line["custom_id"] for line in kept] == [f"r{i}" for i in range(len(kept))]
     rest = download(client, done["error_file_id"])
-    assert [line["custom_id"] for line in rest] == [f"r{i}" for i in range(len(kept), 12)]
+    assert [line["custom_id"] for line in rest] == [f"r{i}" for i in range(len(kept), LINES)]
     assert {line["error"]["code"] for line in rest} == {"batch_cancelled"}
 
 
 def test_a_running_batch_that_expires_stops_at_a_boundary_and_keeps_what_was_done(
     client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine, records: Records, queue: JobQueue
 ) -> None:
-    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(12)]
+    # More static batches than are ever in flight at once, so some are still to run.
+    rows = [completion_line(f"r{i}", f"item {i}", max_tokens=3) for i in range(LINES)]
     batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=2, pack_by_length=False)
 
     def overdue() -> None:
@@ -210,7 +216,7 @@ def test_a_running_batch_that_expires_stops_at_a_boundary_and_keeps_what_was_don
     assert done["expired_at"] is not None
     kept = download(client, done["output_file_id"])
     rest = download(client, done["error_file_id"])
-    assert 2 <= len(kept) < 12 and len(kept) + len(rest) == 12
-    assert [line["custom_id"] for line in kept + rest] == [f"r{i}" for i in range(12)]
+    assert 2 <= len(kept) < LINES and len(kept) + len(rest) == LINES
+    assert [line["custom_id"] for line in kept + rest] == [f"r{i}" for i in range(LINES)]
     assert {line["error"]["code"] for line in rest} == {"batch_expired"}
-    assert done["request_counts"] == {"total": 12, "completed": len(kept), "failed": len(rest)}
+    assert done["request_counts"] == {"total": LINES, "completed": len(kept), "failed": len(rest)}

@@ -39,6 +39,14 @@ def source_of(windows: list[PreparedWindow]) -> StaticBatchSource:
     return StaticBatchSource(next_window)
 
 
+def recorded(handed: list[WindowRun], run: WindowRun) -> Future[None]:
+    """Records a window at once (the shard runner's writer takes a while)."""
+    handed.append(run)
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
+
+
 def run(engine: FakeEngine, windows: list[PreparedWindow], in_flight: int) -> tuple[list[WindowRun], list[int]]:
     """The windows as handed back, and how many static batches were unrecorded at each step."""
     overlapped = OverlappedEngine(engine, in_flight)
@@ -49,7 +57,7 @@ def run(engine: FakeEngine, windows: list[PreparedWindow], in_flight: int) -> tu
         unrecorded.append(sum(len(w.batches) for w in overlapped.windows))
         return False
 
-    assert run_windows(overlapped, source_of(windows), handed.append, should_stop) is False
+    assert run_windows(overlapped, source_of(windows), lambda run: recorded(handed, run), should_stop) is False
     return handed, unrecorded
 
 
@@ -100,3 +108,17 @@ def test_a_refused_request_is_split_out_and_the_rest_of_its_static_batch_runs() 
     result = window_result(handed, None)
     assert [r.custom_id for r in handed.window.runnable] == ["c0", "c1", "c3"]
     assert len(result.generations) == 3 and list(handed.window.errors) == [2]
+
+
+def test_the_windows_share_the_engines_wall_time_by_their_unfinished_requests() -> None:
+    ticks = iter(range(1_000))
+    engine = FakeEngine(max_num_seqs=8)
+    overlapped = OverlappedEngine(engine, 8, clock=lambda: float(next(ticks)))
+    handed: list[WindowRun] = []
+    windows = [window(0, [10, 10]), window(1, [2, 2]), window(2, [5])]
+    run_windows(overlapped, source_of(windows), lambda run: recorded(handed, run), lambda: False)
+
+    seconds = [w.seconds for w in handed]
+    assert all(s > 0 for s in seconds)
+    assert sum(seconds) == 10  # ten steps, one tick each: all of it, counted once
+    assert seconds[0] > seconds[2] > seconds[1]  # the longest answers held the engine longest

@@ -1,0 +1,227 @@
+"""Scenario 8 (issue 19): the engine never waits. The service at its defaults against the
+best a vLLM user can do without it: one `LLM.generate` call with every line of the file.
+
+    python -m bench.ceiling [--runs 3] [--workloads chat long_tail]
+
+Two workloads, each in `make run`'s shape (the API and a worker as processes on Postgres,
+the file uploaded, the batch created with no options and polled over HTTP once a second):
+
+- chat: 2,048 chat lines, `max_tokens` log-uniform from 4 to 128 (seed 7), on the demo Llama;
+- long_tail: 1,024 chat lines that all ask for `max_tokens` 1,024, on the long-tail demo
+  Llama (`make model`), which ends its greedy answers anywhere from a few tokens to never:
+  lengths the model decides, unknown to the service before the run.
+
+The raw side runs in its own process with the worker's engine settings: every line
+tokenized (chat template applied) before the clock starts, then one `LLM.generate` call
+with every line's token ids and `SamplingParams`. On the long-tail workload the service also
+runs in strict mode (one blocking generate per static batch) at the size its defaults
+chose, and one more pass of each mode, in one process, records when each request ran so
+the engine's running-sequence count over time can be drawn. Rounds are interleaved and
+figures are medians of the rounds' ratios.
+
+Goals: generation tokens/s >= 0.97 of raw and end to end >= 0.93 on both workloads;
+overlapped >= 1.3x strict on the long tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, fresh_database, output_lengths, postgres, prompt_text, write_result
+from bench.deployed_shape import figures, run_job
+
+CHAT_URL = "/v1/chat/completions"
+DEMO = Path("var/models/demo-llama")
+LONG_TAIL = Path("var/models/demo-llama-long-tail")
+CHAT_LINES, CHAT_LONGEST, CHAT_SEED = 2048, 128, 7
+LONG_TAIL_LINES, LONG_TAIL_MAX_TOKENS = 1024, 1024
+WARM_UP_LINES = 64
+TIMELINE_POINTS = 200  # samples of the running-sequence count
+
+
+def chat_row(index: int, model: str, max_tokens: int, **sampling: Any) -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt_text(index)}], "max_tokens": max_tokens}
+    return {"custom_id": f"r{index}", "method": "POST", "url": CHAT_URL, "body": body | sampling}
+
+
+def workload(name: str) -> tuple[Path, list[dict[str, Any]]]:
+    """The model folder and the lines of a workload."""
+    if name == "chat":
+        lengths = output_lengths(CHAT_LINES, CHAT_LONGEST, CHAT_SEED)
+        return DEMO, [chat_row(i, DEMO.name, lengths[i]) for i in range(CHAT_LINES)]
+    rows = [chat_row(i, LONG_TAIL.name, LONG_TAIL_MAX_TOKENS, temperature=0) for i in range(LONG_TAIL_LINES)]
+    return LONG_TAIL, rows
+
+
+def raw_side(name: str) -> dict[str, Any]:
+    """Runs in a child process: the worker's engine, one `LLM.generate` with every line."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from app.core.settings import Settings
+    from app.jobs.lines import parse_line
+    from worker.engine import VllmEngine
+
+    model, rows = workload(name)
+    engine = VllmEngine(Settings(model=str(model.resolve())))
+    try:
+
+        def call(part: list[dict[str, Any]]) -> tuple[int, float, float]:
+            began = time.perf_counter()
+            requests = [parse_line(json.dumps(row).encode(), i, CHAT_URL) for i, row in enumerate(part)]
+            ids = [TokensPrompt(prompt_token_ids=engine.prompt_token_ids(r)) for r in requests]
+            params = [
+                SamplingParams(max_tokens=row["body"]["max_tokens"], temperature=row["body"].get("temperature", 1.0))
+                for row in part
+            ]
+            generating = time.perf_counter()
+            outputs = engine.llm.generate(ids, params, use_tqdm=False)
+            ended = time.perf_counter()
+            return sum(len(o.outputs[0].token_ids) for o in outputs), ended - generating, ended - began
+
+        call(rows[:WARM_UP_LINES])
+        generated, seconds, wall = call(rows)
+        return {
+            "generated_tokens": generated,
+            "generate_seconds": seconds,
+            "tokens_per_second": generated / seconds,
+            "end_to_end_tokens_per_second": generated / wall,
+        }
+    finally:
+        engine.shutdown()
+
+
+def service_side(server: str, name: str, run_number: int, options: dict[str, Any]) -> dict[str, Any]:
+    model, rows = workload(name)
+    with fresh_database(server, f"bench_ceiling_{name}_{run_number}") as url:
+        done = run_job(url, str(model.resolve()), rows, rows[:WARM_UP_LINES], CHAT_URL, options)
+    return figures(done) | {"batch_size": done["batch_size"], "batch_size_basis": done["batch_size_basis"]}
+
+
+def timelines(server: str, batch_size: int) -> dict[str, list[list[float]]]:
+    """The long-tail workload once per mode through the worker in this process, with each
+    request's scheduled and last-token times: the running-sequence count over time."""
+    from bench.common import BenchConfig
+    from bench.service_overhead import ServiceBench
+    from worker.engine import VllmEngine
+
+    class Timed(VllmEngine):
+        spans: list[tuple[float, float]] = []
+
+        def step(self) -> list[Any]:
+            finished = super().step()
+            self.spans += [(g.timing.scheduled, g.timing.last_token) for _, g in finished if g.timing]
+            return finished
+
+        def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Any]:
+            generations = super().generate(prompts, sampling)
+            self.spans += [(g.timing.scheduled, g.timing.last_token) for g in generations if g.timing]
+            return generations
+
+    model, rows = workload("long_tail")
+    config = BenchConfig(model=str(model.resolve()))
+    from app.core.settings import Settings
+
+    engine = Timed(Settings(model=config.model))
+    found = {}
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp,
+            fresh_database(server, "bench_ceiling_t") as url,
+        ):
+            bench = ServiceBench(engine, config, url, Path(tmp), batch_size)
+            try:
+                bench.run(rows[:WARM_UP_LINES], CHAT_URL, pack_by_length=True)
+                for mode in ("overlapped", "strict"):
+                    engine.spans = []
+                    bench.run(rows, CHAT_URL, pack_by_length=True, batching=mode)
+                    found[mode] = running_over_time(engine.spans)
+            finally:
+                bench.close()
+    finally:
+        engine.shutdown()
+    return found
+
+
+def running_over_time(spans: list[tuple[float, float]]) -> list[list[float]]:
+    """[seconds from the first request, requests running] at TIMELINE_POINTS instants."""
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    points = []
+    for k in range(TIMELINE_POINTS + 1):
+        t = start + (end - start) * k / TIMELINE_POINTS
+        points.append([round(t - start, 3), sum(1 for s, e in spans if s <= t < e)])
+    return points
+
+
+def measure(server: str, runs_wanted: int, names: list[str]) -> dict[str, Any]:
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for run_number in range(runs_wanted):
+        for name in names:
+            raw = subprocess.run(
+                [sys.executable, "-m", "bench.ceiling", "--raw", name], capture_output=True, text=True, check=True
+            )
+            sides = {"raw": json.loads(raw.stdout.strip().splitlines()[-1])}
+            sides["service"] = service_side(server, name, run_number, {})
+            if name == "long_tail":
+                strict = {"batching": "strict", "batch_size": sides["service"]["batch_size"]}
+                sides["strict"] = service_side(server, name, run_number, strict)
+            rounds[name].append(sides)
+            print(f"{name} round {run_number}: " + ", ".join(
+                f"{side} {figures['tokens_per_second']:.0f} tok/s ({figures['end_to_end_tokens_per_second']:.0f} e2e)"
+                for side, figures in sides.items()), flush=True)  # fmt: skip
+    result: dict[str, Any] = {"workloads": {}}
+    for name, per_round in rounds.items():
+
+        def ratio(side: str, key: str, base: str = "raw", rows: list[dict[str, Any]] = per_round) -> float:
+            return round(statistics.median(r[side][key] / r[base][key] for r in rows), 3)
+
+        figures_of = {
+            "rounds": per_round,
+            "generation_ratio": ratio("service", "tokens_per_second"),
+            "end_to_end_ratio": ratio("service", "end_to_end_tokens_per_second"),
+            "batch_size": per_round[0]["service"]["batch_size"],
+            "batch_size_basis": per_round[0]["service"]["batch_size_basis"],
+        }
+        if name == "long_tail":
+            figures_of["overlap_vs_strict_generation"] = ratio("service", "tokens_per_second", "strict")
+            figures_of["overlap_vs_strict_end_to_end"] = ratio("service", "end_to_end_tokens_per_second", "strict")
+            figures_of["strict_generation_ratio"] = ratio("strict", "tokens_per_second")
+        result["workloads"][name] = figures_of
+    if "long_tail" in names:
+        result["timelines"] = timelines(server, result["workloads"]["long_tail"]["batch_size"])
+    return result
+
+
+def run(config: Any) -> dict[str, Any]:
+    return measure(config.database_url, config.runs, ["chat", "long_tail"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", choices=["chat", "long_tail"], help="(internal) run one raw side and print it")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workloads", nargs="+", choices=["chat", "long_tail"], default=["chat", "long_tail"])
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    if args.raw:
+        print(json.dumps(raw_side(args.raw)))
+        return
+    with postgres(args.database_url) as server:
+        result = measure(server, args.runs, args.workloads)
+    write_result("ceiling", result)
+    for name, found in result["workloads"].items():
+        print(f"{name}: service / raw {found['generation_ratio']:.3f} generation (goal 0.97), "
+              f"{found['end_to_end_ratio']:.3f} end to end (goal 0.93)")  # fmt: skip
+    print(f"written to {RESULTS / 'ceiling.json'}")
+
+
+if __name__ == "__main__":
+    main()
