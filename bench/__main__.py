@@ -35,9 +35,10 @@ SCENARIOS = [
     "queue",
     "scale_out",
     "input_read",
+    "ceiling",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
-DEFAULT_PEER_BATCH_SIZE = 256
+DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
 
 QUICK = {"runs": 3, "prompts": 512, "max_tokens": 128, "lines": 2048, "ingest_mb": 1024, "scale_out_lines": 4000}
 FULL = {"runs": 5, "prompts": 2048, "max_tokens": 512, "lines": 8192, "ingest_mb": 1024, "scale_out_lines": 8000}
@@ -66,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     sizes.add_argument("--queue-jobs", type=int, default=10_000, help="scenario 6: queued jobs")
     sizes.add_argument("--queue-workers", type=int, default=4, help="scenario 6: claiming processes")
     sizes.add_argument("--scale-out-lines", type=int, help="scenario 7: lines of the job (default 4000, full 8000)")
-    sizes.add_argument("--peer-batch-size", type=int, help="scenario 3: service batch size (default 256)")
+    sizes.add_argument("--peer-batch-size", type=int, help="scenario 3: service batch size (default: fitted)")
     sizes.add_argument("--seed", type=int, default=1234, help="seed of the output-length spread")
     which = parser.add_argument_group("which scenarios")
     which.add_argument("--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"run these: {SCENARIOS}")
@@ -129,9 +130,9 @@ def engine_phase(config: BenchConfig, selected: set[str], peer_batch_size: int |
                     result = service_overhead.measure(engine, config, url, Path(tmp) / "overhead", config.lines)
                 write_result("service_overhead", result)
             if "peer" in selected:
-                # A user who sets a batch size and nothing else: 256 at the service's defaults.
+                # A user who sets nothing: the batch size fitted to the engine, overlapped batching.
                 size = peer_batch_size or DEFAULT_PEER_BATCH_SIZE
-                print(f"scenario 3: the service's side, batch size {size}", flush=True)
+                print(f"scenario 3: the service's side, batch size {size or 'fitted'}", flush=True)
                 lines = peer.chat_lines(config.lines, config.max_tokens, config.seed, engine.model_name)
                 with fresh_database(config.database_url, "bench_peer") as url:
                     bench = service_overhead.ServiceBench(engine, config, url, Path(tmp) / "peer", size)
@@ -196,6 +197,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("queue", lambda: run_module("queue_claims", "queue", config)),
         ("scale_out", lambda: run_module("scale_out_runner", "scale_out_summary", config)),
         ("input_read", lambda: run_module("input_read", "input_read", config)),
+        ("ceiling", lambda: run_module("ceiling", "ceiling", config)),
     ]
     for name, step in steps:
         if name in selected:

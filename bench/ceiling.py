@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", choices=["chat", "long_tail"], default=["chat", "long_tail"])
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--json-lines", action="store_true", help="print one JSON line per figure (bench/gpu.sh)")
     args = parser.parse_args()
     if args.raw:
         print(json.dumps(raw_side(args.raw)))
@@ -217,6 +218,15 @@ def main() -> None:
     with postgres(args.database_url) as server:
         result = measure(server, args.runs, args.workloads)
     write_result("ceiling", result)
+    if args.json_lines:
+        for name, found in result["workloads"].items():
+            for figure in ("generation_ratio", "end_to_end_ratio", "overlap_vs_strict_generation", "batch_size"):
+                if figure in found:
+                    print(json.dumps({"workload": name, "figure": figure, "value": found[figure]}))
+            for side in found["rounds"][0]:
+                tokens_per_second = statistics.median(r[side]["tokens_per_second"] for r in found["rounds"])
+                print(json.dumps({"workload": name, "figure": f"{side}_tokens_per_second", "value": tokens_per_second}))
+        return
     for name, found in result["workloads"].items():
         print(f"{name}: service / raw {found['generation_ratio']:.3f} generation (goal 0.97), "
               f"{found['end_to_end_ratio']:.3f} end to end (goal 0.93)")  # fmt: skip

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import read_result
+from bench.report_ceiling import ceiling_section
 from bench.report_sections import (
     _n,
     _table,
@@ -199,7 +200,8 @@ def peer_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[st
         f"{result['lines']:,} chat lines (`/v1/chat/completions`, seeded `max_tokens` spread) through vLLM's "
         f"run-batch (engine loaded once, its `run_batch` timed per run; loading took "
         f"{theirs['engine_load_seconds']:.0f} s more, which the CLI pays on every file) and through the "
-        f"service's worker at its defaults (length-aware packing) and batch size {ours['batch_size']}, "
+        f"service's worker at its defaults (overlapped static batches, length-aware packing) and batch size "
+        f"{ours['batch_size'] or 'fitted to the engine'}, "
         f"max_num_seqs {result['max_num_seqs']} for both. "
         "Tokens are those really generated (EOS may end an output early on either side).",
         "",
@@ -221,13 +223,14 @@ def peer_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[st
             ],
         ),
         f"Service / run-batch: **{ratio:.2f}x** queued→completed ({result['ratio_generation']:.2f}x counting "
-        f"only generate time); goal 1.5x. Against the CLI's wall time, engine loading included, it would be "
+        f"only generate time); goal 1.2x (issue 19, at the defaults). Against the CLI's wall time, engine "
+        f"loading included, it would be "
         f"{_cli_ratio(result):.2f}x.",
         "",
         chart,
         "",
     ]
-    return lines, [["3. service / run-batch tokens/s", "≥ 1.5x", f"{ratio:.2f}x", _verdict(ratio >= 1.5)]]
+    return lines, [["3. service / run-batch tokens/s", "≥ 1.2x", f"{ratio:.2f}x", _verdict(ratio >= 1.2)]]
 
 
 def _cli_ratio(result: dict[str, Any]) -> float:
@@ -417,6 +420,7 @@ def write() -> Path:
         (queue_section, "queue"),
         (scale_out_section, "scale_out_summary"),
         (input_read_section, "input_read"),
+        (ceiling_section, "ceiling"),
     ):
         result = read_result(name)
         lines, found = build(result)

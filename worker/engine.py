@@ -312,10 +312,9 @@ class VllmEngine:
             internal = self.llm.enqueue(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
-        # vLLM answers with its internal ids (the given id and a random suffix); a finished
-        # request's output carries the id given.
-        states = self.llm.llm_engine.output_processor.request_states
-        ids = [states[request_id].external_req_id for request_id in internal]
+        # vLLM answers with its internal ids: the id `LLM` gave (a counter, digits only), a
+        # dash and a random suffix. A finished request's output carries the id given.
+        ids = [request_id.split("-", 1)[0] for request_id in internal]
         for request_id, kwargs in zip(ids, sampling, strict=True):
             self._enqueued[request_id] = kwargs.get("logprobs")
         return ids

@@ -105,7 +105,8 @@ def retry_failed(
         input_file_id=retry_file.id,
         endpoint=parent.endpoint,
         model=parent.model,
-        batch_size=overrides.batch_size or parent.batch_size,
+        # A size the parent's worker fitted is fitted again for the retry (its lines differ).
+        batch_size=overrides.batch_size or (None if parent.batch_size_basis else parent.batch_size),
         max_tokens=defaults.max_tokens,
         # A retry inherits its parent's priority, but only an admin keeps one above 0.
         priority=overrides.priority if overrides.priority is not None else min(parent.priority, 0 if scope else 100),

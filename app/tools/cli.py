@@ -108,7 +108,7 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     with open(path, "rb") as handle:
         file = client.call("POST", "/v1/files", files={"file": (path.name, handle)}, data={"purpose": "batch"})
     body: dict[str, Any] = {"input_file_id": file["id"], "endpoint": endpoint, "completion_window": "24h"}
-    for name in ("batch_size", "max_tokens", "model", "priority"):
+    for name in ("batch_size", "batching", "max_tokens", "model", "priority"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     if args.truncate_prompts:
@@ -250,7 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: from the first line (plain input lines: /v1/embeddings, or /v1/responses when the "
         "input is messages; give --endpoint /v1/responses for text input to a responses batch)",
     )
-    submit.add_argument("--batch-size", type=int, dest="batch_size")
+    submit.add_argument(
+        "--batch-size", type=int, dest="batch_size", help="prompts per static batch (default: fitted to the engine)"
+    )
+    submit.add_argument(
+        "--batching",
+        choices=["overlapped", "strict"],
+        help="overlapped (the default): static batches overlap in the engine; strict: one blocking generate each",
+    )
     submit.add_argument("--max-tokens", type=int, dest="max_tokens", help="default for lines without one")
     submit.add_argument("--model")
     submit.add_argument("--priority", type=int)

@@ -93,13 +93,13 @@ def test_lines_for_different_adapters_share_a_static_batch_and_answer_as_each_ad
     ]
     rows.insert(4, responses_line("unknown", "the cat of the", "gpt-4o", temperature=0, max_output_tokens=8))
     calls: list[list[str | None]] = []
-    generate = lora_engine.generate
+    enqueue = lora_engine.enqueue  # a static batch enters the engine (overlapped, the default)
 
     def spy(prompts: list[list[int]], sampling: list[dict[str, Any]]) -> Any:
         calls.append([kwargs.get(LORA_ADAPTER) for kwargs in sampling])
-        return generate(prompts, sampling)
+        return enqueue(prompts, sampling)
 
-    monkeypatch.setattr(lora_engine, "generate", spy)
+    monkeypatch.setattr(lora_engine, "enqueue", spy)
     out = run(client, settings, store, lora_engine, rows)
 
     assert len(calls) == 1 and sorted(calls[0], key=str) == sorted(MODELS * len(PROMPTS), key=str)  # one static batch

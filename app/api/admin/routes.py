@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionSigner, new_pre_session
 from app.api.auth import Principal, authenticate
-from app.api.deps import RecordsDep, StoreDep
+from app.api.deps import RecordsDep, SettingsDep, StoreDep
 from app.core.errors import Forbidden, Unauthorized
 from app.data.models import Job, JobStatus
 from app.jobs.stats import job_stats, throughput, window_series
@@ -26,7 +26,8 @@ SORT_KEYS = {
     "lines": lambda b: b.request_total,
     "tokens": lambda b: b.completion_tokens,
     "tokens_per_second": lambda b: throughput(b).generation_tokens_per_second or 0.0,
-    "batch_size": lambda b: b.batch_size,
+    "batch_size": lambda b: b.batch_size or 0,
+    "accelerator_seconds": lambda b: b.accelerator_seconds,
     "duration": lambda b: throughput(b).end_to_end_seconds or 0.0,
 }
 
@@ -153,7 +154,7 @@ def jobs(
 
 
 @router.get("/batches/{job_id}", response_class=HTMLResponse)
-def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep) -> HTMLResponse:
+def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep, settings: SettingsDep) -> HTMLResponse:
     job = records.get_job(job_id)
     runs = records.windows(job_id)
     series = window_series(runs)
@@ -166,7 +167,7 @@ def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep) -
         "job.html",
         caller,
         row=_row(job),
-        stats=job_stats(job, runs),
+        stats=job_stats(job, runs, settings.gpu_hour_price),
         series=series,
         cumulative=cumulative,
         refresh=job.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.FINALIZING),
