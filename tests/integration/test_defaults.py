@@ -61,7 +61,9 @@ def test_strict_mode_is_one_blocking_generate_per_static_batch(
 
     monkeypatch.setattr(engine, "enqueue", no_overlap)
     rows = [completion_line(f"r{i}", f"item {i}", max_tokens=4) for i in range(10)]
-    batch = create_batch(client, upload(client, jsonl(rows))["id"], batch_size=4, batching="strict", pack_by_length=False)
+    batch = create_batch(
+        client, upload(client, jsonl(rows))["id"], batch_size=4, batching="strict", pack_by_length=False
+    )
     run_worker_until_idle(engine, settings, store)
 
     done = client.get(f"/v1/batches/{batch['id']}").json()

@@ -29,7 +29,10 @@ def test_long_lines_are_cut_to_what_the_kv_cache_holds_at_once() -> None:
 def test_without_counts_or_a_kv_size_the_sequence_slots_decide() -> None:
     engine = FakeEngine(max_num_seqs=128)
     engine.kv_cache_tokens = 100_000
-    assert fit_batch_size(engine, None) == (128, "the engine's max_num_seqs (128); the job's lengths are not counted yet")
+    assert fit_batch_size(engine, None) == (
+        128,
+        "the engine's max_num_seqs (128); the job's lengths are not counted yet",
+    )
     engine.kv_cache_tokens = None
     size, basis = fit_batch_size(engine, estimate(10, 10, 10))
     assert size == 128 and "no KV cache size" in basis
