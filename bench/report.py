@@ -81,6 +81,11 @@ def static_vs_continuous_section(static: dict[str, Any] | None, continuous: dict
         rows.append([label, *_figures(figures)])
         labels.append(label)
         throughput.append(figures["tokens_per_second"])
+    for size, figures in static.get("by_batch_size_overlapped", {}).items():
+        label = f"overlapped {size}"
+        rows.append([label, *_figures(figures)])
+        labels.append(label)
+        throughput.append(figures["tokens_per_second"])
     for level, figures in (continuous or {}).get("by_concurrency", {}).items():
         label = f"continuous c={level}"
         rows.append([label, *_figures(figures)])
@@ -94,6 +99,9 @@ def static_vs_continuous_section(static: dict[str, Any] | None, continuous: dict
         f"{static['prompts']} prompts, {static['output_tokens_requested']:,} output tokens in all (`ignore_eos`, "
         f"each output its drawn length {static['max_tokens_range'][0]}..{static['max_tokens_range'][1]}). Static: "
         "one `LLM.generate` call per batch, the next when it returns; a request's latency is its batch's call. "
+        "Overlapped: the same static batches added to the running engine as it frees slots (`worker.overlap`, "
+        "the service's default, at most 8 unrecorded); a request's latency runs from its static batch entering "
+        "to its window being handed back. "
         "Continuous: vLLM's OpenAI server with N concurrent clients; a request's latency is its HTTP call. "
         f"Both engines at max_num_seqs {static.get('max_num_seqs')}; on 2 cores the clients share the CPU "
         "with the server.",

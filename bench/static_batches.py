@@ -44,16 +44,67 @@ def one_pass(engine: Any, texts: list[str], lengths: list[int], batch_size: int)
     }
 
 
+def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_size: int) -> dict[str, float]:
+    """The same static batches overlapped in the engine (worker.overlap, the service's
+    default): the next enters while the last drains. A request's latency runs from its
+    static batch entering the engine to its window being handed back."""
+    from concurrent.futures import Future
+
+    from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows
+    from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT
+    from worker.windows import PreparedWindow
+
+    starts = iter(range(0, len(texts), batch_size))
+    taken: dict[int, float] = {}
+    latencies: list[float] = []
+
+    def next_window() -> Future[PreparedWindow] | None:
+        first = next(starts, None)
+        if first is None:
+            return None
+        chunk = slice(first, first + batch_size)
+        window = PreparedWindow(seq=first, first_line=first, next_line=first + len(texts[chunk]))
+        window.prompts = [engine.tokenizer.encode(text) for text in texts[chunk]]
+        window.sampling = [{"max_tokens": n, "min_tokens": n, "ignore_eos": True} for n in lengths[chunk]]
+        taken[first] = time.perf_counter()
+        ready: Future[PreparedWindow] = Future()
+        ready.set_result(window)
+        return ready
+
+    def record(run: WindowRun) -> Future[None]:
+        latencies.extend([time.perf_counter() - taken[run.window.seq]] * len(run.window.prompts))
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    started = time.perf_counter()
+    overlapped = OverlappedEngine(engine, DEFAULT_STATIC_BATCHES_IN_FLIGHT)
+    run_windows(overlapped, StaticBatchSource(next_window), record, lambda: False)
+    total = time.perf_counter() - started
+    generated = sum(lengths)  # ignore_eos: every output reaches its drawn length
+    return {
+        "generated_tokens": generated,
+        "seconds": total,
+        "tokens_per_second": generated / total,
+        "latency_p50_seconds": percentile(latencies, 0.50),
+        "latency_p99_seconds": percentile(latencies, 0.99),
+    }
+
+
 def run(engine: Any, config: BenchConfig) -> dict[str, Any]:
     texts = [prompt_text(i) for i in range(config.prompts)]
     lengths = output_lengths(config.prompts, config.max_tokens, config.seed)
     sizes = batch_sizes(config.prompts)
     one_pass(engine, texts[:64], lengths[:64], 64)  # warm-up
     runs: dict[str, list[dict[str, float]]] = {str(size): [] for size in sizes}
+    overlapped: dict[str, list[dict[str, float]]] = {str(size): [] for size in sizes if size != ALL_AT_ONCE}
     for _ in range(config.runs):  # the sizes interleaved in each run, so drift hits them alike
         for size in sizes:
             runs[str(size)].append(one_pass(engine, texts, lengths, len(texts) if size == ALL_AT_ONCE else int(size)))
+            if size != ALL_AT_ONCE:
+                overlapped[str(size)].append(overlapped_pass(engine, texts, lengths, int(size)))
     return {
+        "by_batch_size_overlapped": {size: medians(per_run) for size, per_run in overlapped.items()},
         "prompts": config.prompts,
         "output_tokens_requested": sum(lengths),
         "max_tokens_range": [min(lengths), max(lengths)],

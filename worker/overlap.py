@@ -156,12 +156,12 @@ class OverlappedEngine:
         splitting the batch in halves, as strict mode does; it gets the engine's reason."""
         if new_window:
             self.windows.append(run)
-        batch = StaticBatchRun(lines, [None] * len(lines.runnable))
+        batch = StaticBatchRun(lines, [None] * len(lines.prompts))
         run.batches.append(batch)
         if self.idle:
             self._since = self.clock()
         self._unrecorded += 1
-        self._enqueue(batch, list(range(len(lines.runnable))))
+        self._enqueue(batch, list(range(len(lines.prompts))))
         if batch.waiting:
             self._in_engine.append(batch)
 
