@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         default=3 * 24 * 3600.0, gt=0, description="a delivery not made this long after its event is given up"
     )
     webhook_concurrency: int = Field(default=4, ge=1, description="deliveries one API process sends at once")
+    webhook_allow_private_addresses: bool = Field(
+        default=False,
+        description="let webhook URLs resolve to loopback, link-local, private or multicast addresses "
+        "(refused by default: an admin key must not reach the service's own network)",
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000

@@ -26,6 +26,7 @@ import httpx
 from app.core.settings import Settings
 from app.data.outbox import ClaimedDelivery, Outbox
 from app.data.webhook_endpoints import secret_key
+from app.jobs.webhook_addresses import UnsafeWebhookUrl, check_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ class WebhookSender:
         max_age_seconds: float,
         concurrency: int = 4,
         sender_id: str | None = None,
+        allow_private_addresses: bool = False,
     ) -> None:
         self.outbox = outbox
+        self.allow_private_addresses = allow_private_addresses
         self.sender_id = sender_id or f"api-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.poll_seconds = poll_seconds
         self.first_retry_seconds = first_retry_seconds
@@ -100,6 +103,7 @@ class WebhookSender:
             max_retry_seconds=settings.webhook_max_retry_seconds,
             max_age_seconds=settings.webhook_max_age_seconds,
             concurrency=settings.webhook_concurrency,
+            allow_private_addresses=settings.webhook_allow_private_addresses,
         )
 
     def start(self) -> None:
@@ -157,6 +161,7 @@ class WebhookSender:
         """One attempt, recorded. Returns whether the endpoint took it."""
         status_code: int | None = None
         try:
+            check_webhook_url(delivery.url, self.allow_private_addresses)  # DNS may have changed since
             headers = signed_headers(delivery.secret, delivery.event_id, delivery.payload)
             with self._client.stream("POST", delivery.url, content=delivery.payload.encode(), headers=headers) as r:
                 status_code = r.status_code
@@ -165,7 +170,7 @@ class WebhookSender:
                     log.info("webhook %s delivered to %s", delivery.event_id, delivery.url)
                     return True
                 error = f"HTTP {status_code}: {_start_of(r)}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, UnsafeWebhookUrl) as exc:
             error = f"{type(exc).__name__}: {exc}"
         delay = retry_delay(delivery.attempts, self.first_retry_seconds, self.max_retry_seconds)
         outcome = self.outbox.retry(

@@ -108,6 +108,7 @@ def _env(database_url: str, storage: Path) -> dict[str, str]:
         POLL_SECONDS="0.2",
         HEARTBEAT_SECONDS="2",
         KEY_CACHE_SECONDS="1",
+        WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true",  # the tests' webhook receivers listen on loopback
     )
     return env
 

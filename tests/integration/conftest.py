@@ -47,6 +47,7 @@ def make_settings(database_url: str, store: ObjectStore, **overrides: object) ->
         "max_model_len": 256,
         "embedding_model": str(DEMO_EMBEDDING_MODEL),
         "sweep_seconds": 3600,  # tests sweep when they mean to; a cancel still pokes the sweeper
+        "webhook_allow_private_addresses": True,  # the tests' webhook receivers listen on loopback
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -76,3 +77,14 @@ def test_metrics_in_prometheus_text_format(client: TestClient) -> None:
     assert 'llm_batch_jobs{status="queued"} 1.0' in text
     assert "llm_batch_queue_depth_lines 7.0" in text
     assert "# TYPE llm_batch_window_seconds histogram" in text
+
+
+@pytest.mark.parametrize("path", ["/admin/batches/%00", "/admin/files/%00/content", "/admin?owner=%00"])
+def test_ids_and_query_values_postgres_cannot_store_are_refused_with_400(
+    app: FastAPI, records: Records, path: str
+) -> None:
+    _, secret = create_key(records, "ops", admin=True)
+    admin = TestClient(app, headers={"Authorization": f"Bearer {secret}"}, follow_redirects=False)
+    response = admin.get(path)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_value" and "NUL" in response.json()["error"]["message"]

@@ -76,10 +76,13 @@ def deliveries(db: Database, job_id: str | None = None) -> list[WebhookDelivery]
         return list(session.scalars(query))
 
 
-def sender(outbox: Outbox, sender_id: str, max_age_seconds: float = 3600.0) -> WebhookSender:
+def sender(
+    outbox: Outbox, sender_id: str, max_age_seconds: float = 3600.0, allow_private_addresses: bool = True
+) -> WebhookSender:
     return WebhookSender(
         outbox,
         sender_id=sender_id,
+        allow_private_addresses=allow_private_addresses,  # the tests' receivers listen on loopback
         poll_seconds=0.05,
         timeout_seconds=5.0,
         first_retry_seconds=0.1,

@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.admin.session import PRE_SESSION_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionSigner, new_pre_session
 from app.api.auth import Principal, authenticate
-from app.api.deps import RecordsDep, SettingsDep, StoreDep
+from app.api.deps import RecordsDep, SettingsDep, StoreDep, refuse_unstorable_params
 from app.core.errors import Forbidden, Unauthorized
 from app.data.models import Job, JobStatus
 from app.jobs.stats import job_stats, throughput, window_series
@@ -31,7 +31,10 @@ SORT_KEYS = {
     "duration": lambda b: throughput(b).end_to_end_seconds or 0.0,
 }
 
-router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
+# Ids and query values Postgres cannot store are a 400 before any lookup, as on /v1.
+router = APIRouter(
+    prefix="/admin", tags=["admin"], include_in_schema=False, dependencies=[Depends(refuse_unstorable_params)]
+)
 
 
 class LoginRequired(Exception):

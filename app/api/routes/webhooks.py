@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app.api.auth import Principal
-from app.api.deps import CallerDep
+from app.api.deps import CallerDep, SettingsDep
 from app.api.webhook_schemas import (
     WebhookEndpointCreate,
     WebhookEndpointDeleted,
@@ -18,6 +18,7 @@ from app.api.webhook_schemas import (
 from app.core.errors import Forbidden
 from app.data.outbox import BATCH_EVENT_TYPES
 from app.data.webhook_endpoints import WebhookEndpoints
+from app.jobs.webhook_addresses import check_webhook_url
 
 router = APIRouter(prefix="/v1/webhook_endpoints", tags=["webhooks"])
 
@@ -30,10 +31,15 @@ def _endpoints(request: Request, caller: Principal) -> WebhookEndpoints:
 
 
 @router.post("", response_model=WebhookEndpointWithSecret)
-def create_endpoint(body: WebhookEndpointCreate, request: Request, caller: CallerDep) -> WebhookEndpointWithSecret:
+def create_endpoint(
+    body: WebhookEndpointCreate, request: Request, caller: CallerDep, settings: SettingsDep
+) -> WebhookEndpointWithSecret:
     """Register a URL for an owner's batch events. The answer is the only time the signing
-    secret is shown (made here unless `secret` gives one)."""
-    endpoint = _endpoints(request, caller).create(
+    secret is shown (made here unless `secret` gives one). A URL whose host resolves to a
+    loopback, link-local, private or multicast address is refused (400)."""
+    endpoints = _endpoints(request, caller)
+    check_webhook_url(body.url, settings.webhook_allow_private_addresses)
+    endpoint = endpoints.create(
         owner=body.owner,
         url=body.url,
         event_types=list(body.event_types or BATCH_EVENT_TYPES),
