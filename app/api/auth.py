@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -36,12 +38,33 @@ class KeyCache:
         self.max_keys = max_keys
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        # Lookups under way, by key hash: the callers that miss the cache together wait for
+        # one lookup instead of each running its own (they would all miss when an entry
+        # expires under a hundred pollers). One event loop per API process holds them.
+        self._lookups: dict[str, asyncio.Future[Principal]] = {}
 
     def get(self, secret: str) -> Principal | None:
         entry = self._entries.get(hash_secret(secret.strip()))
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
+
+    async def lookup(self, secret: str, fetch: Callable[[], Awaitable[Principal]]) -> Principal:
+        """The caller behind `secret`, fetched once however many ask at the same time."""
+        key = hash_secret(secret.strip())
+        pending = self._lookups.get(key)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = asyncio.ensure_future(self._fetch(secret, fetch))
+            self._lookups[key] = pending
+            pending.add_done_callback(
+                lambda done: self._lookups.pop(key, None) if self._lookups.get(key) is done else None
+            )
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, secret: str, fetch: Callable[[], Awaitable[Principal]]) -> Principal:
+        principal = await fetch()
+        self.put(secret, principal)
+        return principal
 
     def put(self, secret: str, principal: Principal) -> None:
         with self._lock:
@@ -67,9 +90,7 @@ async def verify_key(records: Records, cache: KeyCache, secret: str | None) -> P
     cached = cache.get(secret)
     if cached is not None:
         return cached
-    principal = await anyio.to_thread.run_sync(authenticate, records, secret)
-    cache.put(secret, principal)
-    return principal
+    return await cache.lookup(secret, lambda: anyio.to_thread.run_sync(authenticate, records, secret))
 
 
 def bearer_secret(authorization: str | None) -> str | None:

@@ -9,16 +9,19 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.request_ids import REQUEST_ID_HEADER, request_id_of
 from app.api.text import printable
-from app.core.errors import ServiceError
+from app.core.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+# What a lost connection to Postgres raises (psycopg's, wrapped by SQLAlchemy).
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 def error_json(status: int, message: str, error_type: str, param: str | None, code: str | None) -> JSONResponse:
@@ -36,7 +39,17 @@ def error_json(status: int, message: str, error_type: str, param: str | None, co
 
 
 def service_error_json(exc: ServiceError) -> JSONResponse:
-    return error_json(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
+    response = error_json(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
+    if isinstance(exc, ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
+
+
+def database_unavailable() -> ServiceUnavailable:
+    """A request that needed Postgres while it is away: 503, never 500."""
+    return ServiceUnavailable(
+        "The service's database is unavailable for a moment; nothing was lost. Retry after a few seconds."
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,6 +89,12 @@ def install_error_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request)
         log.info("client disconnected during %s %s (request id %s)", request.method, request.url.path, request_id)
         return error_json(400, "The client disconnected.", "invalid_request_error", None, "client_disconnected")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_away(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, str(exc)[:200])
+        return service_error_json(database_unavailable())
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

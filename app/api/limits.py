@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import Principal, bearer_secret, verify_key
-from app.api.errors import service_error_json
+from app.api.errors import DATABASE_AWAY, database_unavailable, service_error_json
 from app.api.text import unstorable
 from app.core.errors import InvalidRequest, PayloadTooLarge, ServiceError
 
@@ -64,7 +64,10 @@ class RequestGate:
         secret = bearer_secret(authorization)
         if secret is not None and (reason := unstorable(secret)):
             raise InvalidRequest(f"Authorization: the API key {reason}.", param="authorization", code="invalid_value")
-        return await verify_key(state.records, state.key_cache, secret)
+        try:
+            return await verify_key(state.records, state.key_cache, secret)
+        except DATABASE_AWAY as exc:  # the gate runs outside the app's error handlers
+            raise database_unavailable() from exc
 
 
 async def _read_capped(headers: Headers, receive: Receive, limit: int) -> bytes | None:

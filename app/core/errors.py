@@ -58,3 +58,12 @@ class LineTooLong(PayloadTooLarge):
     def __init__(self, line: int, limit: int) -> None:
         super().__init__(f"Line {line} is longer than the limit of {limit} bytes.", param="file")
         self.line = line
+
+
+class ServiceUnavailable(ServiceError):
+    """Postgres is down or restarting: nothing was lost, and the client should come back."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+    retry_after_seconds = 5  # a restarted embedded Postgres is back within this
