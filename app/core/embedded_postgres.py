@@ -42,3 +42,14 @@ def database_url(settings: Settings) -> str:
     _handles.append(server)
     upgrade(url)
     return url
+
+
+def restart_if_down() -> bool:
+    """Starts this process's embedded server again if its postmaster died (a kill, an OOM);
+    True when it had to. Its socket folder and data are the same, so so is its URL."""
+    for server in _handles:
+        process = server.get_postmaster_info().process
+        if not process.is_running() or process.status() == "zombie":
+            server.ensure_postgres_running()
+            return True
+    return False

@@ -5,13 +5,18 @@ launcher exits), applies the
 migrations, makes the demo models if the configured models are the missing demo ones,
 then runs the API (uvicorn), one worker and (unless EMBEDDING_WORKER=false) one
 embedding worker (`python -m worker --kind embed`, for /v1/embeddings jobs) as child
-processes until interrupted; a worker that exits (an engine failure ends one) is
-started again.
+processes until interrupted. It supervises them: a child that exits (an engine failure
+ends a worker; a crash or a kill ends the API) is started again after a backoff that
+doubles while it keeps dying, and a dead embedded Postgres is started again the same way;
+nothing ends the launcher but a signal. Its children die with it, even when it is
+SIGKILLed: the kernel sends each one SIGTERM (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import secrets
 import signal
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 from app.core.embedded_postgres import database_url as embedded_or_configured
+from app.core.embedded_postgres import restart_if_down
 from app.core.migrations import upgrade
 from app.core.settings import Settings, get_settings
 from app.tools.demo_model import DEFAULT_EMBEDDING_OUTPUT as DEMO_EMBEDDING_MODEL
@@ -28,7 +34,69 @@ from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
 from app.tools.demo_model import ensure_demo_embedding_model, ensure_demo_model
 
 CHILD_STOP_SECONDS = 60
-WORKER_RESTART_SECONDS = 2
+FIRST_RESTART_SECONDS = 1.0  # the wait before starting a dead child again; it doubles while it keeps dying
+MAX_RESTART_SECONDS = 30.0
+STAYED_UP_SECONDS = 60.0  # a child up this long has recovered: its next death waits FIRST_RESTART_SECONDS
+SUPERVISE_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Runs in each child before it starts (`preexec_fn`): the kernel sends it SIGTERM when
+    the launcher dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: children outlive a SIGKILLed launcher
+        pass
+
+
+class Supervised:
+    """A child process started again whenever it exits, with a growing backoff."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name, self.command, self.env = name, command, env
+        self.backoff = FIRST_RESTART_SECONDS
+        self.process = self._start()
+        self.due: float | None = None  # when a dead child is started again
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self.started = time.monotonic()
+        return subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.due is None and self.process.poll() is not None:
+            if now - self.started > STAYED_UP_SECONDS:
+                self.backoff = FIRST_RESTART_SECONDS
+            code = self.process.returncode
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+            print(f"{self.name} exited ({why}); starting it again in {self.backoff:.0f} s", flush=True)
+            self.due = now + self.backoff
+            self.backoff = min(self.backoff * 2, MAX_RESTART_SECONDS)
+        if self.due is not None and now >= self.due:
+            self.due = None
+            self.process = self._start()
+
+
+class SupervisedPostgres:
+    """The embedded Postgres of this process, started again when its postmaster dies."""
+
+    def __init__(self) -> None:
+        self.backoff = FIRST_RESTART_SECONDS
+        self.due: float | None = None
+
+    def check(self) -> None:
+        if self.due is not None and time.monotonic() < self.due:
+            return
+        try:
+            if restart_if_down():
+                print("the embedded Postgres had stopped; it was started again", flush=True)
+            self.backoff, self.due = FIRST_RESTART_SECONDS, None
+        except Exception as exc:  # e.g. its port or files still held: try again later
+            print(f"the embedded Postgres could not be started ({exc}); again in {self.backoff:.0f} s", flush=True)
+            self.due = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, MAX_RESTART_SECONDS)
 
 
 def _print_admin_key_if_none(database_url: str) -> None:
@@ -99,13 +167,11 @@ def main() -> None:
     if embedding_worker and Path(settings.embedding_model).resolve() == DEMO_EMBEDDING_MODEL.resolve():
         ensure_demo_embedding_model(DEMO_EMBEDDING_MODEL)
 
-    api = subprocess.Popen(api_command(settings), env=env)
-
-    def start_worker(kind: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "worker", "--kind", kind], env=env)
-
+    children = [Supervised("API", api_command(settings), env)]
     kinds = [] if args.no_worker else ["generate"] * args.workers + (["embed"] if embedding_worker else [])
-    workers = [start_worker(kind) for kind in kinds]
+    for kind in kinds:
+        children.append(Supervised(f"{kind} worker", [sys.executable, "-m", "worker", "--kind", kind], env))
+    postgres = None if settings.database_url else SupervisedPostgres()
     print(f"API on http://{settings.host}:{settings.port} (docs at /docs); Ctrl-C stops everything", flush=True)
 
     stopping = False
@@ -117,25 +183,24 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        while not stopping and api.poll() is None:
-            for i, worker in enumerate(workers):
-                if worker.poll() is not None:  # an engine failure ends a worker; start a fresh one
-                    print(f"{kinds[i]} worker exited with {worker.returncode}; starting another", flush=True)
-                    time.sleep(WORKER_RESTART_SECONDS)
-                    workers[i] = start_worker(kinds[i])
-            time.sleep(0.5)
+        while not stopping:
+            if postgres is not None:
+                postgres.check()
+            for child in children:
+                child.check()
+            time.sleep(SUPERVISE_SECONDS)
     finally:
-        children = [api, *workers]
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        processes = [child.process for child in children]
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + CHILD_STOP_SECONDS
-        for child in children:
+        for process in processes:
             try:
-                child.wait(max(0.1, deadline - time.monotonic()))
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
-    sys.exit(0 if stopping else 1)
+                process.kill()
+    sys.exit(0)
 
 
 if __name__ == "__main__":
