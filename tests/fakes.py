@@ -31,6 +31,7 @@ class FakeEngine:
         self._queue: dict[str, tuple[list[int], int, int]] = {}  # request id -> prompt, steps left, its static batch
         self._ids = itertools.count()
         self.steps: list[set[int]] = []
+        self.prompts_per_call: list[list[list[int]]] = []
         self.poison = poison
         self.kind = kind
         self.model_name = "demo-embed" if kind == "embed" else "demo-llama"
@@ -80,6 +81,7 @@ class FakeEngine:
     def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
         batch = len(self.calls)
         self.calls.append(len(prompts))
+        self.prompts_per_call.append(prompts)
         if any(self.REFUSED in bytes(p) for p in prompts):
             raise RequestRejected("a request the engine refuses")
         self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])

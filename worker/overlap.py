@@ -20,7 +20,7 @@ of the shard runner, and `step` hands back each finished request as it ends with
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
@@ -30,6 +30,20 @@ from app.jobs.output_lines import Embeddings, Generation
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from worker.engine import Engine, EngineFailed, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
+
+PREFIX_BLOCK_TOKENS = 16  # vLLM's KV-cache block: its prefix cache shares whole blocks
+MAX_PREFIX_BLOCKS = 64  # a prompt's first blocks are enough to tell a shared system prompt
+
+
+def prefix_blocks(prompt: list[int]) -> list[int]:
+    """A prompt's leading full blocks, each named by a hash of everything up to its end (as
+    vLLM's prefix cache names them: a block is shared only with its whole prefix)."""
+    blocks, chained = [], 0
+    end = min(len(prompt) // PREFIX_BLOCK_TOKENS, MAX_PREFIX_BLOCKS) * PREFIX_BLOCK_TOKENS
+    for start in range(0, end, PREFIX_BLOCK_TOKENS):
+        chained = hash((chained, tuple(prompt[start : start + PREFIX_BLOCK_TOKENS])))
+        blocks.append(chained)
+    return blocks
 
 
 @dataclass
@@ -81,7 +95,7 @@ class StaticBatchSource:
 
     def ready(self) -> bool:
         if self._parts:
-            return self._parts[0].done()
+            return any(part.done() for part in self._parts)
         if self._pending is None:
             return True
         if not self._pending.done():
@@ -89,13 +103,20 @@ class StaticBatchSource:
         planned = self._pending.result().planned
         return not planned or planned[0].done()
 
-    def take(self) -> tuple[WindowRun, PreparedWindow, bool] | None:
-        """The next static batch: (its window, its lines, whether it starts a new window)."""
+    def take(
+        self, shared: Callable[[PreparedWindow], int] | None = None
+    ) -> tuple[WindowRun, PreparedWindow, bool] | None:
+        """The next static batch: (its window, its lines, whether it starts a new window).
+        Among a packed window's static batches already planned, the one with the most
+        `shared` (prefix-cache blocks it shares with what runs) goes first; the window is
+        recorded as one unit, so the order within it is free."""
         if self._parts:
             assert self._current is not None
-            lines = self._parts.popleft().result()
+            ready = [part for part in self._parts if part.done()] or [self._parts[0]]
+            part = max(ready, key=lambda p: shared(p.result()) if shared else 0) if len(ready) > 1 else ready[0]
+            self._parts.remove(part)
             self._current.all_admitted = not self._parts
-            return self._current, lines, False
+            return self._current, part.result(), False
         if self._pending is None:
             return None
         window = self._pending.result()
@@ -134,6 +155,7 @@ class OverlappedEngine:
         self._requests: dict[str, tuple[StaticBatchRun, int]] = {}  # request id -> its batch and position
         self._unrecorded = 0  # static batches admitted and not yet recorded
         self._writes: deque[tuple[Future[Any], int]] = deque()  # handed back, being recorded: its static batches
+        self._blocks: Counter[int] = Counter()  # prefix-cache blocks of the requests in the engine
         self._in_engine: list[StaticBatchRun] = []  # static batches with requests in the engine
         self._since: float | None = None  # the engine's time is counted from here
 
@@ -183,6 +205,7 @@ class OverlappedEngine:
             raise EngineFailed(f"the engine failed adding lines {lines.first_line + 1}-{lines.next_line}") from exc
         for request_id, position in zip(ids, positions, strict=True):
             self._requests[request_id] = (batch, position)
+            self._blocks.update(prefix_blocks(lines.prompts[position]))
         batch.waiting += len(ids)
 
     def step(self) -> None:
@@ -206,7 +229,19 @@ class OverlappedEngine:
             batch, position = self._requests.pop(request_id)
             batch.results[position] = generation
             batch.waiting -= 1
+            self._blocks.subtract(prefix_blocks(batch.lines.prompts[position]))
         self._in_engine = [batch for batch in self._in_engine if batch.waiting]
+
+    def shared_blocks(self, lines: PreparedWindow) -> int:
+        """Prefix-cache blocks the static batch's prompts share with the requests in the
+        engine: the blocks the prefix cache most likely still holds for it."""
+        total = 0
+        for prompt in lines.prompts:
+            for block in prefix_blocks(prompt):
+                if self._blocks[block] <= 0:
+                    break
+                total += 1
+        return total
 
     def completed(self) -> Iterator[WindowRun]:
         """The windows at the head of the order whose every static batch has ended."""
@@ -229,6 +264,7 @@ class OverlappedEngine:
         self._requests.clear()
         self.windows.clear()
         self._in_engine = []
+        self._blocks.clear()
         self._unrecorded = sum(count for _, count in self._writes)
 
 
@@ -252,7 +288,7 @@ def run_windows(
             return source.cancel() or left
         # Admit while there is room; wait for the preparer only when the engine has nothing to do.
         while not source.exhausted and overlapped.has_room() and (overlapped.idle or source.ready()):
-            taken = source.take()
+            taken = source.take(overlapped.shared_blocks)
             if taken is None:
                 break
             overlapped.admit(*taken)

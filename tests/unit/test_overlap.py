@@ -122,3 +122,30 @@ def test_the_windows_share_the_engines_wall_time_by_their_unfinished_requests() 
     assert all(s > 0 for s in seconds)
     assert sum(seconds) == 10  # ten steps, one tick each: all of it, counted once
     assert seconds[0] > seconds[2] > seconds[1]  # the longest answers held the engine longest
+
+
+def packed_window(seq: int, parts: list[PreparedWindow]) -> PreparedWindow:
+    """A packed window whose static batches are all planned already."""
+    whole = PreparedWindow(seq=seq, first_line=parts[0].first_line, next_line=parts[-1].next_line)
+    for part in parts:
+        done: Future[PreparedWindow] = Future()
+        done.set_result(part)
+        whole.planned.append(done)
+    return whole
+
+
+def test_the_static_batch_sharing_the_most_prefix_blocks_with_what_runs_enters_next() -> None:
+    system_a, system_b = list(range(32, 96)), list(range(40, 104))  # four blocks each
+
+    def part(first: int, system: list[int], length: int) -> PreparedWindow:
+        lines = window(first, [length, length])
+        lines.prompts = [system + [first, i] for i in range(2)]
+        return lines
+
+    # Batches of system prompt A, B, A: once the first (A) runs, the second A goes before B.
+    parts = [part(0, system_a, 30), part(1, system_b, 2), part(2, system_a, 2)]
+    engine = FakeEngine(max_num_seqs=3)
+    handed, _ = run(engine, [packed_window(0, parts)], 8)
+    entered = [prompts[0][64] for prompts in engine.prompts_per_call]
+    assert entered == [0, 2, 1]
+    assert [r.index for r in handed[0].window.runnable] == sorted(r.index for r in handed[0].window.runnable)
