@@ -2,9 +2,9 @@
 
 A strict static batch is one blocking `generate` call: as its short answers end, the engine
 runs fewer and fewer sequences until the longest ends, and nothing new enters. Here a
-shard's static batches are added to the running engine (`Engine.enqueue`) as soon as it has
-a free slot (fewer unfinished requests than its `max_num_seqs`), so its scheduler always has
-a full set to run, as it has when a vLLM user hands it every line at once. The static batch
+shard's static batches are added to the running engine (`Engine.enqueue`) while it holds
+fewer than two sets of `max_num_seqs` unfinished requests, so its scheduler always has a
+full set to run and the next waiting, as it has when a vLLM user hands it every line at once. The static batch
 stays the unit that is planned, recorded, resumed and reported: each window is recorded when
 the last request of its last static batch ends, in input order, and at most
 `max_in_flight` static batches are admitted and not yet recorded, so a crash loses those
@@ -33,6 +33,7 @@ from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_a
 
 PREFIX_BLOCK_TOKENS = 16  # vLLM's KV-cache block: its prefix cache shares whole blocks
 MAX_PREFIX_BLOCKS = 64  # a prompt's first blocks are enough to tell a shared system prompt
+QUEUED_SETS = 2  # the engine holds up to this many times max_num_seqs requests: one set runs, one waits
 
 
 def prefix_blocks(prompt: list[int]) -> list[int]:
@@ -161,13 +162,15 @@ class OverlappedEngine:
 
     def has_room(self) -> bool:
         """Whether another static batch may enter: the crash bound holds, and the engine has
-        a free slot (else the new requests would only wait in its queue). A window being
-        filled is recorded as one unit, so its own static batches may pass the bound."""
+        fewer than QUEUED_SETS x max_num_seqs unfinished requests (a full set running and
+        one waiting, so a slot freed in a step is refilled in the next, as when vLLM is
+        handed every line at once). A window being filled is recorded as one unit, so its
+        own static batches may pass the bound."""
         while self._writes and self._writes[0][0].done():
             self._unrecorded -= self._writes.popleft()[1]
         filling = bool(self.windows) and not self.windows[0].all_admitted
         bounded = self._unrecorded < self.max_in_flight or filling
-        return bounded and self.engine.unfinished() < self.engine.max_num_seqs
+        return bounded and self.engine.unfinished() < QUEUED_SETS * self.engine.max_num_seqs
 
     @property
     def idle(self) -> bool:

@@ -139,7 +139,7 @@ def test_the_static_batch_sharing_the_most_prefix_blocks_with_what_runs_enters_n
 
     def part(first: int, system: list[int], length: int) -> PreparedWindow:
         lines = window(first, [length, length])
-        lines.prompts = [system + [first, i] for i in range(2)]
+        lines.prompts = [[*system, first, i] for i in range(2)]
         return lines
 
     # Batches of system prompt A, B, A: once the first (A) runs, the second A goes before B.
