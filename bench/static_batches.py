@@ -20,6 +20,17 @@ def batch_sizes(prompts: int) -> list[int | str]:
     return [*[size for size in BATCH_SIZES if size < prompts], ALL_AT_ONCE]
 
 
+def pass_figures(generated: int, seconds: float, latencies: list[float]) -> dict[str, float]:
+    """One pass's figures: what scenario 1 compares across modes."""
+    return {
+        "generated_tokens": generated,
+        "seconds": seconds,
+        "tokens_per_second": generated / seconds,
+        "latency_p50_seconds": percentile(latencies, 0.50),
+        "latency_p99_seconds": percentile(latencies, 0.99),
+    }
+
+
 def one_pass(engine: Any, texts: list[str], lengths: list[int], batch_size: int) -> dict[str, float]:
     from vllm import SamplingParams
 
@@ -34,14 +45,7 @@ def one_pass(engine: Any, texts: list[str], lengths: list[int], batch_size: int)
         seconds = time.perf_counter() - began
         latencies += [seconds] * len(outputs)
         generated += sum(len(out.outputs[0].token_ids) for out in outputs)
-    total = time.perf_counter() - started
-    return {
-        "generated_tokens": generated,
-        "seconds": total,
-        "tokens_per_second": generated / total,
-        "latency_p50_seconds": percentile(latencies, 0.50),
-        "latency_p99_seconds": percentile(latencies, 0.99),
-    }
+    return pass_figures(generated, time.perf_counter() - started, latencies)
 
 
 def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_size: int) -> dict[str, float]:
@@ -80,15 +84,8 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
     started = time.perf_counter()
     overlapped = OverlappedEngine(engine, DEFAULT_STATIC_BATCHES_IN_FLIGHT)
     run_windows(overlapped, StaticBatchSource(next_window), record, lambda: False)
-    total = time.perf_counter() - started
-    generated = sum(lengths)  # ignore_eos: every output reaches its drawn length
-    return {
-        "generated_tokens": generated,
-        "seconds": total,
-        "tokens_per_second": generated / total,
-        "latency_p50_seconds": percentile(latencies, 0.50),
-        "latency_p99_seconds": percentile(latencies, 0.99),
-    }
+    # ignore_eos: every output reaches its drawn length
+    return pass_figures(sum(lengths), time.perf_counter() - started, latencies)
 
 
 def run(engine: Any, config: BenchConfig) -> dict[str, Any]:

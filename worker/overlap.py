@@ -232,7 +232,10 @@ class OverlappedEngine:
             batch, position = self._requests.pop(request_id)
             batch.results[position] = generation
             batch.waiting -= 1
-            self._blocks.subtract(prefix_blocks(batch.lines.prompts[position]))
+            for block in prefix_blocks(batch.lines.prompts[position]):
+                self._blocks[block] -= 1
+                if self._blocks[block] <= 0:  # a long shard's blocks must not pile up
+                    del self._blocks[block]
         self._in_engine = [batch for batch in self._in_engine if batch.waiting]
 
     def shared_blocks(self, lines: PreparedWindow) -> int:
@@ -241,7 +244,7 @@ class OverlappedEngine:
         total = 0
         for prompt in lines.prompts:
             for block in prefix_blocks(prompt):
-                if self._blocks[block] <= 0:
+                if block not in self._blocks:
                     break
                 total += 1
         return total
