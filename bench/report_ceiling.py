@@ -35,7 +35,7 @@ def ceiling_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     lines = [
-        "## 8. The engine never waits: the defaults against raw vLLM given every line at once",
+        "## 9. The engine never waits: the defaults against raw vLLM given every line at once",
         "",
         "`make run`'s shape: the API and one worker as processes on Postgres, the file uploaded, the batch "
         "created with **no options** and polled over HTTP once a second. The ceiling is raw vLLM in its own "
@@ -67,9 +67,9 @@ def ceiling_section(result: dict[str, Any] | None) -> Section:
             "",
         ]
         goals += [
-            [f"8. {name}: defaults / raw, generation", f"≥ {GENERATION_GOAL}", f"{found['generation_ratio']:.3f}",
+            [f"9. {name}: defaults / raw, generation", f"≥ {GENERATION_GOAL}", f"{found['generation_ratio']:.3f}",
              _verdict(found["generation_ratio"] >= GENERATION_GOAL)],
-            [f"8. {name}: defaults / raw, end to end", f"≥ {END_TO_END_GOAL}", f"{found['end_to_end_ratio']:.3f}",
+            [f"9. {name}: defaults / raw, end to end", f"≥ {END_TO_END_GOAL}", f"{found['end_to_end_ratio']:.3f}",
              _verdict(found["end_to_end_ratio"] >= END_TO_END_GOAL)],
         ]  # fmt: skip
         if "overlap_vs_strict_generation" in found:
@@ -81,9 +81,18 @@ def ceiling_section(result: dict[str, Any] | None) -> Section:
                 "",
             ]
             goals.append(
-                ["8. long tail: overlapped / strict", f"≥ {OVERLAP_GOAL}x", f"{overlap:.2f}x",
+                ["9. long tail: overlapped / strict", f"≥ {OVERLAP_GOAL}x", f"{overlap:.2f}x",
                  _verdict(overlap >= OVERLAP_GOAL)]
             )  # fmt: skip
+    lines += [
+        "Where a goal is missed, read it with these: on this 2-core VM the rounds' generation ratios spread "
+        "from 0.90 to 1.06 (`bench/results/ceiling.json`); the service tokenizes the next static batch on its preparer "
+        "thread while the engine runs, sharing the GIL with vLLM's output processing, where raw tokenizes "
+        "before its clock; and end to end the service pays about 0.6 s that raw does not (the client polls "
+        "once a second, so it sees `completed` half a second late on average, plus upload, claim and "
+        "finalization), 10 % of a 5-second job and 1 % of a minute's.",
+        "",
+    ]
     if result.get("timelines"):
         lines += [
             "The long-tail workload once more per mode through the worker, with each request's scheduled and "
