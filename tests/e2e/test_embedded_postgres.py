@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,3 +80,19 @@ def test_with_no_variable_set_the_cli_and_the_api_find_the_same_embedded_databas
     finally:
         api.terminate()
         api.wait(60)
+        stop_embedded_server(tmp_path / "var")
+
+
+def stop_embedded_server(var: Path) -> None:
+    """The server the CLI started outlives it (it is a daemon); a test run leaves none behind."""
+    pid_file = var / "postgres" / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().split()[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
