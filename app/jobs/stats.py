@@ -75,7 +75,7 @@ def cost(job: Job, gpu_hour_price: float | None) -> Cost:
     spent = job.accelerator_seconds / 3600 * gpu_hour_price if gpu_hour_price is not None else None
     per_million = spent / job.completion_tokens * 1e6 if spent is not None and job.completion_tokens else None
     return Cost(
-        accelerator_seconds=round(job.accelerator_seconds, 3),
+        accelerator_seconds=round(job.accelerator_seconds, 4),
         gpu_hour_price=gpu_hour_price,
         cost=round(spent, 6) if spent is not None else None,
         cost_per_million_output_tokens=round(per_million, 6) if per_million is not None else None,
