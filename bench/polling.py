@@ -122,6 +122,7 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
         "requests_per_second": len(latencies) / wall,
         "latency_p50_ms": percentile(latencies, 0.50) * 1000,
         "latency_p99_ms": percentile(latencies, 0.99) * 1000,
+        "latency_max_ms": max(latencies, default=0.0) * 1000,
         "errors": errors,
     }
 

@@ -52,6 +52,8 @@ def main() -> None:
     store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
     guard_process_group()
     started_on = os.sched_getaffinity(0)
+    if not has_cuda() and settings.engine_nice:  # the engine's processes inherit it
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), settings.engine_nice))
     engine = VllmEngine(settings)
     if started_on != set(range(os.cpu_count() or 1)):
         restrict_to(started_on)  # vLLM widened it; stay on the CPUs this worker was given

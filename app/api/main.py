@@ -25,7 +25,6 @@ from app.data.outbox import Outbox
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.data.webhook_endpoints import WebhookEndpoints
-from app.jobs.estimate import preload_model_files
 from app.jobs.sweeper import Sweeper
 from app.jobs.webhooks import WebhookSender
 
@@ -54,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gpu_hour_price=settings.gpu_hour_price,
         )
         app.state.sweeper = sweeper
-        app.state.heavy_work = HeavyWork(settings.heavy_work_threads)
-        app.state.model_files = app.state.heavy_work.submit(preload_model_files, settings)
+        # The tokenizing process reaches this app's database by the URL resolved here.
+        app.state.heavy_work = HeavyWork(settings.heavy_work_threads, settings.model_copy(update={"database_url": url}))
+        app.state.model_files = app.state.heavy_work.preload_model_files()
         sweeper.start()
         app.state.webhook_endpoints = WebhookEndpoints(db)
         app.state.webhook_sender = webhook_sender = WebhookSender.from_settings(Outbox(db), settings)

@@ -16,6 +16,18 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in the tokenizing process and re-raised in the API: subclasses take other
+        # arguments than the message, so the error is rebuilt from its fields, not its args.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[ServiceError], args: tuple[object, ...], fields: dict[str, object]) -> ServiceError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(fields)
+    return error
+
 
 class InvalidRequest(ServiceError):
     pass

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="structured outputs with no free whitespace (vLLM's guidance backend, disable_any_whitespace), "
         "so a model cannot spend its max_tokens on blanks",
     )
+    engine_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU builds: the nice value a worker and its engine run at, so the API and Postgres on "
+        "the same host get the CPU first (polls stay fast while a job runs); 0 leaves the priority",
+    )
 
     # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.
     worker_kind: Literal["generate", "embed"] = Field(

@@ -48,7 +48,9 @@ def test_a_batch_with_no_options_is_sized_to_the_engine_overlapped_and_costed(
     assert cost["cost_per_million_output_tokens"] == pytest.approx(per_million, rel=1e-2)
     stats = client.get(f"/v1/batches/{batch['id']}/stats").json()
     assert stats["cost"] == cost["cost"] and stats["batching"] == "overlapped"
-    assert sum(w["accelerator_seconds"] for w in stats["windows"]) == pytest.approx(cost["accelerator_seconds"], rel=1e-3, abs=1e-3)
+    assert sum(w["accelerator_seconds"] for w in stats["windows"]) == pytest.approx(
+        cost["accelerator_seconds"], rel=1e-3, abs=1e-3
+    )
 
 
 @pytest.mark.engine

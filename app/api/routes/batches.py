@@ -12,7 +12,7 @@ from app.api.deps import BatchViewsDep, CallerDep, QueueDep, RecordsDep, Setting
 from app.api.heavy_work import HeavyWork, get_heavy_work
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
 from app.data.models import JobStatus
-from app.jobs.create import Owner, create_job, dry_run, record_estimate
+from app.jobs.create import Owner, create_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import job_stats, window_series
@@ -27,7 +27,6 @@ async def create(
     caller: CallerDep,
     records: RecordsDep,
     queue: QueueDep,
-    store: StoreDep,
     settings: SettingsDep,
     heavy: HeavyWorkDep,
 ) -> BatchObject | BatchEstimate:
@@ -36,11 +35,11 @@ async def create(
     With `dry_run: true`, nothing is queued: the answer is an estimate (lines, prompt
     tokens, requested output tokens, the lines that would fail and why, an ETA)."""
     if body.dry_run:
-        return BatchEstimate.of(await heavy.run(dry_run, records, store, settings, body.spec(), caller.scope))
+        return BatchEstimate.of(await heavy.dry_run(body.spec(), caller.scope))
     owner = Owner(caller.owner, caller.scope)
     job = await run_in_threadpool(create_job, records, queue, settings, body.spec(), owner)
     if job.status == JobStatus.QUEUED:
-        heavy.submit(record_estimate, records, store, settings, job.id)
+        heavy.record_estimate(job.id)
     return BatchObject.of(job, settings.gpu_hour_price)
 
 
