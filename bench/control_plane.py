@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -97,10 +98,8 @@ def _stop(launcher: subprocess.Popen[bytes]) -> None:
             launcher.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             launcher.kill()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(launcher.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _upload_and_create(http: httpx.Client, rows: list[dict[str, Any]]) -> tuple[str, float, float]:
@@ -176,9 +175,12 @@ def measure(runs: int, lines: int, clients: int, poll_seconds: float) -> dict[st
                 _stop(launcher)
         polls = found["polled"]["polls"]
         ratio = found["polled"]["tokens_per_second"] / found["quiet"]["tokens_per_second"]
-        print(f"round {number}: polls p50 {polls['latency_p50_ms']:.0f} ms, p99 {polls['latency_p99_ms']:.0f} ms, "
-              f"max {polls['latency_max_ms']:.0f} ms, {polls['errors']} errors; creation "
-              f"{found['polled']['second_create_seconds']:.2f} s; job tokens/s polled/quiet {ratio:.3f}", flush=True)  # fmt: skip
+        print(
+            f"round {number}: polls p50 {polls['latency_p50_ms']:.0f} ms, p99 {polls['latency_p99_ms']:.0f} ms, "
+            f"max {polls['latency_max_ms']:.0f} ms, {polls['errors']} errors; creation "
+            f"{found['polled']['second_create_seconds']:.2f} s; job tokens/s polled/quiet {ratio:.3f}",
+            flush=True,
+        )
         rounds.append(found | {"polled_to_quiet": round(ratio, 4)})
     polled = [r["polled"] for r in rounds]
 
