@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,6 +21,8 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from worker.engine import Engine
 from worker.loop import WorkerLoop
+
+MIB = 1 << 20
 
 # Where storage matters (uploads, parts, the final join, downloads), a test runs on both
 # backends: a local folder and S3 over HTTP (moto). Elsewhere the `store` is local.
@@ -99,3 +106,33 @@ def run_worker_until_idle(
         ran += 1
     db.dispose()
     return loop
+
+
+def slow_upload_body(boundary: str, megabytes: int, sent: list[int]) -> Iterator[bytes]:
+    """A multipart upload of valid JSONL lines at about 40 MB/s, counting what was sent."""
+    yield f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'.encode()
+    head = 'Content-Disposition: form-data; name="file"; filename="big.jsonl"\r\nContent-Type: application/jsonl'
+    yield f"--{boundary}\r\n{head}\r\n\r\n".encode()
+    line = jsonl([completion_line("r", "x" * 200)])
+    block = line * (MIB // len(line))
+    for _ in range(megabytes):
+        sent[0] += len(block)
+        yield block
+        time.sleep(0.025)
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def start_slow_upload(base_url: str, api_key: str, megabytes: int) -> tuple[threading.Thread, list[int]]:
+    """`slow_upload_body` posted to /v1/files on a thread; the thread and the bytes sent so far.
+    An upload the server dies under just ends."""
+    boundary, sent = uuid.uuid4().hex, [0]
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            body = slow_upload_body(boundary, megabytes, sent)
+            httpx.post(f"{base_url}/v1/files", content=body, headers=headers, timeout=120)
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    return thread, sent

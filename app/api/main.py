@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_batch_attempts,
             gpu_hour_price=settings.gpu_hour_price,
+            temporary_object_max_age_seconds=settings.temporary_object_max_age_seconds,
         )
         app.state.sweeper = sweeper
         # The tokenizing process reaches this app's database by the URL resolved here.

@@ -8,10 +8,13 @@ space forever. The sweeper removes the ones older than any write can last
 (`TEMPORARY_OBJECT_MAX_AGE_SECONDS`).
 
 On S3 it aborts the incomplete multipart uploads under the service's prefix
-(`AbortMultipartUpload`), rather than setting a lifecycle rule at start-up: a rule counts
-in whole days, needs rights on the bucket's configuration the service may not have (a
-shared bucket), and is not kept by every S3 stand-in; a sweep needs only the rights the
-service already uses, and works the same on AWS, MinIO and moto.
+(`AbortMultipartUpload`) it has seen pending for longer than that. It counts from when it
+first saw an upload, not from the upload's `Initiated` time: S3 stand-ins do not all keep
+that one (moto answers a fixed date in 2010), and this clock needs no agreement with the
+store's; a restarted API only starts counting again. It aborts uploads rather than setting
+a lifecycle rule at start-up: a rule counts in whole days, needs rights on the bucket's
+configuration the service may not have (a shared bucket), and is not kept by every S3
+stand-in; a sweep needs only the rights the service already uses, on AWS, MinIO and moto.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.storage import LocalStore, ObjectStore, S3Store
@@ -39,13 +41,41 @@ def is_temporary_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def remove_abandoned_writes(store: ObjectStore, older_than_seconds: float) -> Removed:
-    """Removes the writes begun more than `older_than_seconds` ago and never finished."""
-    if isinstance(store, LocalStore):
-        return _local(store.root, older_than_seconds)
-    if isinstance(store, S3Store):
-        return _s3(store, older_than_seconds)
-    return Removed(0, 0)
+@dataclass
+class AbandonedWrites:
+    """Finds and removes a store's abandoned writes; keeps when it first saw each pending
+    S3 multipart upload."""
+
+    store: ObjectStore
+    _first_seen: dict[str, float] = field(default_factory=dict)
+
+    def remove(self, older_than_seconds: float) -> Removed:
+        """Removes the writes unfinished and untouched for more than `older_than_seconds`."""
+        if isinstance(self.store, LocalStore):
+            return _local(self.store.root, older_than_seconds)
+        if isinstance(self.store, S3Store):
+            return self._s3(self.store, older_than_seconds)
+        return Removed(0, 0)
+
+    def _s3(self, store: S3Store, older_than_seconds: float) -> Removed:
+        client, bucket, now = store.client, store.bucket, time.monotonic()
+        writes = size = 0
+        pending: set[str] = set()
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=store.prefix)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                key, upload_id = upload["Key"], upload["UploadId"]
+                pending.add(upload_id)
+                if now - self._first_seen.setdefault(upload_id, now) <= older_than_seconds:
+                    continue
+                try:
+                    parts = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                except client.exceptions.NoSuchUpload:  # completed or aborted meanwhile
+                    continue
+                writes, size = writes + 1, size + sum(int(part["Size"]) for part in parts)
+        self._first_seen = {k: v for k, v in self._first_seen.items() if k in pending}
+        return Removed(writes, size)
 
 
 def _local(root: Path, older_than_seconds: float) -> Removed:
@@ -63,23 +93,4 @@ def _local(root: Path, older_than_seconds: float) -> Removed:
                     writes, size = writes + 1, size + stat.st_size
             except FileNotFoundError:  # renamed into place, or removed, meanwhile
                 continue
-    return Removed(writes, size)
-
-
-def _s3(store: S3Store, older_than_seconds: float) -> Removed:
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-    client, bucket = store.client, store.bucket
-    writes = size = 0
-    pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=store.prefix)
-    for page in pages:
-        for upload in page.get("Uploads", []):
-            if upload["Initiated"] >= cutoff:
-                continue
-            key, upload_id = upload["Key"], upload["UploadId"]
-            try:
-                parts = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            except client.exceptions.NoSuchUpload:  # completed or aborted meanwhile
-                continue
-            writes, size = writes + 1, size + sum(int(part["Size"]) for part in parts)
     return Removed(writes, size)

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         default=5.0, gt=0, description="how often each API process expires overdue jobs and finalizes waiting ones"
     )
+    temporary_object_max_age_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a write never finished (a local dot-file, an S3 multipart upload) untouched this long is "
+        "abandoned (its process was killed mid-write): the sweeper removes it",
+    )
     packing_window_batches: int = Field(
         default=8, ge=2, description="static batches per window that length-aware packing sorts (pack_by_length)"
     )

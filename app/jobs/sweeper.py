@@ -9,8 +9,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 
+from app.core.abandoned_writes import AbandonedWrites
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
@@ -20,6 +22,7 @@ from app.jobs.retention import delete_expired
 log = logging.getLogger(__name__)
 
 MAX_FINALIZATIONS_PER_SWEEP = 100  # the rest wait for the next sweep (or a worker)
+MAX_ABANDONED_WRITES_SECONDS = 3600.0  # abandoned writes are looked for at least this often
 
 
 def sweep(
@@ -72,9 +75,13 @@ class Sweeper:
         lease_seconds: float,
         max_attempts: int,
         gpu_hour_price: float | None = None,
+        temporary_object_max_age_seconds: float | None = None,
     ) -> None:
         self._args = (records, queue, store, f"api-{socket.gethostname()}-{os.getpid()}", lease_seconds, max_attempts)
+        self._abandoned_writes = AbandonedWrites(store)
         self._gpu_hour_price = gpu_hour_price
+        self._temporary_max_age = temporary_object_max_age_seconds
+        self._abandoned_writes_due = 0.0  # looked for at the first sweep
         self._interval = interval_seconds
         self._stop = threading.Event()
         self._poked = threading.Event()
@@ -108,3 +115,19 @@ class Sweeper:
                 sweep(*self._args, poked=poked, gpu_hour_price=self._gpu_hour_price)
             except Exception:  # the database may be briefly away; the next sweep retries
                 log.exception("sweep failed")
+            self._remove_abandoned_writes()
+
+    def _remove_abandoned_writes(self) -> None:
+        """Every quarter of the writes' longest life (at most hourly), the temporary
+        objects of writes that never finished are removed (app.core.abandoned_writes)."""
+        max_age = self._temporary_max_age
+        if max_age is None or time.monotonic() < self._abandoned_writes_due:
+            return
+        self._abandoned_writes_due = time.monotonic() + min(max_age / 4, MAX_ABANDONED_WRITES_SECONDS)
+        try:
+            removed = self._abandoned_writes.remove(max_age)
+        except Exception:  # storage briefly away: the next round retries
+            log.exception("looking for abandoned writes failed")
+            return
+        if removed.writes:
+            log.info("removed %d abandoned writes (%d bytes)", removed.writes, removed.bytes)

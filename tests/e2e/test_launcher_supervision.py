@@ -1,6 +1,6 @@
-"""`make run`'s launcher supervises the embedded default: a killed API and a killed embedded
-Postgres come back on their own, work goes on exactly once, and when the launcher itself is
-SIGKILLed its children go with it."""
+"""`make run`'s launcher supervises the embedded default: an API killed mid-upload and a
+killed embedded Postgres come back on their own, the killed upload's space is taken back,
+work goes on exactly once, and when the launcher itself is SIGKILLed its children go with it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from tests.conftest import DEMO_MODEL, ROOT, free_port
-from tests.helpers import completion_line, jsonl, read_jsonl
+from tests.helpers import MIB, completion_line, jsonl, read_jsonl, start_slow_upload
 
 START_SECONDS = 300
 RECOVERY_SECONDS = 90
@@ -35,6 +35,11 @@ def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def
             pass
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def temporary_bytes(var: Path) -> int:
+    """Bytes of unfinished writes (dot-files) in the embedded default's local storage."""
+    return sum(path.stat().st_size for path in (var / "storage").rglob(".*.tmp"))
 
 
 def postmaster_pid(var: Path) -> int:
@@ -56,6 +61,8 @@ def test_the_launcher_restarts_a_dead_api_and_postgres_and_takes_its_children_wh
         POLL_SECONDS="0.5",
         LEASE_SECONDS="10",
         HEARTBEAT_SECONDS="2",
+        SWEEP_SECONDS="0.5",
+        TEMPORARY_OBJECT_MAX_AGE_SECONDS="4",
     )
     log_path = tmp_path / "launcher.log"
     with open(log_path, "wb") as log:
@@ -70,11 +77,16 @@ def test_the_launcher_restarts_a_dead_api_and_postgres_and_takes_its_children_wh
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
         wait_until(lambda: http.get("/readyz").status_code == 200, START_SECONDS, "a ready worker")
 
-        # The API, SIGKILLed, is started again.
+        # The API, SIGKILLed mid-upload, is started again, and takes the upload's space back.
+        upload, sent = start_slow_upload(base, secret, 400)
+        wait_until(lambda: temporary_bytes(var) >= 20 * MIB, 60, "the upload in storage")
         [api] = [p for p in psutil.Process(launcher.pid).children() if "uvicorn" in " ".join(p.cmdline())]
         api.send_signal(signal.SIGKILL)
+        upload.join(timeout=60)
+        assert sent[0] < 400 * MIB and temporary_bytes(var) >= 20 * MIB  # killed mid-upload, its bytes left
         wait_until(lambda: http.get("/healthz").status_code == 200, RECOVERY_SECONDS, "the API back")
         assert launcher.poll() is None
+        wait_until(lambda: temporary_bytes(var) == 0, RECOVERY_SECONDS, "the killed upload's space back")
 
         # The embedded Postgres, SIGKILLed mid-job, is started again; the job ends exactly once.
         rows = [completion_line(f"r{i}", f"item {i}", max_tokens=8) for i in range(300)]
