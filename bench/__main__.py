@@ -36,6 +36,7 @@ SCENARIOS = [
     "scale_out",
     "input_read",
     "ceiling",
+    "control_plane",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
@@ -198,6 +199,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("scale_out", lambda: run_module("scale_out_runner", "scale_out_summary", config)),
         ("input_read", lambda: run_module("input_read", "input_read", config)),
         ("ceiling", lambda: run_module("ceiling", "ceiling", config)),
+        ("control_plane", lambda: run_module("control_plane", "control_plane", config)),
     ]
     for name, step in steps:
         if name in selected:

@@ -85,6 +85,7 @@ def _content_length(head: bytes) -> int:
 
 async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, interval: float) -> dict[str, float]:
     latencies: list[float] = []
+    timed: list[tuple[float, float]] = []  # (seconds into the run it was sent, its latency)
     errors = 0
     deadline = time.perf_counter() + seconds
     url = urlsplit(api.url)
@@ -107,6 +108,7 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
                     errors += 1
                 took = time.perf_counter() - began
                 latencies.append(took)
+                timed.append((began - started, took))
                 await asyncio.sleep(max(0.0, interval - took))
         finally:
             connection.close()
@@ -123,6 +125,7 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
         "latency_p50_ms": percentile(latencies, 0.50) * 1000,
         "latency_p99_ms": percentile(latencies, 0.99) * 1000,
         "latency_max_ms": max(latencies, default=0.0) * 1000,
+        "slowest": [[round(at, 2), round(took * 1000, 1)] for at, took in sorted(timed, key=lambda t: -t[1])[:10]],
         "errors": errors,
     }
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.common import read_result
 from bench.report_ceiling import ceiling_section
+from bench.report_control_plane import control_plane_section
 from bench.report_sections import (
     _n,
     _table,
@@ -429,6 +430,7 @@ def write() -> Path:
         (scale_out_section, "scale_out_summary"),
         (input_read_section, "input_read"),
         (ceiling_section, "ceiling"),
+        (control_plane_section, "control_plane"),
     ):
         result = read_result(name)
         lines, found = build(result)
