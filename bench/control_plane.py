@@ -22,12 +22,12 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from bench.ceiling import DEMO, chat_row
-from bench.common import free_port, log_file, output_lengths, write_result
+from bench.common import LOGS, free_port, log_file, output_lengths, write_result
 from bench.polling import _poll
 
 LINES, LONGEST, SEED = 8000, 512, 11
@@ -124,6 +124,18 @@ def _wait(http: httpx.Client, batch_id: str) -> dict[str, Any]:
         time.sleep(POLL_INTERVAL)
 
 
+def _start_pollers(service: Service, batch_id: str, clients: int, seconds: float) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "bench.control_plane", "poll", service.url, service.api_key, batch_id,
+               str(clients), str(seconds)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def _pollers_main(url: str, api_key: str, batch_id: str, clients: int, seconds: float) -> None:
+    """In the pollers' process: polls, then prints the figures as one JSON line, its start on
+    the clock both processes share (time.perf_counter is system-wide on Linux)."""
+    print(json.dumps(asyncio.run(_poll(Service(url, api_key), batch_id, clients, seconds, POLL_INTERVAL))))
+
+
 def one_job(service: Service, rows: list[dict[str, Any]], clients: int, poll_seconds: float) -> dict[str, Any]:
     """The job run once, with `clients` pollers (none: 0) and the second creation."""
     with httpx.Client(
@@ -134,21 +146,25 @@ def one_job(service: Service, rows: list[dict[str, Any]], clients: int, poll_sec
         batch_id, _, _ = _upload_and_create(http, rows)
         polls: dict[str, Any] = {}
         poller = None
-        if clients:
-            poller = threading.Thread(
-                target=lambda: polls.update(asyncio.run(_poll(service, batch_id, clients, poll_seconds, POLL_INTERVAL)))
-            )
-            poller.start()
+        if clients:  # in a process of its own: this one's uploads would hold the pollers' GIL
+            poller = _start_pollers(service, batch_id, clients, poll_seconds)
         time.sleep(SECOND_FILE_AFTER_SECONDS)
+        second_sent = time.perf_counter()
         second, upload_seconds, create_seconds = _upload_and_create(http, rows)
         done = _wait(http, batch_id)
+        seen_done = time.perf_counter()
         http.post(f"/v1/batches/{second}/cancel").raise_for_status()
         if poller is not None:
-            poller.join()
+            out, _ = poller.communicate(timeout=poll_seconds + 120)
+            polls = json.loads(out.strip().splitlines()[-1])
     generation = done["throughput"]["generation_tokens_per_second"]
     job_seconds = done["throughput"]["generate_seconds"]
     if clients and job_seconds < poll_seconds:
         print(f"  the job ran {job_seconds:.0f} s, under the {poll_seconds:.0f} s of polling", flush=True)
+    if polls:  # when, in the polling's seconds, the second file was sent and the job seen done
+        began = polls.pop("started_at")
+        polls["second_file_sent_at"] = round(second_sent - began, 2)
+        polls["job_seen_completed_at"] = round(seen_done - began, 2)
     return {
         "tokens_per_second": generation,
         "generate_seconds": job_seconds,
@@ -173,6 +189,7 @@ def measure(runs: int, lines: int, clients: int, poll_seconds: float) -> dict[st
                 }
             finally:
                 _stop(launcher)
+                shutil.copy(Path(tmp) / "launcher.log", LOGS / f"control-plane-launcher-{number}.log")
         polls = found["polled"]["polls"]
         ratio = found["polled"]["tokens_per_second"] / found["quiet"]["tokens_per_second"]
         print(
@@ -219,5 +236,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    log_file("control-plane")  # the logs folder exists
-    main()
+    if sys.argv[1:2] == ["poll"]:
+        url, key, batch, clients, seconds = sys.argv[2:7]
+        _pollers_main(url, key, batch, int(clients), float(seconds))
+    else:
+        log_file("control-plane")  # the logs folder exists
+        main()

@@ -125,7 +125,9 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
         "latency_p50_ms": percentile(latencies, 0.50) * 1000,
         "latency_p99_ms": percentile(latencies, 0.99) * 1000,
         "latency_max_ms": max(latencies, default=0.0) * 1000,
+        # The slowest polls: [seconds into the polling, milliseconds].
         "slowest": [[round(at, 2), round(took * 1000, 1)] for at, took in sorted(timed, key=lambda t: -t[1])[:10]],
+        "started_at": started,  # time.perf_counter() when the polling began
         "errors": errors,
     }
 
