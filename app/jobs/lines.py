@@ -134,7 +134,7 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
 def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -> Endpoint[Any]:
     """The kind a plain line is: the batch's, if the line's field is one it takes; at upload,
     the kind whose own field the line gives (`_plain_upload_endpoint` when several share it)."""
-    given = next((name for name in PLAIN_FIELDS if name in body), None)
+    given = _plain_field(body)
     if given is None:
         raise LineError(line, "missing prompt (or messages, or input, or url and body)", "prompt")
     if job_endpoint is not None:
@@ -143,6 +143,17 @@ def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -
             raise LineError(line, f"{given} given, but the batch's endpoint is {job_endpoint}", given)
         return endpoint
     return _plain_upload_endpoint(given, body)
+
+
+def _plain_field(body: dict[str, Any]) -> str | None:
+    return next((name for name in PLAIN_FIELDS if name in body), None)
+
+
+def plain_upload_endpoint(body: dict[str, Any]) -> Endpoint[Any] | None:
+    """The kind a plain line (its fields) is read as with no batch to decide, as at upload;
+    None when it gives no plain field."""
+    given = _plain_field(body)
+    return _plain_upload_endpoint(given, body) if given is not None else None
 
 
 def _plain_upload_endpoint(given: str, body: dict[str, Any]) -> Endpoint[Any]:
