@@ -54,6 +54,7 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
     static batch entering the engine to its window being handed back."""
     from concurrent.futures import Future
 
+    from app.jobs.endpoints.base import Sampling
     from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows
     from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT
     from worker.windows import PreparedWindow
@@ -69,7 +70,7 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
         chunk = slice(first, first + batch_size)
         window = PreparedWindow(seq=first, first_line=first, next_line=first + len(texts[chunk]))
         window.prompts = [engine.tokenizer.encode(text) for text in texts[chunk]]
-        window.sampling = [{"max_tokens": n, "min_tokens": n, "ignore_eos": True} for n in lengths[chunk]]
+        window.sampling = [Sampling(max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths[chunk]]
         taken[first] = time.perf_counter()
         ready: Future[PreparedWindow] = Future()
         ready.set_result(window)

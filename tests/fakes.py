@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
-from app.jobs.lines import ChatBody, CompletionBody, EmbeddingBody, Request
+from app.jobs.endpoints.base import ModelLimits, Pooling, Sampling, ServedModels
+from app.jobs.endpoints.chat import ChatBody
+from app.jobs.endpoints.completions import CompletionBody
+from app.jobs.endpoints.embeddings import EmbeddingBody
+from app.jobs.lines import Request
 from app.jobs.output_lines import Choice, Embeddings, Generation
-from app.jobs.planning import ModelLimits, ServedModels
 from worker.engine import RequestRejected
 
 
@@ -51,13 +55,13 @@ class FakeEngine:
         assert isinstance(request.body, EmbeddingBody)
         return [list(item.encode()) if isinstance(item, str) else item for item in request.body.inputs()]
 
-    def check(self, sampling: dict[str, Any]) -> None:
+    def check(self, sampling: Sampling) -> None:
         pass
 
-    def check_pooling(self, pooling: dict[str, Any]) -> None:
+    def check_pooling(self, pooling: Pooling) -> None:
         pass
 
-    def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
+    def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
         self.calls.append(len(inputs))
         if any(self.REFUSED in bytes(ids) for request in inputs for ids in request):
             raise RequestRejected("a request the engine refuses")
@@ -69,25 +73,25 @@ class FakeEngine:
             for request in inputs
         ]
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
         self.calls.append(len(prompts))
         if any(self.REFUSED in bytes(p) for p in prompts):
             raise RequestRejected("a request the engine refuses")
-        self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
+        self.max_tokens_per_call.append([line.max_tokens for line in sampling])
         if self.poison and any(self.poison.encode() in bytes(p) for p in prompts):
             raise RuntimeError("engine died")
         return [_echo(p) for p in prompts]
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
         batch = len(self.calls)
         self.calls.append(len(prompts))
         self.prompts_per_call.append(prompts)
         if any(self.REFUSED in bytes(p) for p in prompts):
             raise RequestRejected("a request the engine refuses")
-        self.max_tokens_per_call.append([kwargs["max_tokens"] for kwargs in sampling])
+        self.max_tokens_per_call.append([line.max_tokens for line in sampling])
         ids = [str(next(self._ids)) for _ in prompts]
-        for request_id, prompt, kwargs in zip(ids, prompts, sampling, strict=True):
-            self._queue[request_id] = (prompt, int(kwargs["max_tokens"]), batch)
+        for request_id, prompt, line in zip(ids, prompts, sampling, strict=True):
+            self._queue[request_id] = (prompt, line.max_tokens, batch)
         return ids
 
     def step(self) -> list[tuple[str, Generation]]:
@@ -119,3 +123,23 @@ def _echo(prompt: list[int]) -> Generation:
         prompt_tokens=len(prompt),
         choices=[Choice(text=bytes(prompt).decode()[::-1], completion_tokens=3, finish_reason="length")],
     )
+
+
+class Tokens:
+    """A planning tokenizer from functions of the request (`prompt` for generation lines,
+    `inputs` for pooling lines)."""
+
+    def __init__(
+        self,
+        prompt: Callable[[Request], list[int]] | None = None,
+        inputs: Callable[[Request], list[list[int]]] | None = None,
+    ) -> None:
+        self._prompt, self._inputs = prompt, inputs
+
+    def prompt_token_ids(self, request: Request) -> list[int]:
+        assert self._prompt is not None
+        return self._prompt(request)
+
+    def input_token_ids(self, request: Request) -> list[list[int]]:
+        assert self._inputs is not None
+        return self._inputs(request)

@@ -9,6 +9,8 @@ import signal
 import sys
 from types import FrameType
 
+from app.jobs.endpoints import worker_kinds
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -16,11 +18,12 @@ def main() -> None:
         description="Hold one vLLM engine and run queued batch jobs from Postgres as static batches. "
         "Every setting comes from the environment (see the README); flags override the engine's.",
     )
+    kinds = worker_kinds()  # worker kind -> the endpoints it serves, from the registry
     parser.add_argument(
         "--kind",
-        choices=["generate", "embed"],
-        help="generate: hold MODEL for /v1/completions and /v1/chat/completions jobs; embed: hold "
-        "EMBEDDING_MODEL (vLLM's pooling runner) for /v1/embeddings jobs (WORKER_KIND, default generate)",
+        choices=sorted(kinds),
+        help=f"generate: hold MODEL for {', '.join(kinds['generate'])} jobs; embed: hold EMBEDDING_MODEL "
+        f"(vLLM's pooling runner) for {', '.join(kinds['embed'])} jobs (WORKER_KIND, default generate)",
     )
     parser.add_argument("--model", help="model folder or Hugging Face id (MODEL, or EMBEDDING_MODEL with --kind embed)")
     parser.add_argument("--tensor-parallel-size", type=int, help="GPUs per engine (TENSOR_PARALLEL_SIZE)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.jobs.planning import LORA_ADAPTER
+from app.jobs.endpoints.base import Sampling
 
 
 def lora_engine_kwargs(adapters: Mapping[str, str], max_lora_rank: int, cuda: bool) -> dict[str, Any]:
@@ -46,9 +46,9 @@ def load_adapters(llm: Any, adapters: Mapping[str, str]) -> dict[str, Any]:
     return requests
 
 
-def lora_requests(adapters: Mapping[str, Any], sampling: list[dict[str, Any]]) -> list[Any] | None:
+def lora_requests(adapters: Mapping[str, Any], sampling: list[Sampling]) -> list[Any] | None:
     """Each line's `LoRARequest` (None for the base model), or None when no line names an adapter."""
-    names = [kwargs.get(LORA_ADAPTER) for kwargs in sampling]
+    names = [line.lora_adapter for line in sampling]
     if not any(names):
         return None
     return [adapters[name] if name else None for name in names]

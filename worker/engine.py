@@ -13,12 +13,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from app.core.settings import Settings
+from app.jobs.endpoints.base import ModelLimits, Pooling, Sampling, ServedModels, WorkerKind
 from app.jobs.lines import Request
 from app.jobs.output_lines import Embeddings, Generation
-from app.jobs.planning import LORA_ADAPTER, ModelLimits, ServedModels, input_token_ids, prompt_token_ids
+from app.jobs.planning import ModelTokens
 from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
 from worker.engine_outputs import generation
 
@@ -51,7 +52,7 @@ class EngineFailed(RuntimeError):
 
 class Engine(Protocol):
     model_name: str
-    kind: Literal["generate", "embed"]  # which of generate / embed it runs
+    kind: WorkerKind  # which of generate / embed it runs
     limits: ModelLimits  # context length and vocabulary, checked when a line is planned
     tensor_parallel_size: int
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
@@ -64,21 +65,21 @@ class Engine(Protocol):
     def input_token_ids(self, request: Request) -> list[list[int]]:
         """An embeddings request's inputs as the model sees them, one list per input."""
 
-    def check(self, sampling: dict[str, Any]) -> None:
+    def check(self, sampling: Sampling) -> None:
         """Raises RequestRejected for sampling parameters the engine would refuse."""
 
-    def check_pooling(self, pooling: dict[str, Any]) -> None:
+    def check_pooling(self, pooling: Pooling) -> None:
         """Raises RequestRejected for pooling parameters the engine would refuse."""
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
         """One static batch: every prompt in one `generate` call. RequestRejected when the
         engine refuses one of them (it runs none then)."""
 
-    def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
+    def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
         """One static batch of embeddings requests (each a list of inputs): every input of
         every request in one `embed` call. RequestRejected when the engine refuses one."""
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
         """Adds a static batch's requests to the running engine without waiting for them;
         their request ids, in order. RequestRejected when the engine refuses one (it keeps
         none of them then)."""
@@ -153,12 +154,13 @@ class VllmEngine:
         from vllm import LLM
 
         cuda = has_cuda()
-        self.kind: Literal["generate", "embed"] = settings.worker_kind
+        self.kind: WorkerKind = settings.worker_kind
         embed = self.kind == "embed"
         kwargs = _embedding_kwargs(settings, cuda) if embed else _generation_kwargs(settings, cuda)
         log.info("loading %s with %s", kwargs["model"], kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self._tokens = ModelTokens(self.tokenizer)
         self.model_name = str(kwargs["served_model_name"])
         model_config = self.llm.llm_engine.model_config
         dimensions = model_config.matryoshka_dimensions if embed else None
@@ -197,21 +199,21 @@ class VllmEngine:
             self.llm.generate([prompt], SamplingParams(max_tokens=1), use_tqdm=False)
 
     def prompt_token_ids(self, request: Request) -> list[int]:
-        return prompt_token_ids(self.tokenizer, request)
+        return self._tokens.prompt_token_ids(request)
 
     def input_token_ids(self, request: Request) -> list[list[int]]:
-        return input_token_ids(self.tokenizer, request)
+        return self._tokens.input_token_ids(request)
 
-    def _pooling_params(self, kwargs: dict[str, Any]) -> Any:
+    def _pooling_params(self, pooling: Pooling) -> Any:
         from vllm import PoolingParams
         from vllm.exceptions import VLLMClientError
 
         try:
-            return PoolingParams(**kwargs)
+            return PoolingParams(**pooling.engine_kwargs())
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise RequestRejected.of(exc) from exc
 
-    def check_pooling(self, pooling: dict[str, Any]) -> None:
+    def check_pooling(self, pooling: Pooling) -> None:
         """What vLLM checks when an embeddings request is added (`dimensions` above all)."""
         from vllm.exceptions import VLLMClientError
 
@@ -222,13 +224,13 @@ class VllmEngine:
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise RequestRejected.of(exc) from exc
 
-    def embed(self, inputs: list[list[list[int]]], pooling: list[dict[str, Any]]) -> list[Embeddings]:
+    def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         prompts, params = [], []
-        for request_inputs, kwargs in zip(inputs, pooling, strict=True):
-            request_params = self._pooling_params(kwargs)
+        for request_inputs, line_pooling in zip(inputs, pooling, strict=True):
+            request_params = self._pooling_params(line_pooling)
             for ids in request_inputs:
                 prompts.append(TokensPrompt(prompt_token_ids=ids))
                 params.append(request_params)
@@ -248,12 +250,14 @@ class VllmEngine:
             )
         return results
 
-    def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
+    def _sampling_params(self, sampling: Sampling, structured_outputs: bool = True) -> Any:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import StructuredOutputsParams
 
-        kwargs = {name: value for name, value in kwargs.items() if name != LORA_ADAPTER}
+        kwargs = sampling.engine_kwargs()
+        if not structured_outputs:
+            kwargs.pop("structured_outputs", None)
         structured = kwargs.get("structured_outputs")
         if structured is not None:
             try:
@@ -265,14 +269,13 @@ class VllmEngine:
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise RequestRejected.of(exc) from exc
 
-    def check(self, sampling: dict[str, Any]) -> None:
+    def check(self, sampling: Sampling) -> None:
         """What vLLM checks when a request is added (logprobs, stop tokens, structured output
         grammar, ...), asked before the request joins a static batch. The structured output
         is checked last, on its own, so a grammar that does not compile (vLLM names no
         field then) is refused as `structured_outputs`."""
-        structured = sampling.get("structured_outputs")
-        self._verify(self._sampling_params({k: v for k, v in sampling.items() if k != "structured_outputs"}))
-        if structured is not None:
+        self._verify(self._sampling_params(sampling, structured_outputs=False))
+        if sampling.structured_outputs is not None:
             try:
                 self._verify(self._sampling_params(sampling))
             except RequestRejected as refusal:
@@ -292,21 +295,21 @@ class VllmEngine:
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise RequestRejected.of(exc) from exc
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
         from vllm.inputs import TokensPrompt
 
-        params = [self._sampling_params(kwargs) for kwargs in sampling]
+        params = [self._sampling_params(line) for line in sampling]
         lora = lora_requests(self.adapters, sampling)  # one per prompt, or None: no line names an adapter
         with self._refusals():
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
-        return [generation(out, kw.get("logprobs"), self.tokenizer) for out, kw in zip(outputs, sampling, strict=True)]
+        return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
         from vllm.inputs import TokensPrompt
 
-        params = [self._sampling_params(kwargs) for kwargs in sampling]
+        params = [self._sampling_params(line) for line in sampling]
         lora = lora_requests(self.adapters, sampling)
         with self._refusals():
             internal = self.llm.enqueue(
@@ -315,8 +318,8 @@ class VllmEngine:
         # vLLM answers with its internal ids: the id `LLM` gave (a counter, digits only), a
         # dash and a random suffix. A finished request's output carries the id given.
         ids = [request_id.split("-", 1)[0] for request_id in internal]
-        for request_id, kwargs in zip(ids, sampling, strict=True):
-            self._enqueued[request_id] = kwargs.get("logprobs")
+        for request_id, line in zip(ids, sampling, strict=True):
+            self._enqueued[request_id] = line.logprobs
         return ids
 
     def step(self) -> list[tuple[str, Generation]]:

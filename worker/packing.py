@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.jobs.lines import ChatBody, CompletionBody, Request
-from app.jobs.planning import JobDefaults, max_tokens_of
-from app.jobs.responses import ResponsesBody
+from app.jobs.endpoints.base import JobDefaults
+from app.jobs.lines import Request
 
 PREFIX_GROUP_CHARS = 256  # lines whose prompt texts start with the same this many characters share a prefix
 PREFIX_GROUP_TOKENS = 64  # the same for a prompt given as token ids
@@ -33,20 +32,14 @@ class LineFacts:
 
 
 def line_facts(request: Request, defaults: JobDefaults) -> LineFacts:
-    body = request.body
-    if isinstance(body, CompletionBody) and isinstance(body.prompt, list):
-        return LineFacts(
-            max_tokens_of(body, defaults), len(body.prompt), hash(tuple(body.prompt[:PREFIX_GROUP_TOKENS]))
-        )
-    if isinstance(body, ChatBody):
-        text = "".join(f"{m.role}\n{m.text()}\n" for m in body.messages)
-    elif isinstance(body, ResponsesBody):
-        text = "".join(f"{m['role']}\n{m['content']}\n" for m in body.messages())
-    elif isinstance(body, CompletionBody):
-        text = str(body.prompt)
-    else:  # not a generation line: planning refuses it, wherever it sits
+    kind, body = request.kind, request.body
+    prompt = kind.packing_prompt(body)
+    if prompt is None:  # not a generation line: planning refuses it, wherever it sits
         return LineFacts(0, 0, 0)
-    return LineFacts(max_tokens_of(body, defaults), len(text.encode()), hash(text[:PREFIX_GROUP_CHARS]))
+    max_tokens = kind.max_tokens(body, defaults)
+    if isinstance(prompt, list):
+        return LineFacts(max_tokens, len(prompt), hash(tuple(prompt[:PREFIX_GROUP_TOKENS])))
+    return LineFacts(max_tokens, len(prompt.encode()), hash(prompt[:PREFIX_GROUP_CHARS]))
 
 
 def prefixes_fit(lines: Sequence[LineFacts], kv_cache_tokens: int | None) -> bool:

@@ -22,24 +22,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from app.core.backoff import retry_transient
 from app.core.storage import ObjectStore
 from app.data.claims import ClaimedShard, WindowResult
 from app.data.models import JobStatus
 from app.data.queue import JobQueue
-from app.jobs.lines import EMBEDDINGS, LineError, Request, parse_line
-from app.jobs.output_lines import (
-    Embeddings,
-    Generation,
-    custom_id_of,
-    embedding_line,
-    part_key,
-    request_error_line,
-    success_line,
-)
-from app.jobs.planning import JobDefaults, UnsupportedRequest, line_param, plan_embedding, plan_parsed
+from app.jobs.endpoints import endpoint_for
+from app.jobs.endpoints.base import GenerationPlan, JobDefaults, Plan, PlanContext, UnsupportedRequest
+from app.jobs.lines import LineError, Request, parse_line
+from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line
+from app.jobs.planning import line_param, plan_parsed
 from app.jobs.stats import length_histogram
 from app.jobs.uploads import lines_from
 from worker.engine import Engine, EngineFailed, RequestRejected
@@ -107,9 +101,9 @@ class ShardRunner:
         """A window of lines planned for the engine. A packed generation window (more lines
         than one static batch) is only parsed and ordered here; its static batches are queued
         on `preparer` to be tokenized one by one (before any later window)."""
-        embeddings = shard.endpoint == EMBEDDINGS
-        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, embeddings=embeddings)
-        if embeddings or len(chunk) <= batch_size:
+        call = endpoint_for(shard.endpoint).worker_kind
+        window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, call=call)
+        if call == "embed" or len(chunk) <= batch_size:
             self._plan_lines(shard, defaults, window, [(index, raw, None) for index, raw in chunk])
             return window
         parsed: list[tuple[int, bytes, Request]] = []
@@ -136,13 +130,11 @@ class ShardRunner:
         """Plans (index, raw line, its parse if already parsed) into `window`: runnable, or an error line."""
         for index, raw, request in lines:
             try:
-                request, engine_input, params = self._plan(shard, defaults, index, raw, request)
+                plan = self._plan(shard, defaults, index, raw, request)
             except Exception as err:
                 window.errors[index] = self._error_line(shard, index, raw, err)
                 continue
-            window.runnable.append(request)
-            (window.inputs if window.embeddings else window.prompts).append(engine_input)
-            window.sampling.append(params)
+            window.add(plan)
         return window
 
     def _error_line(self, shard: ClaimedShard, index: int, raw: bytes, err: Exception) -> bytes:
@@ -158,19 +150,23 @@ class ShardRunner:
 
     def _plan(
         self, shard: ClaimedShard, defaults: JobDefaults, index: int, raw: bytes, request: Request | None
-    ) -> tuple[Request, Any, dict[str, Any]]:
-        """One line planned and checked by the engine: (request, its prompt or inputs as token
-        ids, its SamplingParams or PoolingParams keyword arguments). A request the engine
+    ) -> Plan:
+        """One line planned by its kind and checked by the engine. A request the engine
         refuses is an UnsupportedRequest naming the line's field."""
         engine = self.engine
-        if shard.endpoint == EMBEDDINGS:
-            embedding = plan_embedding(raw, index, defaults, engine.input_token_ids, engine.limits)
-            _engine_check(engine.check_pooling, embedding.request, embedding.pooling)
-            return embedding.request, embedding.inputs, embedding.pooling
         request = request or parse_line(raw, index, shard.endpoint)
-        planned = plan_parsed(request, defaults, engine.prompt_token_ids, engine.limits, engine.models)
-        _engine_check(engine.check, planned.request, planned.sampling)
-        return planned.request, planned.prompt, planned.sampling
+        models = engine.models if request.kind.accepts_adapters() else None
+        plan = plan_parsed(request, PlanContext(defaults, engine.limits, engine, models))
+        try:
+            if isinstance(plan, GenerationPlan):
+                engine.check(plan.sampling)
+            else:
+                engine.check_pooling(plan.pooling)
+        except RequestRejected as refusal:
+            raise UnsupportedRequest(
+                f"The engine refuses this request: {refusal}", line_param(request, refusal.field)
+            ) from refusal
+        return plan
 
     def _set_aside_when_planned(self, planned: Future[PreparedWindow], attempts: int) -> PreparedWindow:
         return self._set_aside(planned.result(), attempts)
@@ -183,7 +179,7 @@ class ShardRunner:
         ).format(first=window.first_line + 1, last=window.next_line)
         for request in window.runnable:
             window.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
-        window.runnable, window.prompts, window.inputs, window.sampling = [], [], [], []
+        window.clear()
         return window
 
     def _write(
@@ -197,10 +193,7 @@ class ShardRunner:
         generations = generated.generations
         model = self.engine.model_name
         out = [
-            embedding_line(request, generation, model)
-            if isinstance(generation, Embeddings)
-            else success_line(request, generation, model)
-            for request, generation in zip(window.runnable, generations, strict=True)
+            request.answer(generation, model) for request, generation in zip(window.runnable, generations, strict=True)
         ]
         err = [line for _, line in sorted(window.errors.items())]
         for kind, lines in (("out", out), ("err", err)):
@@ -350,16 +343,6 @@ class ShardRunner:
         if left and not stopping:
             raise ShutdownRequested
         return ShardOutcome(stopped=stopping and left, batches=windows)
-
-
-def _engine_check(check: Callable[[dict[str, Any]], None], request: Request, params: dict[str, Any]) -> None:
-    """The engine's own check of a planned line's parameters; its refusal names the line's field."""
-    try:
-        check(params)
-    except RequestRejected as refusal:
-        raise UnsupportedRequest(
-            f"The engine refuses this request: {refusal}", line_param(request.body, refusal.field)
-        ) from refusal
 
 
 class ShutdownRequested(Exception):

@@ -74,10 +74,9 @@ class StrictBatches:
 
     def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
         """One `generate` (or `embed`) call for the window's requests at `positions`."""
-        sampling = [window.sampling[i] for i in positions]
-        if window.embeddings:
-            return self.engine.embed([window.inputs[i] for i in positions], sampling)
-        return self.engine.generate([window.prompts[i] for i in positions], sampling)
+        if window.call == "embed":
+            return self.engine.embed([window.inputs[i] for i in positions], [window.pooling[i] for i in positions])
+        return self.engine.generate([window.prompts[i] for i in positions], [window.sampling[i] for i in positions])
 
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]

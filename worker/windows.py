@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
+from app.jobs.endpoints.base import GenerationPlan, Plan, Pooling, Sampling, WorkerKind
 from app.jobs.lines import Request
 from app.jobs.output_lines import Embeddings, Generation, request_error_line
 from app.jobs.planning import line_param
@@ -24,27 +24,47 @@ class PreparedWindow:
     seq: int
     first_line: int
     next_line: int
-    embeddings: bool = False  # an embeddings window: `inputs`, not `prompts`
+    # The engine call its lines take (its endpoint's worker kind): generate (`prompts` and
+    # `sampling`), or embed (`inputs` and `pooling`).
+    call: WorkerKind = "generate"
     runnable: list[Request] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
-    inputs: list[list[list[int]]] = field(default_factory=list)  # embeddings: each line's inputs
-    sampling: list[dict[str, Any]] = field(default_factory=list)  # SamplingParams (or PoolingParams) kwargs
+    sampling: list[Sampling] = field(default_factory=list)
+    inputs: list[list[list[int]]] = field(default_factory=list)  # each line's inputs
+    pooling: list[Pooling] = field(default_factory=list)
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
     # A packed generation window: its static batches in the order they run, each planned
     # (tokenized) on the preparer while the one before it generates; `runnable` fills as they run.
     planned: list[Future[PreparedWindow]] = field(default_factory=list)
 
+    def add(self, plan: Plan) -> None:
+        """A planned line, runnable."""
+        self.runnable.append(plan.request)
+        if isinstance(plan, GenerationPlan):
+            self.prompts.append(plan.prompt)
+            self.sampling.append(plan.sampling)
+        else:
+            self.inputs.append(plan.inputs)
+            self.pooling.append(plan.pooling)
+
     def length(self, position: int) -> tuple[int, int]:
         """What the engine's work on a runnable line grows with, to sort a packed window by."""
-        if self.embeddings:
+        if self.call == "embed":
             return 0, sum(len(ids) for ids in self.inputs[position])
-        return self.sampling[position]["max_tokens"], len(self.prompts[position])
+        return self.sampling[position].max_tokens, len(self.prompts[position])
 
     def drop(self, position: int) -> Request:
         """Takes a runnable line out of the window."""
-        del (self.inputs if self.embeddings else self.prompts)[position], self.sampling[position]
+        if self.call == "embed":
+            del self.inputs[position], self.pooling[position]
+        else:
+            del self.prompts[position], self.sampling[position]
         return self.runnable.pop(position)
+
+    def clear(self) -> None:
+        """Takes every runnable line out (they were answered otherwise)."""
+        self.runnable, self.prompts, self.sampling, self.inputs, self.pooling = [], [], [], [], []
 
 
 @dataclass(frozen=True)
@@ -61,7 +81,7 @@ def merge_parts(
 ) -> list[Generation | Embeddings]:
     """Puts the static batches' lines (and their error lines) back into their window, in
     input order; the generations in that order."""
-    rows: list[tuple[Request, list[int], dict[str, Any], Generation | Embeddings]] = []
+    rows: list[tuple[Request, list[int], Sampling, Generation | Embeddings]] = []
     for part, generations in parts:
         rows += zip(part.runnable, part.prompts, part.sampling, generations, strict=True)
         if part is not window:
@@ -79,5 +99,5 @@ def set_refused_aside(window: PreparedWindow, refused: dict[int, RequestRejected
         request = window.drop(position)
         refusal = refused[position]
         message = f"The engine refused this request: {refusal}"
-        param = line_param(request.body, refusal.field)
+        param = line_param(request, refusal.field)
         window.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")

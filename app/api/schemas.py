@@ -11,9 +11,9 @@ from pydantic import AfterValidator, BaseModel, Field
 from app.api.text import unstorable
 from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec
+from app.jobs.endpoints import listed
+from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate
-from app.jobs.lines import ENDPOINTS
-from app.jobs.planning import JobDefaults
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import cost, throughput
@@ -127,7 +127,7 @@ class ExpiresAfter(BaseModel):
 
 class BatchCreate(BaseModel):
     input_file_id: StorableStr
-    endpoint: StorableStr = Field(description=f"one of {', '.join(ENDPOINTS)}")
+    endpoint: StorableStr = Field(description=f"one of {listed()}")
     completion_window: Literal["24h"] = "24h"
     metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")

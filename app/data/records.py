@@ -287,11 +287,15 @@ class Records:
             ).all()
         return {row[0]: float(row[1]) / float(row[2]) for row in rows if row[2]}
 
-    def list_all_jobs(self, status: str | None, owner: str | None, limit: int) -> list[Job]:
+    def list_all_jobs(
+        self, status: str | None, owner: str | None, limit: int, endpoint: str | None = None
+    ) -> list[Job]:
         with self.db.session() as session:
             query = select(Job).order_by(Job.created_at.desc()).limit(limit)
             if status:
                 query = query.where(Job.status == status)
+            if endpoint:
+                query = query.where(Job.endpoint == endpoint)
             if owner:
                 query = query.where(Job.owner == owner)
             return list(session.scalars(query))

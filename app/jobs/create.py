@@ -16,9 +16,9 @@ from app.data.ids import new_id, now
 from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.jobs.endpoints import endpoint_for, is_endpoint, listed
+from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate, estimate_job
-from app.jobs.lines import EMBEDDINGS, ENDPOINTS
-from app.jobs.planning import JobDefaults
 from app.jobs.retention import retention_seconds
 from app.jobs.upload_check import endpoint_mismatch
 
@@ -80,21 +80,15 @@ def check_priority(priority: int | None, scope: str | None) -> None:
         raise Forbidden("A priority above 0 needs an admin key; 0 and below are yours to set.", param="priority")
 
 
-def served_model(settings: Settings, endpoint: str) -> str:
-    """The model a job on `endpoint` runs on: embedding workers hold the embedding model,
-    generation workers the generation model."""
-    return settings.embedding_model_name if endpoint == EMBEDDINGS else settings.model_name
-
-
 def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str | None) -> CheckedSpec:
     check_priority(spec.priority, scope)
-    if spec.endpoint not in ENDPOINTS:
-        raise InvalidRequest(
-            f"Unsupported endpoint {spec.endpoint!r}; use one of {', '.join(ENDPOINTS)}.", param="endpoint"
-        )
-    served = served_model(settings, spec.endpoint)
+    if not is_endpoint(spec.endpoint):
+        raise InvalidRequest(f"Unsupported endpoint {spec.endpoint!r}; use one of {listed()}.", param="endpoint")
+    # The claim's model filter sends each job to the worker kind that holds its model.
+    kind = endpoint_for(spec.endpoint)
+    served = kind.served_model(settings)
     model = spec.model or served
-    if spec.endpoint != EMBEDDINGS and model in settings.lora_modules:
+    if kind.accepts_adapters() and model in settings.lora_modules:
         raise InvalidRequest(
             f"{model!r} is a LoRA adapter of {served!r}: create the batch for {served!r} "
             "(or no model) and name the adapter in each line's body.model.",

@@ -15,25 +15,17 @@ import functools
 import logging
 import threading
 from collections.abc import Iterable
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from app.core.settings import Settings
 from app.data.records import Records
-from app.jobs.lines import EMBEDDINGS, LineError
+from app.jobs.endpoints import endpoint_for
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, ServedModels, UnsupportedRequest
+from app.jobs.lines import LineError
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import (
-    JobDefaults,
-    ModelLimits,
-    ServedModels,
-    UnsupportedRequest,
-    input_token_ids,
-    plan_embedding,
-    plan_request,
-    prompt_token_ids,
-)
+from app.jobs.planning import ModelTokens, plan_request
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
@@ -124,22 +116,17 @@ class JobEstimate(LineCounts, Eta):
 
 
 def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
-    """Plans every line; returns the counts and the lines that would fail, and why. An
-    embeddings line counts the tokens of all its inputs and requests no output."""
-    embeddings = endpoint == EMBEDDINGS
-    model = settings.embedding_model if embeddings else settings.model
-    tokenizer = model_tokenizer(model)
-    limits = model_limits(model, settings.embedding_max_model_len if embeddings else settings.max_model_len)
+    """Plans every line; returns the counts and the lines that would fail, and why. Each
+    kind counts its own tokens (an embeddings line: all its inputs' tokens, no output)."""
+    kind = endpoint_for(endpoint)
+    model, context = kind.model_files(settings)
+    limits = model_limits(model, context)
+    models = ServedModels.of(settings) if kind.accepts_adapters() else None
+    ctx = PlanContext(defaults, limits, ModelTokens(model_tokenizer(model)), models)
 
     def tokens_of(index: int, raw: bytes) -> tuple[int, int]:
         """(prompt tokens, requested output tokens) of a runnable line."""
-        if embeddings:
-            embedding = plan_embedding(raw, index, defaults, partial(input_token_ids, tokenizer), limits)
-            return sum(len(ids) for ids in embedding.inputs), 0
-        planned = plan_request(
-            raw, index, endpoint, defaults, partial(prompt_token_ids, tokenizer), limits, ServedModels.of(settings)
-        )
-        return len(planned.prompt), planned.max_tokens * planned.sampling["n"]
+        return kind.token_counts(plan_request(raw, index, endpoint, ctx))
 
     counts = LineCounts(context_length=limits.max_model_len)
     for index, raw in enumerate(lines):
@@ -169,11 +156,11 @@ def _failing_line(index: int, raw: bytes, err: Exception) -> FailingLine:
     return FailingLine(line=index + 1, custom_id=custom_id_of(raw), code=code, param=param, message=message)
 
 
-def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, embeddings: bool = False) -> Eta:
+def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, reads_input: bool = False) -> Eta:
     """Seconds to generate `tokens` (for embeddings: to read `tokens` of input), from the
     rate workers measured recently."""
     size = f"size {batch_size}" if batch_size else "the size fitted to the engine"
-    measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=embeddings)
+    measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=reads_input)
     workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
     if measured is None or not measured[0]:
         return Eta(
@@ -182,8 +169,8 @@ def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, em
             ready_workers=workers,
         )
     tokens_per_second, static_batches = measured
-    rate = "input tokens/s embedded" if embeddings else "generated tokens/s"
-    bound = "" if embeddings else "; an upper bound, as every line is counted at its max_tokens"
+    rate = "input tokens/s embedded" if reads_input else "generated tokens/s"
+    bound = "" if reads_input else "; an upper bound, as every line is counted at its max_tokens"
     return Eta(
         eta_seconds=round(tokens / (tokens_per_second * max(workers, 1)), 3),
         basis=f"{static_batches} static batches of {size} on {model} in the last {HISTORY_DAYS} days, "
@@ -214,8 +201,8 @@ def estimate_job(
         for name in ("lines", "runnable_lines", "prompt_tokens", "requested_output_tokens", "failing_lines"):
             setattr(counted, name, round(getattr(counted, name) * scale))
         counted.sampled_lines = read
-    if endpoint == EMBEDDINGS:
-        timing = eta(records, model, batch_size, counted.prompt_tokens, embeddings=True)
-    else:
+    if endpoint_for(endpoint).generates:
         timing = eta(records, model, batch_size, counted.requested_output_tokens)
+    else:  # its workers' rate is input tokens read
+        timing = eta(records, model, batch_size, counted.prompt_tokens, reads_input=True)
     return JobEstimate(**counted.model_dump(), **timing.model_dump(), batch_size=batch_size)

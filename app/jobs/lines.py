@@ -2,18 +2,14 @@
 
 Two forms are accepted on every line:
 
-- OpenAI batch lines: `{"custom_id", "method": "POST", "url", "body"}` with `url`
-  `/v1/completions` (body has `prompt`), `/v1/chat/completions` (body has
-  `messages`) or `/v1/embeddings` (body has `input`);
+- OpenAI batch lines: `{"custom_id", "method": "POST", "url", "body"}`, the body checked
+  by the model of the kind that serves `url` (`app.jobs.endpoints`);
 - plain lines: `{"custom_id", "prompt"}`, `{"custom_id", "messages"}` or
   `{"custom_id", "input"}`, optionally with the same fields as a body; the job's
-  endpoint and defaults apply.
-
-`/v1/responses` lines (body has `input`; plain: `{"custom_id", "input"}` or a plain
-prompt in a responses job) have their own body, `app.jobs.responses.ResponsesBody`. A
-plain `input` line fits embeddings and responses alike: the job's endpoint decides which
-body parses it; at upload (no endpoint yet) it is read as an embeddings body, else as a
-responses body (`_plain_input_endpoint`).
+  endpoint and defaults apply (each kind's `plain_fields` say which plain lines it takes,
+  and `plain_body` how one becomes its body). At upload (no endpoint yet) a plain line is
+  the kind whose own field it gives; a plain `input` fits embeddings and responses alike,
+  and is the first whose body parses it.
 
 A line that breaks this format is a `LineError` (it fails the job before anything
 runs). A well-formed request that the model cannot serve is decided later, per line,
@@ -24,18 +20,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
-from app.jobs.responses import RESPONSES, ResponsesBody
+from app.jobs.endpoints import PLAIN_FIELDS, Endpoint, endpoint_for, is_endpoint, listed, plain_line_endpoints
 
-COMPLETIONS = "/v1/completions"
-CHAT_COMPLETIONS = "/v1/chat/completions"
-EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (COMPLETIONS, CHAT_COMPLETIONS, EMBEDDINGS, RESPONSES)
 MAX_CUSTOM_ID_CHARS = 512
-MAX_EMBEDDING_INPUTS = 2048  # items in one embeddings request, as OpenAI allows
 
 
 class LineError(ValueError):
@@ -59,115 +50,23 @@ def _storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-class _Body(BaseModel):
-    # Unknown fields are kept so the worker can answer each with a line error
-    # naming the field, instead of ignoring it silently.
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=16)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    response_format: dict[str, Any] | None = None
-
-
-class CompletionBody(_Body):
-    prompt: str | list[int]
-    # How many the engine returns at most is the model's (planning refuses more, per line).
-    logprobs: int | None = Field(default=None, ge=0, description="top log probabilities per token")
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
-        return self.content or ""
-
-
-class ChatBody(_Body):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0)  # at most the model's, checked per line
-
-
-class EmbeddingBody(BaseModel):
-    """An embeddings request: one vector per input, all in one output line."""
-
-    model_config = ConfigDict(extra="allow")  # unknown fields are refused per line, naming them
-
-    model: str | None = None
-    # A string, a list of strings, a list of token ids or a list of lists of token ids.
-    input: str | list[str] | list[int] | list[list[int]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _input_shape(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return value
-        shapes = (
-            isinstance(value, list)
-            and 0 < len(value) <= MAX_EMBEDDING_INPUTS
-            and (
-                all(isinstance(item, str) for item in value)
-                or all(_is_token_id(item) for item in value)
-                or all(isinstance(item, list) and all(_is_token_id(t) for t in item) for item in value)
-            )
-        )
-        if not shapes:
-            raise ValueError(
-                "input must be a string, a list of strings, a list of token ids or a list of lists of token ids, "
-                f"with 1 to {MAX_EMBEDDING_INPUTS} items"
-            )
-        return value
-
-    def inputs(self) -> list[str] | list[list[int]]:
-        """The request's inputs, one embedding each (a single string or token list is one input)."""
-        value: Any = self.input
-        if isinstance(value, str):
-            return [value]
-        if all(isinstance(item, int) for item in value):
-            return [list(value)]
-        return list(value)
-
-
-def _is_token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-Body = CompletionBody | ChatBody | EmbeddingBody | ResponsesBody
-
-BODY_MODELS: dict[str, type[CompletionBody] | type[ChatBody] | type[EmbeddingBody] | type[ResponsesBody]] = {
-    COMPLETIONS: CompletionBody,
-    CHAT_COMPLETIONS: ChatBody,
-    EMBEDDINGS: EmbeddingBody,
-    RESPONSES: ResponsesBody,
-}
-REQUIRED_FIELD = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", EMBEDDINGS: "input", RESPONSES: "input"}
-
-
 @dataclass(frozen=True)
 class Request:
     """One parsed input line."""
 
     index: int  # 0-based position in the input file
     custom_id: str
-    endpoint: str
-    body: Body
+    endpoint: str  # the URL of the kind that serves it (`app.jobs.endpoints.endpoint_for`)
+    body: BaseModel  # that kind's body model
     plain: bool  # the plain form, without url and body
+
+    @property
+    def kind(self) -> Endpoint[Any]:
+        return endpoint_for(self.endpoint)
+
+    def answer(self, result: Any, model: str) -> bytes:
+        """The output line of this line, run: `result` is what the engine made of it."""
+        return self.kind.output_line(self.custom_id, self.body, result, model)
 
 
 def _first_error(exc: ValidationError, prefix: str) -> tuple[str, str]:
@@ -203,8 +102,8 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
 
     if "url" in obj or "body" in obj or "method" in obj:
         url = obj.get("url")
-        if url not in ENDPOINTS:
-            raise LineError(line, f"unknown url {url!r}; expected one of {', '.join(ENDPOINTS)}", "url")
+        if not is_endpoint(url):
+            raise LineError(line, f"unknown url {url!r}; expected one of {listed()}", "url")
         if obj.get("method", "POST") != "POST":
             raise LineError(line, f"method must be POST, not {obj.get('method')!r}", "method")
         body = obj.get("body")
@@ -212,55 +111,62 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
             raise LineError(line, "body must be a JSON object", "body")
         if job_endpoint is not None and url != job_endpoint:
             raise LineError(line, f"url {url} does not match the batch's endpoint {job_endpoint}", "url")
-        endpoint, prefix, plain = url, "body.", False
+        endpoint, prefix, plain = endpoint_for(str(url)), "body.", False
     else:
         body = {k: v for k, v in obj.items() if k != "custom_id"}
-        endpoint, given = _plain_endpoint(line, body, job_endpoint)
-        if endpoint == CHAT_COMPLETIONS and "prompt" in body:
-            body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
-        if job_endpoint is not None and job_endpoint != endpoint:
-            raise LineError(line, f"{given} given, but the batch's endpoint is {job_endpoint}", given)
-        if endpoint == RESPONSES and "prompt" in body and "input" not in body:
-            body["input"] = body.pop("prompt")  # a plain prompt in a responses job is its input
-        elif endpoint == EMBEDDINGS and job_endpoint is None:
-            endpoint = _plain_input_endpoint(body)
+        endpoint = _plain_endpoint(line, body, job_endpoint)
+        body = endpoint.plain_body(body)
         prefix, plain = "", True
 
-    model = BODY_MODELS[endpoint]
-    required = REQUIRED_FIELD[endpoint]
+    required = endpoint.required_field
     if required not in body:
         raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
     try:
-        parsed = model.model_validate(body)
+        parsed = endpoint.body_model.model_validate(body)
     except ValidationError as exc:
         param, message = _first_error(exc, prefix)
         raise LineError(line, message, param) from None
     except RecursionError:
         raise LineError(line, "nested too deeply") from None
-    return Request(index=index, custom_id=custom_id, endpoint=endpoint, body=parsed, plain=plain)
+    return Request(index=index, custom_id=custom_id, endpoint=endpoint.url, body=parsed, plain=plain)
 
 
-def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -> tuple[str, str]:
-    """The endpoint a plain line asks for, and the field that says so."""
-    if "messages" in body:
-        return CHAT_COMPLETIONS, "messages"
-    if "prompt" in body:
-        return (job_endpoint if job_endpoint in (CHAT_COMPLETIONS, RESPONSES) else COMPLETIONS), "prompt"
-    if "input" in body:
-        return (RESPONSES if job_endpoint == RESPONSES else EMBEDDINGS), "input"
-    raise LineError(line, "missing prompt (or messages, or input, or url and body)", "prompt")
+def _plain_endpoint(line: int, body: dict[str, Any], job_endpoint: str | None) -> Endpoint[Any]:
+    """The kind a plain line is: the batch's, if the line's field is one it takes; at upload,
+    the kind whose own field the line gives (`_plain_upload_endpoint` when several share it)."""
+    given = _plain_field(body)
+    if given is None:
+        raise LineError(line, "missing prompt (or messages, or input, or url and body)", "prompt")
+    if job_endpoint is not None:
+        endpoint = endpoint_for(job_endpoint)
+        if given not in endpoint.plain_fields:
+            raise LineError(line, f"{given} given, but the batch's endpoint is {job_endpoint}", given)
+        return endpoint
+    return _plain_upload_endpoint(given, body)
 
 
-def _plain_input_endpoint(body: dict[str, Any]) -> str:
-    """At upload, the endpoint a plain `input` line is checked for: embeddings if its body
-    is an embeddings body, else responses if it is a responses body; failing both, the one
-    its `input` looks like (a list of objects: messages), which names the error."""
-    for endpoint in (EMBEDDINGS, RESPONSES):
+def _plain_field(body: dict[str, Any]) -> str | None:
+    return next((name for name in PLAIN_FIELDS if name in body), None)
+
+
+def plain_upload_endpoint(body: dict[str, Any]) -> Endpoint[Any] | None:
+    """The kind a plain line (its fields) is read as with no batch to decide, as at upload;
+    None when it gives no plain field."""
+    given = _plain_field(body)
+    return _plain_upload_endpoint(given, body) if given is not None else None
+
+
+def _plain_upload_endpoint(given: str, body: dict[str, Any]) -> Endpoint[Any]:
+    """At upload, the kind a plain line is checked for among those whose own field it gives:
+    the first whose body parses it; failing all, the one it looks meant for (a list of
+    objects as `input`: messages), which names the error."""
+    candidates = plain_line_endpoints(given)
+    if len(candidates) == 1:
+        return candidates[0]
+    for endpoint in candidates:
         try:
-            BODY_MODELS[endpoint].model_validate(body)
+            endpoint.body_model.model_validate(endpoint.plain_body(dict(body)))
         except (ValidationError, RecursionError):
             continue
         return endpoint
-    value = body.get("input")
-    messages = isinstance(value, list) and any(isinstance(item, dict) for item in value)
-    return RESPONSES if messages else EMBEDDINGS
+    return next((endpoint for endpoint in candidates if endpoint.looks_like(body)), candidates[0])

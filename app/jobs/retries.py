@@ -22,10 +22,9 @@ from app.data.models import TERMINAL_STATUSES, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, check_priority, create_job
-from app.jobs.lines import EMBEDDINGS
+from app.jobs.endpoints import endpoint_for
+from app.jobs.endpoints.base import JobDefaults
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import JobDefaults
-from app.jobs.responses import RESPONSES
 from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
 
@@ -42,23 +41,19 @@ def _lines_of(store: ObjectStore, key: str) -> Iterator[bytes]:
 class RetryOverrides:
     """What a retry changes; everything else is the parent's."""
 
-    max_tokens: int | None = None  # replaces each line's max_tokens (a responses line's max_output_tokens)
+    max_tokens: int | None = None  # replaces each line's output cap (its kind's `cap_output`)
     truncate_prompts: bool = False
     batch_size: int | None = None
     priority: int | None = None
     metadata: dict[str, str] | None = None
 
 
-def _with_overrides(raw: bytes, overrides: RetryOverrides, endpoint: str = "") -> bytes:
+def _with_overrides(raw: bytes, overrides: RetryOverrides, endpoint: str) -> bytes:
     if overrides.max_tokens is None:
         return raw
     line = json.loads(raw)
     body = line["body"] if isinstance(line.get("body"), dict) else line
-    if endpoint == RESPONSES:
-        body["max_output_tokens"] = overrides.max_tokens
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
-    body.pop("max_completion_tokens", None)
-    body["max_tokens"] = overrides.max_tokens
+    endpoint_for(endpoint).cap_output(body, overrides.max_tokens)
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -79,8 +74,8 @@ def retry_failed(
         raise Conflict(f"Batch {parent_id} is {status.value}; retry it once it has ended.")
     if parent.error_file_id is None:
         raise Conflict(f"Batch {parent_id} has no failed lines to retry.")
-    if parent.endpoint == EMBEDDINGS and overrides.max_tokens is not None:
-        raise InvalidRequest("max_tokens does not apply to an embeddings batch.", param="max_tokens")
+    if not endpoint_for(parent.endpoint).generates and overrides.max_tokens is not None:
+        raise InvalidRequest(f"max_tokens does not apply to a {parent.endpoint} batch.", param="max_tokens")
     failed = {
         _digest(custom_id_of(line)) for line in _lines_of(store, records.get_file(parent.error_file_id).storage_key)
     }

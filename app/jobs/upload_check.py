@@ -2,97 +2,75 @@
 in about 10 bytes of memory a line, with duplicate custom_ids found at the end.
 
 Well-formed lines are validated straight from their bytes with the same pydantic body
-models `app.jobs.lines.parse_line` uses; anything the fast path refuses goes to
-`parse_line`, which names the error.
+models `app.jobs.lines.parse_line` uses (each kind's, from `app.jobs.endpoints`); anything
+the fast path refuses goes to `parse_line`, which names the error.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
-from app.jobs.lines import (
-    CHAT_COMPLETIONS,
-    COMPLETIONS,
-    EMBEDDINGS,
-    MAX_CUSTOM_ID_CHARS,
-    ChatBody,
-    CompletionBody,
-    EmbeddingBody,
-    LineError,
-    parse_line,
-)
-from app.jobs.responses import RESPONSES
+from app.jobs.endpoints import ENDPOINTS, PLAIN_FIELDS, Endpoint, plain_line_endpoints, plain_runs_on
+from app.jobs.lines import MAX_CUSTOM_ID_CHARS, LineError, parse_line
 
 # The upload check's fast path: a well-formed line validated straight from its bytes
-# (pydantic's JSON parser, the same body models) without building a `Request`. It
-# only ever accepts lines `parse_line` accepts; anything it refuses goes to
-# `parse_line`, which names the error.
+# (pydantic's JSON parser, each kind's body model) without building a `Request`. It only
+# ever accepts lines `parse_line` accepts; anything it refuses goes to `parse_line`, which
+# names the error. The line models are built from the registry: an OpenAI line per kind
+# (told apart by `url`), and a plain line per plain field (the body of the first kind that
+# takes it at upload, plus custom_id).
 _CustomId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS, strict=True)]
-_FORM_KEYS = frozenset({"url", "body", "method", "messages", "prompt", "input"})
+_FORM_KEYS = frozenset({"url", "body", "method", *PLAIN_FIELDS})
+HOT_PLAIN_FIELD = "prompt"  # the most common line: checked first, in `FileCheck.check_lines`' loop
 
 
-class _PlainCompletionLine(CompletionBody):
-    custom_id: _CustomId
+def _openai_line(endpoint: Endpoint[Any]) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "custom_id": (_CustomId, ...),
+        "method": (Literal["POST"], "POST"),
+        "url": (Literal[endpoint.url], ...),
+        "body": (endpoint.body_model, ...),
+    }
+    return create_model(f"_{type(endpoint).__name__}Line", **fields)
 
 
-class _PlainChatLine(ChatBody):
-    custom_id: _CustomId
+def _plain_line(field: str) -> Callable[[bytes], Any]:
+    """The validator of a plain line given by `field`: the body of the kind it is at upload,
+    when only one kind has that field as its own or the first parses it (`parse_line` tries
+    them in the same order), plus custom_id."""
+    body = plain_line_endpoints(field)[0].body_model
+    model = create_model(f"_Plain_{field}", __base__=body, custom_id=(_CustomId, ...))
+    return model.__pydantic_validator__.validate_json  # type: ignore[no-any-return]
 
 
-class _PlainEmbeddingLine(EmbeddingBody):
-    custom_id: _CustomId
-
-
-class _CompletionLine(BaseModel):
-    custom_id: _CustomId
-    method: Literal["POST"] = "POST"
-    url: Literal["/v1/completions"]
-    body: CompletionBody
-
-
-class _ChatLine(BaseModel):
-    custom_id: _CustomId
-    method: Literal["POST"] = "POST"
-    url: Literal["/v1/chat/completions"]
-    body: ChatBody
-
-
-class _EmbeddingLine(BaseModel):
-    custom_id: _CustomId
-    method: Literal["POST"] = "POST"
-    url: Literal["/v1/embeddings"]
-    body: EmbeddingBody
-
-
-_OPENAI_LINE: TypeAdapter[_CompletionLine | _ChatLine | _EmbeddingLine] = TypeAdapter(
-    Annotated[_CompletionLine | _ChatLine | _EmbeddingLine, Field(discriminator="url")]
+_OPENAI_LINES: Any = Union[tuple(_openai_line(endpoint) for endpoint in ENDPOINTS.values())]  # noqa: UP007
+_OPENAI_LINE: TypeAdapter[Any] = TypeAdapter(Annotated[_OPENAI_LINES, Field(discriminator="url")])
+# Other plain lines, in the order `parse_line` decides what a plain line gives.
+_PLAIN_CHECKS = tuple(
+    (f'"{name}"'.encode(), f"plain:{name}", _plain_line(name)) for name in PLAIN_FIELDS if name != HOT_PLAIN_FIELD
 )
 
 
 def _quick_check(raw: bytes) -> tuple[str, str | None] | None:
     """(custom_id, what `FileCheck.first_line_of` records for it) of a well-formed OpenAI
-    or plain chat line, or None to leave the line to `parse_line`. The model to try is
-    guessed from the bytes; the model decides."""
+    or plain line, or None to leave the line to `parse_line`. The model to try is guessed
+    from the bytes; the model decides."""
     try:
         if b'"body"' in raw:
             line = _OPENAI_LINE.validate_json(raw)
             return line.custom_id, line.url
-        if b'"messages"' in raw:
-            chat = _PlainChatLine.__pydantic_validator__.validate_json(raw)
-            if chat.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(chat.__pydantic_extra__):
-                return None
-            return chat.custom_id, "plain:messages"
-        if b'"input"' in raw:
-            embedding = _PlainEmbeddingLine.__pydantic_validator__.validate_json(raw)
-            if embedding.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(embedding.__pydantic_extra__):
-                return None
-            return embedding.custom_id, "plain:input"
+        for token, used, validate in _PLAIN_CHECKS:
+            if token in raw:
+                plain = validate(raw)
+                if plain.__pydantic_extra__ and not _FORM_KEYS.isdisjoint(plain.__pydantic_extra__):
+                    return None
+                return plain.custom_id, used
     except (ValueError, RecursionError):  # ValidationError, or JSON the parser cannot take
         return None
     return None
@@ -230,10 +208,10 @@ class FileCheck:
     def check_lines(self, lines: Iterable[bytes]) -> None:
         """Checks the next lines of the file. This loop is the upload's hot path: a plain
         prompt line costs one pydantic call from its bytes and two appends."""
-        validate_plain = _PlainCompletionLine.__pydantic_validator__.validate_json
+        validate_plain = _HOT_PLAIN
         hashes, ids = self._ids.hashes, self._ids.block_ids
         index = self.lines
-        prompt_seen = "plain:prompt" in self.first_line_of
+        hot_seen = _HOT_USED in self.first_line_of
         for raw in lines:
             custom_id = None
             if b'"body"' not in raw:  # a plain chat line fails here, at a cost, then passes below
@@ -241,9 +219,9 @@ class FileCheck:
                     plain = validate_plain(raw)
                     if not plain.__pydantic_extra__ or _FORM_KEYS.isdisjoint(plain.__pydantic_extra__):
                         custom_id = plain.custom_id
-                        if not prompt_seen:  # plain prompts fit completions, chat and responses
-                            self.first_line_of.setdefault("plain:prompt", index + 1)
-                            prompt_seen = True
+                        if not hot_seen:
+                            self.first_line_of.setdefault(_HOT_USED, index + 1)
+                            hot_seen = True
                 except (ValueError, RecursionError):  # ValidationError mostly; parse_line names it
                     pass
             if custom_id is None:
@@ -272,7 +250,7 @@ class FileCheck:
                 self._error(LineError(index + 1, f"cannot be read: {type(exc).__name__}"))
                 return None
             custom_id = request.custom_id
-            used = _PLAIN_FIELD[request.endpoint] if request.plain else request.endpoint
+            used = f"plain:{request.kind.required_field}" if request.plain else request.endpoint
         if used is not None and used not in self.first_line_of:
             self.first_line_of[used] = index + 1
         return custom_id
@@ -287,28 +265,16 @@ class FileCheck:
         return {"errors": self.errors, "error_count": self.error_count, "first_line_of": self.first_line_of}
 
 
-_PLAIN_FIELD = {
-    COMPLETIONS: "plain:prompt",
-    CHAT_COMPLETIONS: "plain:messages",
-    EMBEDDINGS: "plain:input",
-    RESPONSES: "plain:input",
-}
-# The endpoints each kind of plain line runs on (a plain prompt is a chat message on chat
-# and the input on responses; a plain input is an embeddings or a responses body, and the
-# job's endpoint decides which parses it).
-_PLAIN_RUNS_ON = {
-    "plain:prompt": {COMPLETIONS, CHAT_COMPLETIONS, RESPONSES},
-    "plain:messages": {CHAT_COMPLETIONS},
-    "plain:input": {EMBEDDINGS, RESPONSES},
-}
+_HOT_PLAIN = _plain_line(HOT_PLAIN_FIELD)
+_HOT_USED = f"plain:{HOT_PLAIN_FIELD}"
 
 
 def endpoint_mismatch(validation: dict[str, Any], endpoint: str) -> LineError | None:
     """The first line of an uploaded file that cannot run on `endpoint`, if any."""
     for used, line in sorted(validation.get("first_line_of", {}).items(), key=lambda kv: kv[1]):
-        if used in _PLAIN_RUNS_ON:
-            if endpoint not in _PLAIN_RUNS_ON[used]:
-                given = used.removeprefix("plain:")
+        if used.startswith("plain:"):
+            given = used.removeprefix("plain:")
+            if endpoint not in plain_runs_on(given):
                 return LineError(line, f"{given} given, but the batch's endpoint is {endpoint}", given)
         elif used != endpoint:
             return LineError(line, f"url {used} does not match the batch's endpoint {endpoint}", "url")

@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import httpx
 
+from app.jobs.endpoints import ENDPOINTS
+
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 POLL_SECONDS = 1.0
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -60,19 +62,18 @@ class Client:
 
 
 def _guess_endpoint(path: Path) -> str:
+    """The endpoint of the file's first line: its url, else the kind the upload check reads a
+    plain line as (app.jobs.endpoints: a plain input line fits embeddings and responses, and is
+    an embeddings line when it is one; give --endpoint /v1/responses for text inputs to a
+    responses batch); else the registry's first endpoint."""
+    from app.jobs.lines import plain_upload_endpoint
+
     with open(path, "rb") as handle:
         first = json.loads(handle.readline() or b"{}")
     if isinstance(first, dict) and first.get("url"):
         return str(first["url"])
-    if isinstance(first, dict) and "messages" in first:
-        return "/v1/chat/completions"
-    if isinstance(first, dict) and "input" in first:
-        # A plain input line fits embeddings and responses: messages say responses; else
-        # embeddings (give --endpoint /v1/responses for text inputs to a responses batch).
-        given = first["input"]
-        messages = isinstance(given, list) and any(isinstance(item, dict) for item in given)
-        return "/v1/responses" if messages else "/v1/embeddings"
-    return "/v1/completions"
+    kind = plain_upload_endpoint(first) if isinstance(first, dict) else None
+    return kind.url if kind is not None else next(iter(ENDPOINTS))
 
 
 def _summary(batch: dict[str, Any]) -> str:
@@ -247,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("file")
     submit.add_argument(
         "--endpoint",
-        help="default: from the first line (plain input lines: /v1/embeddings, or /v1/responses when the "
-        "input is messages; give --endpoint /v1/responses for text input to a responses batch)",
+        choices=list(ENDPOINTS),
+        help="default: from the first line, as the upload check reads it (plain input lines: embeddings when "
+        "they are embeddings inputs, else responses; give --endpoint for text input to a responses batch)",
     )
     submit.add_argument(
         "--batch-size", type=int, dest="batch_size", help="prompts per static batch (default: fitted to the engine)"

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.records import Records
+from app.jobs.endpoints.base import Sampling
 from app.jobs.lines import Request
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
@@ -79,12 +80,12 @@ class FirstBatchFirst(FakeEngine):
         self.events.append("tokenize long" if long else "tokenize short")
         return super().prompt_token_ids(request)
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[Any]:
+    def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Any]:
         self.events.append("generate")
         self.started.set()
         return super().generate(prompts, sampling)
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
         self.events.append("generate")  # an overlapped static batch starts
         self.started.set()
         return super().enqueue(prompts, sampling)

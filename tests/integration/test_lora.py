@@ -18,8 +18,8 @@ from openai.types.responses import Response as SdkResponse
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
+from app.jobs.endpoints.base import Sampling
 from app.jobs.lines import parse_line
-from app.jobs.planning import LORA_ADAPTER
 from tests.helpers import create_batch, download, jsonl, run_worker_until_idle, upload
 from tests.integration.conftest import make_settings
 from worker.engine import VllmEngine
@@ -95,8 +95,8 @@ def test_lines_for_different_adapters_share_a_static_batch_and_answer_as_each_ad
     calls: list[list[str | None]] = []
     enqueue = lora_engine.enqueue  # a static batch enters the engine (overlapped, the default)
 
-    def spy(prompts: list[list[int]], sampling: list[dict[str, Any]]) -> Any:
-        calls.append([kwargs.get(LORA_ADAPTER) for kwargs in sampling])
+    def spy(prompts: list[list[int]], sampling: list[Sampling]) -> Any:
+        calls.append([line.lora_adapter for line in sampling])
         return enqueue(prompts, sampling)
 
     monkeypatch.setattr(lora_engine, "enqueue", spy)

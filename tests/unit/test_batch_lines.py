@@ -7,7 +7,9 @@ import tracemalloc
 
 import pytest
 
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, ChatBody, LineError, parse_line
+from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from app.jobs.endpoints.chat import ChatBody
+from app.jobs.lines import LineError, parse_line
 from app.jobs.upload_check import FileCheck
 
 

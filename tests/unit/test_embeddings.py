@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 
 from app.core.settings import Settings
-from app.jobs.lines import COMPLETIONS, EMBEDDINGS, EmbeddingBody, LineError, parse_line
-from app.jobs.output_lines import Embeddings, base64_vector, embedding_line
-from app.jobs.planning import (
-    JobDefaults,
-    ModelLimits,
-    UnsupportedRequest,
-    input_token_ids,
-    plan_embedding,
-)
+from app.jobs.endpoints import COMPLETIONS, EMBEDDINGS
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, Pooling, UnsupportedRequest
+from app.jobs.endpoints.embeddings import EmbeddingBody, base64_vector
+from app.jobs.lines import LineError, parse_line
+from app.jobs.output_lines import Embeddings
+from app.jobs.planning import ModelTokens, plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 
 DEFAULTS = JobDefaults(max_tokens=16)
@@ -44,7 +41,7 @@ class WordTokenizer:
 
 
 def plan(raw: bytes, limits: ModelLimits = LIMITS, defaults: JobDefaults = DEFAULTS) -> Any:
-    return plan_embedding(raw, 0, defaults, lambda request: input_token_ids(WordTokenizer(), request), limits)
+    return plan_request(raw, 0, EMBEDDINGS, PlanContext(defaults, limits, ModelTokens(WordTokenizer())))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +105,7 @@ def test_the_upload_check_accepts_embeddings_lines_and_an_embeddings_batch_refus
 
 def test_planning_tokenizes_every_input_and_sets_no_pooling_by_default() -> None:
     planned = plan(openai_line("e", input=["one", "two words"]))
-    assert planned.inputs == [[1, 13, 2], [1, 13, 15, 2]] and planned.pooling == {}
+    assert planned.inputs == [[1, 13, 2], [1, 13, 15, 2]] and planned.pooling == Pooling()
     assert plan(openai_line("e", input=[[5, 6], [7]])).inputs == [[5, 6], [7]]
 
 
@@ -119,7 +116,7 @@ def test_dimensions_on_a_model_that_is_not_matryoshka_fail_the_line_naming_the_f
 
 
 def test_dimensions_on_a_matryoshka_model_reach_the_pooling_params_when_the_model_lists_them() -> None:
-    assert plan(openai_line("e", input="x", dimensions=2), MATRYOSHKA).pooling == {"dimensions": 2}
+    assert plan(openai_line("e", input="x", dimensions=2), MATRYOSHKA).pooling == Pooling(dimensions=2)
     for dimensions, reason in ((3, "not one of this model's: 2, 4"), (8, "out of range")):
         with pytest.raises(UnsupportedRequest) as caught:
             plan(openai_line("e", input="x", dimensions=dimensions), MATRYOSHKA)
@@ -148,13 +145,13 @@ def test_an_unknown_field_fails_the_line_naming_it() -> None:
     with pytest.raises(UnsupportedRequest) as caught:
         plan(openai_line("e", input="x", truncate="END"))
     assert caught.value.param == "truncate"
-    assert plan(openai_line("e", input="x", user="u1", model="any")).pooling == {}
+    assert plan(openai_line("e", input="x", user="u1", model="any")).pooling == Pooling()
 
 
 def test_the_output_line_has_openais_embedding_shape_with_one_vector_per_input() -> None:
     vectors = [[0.25, -1.5, 3.0], [1e-7, 2.0, -0.1]]
     request = parse_line(openai_line("e", input=["a", "b"]), 0, EMBEDDINGS)
-    out = json.loads(embedding_line(request, Embeddings(prompt_tokens=7, vectors=vectors), "demo-embed"))
+    out = json.loads(request.answer(Embeddings(prompt_tokens=7, vectors=vectors), "demo-embed"))
     assert out["custom_id"] == "e" and out["error"] is None and out["response"]["status_code"] == 200
     assert out["response"]["body"] == {
         "object": "list",
@@ -167,7 +164,7 @@ def test_the_output_line_has_openais_embedding_shape_with_one_vector_per_input()
 def test_base64_is_little_endian_float32() -> None:
     vectors = [[0.1, -2.5, 3.25e-5, 7.0]]
     request = parse_line(openai_line("e", input="a", encoding_format="base64"), 0, EMBEDDINGS)
-    out = json.loads(embedding_line(request, Embeddings(prompt_tokens=3, vectors=vectors), "demo-embed"))
+    out = json.loads(request.answer(Embeddings(prompt_tokens=3, vectors=vectors), "demo-embed"))
     [item] = out["response"]["body"]["data"]
     assert isinstance(item["embedding"], str) and item["embedding"] == base64_vector(vectors[0])
     decoded = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")

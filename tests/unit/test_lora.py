@@ -12,19 +12,30 @@ from pydantic import ValidationError
 from safetensors.numpy import load_file
 
 from app.core.settings import Settings, parse_lora_modules
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS
-from app.jobs.planning import LORA_ADAPTER, JobDefaults, ModelLimits, ServedModels, UnsupportedRequest, plan_request
-from app.jobs.responses import RESPONSES
+from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, RESPONSES
+from app.jobs.endpoints.base import (
+    GenerationPlan,
+    JobDefaults,
+    ModelLimits,
+    PlanContext,
+    Sampling,
+    ServedModels,
+    UnsupportedRequest,
+)
+from app.jobs.planning import plan_request
 from app.tools.demo_model import HIDDEN_SIZE, LORA_RANK, NUM_LAYERS, build_lora
+from tests.fakes import Tokens
 from worker.adapters import lora_engine_kwargs, lora_requests
 
 MODELS = ServedModels("demo-llama", frozenset({"pirate", "poet"}))
 LIMITS = ModelLimits(max_model_len=256, vocab_size=256)
 
 
-def plan(endpoint: str, body: dict[str, Any], models: ServedModels | None = MODELS) -> dict[str, Any]:
+def plan(endpoint: str, body: dict[str, Any], models: ServedModels | None = MODELS) -> Sampling:
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": body}).encode()
-    planned = plan_request(raw, 0, endpoint, JobDefaults(max_tokens=4), lambda r: [1, 2, 3], LIMITS, models)
+    ctx = PlanContext(JobDefaults(max_tokens=4), LIMITS, Tokens(lambda r: [1, 2, 3]), models)
+    planned = plan_request(raw, 0, endpoint, ctx)
+    assert isinstance(planned, GenerationPlan)
     return planned.sampling
 
 
@@ -64,9 +75,9 @@ def test_the_setting_comes_from_the_environment_and_may_not_reuse_the_base_name(
 def test_a_line_naming_an_adapter_carries_it_to_the_engine(endpoint: str) -> None:
     key = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", RESPONSES: "input"}[endpoint]
     value: Any = [{"role": "user", "content": "x"}] if key == "messages" else "x"
-    assert plan(endpoint, {key: value, "model": "poet"})[LORA_ADAPTER] == "poet"
-    assert LORA_ADAPTER not in plan(endpoint, {key: value, "model": "demo-llama"})
-    assert LORA_ADAPTER not in plan(endpoint, {key: value})
+    assert plan(endpoint, {key: value, "model": "poet"}).lora_adapter == "poet"
+    assert plan(endpoint, {key: value, "model": "demo-llama"}).lora_adapter is None
+    assert plan(endpoint, {key: value}).lora_adapter is None
 
 
 def test_a_line_naming_another_model_is_refused_naming_model() -> None:
@@ -78,7 +89,7 @@ def test_a_line_naming_another_model_is_refused_naming_model() -> None:
 
 
 def test_without_served_models_the_line_model_is_not_checked() -> None:
-    assert LORA_ADAPTER not in plan(COMPLETIONS, {"prompt": "x", "model": "gpt-4o"}, models=None)
+    assert plan(COMPLETIONS, {"prompt": "x", "model": "gpt-4o"}, models=None).lora_adapter is None
 
 
 def test_served_models_come_from_the_settings() -> None:
@@ -102,9 +113,9 @@ def test_without_cuda_the_engine_keeps_a_spare_adapter_slot() -> None:
 
 def test_each_prompt_gets_its_lines_adapter_or_none() -> None:
     adapters = {"pirate": "REQ-pirate", "poet": "REQ-poet"}
-    sampling = [{"max_tokens": 1, LORA_ADAPTER: "poet"}, {"max_tokens": 1}, {"max_tokens": 1, LORA_ADAPTER: "pirate"}]
+    sampling = [Sampling(1, lora_adapter="poet"), Sampling(1), Sampling(1, lora_adapter="pirate")]
     assert lora_requests(adapters, sampling) == ["REQ-poet", None, "REQ-pirate"]
-    assert lora_requests(adapters, [{"max_tokens": 1}]) is None  # the call stays as without LoRA
+    assert lora_requests(adapters, [Sampling(1)]) is None  # the call stays as without LoRA
 
 
 # The demo adapter

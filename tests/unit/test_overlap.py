@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from app.jobs.lines import CompletionBody, Request
+from app.jobs.endpoints.base import Sampling
+from app.jobs.endpoints.completions import CompletionBody
+from app.jobs.lines import Request
 from tests.fakes import FakeEngine
 from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows, window_result
 from worker.windows import PreparedWindow
@@ -21,7 +23,7 @@ def window(seq: int, lengths: list[int]) -> PreparedWindow:
         body = CompletionBody(prompt=f"line {index}", max_tokens=length)
         prepared.runnable.append(Request(index, f"c{index}", "/v1/completions", body, plain=False))
         prepared.prompts.append(list(f"line {index}".encode()))
-        prepared.sampling.append({"max_tokens": length})
+        prepared.sampling.append(Sampling(max_tokens=length))
     return prepared
 
 

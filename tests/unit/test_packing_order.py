@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
+from app.jobs.endpoints.base import JobDefaults
 from app.jobs.lines import parse_line
-from app.jobs.planning import JobDefaults
 from worker.packing import PREFIX_CACHE_SHARE, PREFIX_GROUP_CHARS, LineFacts, line_facts, packing_order, prefixes_fit
 
 SYSTEM_A = "a" * PREFIX_GROUP_CHARS

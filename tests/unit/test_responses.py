@@ -11,10 +11,13 @@ import pytest
 from openai.types.responses import Response as SdkResponse
 from pydantic import BaseModel
 
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, EmbeddingBody, LineError, parse_line
-from app.jobs.output_lines import Choice, Generation, success_line
-from app.jobs.planning import JobDefaults, UnsupportedRequest, prompt_token_ids, sampling_kwargs
-from app.jobs.responses import RESPONSES, ResponsesBody
+from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES
+from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest
+from app.jobs.endpoints.embeddings import EmbeddingBody
+from app.jobs.endpoints.responses import Responses, ResponsesBody
+from app.jobs.lines import LineError, parse_line
+from app.jobs.output_lines import Choice, Generation
+from app.jobs.planning import ModelTokens
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from app.tools.cli import _guess_endpoint
 
@@ -37,7 +40,7 @@ def body_of(raw: bytes, endpoint: str | None = RESPONSES) -> ResponsesBody:
 
 
 def kwargs_of(**fields: Any) -> dict[str, Any]:
-    return sampling_kwargs(body_of(responses_line(**fields)), DEFAULTS)
+    return Responses().sampling(body_of(responses_line(**fields)), DEFAULTS).engine_kwargs()
 
 
 def refusal(**fields: Any) -> UnsupportedRequest:
@@ -100,7 +103,7 @@ def test_the_prompt_is_rendered_with_the_chat_template() -> None:
             return [ord(c) for c in text]
 
     request = parse_line(responses_line(instructions="sys"), 0, RESPONSES)
-    assert prompt_token_ids(Template(), request) == [ord(c) for c in "system:sys|user:hi"]
+    assert ModelTokens(Template()).prompt_token_ids(request) == [ord(c) for c in "system:sys|user:hi"]
 
 
 def test_a_plain_input_line_runs_in_a_responses_job_and_is_found_at_upload() -> None:
@@ -283,7 +286,7 @@ def answer(raw: bytes, text: str = "Bonjour", finish_reason: str = "stop", model
     request = parse_line(raw, 0, RESPONSES)
     choice = Choice(text=text, completion_tokens=4, finish_reason=finish_reason)
     generation = Generation(prompt_tokens=11, choices=[choice])
-    output = json.loads(success_line(request, generation, model))
+    output = json.loads(request.answer(generation, model))
     assert output["custom_id"] == request.custom_id and output["error"] is None
     assert output["response"]["status_code"] == 200
     body: dict[str, Any] = output["response"]["body"]

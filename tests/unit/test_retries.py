@@ -62,7 +62,9 @@ def test_answers_are_matched_by_custom_id_not_position() -> None:
 
 def test_a_max_tokens_override_is_written_as_each_endpoints_field() -> None:
     chat = json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {"max_completion_tokens": 3}})
-    assert json.loads(_with_overrides(chat.encode(), RetryOverrides(max_tokens=9)))["body"] == {"max_tokens": 9}
+    assert json.loads(_with_overrides(chat.encode(), RetryOverrides(max_tokens=9), "/v1/chat/completions"))["body"] == {
+        "max_tokens": 9
+    }
     responses = json.dumps({"custom_id": "a", "input": "hi", "max_output_tokens": 3}).encode()
     rewritten = json.loads(_with_overrides(responses, RetryOverrides(max_tokens=9), "/v1/responses"))
     assert rewritten == {"custom_id": "a", "input": "hi", "max_output_tokens": 9}

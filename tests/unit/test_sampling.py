@@ -8,17 +8,12 @@ from typing import Any
 
 import pytest
 
+from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, RESPONSES, endpoint_for
+from app.jobs.endpoints.base import GenerationPlan, JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
 from app.jobs.json_schemas import MAX_SCHEMA_NESTING
-from app.jobs.lines import CHAT_COMPLETIONS, COMPLETIONS, parse_line
-from app.jobs.planning import (
-    JobDefaults,
-    ModelLimits,
-    UnsupportedRequest,
-    line_param,
-    plan_request,
-    sampling_kwargs,
-)
-from app.jobs.responses import RESPONSES
+from app.jobs.lines import parse_line
+from app.jobs.planning import line_param, plan_request
+from tests.fakes import Tokens
 
 DEFAULTS = JobDefaults(max_tokens=64)
 
@@ -27,7 +22,8 @@ def kwargs_of(endpoint: str, **fields: Any) -> dict[str, Any]:
     key = "messages" if endpoint == CHAT_COMPLETIONS else "prompt"
     prompt: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: prompt, **fields}}).encode()
-    return sampling_kwargs(parse_line(raw, 0, endpoint).body, DEFAULTS)
+    kind: Any = endpoint_for(endpoint)
+    return kind.sampling(parse_line(raw, 0, endpoint).body, DEFAULTS).engine_kwargs()  # type: ignore[no-any-return]
 
 
 def refusal(endpoint: str, **fields: Any) -> UnsupportedRequest:
@@ -102,7 +98,7 @@ def planning_refusal(endpoint: str, limits: ModelLimits = LIMITS, **fields: Any)
     prompt: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: prompt, **fields}}).encode()
     with pytest.raises(UnsupportedRequest) as caught:
-        plan_request(raw, 0, endpoint, DEFAULTS, lambda request: [1, 2, 3], limits)
+        plan_request(raw, 0, endpoint, PlanContext(DEFAULTS, limits, Tokens(lambda request: [1, 2, 3])))
     return caught.value
 
 
@@ -161,7 +157,8 @@ def test_more_logprobs_than_the_engine_returns_are_refused_per_line(
 
 def test_as_many_logprobs_as_the_engine_returns_are_planned() -> None:
     raw = json.dumps({"custom_id": "a", "prompt": "hi", "logprobs": 20}).encode()
-    assert plan_request(raw, 0, COMPLETIONS, DEFAULTS, lambda request: [1], LIMITS).sampling["logprobs"] == 20
+    planned = plan_request(raw, 0, COMPLETIONS, PlanContext(DEFAULTS, LIMITS, Tokens(lambda request: [1])))
+    assert isinstance(planned, GenerationPlan) and planned.sampling.logprobs == 20
 
 
 @pytest.mark.parametrize(
@@ -186,4 +183,4 @@ def test_the_engine_field_refused_is_named_as_the_lines_field(
     key = {COMPLETIONS: "prompt", CHAT_COMPLETIONS: "messages", RESPONSES: "input"}[endpoint]
     value: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: value, **fields}}).encode()
-    assert line_param(parse_line(raw, 0, endpoint).body, engine_field) == param
+    assert line_param(parse_line(raw, 0, endpoint), engine_field) == param

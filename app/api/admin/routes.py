@@ -14,6 +14,7 @@ from app.api.auth import Principal, authenticate
 from app.api.deps import RecordsDep, SettingsDep, StoreDep, refuse_unstorable_params
 from app.core.errors import Forbidden, Unauthorized
 from app.data.models import Job, JobStatus
+from app.jobs.endpoints import ENDPOINTS
 from app.jobs.stats import job_stats, throughput, window_series
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -135,10 +136,11 @@ def jobs(
     records: RecordsDep,
     status: str | None = None,
     owner: str | None = None,
+    endpoint: str | None = None,
     sort: str = "created",
     order: str = "desc",
 ) -> HTMLResponse:
-    batches = records.list_all_jobs(status or None, owner or None, JOBS_PAGE)
+    batches = records.list_all_jobs(status or None, owner or None, JOBS_PAGE, endpoint or None)
     key = SORT_KEYS.get(sort, SORT_KEYS["created"])
     batches.sort(key=key, reverse=order != "asc")  # type: ignore[arg-type]
     running = any(b.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.FINALIZING) for b in batches)
@@ -149,6 +151,8 @@ def jobs(
         rows=[_row(b) for b in batches],
         statuses=[s.value for s in JobStatus],
         status=status or "",
+        endpoints=list(ENDPOINTS),  # the kinds the registry serves
+        endpoint=endpoint or "",
         owner=owner or "",
         sort=sort,
         order=order,

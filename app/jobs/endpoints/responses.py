@@ -8,22 +8,23 @@ structured output as a chat line's `response_format` does. Anything the Response
 offers beyond that (tools, reasoning, previous_response_id, background, ...) is refused
 per line, naming the field (`unsupported`).
 
-This module imports nothing from the rest of the app, so `app.jobs.lines` (the input
-format) and `app.jobs.output_lines` (the output format) can both use it.
+Plain line: `{"custom_id", "input"}`, or in a responses batch `{"custom_id", "prompt"}` (the
+prompt is the input). At upload, a plain `input` that is not an embeddings body is a
+responses line.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from app.jobs.output_lines import Generation
+from app.jobs.endpoints.base import JobDefaults, Sampling, UnsupportedRequest
+from app.jobs.endpoints.generation import GenerationEndpoint, structured_output
+from app.jobs.output_lines import Generation, answer_line
 
-RESPONSES = "/v1/responses"
 TEXT_PART_TYPES = ("input_text", "output_text")  # output_text: an earlier assistant turn, as the API returns it
 
 # Fields of the Responses API that change nothing in an offline batch, tolerated with these
@@ -108,16 +109,6 @@ class ResponsesBody(BaseModel):
         if not isinstance(value, list):
             raise ValueError("input must be a string or a list of messages")
         return value
-
-    @property
-    def n(self) -> int:
-        """One answer per request: the Responses API has no `n`."""
-        return 1
-
-    @property
-    def seed(self) -> None:
-        """The Responses API has no seed."""
-        return None
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation as chat messages: the instructions first, as a system message."""
@@ -245,3 +236,85 @@ def response_object(body: ResponsesBody, generation: Generation, model: str) -> 
         metadata=body.metadata or {},
         user=body.user,
     )
+
+
+def _text_format_output(text_format: Any) -> dict[str, Any] | None:
+    """A responses line's `text.format`, as the chat path's `response_format` maps it."""
+    if text_format is None:
+        return None
+    if not isinstance(text_format, dict):
+        raise UnsupportedRequest("text.format must be a JSON object.", param="text.format")
+    kind = text_format.get("type")
+    if kind in ("text", "json_object"):
+        return structured_output(text_format)
+    if kind != "json_schema":
+        raise UnsupportedRequest(f"Unsupported text.format type {kind!r}.", param="text.format.type")
+    if not isinstance(text_format.get("name"), str):
+        raise UnsupportedRequest("text.format.name is required for a json_schema format.", "text.format.name")
+    schema = text_format.get("schema")
+    if not isinstance(schema, dict):
+        raise UnsupportedRequest("text.format.schema must be a JSON object.", param="text.format.schema")
+    return structured_output({"type": "json_schema", "json_schema": {"schema": schema}}, param="text.format")
+
+
+class Responses(GenerationEndpoint[ResponsesBody]):
+    """Planned as a chat: the same chat template, sampling and checks."""
+
+    url: ClassVar[str] = "/v1/responses"
+    body_model = ResponsesBody
+    required_field: ClassVar[str] = "input"
+    plain_fields: ClassVar[tuple[str, ...]] = ("input", "prompt")
+    example: ClassVar[dict[str, Any]] = {
+        "model": "demo-llama",
+        "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello!"}]}],
+        "max_output_tokens": 16,
+    }
+
+    def plain_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "prompt" in body and "input" not in body:
+            body["input"] = body.pop("prompt")  # a plain prompt in a responses job is its input
+        return body
+
+    def looks_like(self, body: dict[str, Any]) -> bool:
+        value = body.get("input")
+        return isinstance(value, list) and any(isinstance(item, dict) for item in value)  # messages
+
+    def max_tokens(self, body: ResponsesBody, defaults: JobDefaults) -> int:
+        return body.max_output_tokens or defaults.max_tokens
+
+    def sampling(self, body: ResponsesBody, defaults: JobDefaults) -> Sampling:
+        unsupported = body.unsupported()
+        if unsupported is not None:
+            param, message = unsupported
+            raise UnsupportedRequest(message, param=param)
+        return Sampling(
+            max_tokens=self.max_tokens(body, defaults),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            structured_outputs=_text_format_output(body.text_format()),
+        )
+
+    def prompt_token_ids(self, tokenizer: Any, body: ResponsesBody) -> list[int]:
+        rendered = tokenizer.apply_chat_template(body.messages(), add_generation_prompt=True, tokenize=False)
+        return list(tokenizer.encode(str(rendered), add_special_tokens=False))
+
+    def model_of(self, body: ResponsesBody) -> str | None:
+        return body.model
+
+    def line_param(self, body: ResponsesBody, engine_field: str | None) -> str | None:
+        if engine_field == "structured_outputs":
+            return "text.format"
+        if engine_field == "max_tokens":
+            return "max_output_tokens"
+        return super().line_param(body, engine_field)
+
+    def cap_output(self, body: dict[str, Any], max_tokens: int) -> None:
+        body["max_output_tokens"] = max_tokens
+
+    def packing_prompt(self, body: ResponsesBody) -> str:
+        return "".join(f"{m['role']}\n{m['content']}\n" for m in body.messages())
+
+    def output_line(self, custom_id: str, body: ResponsesBody, result: Generation, model: str) -> bytes:
+        """The generation's one choice as an assistant message."""
+        return answer_line(custom_id, response_object(body, result, body.model or model))

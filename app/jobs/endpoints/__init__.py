@@ -1,0 +1,73 @@
+"""The endpoint registry: every endpoint kind the service runs, one module each.
+
+Each kind (`Endpoint`, in `base`) says its body model, how a plain line maps to it, how a line
+is planned (into a typed `GenerationPlan` or `PoolingPlan`), which worker kind and engine call
+serve it, how its output line is built and how its tokens count in an estimate. Every other
+module asks the registry (`endpoint_for`, `ENDPOINTS`) and compares no endpoint URL;
+`tests/unit/test_endpoints.py` says so. Adding a kind: a module here and an entry in
+`ENDPOINTS` (docs/architecture.md has the recipe).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.jobs.endpoints.base import Endpoint
+from app.jobs.endpoints.chat import ChatCompletions
+from app.jobs.endpoints.completions import Completions
+from app.jobs.endpoints.embeddings import EmbeddingsEndpoint
+from app.jobs.endpoints.responses import Responses
+
+# URL -> its kind, in the order errors list them.
+ENDPOINTS: dict[str, Endpoint[Any]] = {
+    endpoint.url: endpoint for endpoint in (Completions(), ChatCompletions(), EmbeddingsEndpoint(), Responses())
+}
+COMPLETIONS = Completions.url
+CHAT_COMPLETIONS = ChatCompletions.url
+EMBEDDINGS = EmbeddingsEndpoint.url
+RESPONSES = Responses.url
+
+# The fields that make a line plain (no url and body), the most telling first: a line with
+# messages is a chat line whatever else it holds. Each is some kind's `required_field`.
+PLAIN_FIELDS = ("messages", "prompt", "input")
+
+
+class UnknownEndpoint(KeyError):
+    """A URL no kind serves."""
+
+
+def endpoint_for(url: str) -> Endpoint[Any]:
+    """The kind that serves `url`; UnknownEndpoint for any other."""
+    try:
+        return ENDPOINTS[url]
+    except KeyError:
+        raise UnknownEndpoint(url) from None
+
+
+def is_endpoint(url: object) -> bool:
+    return isinstance(url, str) and url in ENDPOINTS
+
+
+def listed() -> str:
+    """The URLs served, for messages."""
+    return ", ".join(ENDPOINTS)
+
+
+def plain_line_endpoints(field: str) -> list[Endpoint[Any]]:
+    """The kinds a plain line given by `field` may be, with no batch to decide (at upload):
+    those whose own field it is, in registry order (the first whose body parses it wins)."""
+    return [endpoint for endpoint in ENDPOINTS.values() if endpoint.required_field == field]
+
+
+def plain_runs_on(field: str) -> set[str]:
+    """The URLs a plain line given by `field` runs on (a plain prompt is also a chat's one
+    message and a responses input; a plain input is an embeddings or a responses body)."""
+    return {url for url, endpoint in ENDPOINTS.items() if field in endpoint.plain_fields}
+
+
+def worker_kinds() -> dict[str, list[str]]:
+    """Worker kind -> the URLs its engine serves."""
+    kinds: dict[str, list[str]] = {}
+    for url, endpoint in ENDPOINTS.items():
+        kinds.setdefault(endpoint.worker_kind, []).append(url)
+    return kinds
