@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from app.api.deps import refuse_unstorable_params
-from app.api.routes import batches, files, health, metrics, webhooks
+from app.api.routes import batches, files, health, metrics, models, webhooks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,3 +11,4 @@ api_router.include_router(files.router, dependencies=[Depends(refuse_unstorable_
 api_router.include_router(batches.router, dependencies=[Depends(refuse_unstorable_params)])
 api_router.include_router(metrics.router)
 api_router.include_router(webhooks.router, dependencies=[Depends(refuse_unstorable_params)])
+api_router.include_router(models.router, dependencies=[Depends(refuse_unstorable_params)])
