@@ -38,7 +38,7 @@ $(DEMO_MODELS) &: $(STAMP) app/tools/demo_model.py
 run: install model
 	$(BIN)/python -m app.tools.launcher
 
-# Every benchmark scenario (35-90 min on 2 CPU cores), then docs/benchmarks.md; BENCH_ARGS="--help" for options.
+# Every benchmark scenario (45-100 min on 2 CPU cores), then docs/benchmarks.md; BENCH_ARGS="--help" for options.
 BENCH_ARGS ?=
 bench: install model
 	$(BIN)/python -m bench $(BENCH_ARGS)

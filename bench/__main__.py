@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     model.add_argument("--model", help="model folder or Hugging Face id (default: the demo model, built if missing)")
     model.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs (or CPU ranks) per engine")
     model.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    sizes = parser.add_argument_group("sizes (default: a 35 to 90 minute run on a 2-core CPU)")
+    sizes = parser.add_argument_group("sizes (default: a 45 to 100 minute run on a 2-core CPU)")
     sizes.add_argument("--full", action="store_true", help=f"full sizes: {FULL}")
     sizes.add_argument("--runs", type=int, help="runs per figure; figures are medians (default 3, full 5)")
     sizes.add_argument("--prompts", type=int, help="scenario 1: prompts per run (default 512, full 2048)")
