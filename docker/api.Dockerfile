@@ -2,7 +2,7 @@
 #   docker build -f docker/api.Dockerfile -t llm-batch-api .
 FROM python:3.11-slim
 WORKDIR /srv
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000 MALLOC_ARENA_MAX=2
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker

@@ -53,6 +53,7 @@ def s3_service(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "IMPORT_ALLOWED_PREFIXES": f"s3://{source}/{SOURCE_PREFIX}",
         "SWEEP_SECONDS": "0.5",
+        "MALLOC_ARENA_MAX": "2",  # as the launcher and the API image run the API
         "SOURCE_BUCKET": source,  # for the test; the service ignores it
     }
     service = Service(env, request.node.name)
@@ -108,6 +109,18 @@ class RssPeak:
         return self.peak - self.start
 
 
+def warm_up(client: OpenAI) -> None:
+    """A small upload in parts first: the first use of each route and of the S3 transfer
+    code loads modules and starts threads, which is not what the 300 MB cost."""
+    data = jsonl(prompts()[:20])
+    upload = client.uploads.create(
+        bytes=len(data), filename="warm.jsonl", mime_type="application/jsonl", purpose="batch"
+    )
+    half = len(data) // 2
+    ids = [client.uploads.parts.create(upload_id=upload.id, data=piece).id for piece in (data[:half], data[half:])]
+    assert client.uploads.complete(upload_id=upload.id, part_ids=ids).status == "completed"
+
+
 def api_pid(service: Service) -> int:
     return service.processes[0].pid
 
@@ -136,7 +149,7 @@ def test_a_300_mb_file_in_parts_out_of_order_runs_and_matches_the_imported_promp
     sha256 = padded_file(path)
     data_md5 = hashlib.md5(path.read_bytes()).hexdigest()
     assert path.stat().st_size == TOTAL_BYTES
-    client.batches.list()  # warm up the routes before measuring
+    warm_up(client)
 
     rss = RssPeak(api_pid(service))
     started = time.monotonic()
@@ -155,6 +168,7 @@ def test_a_300_mb_file_in_parts_out_of_order_runs_and_matches_the_imported_promp
     with ThreadPoolExecutor(2) as pool:  # two parts in flight at once, in shuffled order
         ids = dict(zip(order, pool.map(send, order), strict=True))
     sent = time.monotonic()
+    sending_growth = rss.peak - rss.start
     done = client.uploads.complete(upload_id=upload.id, part_ids=[ids[i] for i in range(len(offsets))], md5=data_md5)
     completed = time.monotonic()
     growth = rss.growth()
@@ -166,7 +180,8 @@ def test_a_300_mb_file_in_parts_out_of_order_runs_and_matches_the_imported_promp
     print(  # the figures for the report
         f"\n300 MB in {len(offsets)} parts: sent in {sent - started:.1f}s "
         f"({TOTAL_BYTES / MIB / (sent - started):.0f} MB/s), "
-        f"completed in {completed - sent:.1f}s, API RSS grew {growth / MIB:.0f} MB"
+        f"completed in {completed - sent:.1f}s, API RSS grew {growth / MIB:.0f} MB "
+        f"({sending_growth / MIB:.0f} MB while the parts were sent)"
     )
     assert growth < MAX_RSS_GROWTH, f"API RSS grew {growth / MIB:.0f} MB"
 
