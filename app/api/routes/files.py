@@ -63,7 +63,7 @@ async def upload_file(
     within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and MAX_LINE_BYTES. Or, as JSON (this
     service's extension), import one from object storage: `{"url": "s3://bucket/key"}`
     under IMPORT_ALLOWED_PREFIXES, read by the service itself through the same check."""
-    if request.headers.get("content-type", "").lower().startswith("application/json"):
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
         return await import_file(request, caller, records, store, settings)
     limits = upload_limits(settings)
     form = await receive_upload(request, store, limits)
