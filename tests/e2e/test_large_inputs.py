@@ -28,6 +28,7 @@ import pytest
 from openai import BadRequestError, OpenAI
 
 from app.core.storage import S3Store
+from app.tools.launcher import MALLOC_SETTINGS
 from tests.e2e.conftest import Service
 from tests.helpers import MIB, completion_line, jsonl, read_jsonl
 
@@ -53,7 +54,7 @@ def s3_service(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "IMPORT_ALLOWED_PREFIXES": f"s3://{source}/{SOURCE_PREFIX}",
         "SWEEP_SECONDS": "0.5",
-        "MALLOC_ARENA_MAX": "2",  # as the launcher and the API image run the API
+        **MALLOC_SETTINGS,  # as the launcher and the API image run the API
         "SOURCE_BUCKET": source,  # for the test; the service ignores it
     }
     service = Service(env, request.node.name)
