@@ -15,6 +15,7 @@ from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.data.uploads import Uploads
 from app.jobs.sweeper import Sweeper
 
 # The trivial dependencies are `async def`: a sync one costs a thread-pool hop per request.
@@ -45,6 +46,11 @@ async def get_store(request: Request) -> ObjectStore:
     return store
 
 
+async def get_uploads(request: Request) -> Uploads:
+    uploads: Uploads = request.app.state.uploads
+    return uploads
+
+
 async def get_sweeper(request: Request) -> Sweeper:
     sweeper: Sweeper = request.app.state.sweeper
     return sweeper
@@ -55,6 +61,7 @@ RecordsDep = Annotated[Records, Depends(get_records)]
 BatchViewsDep = Annotated[BatchViews, Depends(get_batch_views)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 SweeperDep = Annotated[Sweeper, Depends(get_sweeper)]
 
 

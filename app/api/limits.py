@@ -4,12 +4,14 @@ and the body's size allowed before the app reads a byte of the body; bodies else
 
 Without this, FastAPI parses (or spools) a body before its dependencies run, so a
 300 MB body with no API key was read whole. Uploads (multipart POST /v1/files) stream
-under their own limits (MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES, MAX_LINE_BYTES); every
+under their own limits (MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES, MAX_LINE_BYTES), an Upload's
+parts (POST /v1/uploads/{id}/parts) under UPLOAD_PART_MAX_BYTES; every
 other body is capped at MAX_JSON_BODY_BYTES, by its Content-Length and while it streams.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -25,9 +27,17 @@ def guarded(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
+# Multipart bodies that stream under their own limits: files, and an Upload's parts.
+STREAMED_PATH = re.compile(r"/v1/files|/v1/uploads/[^/]+/parts")
+
+
 def is_upload(scope: Scope, headers: Headers) -> bool:
     content_type = headers.get("content-type", "").lower()
-    return scope["method"] == "POST" and scope["path"] == "/v1/files" and content_type.startswith("multipart/")
+    return (
+        scope["method"] == "POST"
+        and STREAMED_PATH.fullmatch(scope["path"]) is not None
+        and content_type.startswith("multipart/")
+    )
 
 
 class RequestGate:

@@ -24,6 +24,7 @@ from app.core.storage import open_store
 from app.data.outbox import Outbox
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.data.uploads import Uploads
 from app.data.webhook_endpoints import WebhookEndpoints
 from app.jobs.sweeper import Sweeper
 from app.jobs.webhooks import WebhookSender
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.records = Records(db)
         app.state.queue = JobQueue(db)
+        app.state.uploads = Uploads(db)
         app.state.batch_views = BatchViews(app.state.records, settings.gpu_hour_price)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.s3_source import parse_prefixes
+
 DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.tools.demo_model)
 DEMO_EMBEDDING_MODEL_PATH = Path("var/models/demo-embed")  # likewise: a small BERT for /v1/embeddings
 DEMO_LORA_PATH = Path("var/models/demo-lora")  # likewise: a LoRA adapter for the demo Llama
@@ -140,6 +142,20 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(
         default=1 << 20, ge=1, description="largest JSON request body (413 beyond; uploads have max_upload_bytes)"
     )
+    upload_expires_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="an Upload (POST /v1/uploads) not completed this long after its creation expires; the "
+        "sweeper removes its parts",
+    )
+    upload_part_max_bytes: int = Field(
+        default=64 << 20, ge=1, description="largest part of an Upload (413 beyond; OpenAI's limit is 64 MB)"
+    )
+    import_allowed_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="s3://bucket/prefix,... that POST /v1/files with a `url` may import from, read with the "
+        "service's own credentials; empty (the default) allows none",
+    )
     sweep_seconds: float = Field(
         default=5.0, gt=0, description="how often each API process expires overdue jobs and finalizes waiting ones"
     )
@@ -183,6 +199,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_lora_modules(cls, value: Any) -> Any:
         return parse_lora_modules(value) if isinstance(value, str) else value
+
+    @field_validator("import_allowed_prefixes", mode="before")
+    @classmethod
+    def _parse_import_prefixes(cls, value: Any) -> Any:
+        return parse_prefixes(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_name_per_model(self) -> Settings:

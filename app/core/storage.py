@@ -24,6 +24,7 @@ from app.core.errors import LineTooLong
 
 CHUNK_BYTES = 1 << 20
 S3_PART_BYTES = 8 << 20
+S3_WRITE_CONCURRENCY = 2  # parts of one write in flight (and in memory) at once: 16 MiB a stream
 
 
 class ObjectNotFound(KeyError):
@@ -211,7 +212,9 @@ class S3Store:
             region_name=region,
             config=Config(retries={"max_attempts": 10, "mode": "standard"}),
         )
-        self._transfer = TransferConfig(multipart_chunksize=S3_PART_BYTES, max_concurrency=4)
+        self._transfer = TransferConfig(multipart_chunksize=S3_PART_BYTES, max_concurrency=S3_WRITE_CONCURRENCY)
+        # A stream (an upload, a part) buffers only the parts in flight, not boto3's default 10.
+        self._transfer.max_in_memory_upload_chunks = S3_WRITE_CONCURRENCY
 
     def _key(self, key: str) -> str:
         return self.prefix + key

@@ -295,3 +295,49 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
     failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class UploadStatus(enum.StrEnum):
+    PENDING = "pending"  # takes parts until completed, cancelled or past expires_at
+    COMPLETED = "completed"  # its parts, joined and checked, are `file_id`
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Upload(Base):
+    """OpenAI's Upload: a file sent in parts (`UploadPart`), each stored as an object of
+    its own under `uploads/<id>/parts/`, joined into a file at completion. Once it ends,
+    the sweeper removes its parts (`parts_removed_at`)."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        Index("ix_uploads_pending_expiry", "expires_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_uploads_parts_left",
+            "created_at",
+            postgresql_where=text("status <> 'pending' AND parts_removed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # what the parts named at completion must add up to
+    status: Mapped[str] = mapped_column(String(16), default=UploadStatus.PENDING)
+    # The file's own retention (OpenAI's expires_after); None: FILE_RETENTION_DAYS.
+    file_expires_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column()
+    parts_removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

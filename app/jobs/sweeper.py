@@ -1,6 +1,7 @@
 """The sweeper: a thread in each API process that moves overdue jobs to `expiring`,
 finalizes jobs that wait for it (a cancelled job with nothing running, a job whose
-finalizer died) and deletes expired files (app.jobs.retention). Workers finalize too;
+finalizer died), deletes expired files (app.jobs.retention) and the parts of uploads that
+ended (app.jobs.upload_parts). Workers finalize too;
 the sweeper is what makes every job end even when no worker is up."""
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from app.core.abandoned_writes import AbandonedWrites
 from app.core.storage import ObjectStore
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.data.uploads import Uploads
 from app.jobs.finalize import finalize_next
 from app.jobs.retention import delete_expired
+from app.jobs.upload_parts import sweep_uploads
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,8 @@ def sweep(
     """One sweep: expire what is overdue, finalize the `poked` jobs (just cancelled: each
     claimed by id, waiting out a transaction that holds its row rather than passing it
     over), then whatever else waits, then delete expired files (up to
-    MAX_EXPIRED_FILES_PER_SWEEP; inputs of jobs that have not ended wait). Returns the
-    finalized ids."""
+    MAX_EXPIRED_FILES_PER_SWEEP; inputs of jobs that have not ended wait), then expire
+    overdue uploads and remove the parts of ended ones. Returns the finalized ids."""
     for job_id in queue.expire_due():
         log.info("%s is past its completion window: expiring", job_id)
     finalized = [
@@ -59,6 +62,7 @@ def sweep(
             break
         finalized.append(done)
     delete_expired(records, store)
+    sweep_uploads(Uploads(records.db), store)
     return finalized
 
 

@@ -132,6 +132,9 @@ def api_command(settings: Settings) -> list[str]:
     ]
 
 
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 def api_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     """The children's environment: with several API processes and no SESSION_SECRET, one
     made here for all of them, so an admin session signed by one is valid on every one."""
@@ -167,7 +170,11 @@ def main() -> None:
     if embedding_worker and Path(settings.embedding_model).resolve() == DEMO_EMBEDDING_MODEL.resolve():
         ensure_demo_embedding_model(DEMO_EMBEDDING_MODEL)
 
-    children = [Supervised("API", api_command(settings), env)]
+    # glibc's malloc, told to give big buffers back: two arenas, not one per thread, and a fixed
+    # mmap threshold (by default it grows, and freed 8 MiB upload buffers stay in the heap).
+    # A 300 MB upload in parts grows the API by about 65 MB with them, 110 MB without.
+    api_only = {name: env.get(name, value) for name, value in MALLOC_SETTINGS.items()}
+    children = [Supervised("API", api_command(settings), {**env, **api_only})]
     kinds = [] if args.no_worker else ["generate"] * args.workers + (["embed"] if embedding_worker else [])
     for kind in kinds:
         children.append(Supervised(f"{kind} worker", [sys.executable, "-m", "worker", "--kind", kind], env))

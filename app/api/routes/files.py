@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
+from app.api.auth import Principal
 from app.api.deps import CallerDep, RecordsDep, SettingsDep, StoreDep
 from app.api.schemas import FileDeleted, FileList, FileObject
-from app.api.upload_form import UPLOAD_FORM_OPENAPI, receive_upload
+from app.api.upload_form import UPLOAD_FORM_OPENAPI, receive_upload, upload_threads
+from app.api.upload_schemas import FILE_IMPORT_OPENAPI, FileImport
+from app.core.s3_source import allowed_source
+from app.core.settings import Settings
+from app.core.storage import ObjectStore
+from app.data.records import Records
+from app.jobs.imports import import_object
 from app.jobs.retention import remove_file_objects, retention_seconds
 from app.jobs.uploads import UploadLimits, record_upload
 
@@ -25,17 +35,37 @@ def attachment(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.post("", response_model=FileObject, openapi_extra=UPLOAD_FORM_OPENAPI)
+# The form as OpenAI has it, and this service's JSON import beside it.
+FILES_POST_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **UPLOAD_FORM_OPENAPI["requestBody"]["content"],  # type: ignore[dict-item]
+            "application/json": {"schema": FILE_IMPORT_OPENAPI},
+        },
+    }
+}
+
+
+def upload_limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors, settings.max_line_bytes
+    )
+
+
+@router.post("", response_model=FileObject, openapi_extra=FILES_POST_OPENAPI)
 async def upload_file(
     request: Request, caller: CallerDep, records: RecordsDep, store: StoreDep, settings: SettingsDep
 ) -> FileObject:
     """Upload a JSONL file (multipart: `file`, `purpose=batch`, optionally OpenAI's
     `expires_after[anchor]=created_at` and `expires_after[seconds]`, else it expires after
     FILE_RETENTION_DAYS); batch input is checked line by line as it streams to storage,
-    within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and MAX_LINE_BYTES."""
-    limits = UploadLimits(
-        settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors, settings.max_line_bytes
-    )
+    within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and MAX_LINE_BYTES. Or, as JSON (this
+    service's extension), import one from object storage: `{"url": "s3://bucket/key"}`
+    under IMPORT_ALLOWED_PREFIXES, read by the service itself through the same check."""
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
+        return await import_file(request, caller, records, store, settings)
+    limits = upload_limits(settings)
     form = await receive_upload(request, store, limits)
     keep = retention_seconds(form.expires_after.seconds if form.expires_after else None, settings.file_retention_days)
     record = await run_in_threadpool(
@@ -48,6 +78,31 @@ async def upload_file(
             purpose=form.purpose,
             keep_seconds=keep,
         )
+    )
+    return FileObject.of(record)
+
+
+async def import_file(
+    request: Request, caller: Principal, records: Records, store: ObjectStore, settings: Settings
+) -> FileObject:
+    try:
+        body = FileImport.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    source = allowed_source(body.url, settings.import_allowed_prefixes)
+    keep = retention_seconds(body.expires_after.seconds if body.expires_after else None, settings.file_retention_days)
+    record = await anyio.to_thread.run_sync(
+        lambda: import_object(
+            records,
+            store,
+            source,
+            owner=caller.owner,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            limits=upload_limits(settings),
+            keep_seconds=keep,
+        ),
+        limiter=upload_threads(),
     )
     return FileObject.of(record)
 
