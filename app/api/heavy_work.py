@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +39,7 @@ from app.jobs.estimate import preload_model_files
 P = ParamSpec("P")
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 class HeavyWork:
@@ -97,7 +99,10 @@ def submit_to_process(action: Callable[..., T], *args: Any) -> Future[T]:
         for attempt in range(2):
             if _process_pool is None:
                 _process_pool = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_tokenizing_process
+                    1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_tokenizing_process,
+                    initargs=(os.getpid(),),
                 )
             try:
                 return _process_pool.submit(action, *args)
@@ -114,13 +119,23 @@ def process_priority() -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def _start_tokenizing_process() -> None:
+def _start_tokenizing_process(parent: int) -> None:
+    """Ends with the API, even when the API is SIGKILLed: the kernel's parent-death signal,
+    and a watchdog for a parent that died before the signal was asked for (while this
+    process was still importing) or whose pipe another process still holds."""
     os.setpriority(os.PRIO_PROCESS, 0, LOWEST)
-    try:  # ends with the API, even when the API is SIGKILLed
+    try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
 
 
 @functools.lru_cache(maxsize=8)

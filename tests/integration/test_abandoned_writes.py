@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from app.core.abandoned_writes import AbandonedWrites
@@ -118,8 +119,10 @@ def test_the_api_killed_mid_upload_to_s3_gives_the_space_back_once_started_again
         while s3_bytes_in_flight(s3_store) < 16 * MIB:  # two of its 8 MiB parts are in S3
             assert time.monotonic() < deadline and client.is_alive(), "the upload did not reach S3"
             time.sleep(0.1)
+        tokenizing = psutil.Process(api.pid).children(recursive=True)  # the API's tokenizing process
         api.kill()
         api.wait()
+        assert tokenizing and not psutil.wait_procs(tokenizing, timeout=15)[1]  # it went with the API
         client.join(timeout=60)
         assert sent[0] < 400 * MIB  # it died mid-upload
         left_behind = s3_bytes_in_flight(s3_store)
