@@ -119,7 +119,7 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
         prefix, plain = "", True
 
     required = endpoint.required_field
-    if required not in body:
+    if not any(name in body for name in (required, *endpoint.required_aliases)):
         raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
     try:
         parsed = endpoint.body_model.model_validate(body)
