@@ -11,17 +11,18 @@ from app.jobs.endpoints.chat import ChatBody
 from app.jobs.endpoints.completions import CompletionBody
 from app.jobs.endpoints.embeddings import EmbeddingBody
 from app.jobs.lines import Request
-from app.jobs.output_lines import Choice, Embeddings, Generation
+from app.jobs.output_lines import Choice, Embeddings, Generation, Scores
 from worker.engine import RequestRejected
 
 
 class FakeEngine:
     """Echoes prompts; dies on any batch holding a prompt that contains `poison`, and refuses
-    (as vLLM refuses a request, the engine running on) any batch holding `REFUSED`. With
-    `kind="embed"` it holds "demo-embed" and embeds each input as [its length, its first
-    byte, its last byte]. Enqueued requests (overlapped static batches) run as a scheduler
-    runs them: the first `max_num_seqs` unfinished ones each step, each for as many steps as
-    its `max_tokens`; `steps` records which static batches (by enqueue order) ran in each."""
+        (as vLLM refuses a request, the engine running on) any batch holding `REFUSED`. With
+        `kind="embed"` it holds "demo-embed" and embeds each input as [its length, its first
+        byte, its last byte], and scores a pair (score and rerank lines) as the share of the
+    characters of either text found in both. Enqueued requests (overlapped static batches) run as a scheduler
+        runs them: the first `max_num_seqs` unfinished ones each step, each for as many steps as
+        its `max_tokens`; `steps` records which static batches (by enqueue order) ran in each."""
 
     REFUSED = b"REFUSED"
 
@@ -52,7 +53,8 @@ class FakeEngine:
         return list(text.encode())
 
     def input_token_ids(self, request: Request) -> list[list[int]]:
-        assert isinstance(request.body, EmbeddingBody)
+        if not isinstance(request.body, EmbeddingBody):  # a score or rerank line: its texts' bytes
+            return request.kind.input_token_ids(_Bytes(), request.body)
         return [list(item.encode()) if isinstance(item, str) else item for item in request.body.inputs()]
 
     def check(self, sampling: Sampling) -> None:
@@ -71,6 +73,18 @@ class FakeEngine:
                 vectors=[[float(len(ids)), float(ids[0]), float(ids[-1])] for ids in request],
             )
             for request in inputs
+        ]
+
+    def score(self, pairs: list[list[tuple[str, str]]]) -> list[Scores]:
+        self.calls.append(len(pairs))
+        if any(self.REFUSED.decode() in text for request in pairs for pair in request for text in pair):
+            raise RequestRejected("a request the engine refuses")
+        return [
+            Scores(
+                prompt_tokens=sum(len(a.encode()) + len(b.encode()) for a, b in request),
+                scores=[_overlap(a, b) for a, b in request],
+            )
+            for request in pairs
         ]
 
     def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
@@ -116,6 +130,18 @@ class FakeEngine:
     def abort(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._queue.pop(request_id, None)
+
+
+class _Bytes:
+    """A tokenizer whose tokens are a text's UTF-8 bytes."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+
+def _overlap(a: str, b: str) -> float:
+    both, either = set(a) & set(b), set(a) | set(b)
+    return len(both) / len(either) if either else 0.0
 
 
 def _echo(prompt: list[int]) -> Generation:

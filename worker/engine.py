@@ -3,7 +3,8 @@
 `Engine` is the narrow surface the worker uses, so unit tests can hand it a fake;
 `VllmEngine` is the real one. Its kind is the worker's (`Settings.worker_kind`): a
 generation engine holds MODEL and runs `LLM.generate`; an embedding engine holds
-EMBEDDING_MODEL with vLLM's pooling runner and runs `LLM.embed`.
+EMBEDDING_MODEL with vLLM's pooling runner and runs `LLM.embed` (and `LLM.score`, for
+score and rerank lines).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 from app.core.settings import Settings
 from app.jobs.endpoints.base import ModelLimits, Pooling, Sampling, ServedModels, WorkerKind
 from app.jobs.lines import Request
-from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.output_lines import Embeddings, Generation, Scores
 from app.jobs.planning import ModelTokens
 from worker.adapters import load_adapters, lora_engine_kwargs, lora_requests
 from worker.engine_outputs import generation
@@ -78,6 +79,10 @@ class Engine(Protocol):
     def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
         """One static batch of embeddings requests (each a list of inputs): every input of
         every request in one `embed` call. RequestRejected when the engine refuses one."""
+
+    def score(self, pairs: list[list[tuple[str, str]]]) -> list[Scores]:
+        """One static batch of score (or rerank) requests (each a list of text pairs): every
+        pair of every request in one `score` call. RequestRejected when the engine refuses one."""
 
     def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
         """Adds a static batch's requests to the running engine without waiting for them;
@@ -246,6 +251,33 @@ class VllmEngine:
                 Embeddings(
                     prompt_tokens=sum(len(out.prompt_token_ids) for out in mine),
                     vectors=[out.outputs.embedding for out in mine],
+                )
+            )
+        return results
+
+    def score(self, pairs: list[list[tuple[str, str]]]) -> list[Scores]:
+        """All pairs flattened N -> N into one `LLM.score`, the scores split back per request;
+        a request's tokens are its pairs' (`prompt_token_ids`: both texts, and the pad token
+        vLLM puts between them)."""
+        from vllm.exceptions import VLLMClientError
+
+        first: list[Any] = [text for request in pairs for text, _ in request]
+        second: list[Any] = [text for request in pairs for _, text in request]
+        try:
+            outputs = self.llm.score(first, second, use_tqdm=False)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise RequestRejected.of(exc) from exc
+        failed = next((out.error for out in outputs if out.error is not None), None)
+        if failed is not None:
+            raise RequestRejected(str(failed))
+        results, start = [], 0
+        for request in pairs:
+            mine = outputs[start : start + len(request)]
+            start += len(request)
+            results.append(
+                Scores(
+                    prompt_tokens=sum(len(out.prompt_token_ids) for out in mine),
+                    scores=[float(out.outputs.score) for out in mine],
                 )
             )
         return results

@@ -26,7 +26,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.output_lines import EngineResult, Generation
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from worker.engine import Engine, EngineFailed, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
@@ -316,7 +316,7 @@ def run_windows(
 def window_result(run: WindowRun, kv_cache_tokens: int | None) -> Generated:
     """A window whose static batches ran overlapped: the engine's refusals moved to its
     error lines, its lines and generations in input order."""
-    parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]] = []
+    parts: list[tuple[PreparedWindow, list[EngineResult]]] = []
     telemetry: list[EngineTelemetry | None] = []
     for batch in run.batches:
         generations = [g for i, g in enumerate(batch.results) if i not in batch.refused and g is not None]

@@ -30,7 +30,7 @@ from app.data.claims import ClaimedShard, WindowResult
 from app.data.models import JobStatus
 from app.data.queue import JobQueue
 from app.jobs.endpoints import endpoint_for
-from app.jobs.endpoints.base import GenerationPlan, JobDefaults, Plan, PlanContext, UnsupportedRequest
+from app.jobs.endpoints.base import GenerationPlan, JobDefaults, Plan, PlanContext, PoolingPlan, UnsupportedRequest
 from app.jobs.lines import LineError, Request, parse_line
 from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line
 from app.jobs.planning import line_param, plan_parsed
@@ -101,9 +101,9 @@ class ShardRunner:
         """A window of lines planned for the engine. A packed generation window (more lines
         than one static batch) is only parsed and ordered here; its static batches are queued
         on `preparer` to be tokenized one by one (before any later window)."""
-        call = endpoint_for(shard.endpoint).worker_kind
+        call = endpoint_for(shard.endpoint).engine_call()
         window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, call=call)
-        if call == "embed" or len(chunk) <= batch_size:
+        if call != "generate" or len(chunk) <= batch_size:
             self._plan_lines(shard, defaults, window, [(index, raw, None) for index, raw in chunk])
             return window
         parsed: list[tuple[int, bytes, Request]] = []
@@ -160,7 +160,7 @@ class ShardRunner:
         try:
             if isinstance(plan, GenerationPlan):
                 engine.check(plan.sampling)
-            else:
+            elif isinstance(plan, PoolingPlan):
                 engine.check_pooling(plan.pooling)
         except RequestRejected as refusal:
             raise UnsupportedRequest(

@@ -1,7 +1,7 @@
-"""Strict static batches: one blocking `generate` (or `embed`) call per static batch.
+"""Strict static batches: one blocking `generate` (or `embed`, or `score`) call per static batch.
 
 Each call waits for its slowest answer before the next static batch starts: the seed's
-static batching, kept as `batching: "strict"` and as the embeddings path (vLLM's
+static batching, kept as `batching: "strict"` and as the embeddings (and scoring) path (vLLM's
 `LLM.enqueue` serves generation only). A request the engine refuses is found by splitting
 the static batch in halves until it stands alone.
 """
@@ -9,9 +9,9 @@ the static batch in halves until it stands alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from app.jobs.output_lines import Embeddings, Generation
+from app.jobs.output_lines import EngineResult, Generation
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 from worker.engine import Engine, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
@@ -41,7 +41,7 @@ class StrictBatches:
     def _generate_planned(self, window: PreparedWindow) -> Generated:
         """Runs a packed window's static batches as each is planned, then puts the window's
         runnable lines and their generations back in input order."""
-        parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]] = []
+        parts: list[tuple[PreparedWindow, list[EngineResult]]] = []
         telemetry: list[EngineTelemetry | None] = []
         for planned in window.planned:
             part = planned.result()
@@ -53,10 +53,10 @@ class StrictBatches:
 
     def _run_groups(
         self, window: PreparedWindow, groups: list[list[int]]
-    ) -> tuple[list[Generation | Embeddings], list[EngineTelemetry | None]]:
+    ) -> tuple[list[EngineResult], list[EngineTelemetry | None]]:
         """Runs each group of the window's positions as a static batch: the generations in the
         window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
-        in_order: list[Generation | Embeddings | None] = [None] * len(window.runnable)
+        in_order: list[EngineResult | None] = [None] * len(window.runnable)
         refused: dict[int, RequestRejected] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
@@ -64,7 +64,7 @@ class StrictBatches:
                 if isinstance(outcome, RequestRejected):
                     refused[positions[0]] = outcome
                     continue
-                results: list[Generation | Embeddings] = list(outcome)
+                results: list[EngineResult] = list(outcome)
                 for position, result in zip(positions, results, strict=True):
                     in_order[position] = result
                 generations = [g for g in results if isinstance(g, Generation)]
@@ -72,15 +72,17 @@ class StrictBatches:
         set_refused_aside(window, refused)
         return [g for g in in_order if g is not None], telemetry
 
-    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> list[Generation] | list[Embeddings]:
-        """One `generate` (or `embed`) call for the window's requests at `positions`."""
+    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> Sequence[EngineResult]:
+        """One `generate` (or `embed`, or `score`) call for the window's requests at `positions`."""
+        if window.call == "score":
+            return self.engine.score([window.pairs[i] for i in positions])
         if window.call == "embed":
             return self.engine.embed([window.inputs[i] for i in positions], [window.pooling[i] for i in positions])
         return self.engine.generate([window.prompts[i] for i in positions], [window.sampling[i] for i in positions])
 
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], list[Generation] | list[Embeddings] | RequestRejected]]:
+    ) -> Iterator[tuple[list[int], Sequence[EngineResult] | RequestRejected]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the
         refused request stands alone: it gets the engine's reason, the rest run."""

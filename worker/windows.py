@@ -9,9 +9,9 @@ from __future__ import annotations
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from app.jobs.endpoints.base import GenerationPlan, Plan, Pooling, Sampling, WorkerKind
+from app.jobs.endpoints.base import EngineCall, GenerationPlan, Plan, Pooling, PoolingPlan, Sampling
 from app.jobs.lines import Request
-from app.jobs.output_lines import Embeddings, Generation, request_error_line
+from app.jobs.output_lines import EngineResult, request_error_line
 from app.jobs.planning import line_param
 from app.jobs.telemetry import EngineTelemetry
 from worker.engine import RequestRejected
@@ -24,14 +24,16 @@ class PreparedWindow:
     seq: int
     first_line: int
     next_line: int
-    # The engine call its lines take (its endpoint's worker kind): generate (`prompts` and
-    # `sampling`), or embed (`inputs` and `pooling`).
-    call: WorkerKind = "generate"
+    # The engine call its lines take (its endpoint's `engine_call`): generate (`prompts` and
+    # `sampling`), embed (`inputs` and `pooling`), or score (`pairs` and `pair_tokens`).
+    call: EngineCall = "generate"
     runnable: list[Request] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
     sampling: list[Sampling] = field(default_factory=list)
     inputs: list[list[list[int]]] = field(default_factory=list)  # each line's inputs
     pooling: list[Pooling] = field(default_factory=list)
+    pairs: list[list[tuple[str, str]]] = field(default_factory=list)  # each line's text pairs
+    pair_tokens: list[int] = field(default_factory=list)  # each line's tokens over its pairs
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
     # A packed generation window: its static batches in the order they run, each planned
@@ -44,20 +46,27 @@ class PreparedWindow:
         if isinstance(plan, GenerationPlan):
             self.prompts.append(plan.prompt)
             self.sampling.append(plan.sampling)
-        else:
+        elif isinstance(plan, PoolingPlan):
             self.inputs.append(plan.inputs)
             self.pooling.append(plan.pooling)
+        else:
+            self.pairs.append(plan.pairs)
+            self.pair_tokens.append(plan.prompt_tokens)
 
     def length(self, position: int) -> tuple[int, int]:
         """What the engine's work on a runnable line grows with, to sort a packed window by."""
         if self.call == "embed":
             return 0, sum(len(ids) for ids in self.inputs[position])
+        if self.call == "score":
+            return 0, self.pair_tokens[position]
         return self.sampling[position].max_tokens, len(self.prompts[position])
 
     def drop(self, position: int) -> Request:
         """Takes a runnable line out of the window."""
         if self.call == "embed":
             del self.inputs[position], self.pooling[position]
+        elif self.call == "score":
+            del self.pairs[position], self.pair_tokens[position]
         else:
             del self.prompts[position], self.sampling[position]
         return self.runnable.pop(position)
@@ -65,23 +74,22 @@ class PreparedWindow:
     def clear(self) -> None:
         """Takes every runnable line out (they were answered otherwise)."""
         self.runnable, self.prompts, self.sampling, self.inputs, self.pooling = [], [], [], [], []
+        self.pairs, self.pair_tokens = [], []
 
 
 @dataclass(frozen=True)
 class Generated:
     """What the engine made of one window, in input order."""
 
-    generations: list[Generation | Embeddings]
+    generations: list[EngineResult]
     telemetry: EngineTelemetry | None
     static_batches: int  # generate (or embed) calls
 
 
-def merge_parts(
-    window: PreparedWindow, parts: list[tuple[PreparedWindow, list[Generation | Embeddings]]]
-) -> list[Generation | Embeddings]:
+def merge_parts(window: PreparedWindow, parts: list[tuple[PreparedWindow, list[EngineResult]]]) -> list[EngineResult]:
     """Puts the static batches' lines (and their error lines) back into their window, in
     input order; the generations in that order."""
-    rows: list[tuple[Request, list[int], Sampling, Generation | Embeddings]] = []
+    rows: list[tuple[Request, list[int], Sampling, EngineResult]] = []
     for part, generations in parts:
         rows += zip(part.runnable, part.prompts, part.sampling, generations, strict=True)
         if part is not window:

@@ -4,8 +4,9 @@ Two forms are accepted on every line:
 
 - OpenAI batch lines: `{"custom_id", "method": "POST", "url", "body"}`, the body checked
   by the model of the kind that serves `url` (`app.jobs.endpoints`);
-- plain lines: `{"custom_id", "prompt"}`, `{"custom_id", "messages"}` or
-  `{"custom_id", "input"}`, optionally with the same fields as a body; the job's
+- plain lines: `{"custom_id", "prompt"}`, `{"custom_id", "messages"}`,
+  `{"custom_id", "input"}`, `{"custom_id", "query", "documents"}` (rerank) or
+  `{"custom_id", "text_1", "text_2"}` (score), optionally with the same fields as a body; the job's
   endpoint and defaults apply (each kind's `plain_fields` say which plain lines it takes,
   and `plain_body` how one becomes its body). At upload (no endpoint yet) a plain line is
   the kind whose own field it gives; a plain `input` fits embeddings and responses alike,
@@ -119,7 +120,7 @@ def parse_line(raw: bytes, index: int, job_endpoint: str | None) -> Request:
         prefix, plain = "", True
 
     required = endpoint.required_field
-    if required not in body:
+    if not any(name in body for name in (required, *endpoint.required_aliases)):
         raise LineError(line, f"missing {prefix}{required}", f"{prefix}{required}")
     try:
         parsed = endpoint.body_model.model_validate(body)

@@ -1,5 +1,5 @@
 """The output and error lines, in OpenAI's batch output shape, and what the engine made of a
-line (`Generation`, `Embeddings`). The body of an answer is its endpoint's
+line (`Generation`, `Embeddings`, `Scores`). The body of an answer is its endpoint's
 (`Endpoint.output_line` in `app.jobs.endpoints`); this module holds what every answer shares."""
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ class Embeddings:
     prompt_tokens: int  # over all its inputs
     vectors: list[list[float]]
     completion_tokens: int = 0  # nothing is generated
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the engine made of one score or rerank request: one score per pair, in order."""
+
+    prompt_tokens: int  # over all its pairs
+    scores: list[float]
+    completion_tokens: int = 0  # nothing is generated
+
+
+EngineResult = Generation | Embeddings | Scores  # what the engine made of one line
 
 
 class PromptTokensDetails(BaseModel):

@@ -17,7 +17,9 @@ from app.jobs.endpoints import (
     EMBEDDINGS,
     ENDPOINTS,
     PLAIN_FIELDS,
+    RERANK,
     RESPONSES,
+    SCORE,
     endpoint_for,
     plain_runs_on,
     worker_kinds,
@@ -28,7 +30,7 @@ from app.jobs.upload_check import FileCheck
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "app" / "jobs" / "endpoints"
 CHECKED = ("app", "worker")
-ENDPOINT_NAMES = {"COMPLETIONS", "CHAT_COMPLETIONS", "EMBEDDINGS", "RESPONSES", "ENDPOINTS"}
+ENDPOINT_NAMES = {"COMPLETIONS", "CHAT_COMPLETIONS", "EMBEDDINGS", "RESPONSES", "SCORE", "RERANK", "ENDPOINTS"}
 BODY_CLASSES = {endpoint.body_model.__name__ for endpoint in ENDPOINTS.values()}
 
 
@@ -91,6 +93,16 @@ MESSAGES = [{"role": "user", "content": "hi"}]
             {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]},
         ),
         ({"input": [1, 2]}, EMBEDDINGS, EMBEDDINGS, {"input": [1, 2]}),
+        # Scoring: the query of a rerank, the text_1 of a score, at upload or in their batch.
+        ({"query": "q", "documents": ["a", "b"]}, None, RERANK, {"query": "q", "documents": ["a", "b"]}),
+        (
+            {"query": "q", "documents": ["a"], "top_n": 1},
+            RERANK,
+            RERANK,
+            {"query": "q", "documents": ["a"], "top_n": 1},
+        ),
+        ({"text_1": "q", "text_2": ["a", "b"]}, None, SCORE, {"text_1": "q", "text_2": ["a", "b"]}),
+        ({"text_1": ["q"], "text_2": ["a"]}, SCORE, SCORE, {"text_1": ["q"], "text_2": ["a"]}),
     ],
 )
 def test_a_plain_line_maps_as_documented(
@@ -108,6 +120,9 @@ def test_a_plain_line_maps_as_documented(
         ({"prompt": "hi"}, EMBEDDINGS, "prompt"),
         ({"input": "hi"}, CHAT_COMPLETIONS, "input"),
         ({"messages": MESSAGES, "prompt": "hi"}, RESPONSES, "messages"),  # messages tell the most
+        ({"query": "q", "documents": ["a"]}, SCORE, "query"),
+        ({"text_1": "q", "text_2": "a"}, RERANK, "text_1"),
+        ({"input": "hi"}, RERANK, "input"),
     ],
 )
 def test_a_plain_line_the_batch_cannot_take_is_refused_naming_its_field(
@@ -123,9 +138,21 @@ def test_the_registry_says_where_plain_lines_run_and_which_worker_serves_each_ki
     assert plain_runs_on("prompt") == {COMPLETIONS, CHAT_COMPLETIONS, RESPONSES}
     assert plain_runs_on("messages") == {CHAT_COMPLETIONS}
     assert plain_runs_on("input") == {EMBEDDINGS, RESPONSES}
+    assert plain_runs_on("query") == {RERANK} and plain_runs_on("text_1") == {SCORE}
     assert set(PLAIN_FIELDS) == {kind.required_field for kind in ENDPOINTS.values()}
-    assert worker_kinds() == {"generate": [COMPLETIONS, CHAT_COMPLETIONS, RESPONSES], "embed": [EMBEDDINGS]}
-    assert [kind.generates for kind in ENDPOINTS.values()] == [True, True, False, True]
+    assert worker_kinds() == {
+        "generate": [COMPLETIONS, CHAT_COMPLETIONS, RESPONSES],
+        "embed": [EMBEDDINGS, SCORE, RERANK],
+    }
+    assert [kind.generates for kind in ENDPOINTS.values()] == [True, True, False, True, False, False]
+    assert [kind.engine_call() for kind in ENDPOINTS.values()] == [
+        "generate",
+        "generate",
+        "embed",
+        "generate",
+        "score",
+        "score",
+    ]
 
 
 # Nobody else compares endpoints

@@ -1,7 +1,7 @@
 """The endpoint registry: every endpoint kind the service runs, one module each.
 
 Each kind (`Endpoint`, in `base`) says its body model, how a plain line maps to it, how a line
-is planned (into a typed `GenerationPlan` or `PoolingPlan`), which worker kind and engine call
+is planned (into a typed `GenerationPlan`, `PoolingPlan` or `ScoringPlan`), which worker kind and engine call
 serve it, how its output line is built and how its tokens count in an estimate. Every other
 module asks the registry (`endpoint_for`, `ENDPOINTS`) and compares no endpoint URL;
 `tests/unit/test_endpoints.py` says so. Adding a kind: a module here and an entry in
@@ -16,20 +16,32 @@ from app.jobs.endpoints.base import Endpoint
 from app.jobs.endpoints.chat import ChatCompletions
 from app.jobs.endpoints.completions import Completions
 from app.jobs.endpoints.embeddings import EmbeddingsEndpoint
+from app.jobs.endpoints.rerank import RerankEndpoint
 from app.jobs.endpoints.responses import Responses
+from app.jobs.endpoints.score import ScoreEndpoint
 
 # URL -> its kind, in the order errors list them.
 ENDPOINTS: dict[str, Endpoint[Any]] = {
-    endpoint.url: endpoint for endpoint in (Completions(), ChatCompletions(), EmbeddingsEndpoint(), Responses())
+    endpoint.url: endpoint
+    for endpoint in (
+        Completions(),
+        ChatCompletions(),
+        EmbeddingsEndpoint(),
+        Responses(),
+        ScoreEndpoint(),
+        RerankEndpoint(),
+    )
 }
 COMPLETIONS = Completions.url
 CHAT_COMPLETIONS = ChatCompletions.url
 EMBEDDINGS = EmbeddingsEndpoint.url
 RESPONSES = Responses.url
+SCORE = ScoreEndpoint.url
+RERANK = RerankEndpoint.url
 
 # The fields that make a line plain (no url and body), the most telling first: a line with
 # messages is a chat line whatever else it holds. Each is some kind's `required_field`.
-PLAIN_FIELDS = ("messages", "prompt", "input")
+PLAIN_FIELDS = ("messages", "prompt", "input", "query", "text_1")
 
 
 class UnknownEndpoint(KeyError):

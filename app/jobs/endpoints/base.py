@@ -1,8 +1,9 @@
 """What every endpoint kind implements (`Endpoint`), and the typed values planning hands the
 engine: `Sampling` (a generation line's `SamplingParams`, with its LoRA adapter beside them)
 and `Pooling` (an embeddings line's `PoolingParams`), inside a `GenerationPlan` or a
-`PoolingPlan`. Also the limits and defaults a line is planned against, and the refusal
-(`UnsupportedRequest`) that makes a line one error line.
+`PoolingPlan`; a score or rerank line's text pairs in a `ScoringPlan`. Also the limits and
+defaults a line is planned against, and the refusal (`UnsupportedRequest`) that makes a line
+one error line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from app.jobs.lines import Request
 
 WorkerKind = Literal["generate", "embed"]  # which engine serves a kind: MODEL's, or EMBEDDING_MODEL's
+# The engine method a kind's lines run on: `generate` (or `enqueue`), `embed`, or `score`
+# (an embedding worker's `LLM.score`).
+EngineCall = Literal["generate", "embed", "score"]
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
 # Fields that change nothing in an offline batch, accepted with these values (None: any value).
 TOLERATED: dict[str, tuple[Any, ...] | None] = {
@@ -167,7 +171,17 @@ class PoolingPlan:
     pooling: Pooling = field(default_factory=Pooling)
 
 
-Plan = GenerationPlan | PoolingPlan
+@dataclass(frozen=True)
+class ScoringPlan:
+    """A line the engine scores: its (text_1, text_2) pairs, 1 -> N expanded to N -> N, and
+    the tokens the model reads for them (both texts of every pair)."""
+
+    request: Request
+    pairs: list[tuple[str, str]]
+    prompt_tokens: int
+
+
+Plan = GenerationPlan | PoolingPlan | ScoringPlan
 
 
 class Tokenizer(Protocol):
@@ -225,6 +239,7 @@ class Endpoint(ABC, Generic[B]):
     # The field a body must have, and the fields a plain line (no url and body) of this kind
     # may give in its stead, its own first (a plain prompt is a chat's one user message).
     required_field: ClassVar[str]
+    required_aliases: ClassVar[tuple[str, ...]] = ()  # other names the body may give it by
     plain_fields: ClassVar[tuple[str, ...]]
     worker_kind: ClassVar[WorkerKind]  # which worker's engine serves it (`Settings.worker_kind`)
     generates: ClassVar[bool]  # its lines ask for output tokens (`max_tokens`); False: input is only read
@@ -244,6 +259,10 @@ class Endpoint(ABC, Generic[B]):
         """At upload, for a plain line that no kind sharing its field parses: whether it
         looks meant for this kind (the kind whose error names the line's mistake)."""
         return False
+
+    def engine_call(self) -> EngineCall:
+        """The engine method its lines run on (`worker.windows.PreparedWindow.call`)."""
+        return self.worker_kind
 
     def served_model(self, settings: Settings) -> str:
         """The model name a job of this kind runs on: what its worker kind holds."""
@@ -275,6 +294,8 @@ class Endpoint(ABC, Generic[B]):
         """(prompt tokens, requested output tokens) of a planned line, for the estimate."""
         if isinstance(plan, PoolingPlan):
             return sum(len(ids) for ids in plan.inputs), 0
+        if isinstance(plan, ScoringPlan):
+            return plan.prompt_tokens, 0
         return len(plan.prompt), plan.sampling.max_tokens * plan.sampling.n
 
     def line_param(self, body: B, engine_field: str | None) -> str | None:
@@ -301,4 +322,4 @@ class Endpoint(ABC, Generic[B]):
     @abstractmethod
     def output_line(self, custom_id: str, body: B, result: Any, model: str) -> bytes:
         """The output line of a line that ran; `result` is the engine's `Generation` (or
-        `Embeddings`), `model` the served model's name."""
+        `Embeddings`, or `Scores`), `model` the served model's name."""
