@@ -119,3 +119,57 @@ def test_embeddings_through_the_openai_sdk_equal_llm_embed(
         assert len(vectors) == len(wanted)
         for got, want in zip(vectors, wanted, strict=True):
             assert got.shape == (128,) and np.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+SCORE_ROWS: list[dict[str, Any]] = [
+    {"custom_id": "s0", "method": "POST", "url": "/v1/score",
+     "body": {"text_1": "What is the capital of France?", "text_2": ["Paris is in France.", "A river."]}},
+    {"custom_id": "s1", "method": "POST", "url": "/v1/score", "body": {"text_1": "a cat", "text_2": "a kitten"}},
+]  # fmt: skip
+RERANK_ROWS: list[dict[str, Any]] = [
+    {"custom_id": "r0", "method": "POST", "url": "/v1/rerank",
+     "body": {"query": "capital of France", "documents": ["The Nile.", "Paris, France.", "Europe."], "top_n": 2}},
+]  # fmt: skip
+
+
+def run_through_sdk(client: OpenAI, tmp_path: Path, endpoint: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    path = tmp_path / f"{endpoint.strip('/').replace('/', '-')}.jsonl"
+    path.write_bytes(jsonl(rows))
+    file = client.files.create(file=path.open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+    done = wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert done.request_counts.completed == len(rows), done
+    return [json.loads(line) for line in client.files.content(done.output_file_id or "").text.splitlines()]
+
+
+def test_score_and_rerank_through_the_openai_sdk_equal_llm_score_and_models_lists_the_worker(
+    service: Service, embedding_engine: VllmEngine, tmp_path: Path
+) -> None:
+    service.start_api()
+    service.start_worker("embed-worker", WORKER_KIND="embed")
+    service.wait_for("/readyz")
+    client = OpenAI(base_url=f"{service.url}/v1", api_key=service.api_key("sdk-user"), max_retries=0)
+
+    [model] = client.models.list().data
+    assert model.id == "demo-embed" and (model.model_extra or {})["kind"] == "embed"
+    assert {"/v1/embeddings", "/v1/score", "/v1/rerank"} <= set((model.model_extra or {})["endpoints"])
+
+    scored = run_through_sdk(client, tmp_path, "/v1/score", SCORE_ROWS)
+    reranked = run_through_sdk(client, tmp_path, "/v1/rerank", RERANK_ROWS)
+    service.stop()  # the cores go to the reference engine
+
+    llm = embedding_engine.llm
+    for line, row in zip(scored, SCORE_ROWS, strict=True):
+        body = line["response"]["body"]
+        want = [out.outputs.score for out in llm.score(row["body"]["text_1"], row["body"]["text_2"], use_tqdm=False)]
+        assert body["object"] == "list" and [d["index"] for d in body["data"]] == list(range(len(want)))
+        assert np.allclose([d["score"] for d in body["data"]], want, rtol=1e-4, atol=1e-6)
+    [line] = reranked
+    documents = RERANK_ROWS[0]["body"]["documents"]
+    want = [out.outputs.score for out in llm.score(RERANK_ROWS[0]["body"]["query"], documents, use_tqdm=False)]
+    best = sorted(range(len(want)), key=lambda i: -want[i])[:2]
+    results = line["response"]["body"]["results"]
+    assert [r["index"] for r in results] == best
+    assert np.allclose([r["relevance_score"] for r in results], [want[i] for i in best], rtol=1e-4, atol=1e-6)
+    assert [r["document"]["text"] for r in results] == [documents[i] for i in best]
