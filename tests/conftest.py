@@ -40,6 +40,11 @@ DEMO_EMBEDDING_MODEL = ROOT / DEFAULT_EMBEDDING_OUTPUT
 DEMO_LORA = ROOT / DEFAULT_LORA_OUTPUT
 LORA_RANK = 8  # the shared LoRA engine's max_lora_rank
 
+# moto's credentials, set before anything starts: the API's tokenizing process (spawned by
+# the first test that creates a batch) reads S3 with the environment it was started with.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
 
 def url_for(database: str) -> str:
     base, _, _ = ADMIN_URL.rpartition("/")
@@ -118,8 +123,6 @@ class MotoServer:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     server = MotoServer()
     server.start()
     yield server
