@@ -4,7 +4,8 @@ best a vLLM user can do without it: one `LLM.generate` call with every line of t
     python -m bench.ceiling [--runs 3] [--workloads chat long_tail]
 
 Two workloads, each in `make run`'s shape (the API and a worker as processes on Postgres,
-the file uploaded, the batch created with no options and polled over HTTP once a second):
+the file uploaded, the batch created with no options and polled over HTTP as the CLI's
+`--wait` polls: once a second, each poll a long poll answered as soon as the status changes):
 
 - chat: 2,048 chat lines, `max_tokens` log-uniform from 4 to 128 (seed 7), on the demo Llama;
 - long_tail: 1,024 chat lines that all ask for `max_tokens` 1,024, on the long-tail demo
@@ -102,7 +103,7 @@ def raw_side(name: str) -> dict[str, Any]:
 def service_side(server: str, name: str, run_number: int, options: dict[str, Any]) -> dict[str, Any]:
     model, rows = workload(name)
     with fresh_database(server, f"bench_ceiling_{name}_{run_number}") as url:
-        done = run_job(url, str(model.resolve()), rows, rows[:WARM_UP_LINES], CHAT_URL, options)
+        done = run_job(url, str(model.resolve()), rows, rows[:WARM_UP_LINES], CHAT_URL, options, long_poll=True)
     return figures(done) | {"batch_size": done["batch_size"], "batch_size_basis": done["batch_size_basis"]}
 
 
@@ -177,7 +178,7 @@ def measure(server: str, runs_wanted: int, names: list[str]) -> dict[str, Any]:
             print(f"{name} round {run_number}: " + ", ".join(
                 f"{side} {figures['tokens_per_second']:.0f} tok/s ({figures['end_to_end_tokens_per_second']:.0f} e2e)"
                 for side, figures in sides.items()), flush=True)  # fmt: skip
-    result: dict[str, Any] = {"workloads": {}}
+    result: dict[str, Any] = {"workloads": {}, "client_polls": "long"}
     for name, per_round in rounds.items():
 
         def ratio(side: str, key: str, base: str = "raw", rows: list[dict[str, Any]] = per_round) -> float:

@@ -78,10 +78,12 @@ def run_job(
     warm_up: list[dict[str, Any]],
     endpoint: str,
     options: dict[str, Any],
+    long_poll: bool = False,
 ) -> dict[str, Any]:
     """`make run`'s shape: the API and a worker as processes on `database_url`; a warm-up job,
-    then `rows` uploaded, created with `options` and polled once a second over HTTP. The
-    finished batch object, with `client_seconds` from the upload to seeing it completed."""
+    then `rows` uploaded, created with `options` and polled once a second over HTTP (with
+    `long_poll`, as the CLI's `--wait` polls: `?wait=1`, answered when the status changes).
+    The finished batch object, with `client_seconds` from the upload to seeing it completed."""
     from app.core.database import Database
     from app.data.keys import create_key
     from app.data.records import Records
@@ -111,9 +113,9 @@ def run_job(
             url = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
                 _wait_ready(http, worker)
-                _wait_done(http, _submit(http, warm_up, endpoint, options))
+                _wait_done(http, _submit(http, warm_up, endpoint, options), long_poll)
                 started = time.perf_counter()
-                done = _wait_done(http, _submit(http, rows, endpoint, options))
+                done = _wait_done(http, _submit(http, rows, endpoint, options), long_poll)
                 done["client_seconds"] = time.perf_counter() - started
         finally:
             for process in (worker, api):
@@ -149,13 +151,15 @@ def _submit(http: httpx.Client, rows: list[dict[str, Any]], endpoint: str, optio
     return str(batch.json()["id"])
 
 
-def _wait_done(http: httpx.Client, batch_id: str) -> dict[str, Any]:
+def _wait_done(http: httpx.Client, batch_id: str, long_poll: bool = False) -> dict[str, Any]:
+    params = {"wait": POLL_SECONDS} if long_poll else {}
     while True:
-        batch: dict[str, Any] = http.get(f"/v1/batches/{batch_id}").json()
+        batch: dict[str, Any] = http.get(f"/v1/batches/{batch_id}", params=params).json()
         if batch["status"] in ("completed", "failed", "cancelled", "expired"):
             assert batch["status"] == "completed", batch
             return batch
-        time.sleep(POLL_SECONDS)
+        if not long_poll:
+            time.sleep(POLL_SECONDS)
 
 
 DEPLOYED_LINES, DEPLOYED_MAX_TOKENS, DEPLOYED_BATCH_SIZE = 4096, 32, 256

@@ -17,6 +17,7 @@ from app.api.heavy_work import HeavyWork
 from app.api.limits import RequestGate
 from app.api.request_ids import RequestIds
 from app.api.routes import api_router
+from app.api.status_changes import StatusChanges
 from app.core.database import Database
 from app.core.embedded_postgres import database_url
 from app.core.settings import Settings, get_settings
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.records = Records(db)
         app.state.queue = JobQueue(db)
         app.state.uploads = Uploads(db)
-        app.state.batch_views = BatchViews(app.state.records, settings.gpu_hour_price)
+        status_changes = StatusChanges(url)
+        app.state.batch_views = BatchViews(app.state.records, settings.gpu_hour_price, status_changes)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         webhook_sender.stop()
         sweeper.stop()
+        status_changes.stop()
         app.state.heavy_work.shutdown()
         db.dispose()
 

@@ -36,6 +36,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+STATUS_CHANNEL = "llm_batch_status"  # NOTIFY'd with a job's id when its status changes (migration 0015)
 ENDED_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))  # for partial indexes and raw SQL
 
 

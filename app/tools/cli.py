@@ -99,8 +99,12 @@ def watch(client: Client, batch_id: str) -> dict[str, Any]:
             bar.set_postfix(status=batch.get("queue_status", batch["status"]), tokens_per_s=f"{tps or 0:.0f}")
             if batch["status"] in TERMINAL:
                 return batch
-            time.sleep(POLL_SECONDS)
-            batch = client.call("GET", f"/v1/batches/{batch_id}")
+            # A long poll: answered when the status changes, else after a poll interval, so
+            # the end is seen at once and the bar still moves every interval.
+            asked, status = time.monotonic(), batch["status"]
+            batch = client.call("GET", f"/v1/batches/{batch_id}", params={"wait": POLL_SECONDS})
+            if batch["status"] == status:  # a server without long polls answers at once
+                time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - asked)))
 
 
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:

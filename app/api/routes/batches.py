@@ -18,6 +18,7 @@ from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import job_stats, window_series
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+MAX_WAIT_SECONDS = 60.0  # a long poll's longest hold: under common proxies' idle timeouts
 HeavyWorkDep = Annotated[HeavyWork, Depends(get_heavy_work)]
 
 
@@ -44,10 +45,24 @@ async def create(
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
-async def get(batch_id: str, caller: CallerDep, views: BatchViewsDep) -> Response:
+async def get(
+    batch_id: str,
+    caller: CallerDep,
+    views: BatchViewsDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Long poll: hold the answer up to this many seconds until the batch's status changes "
+            "(answered at once when it has ended). A client waiting for the end learns of it at once "
+            "instead of up to a poll interval late. An extension: OpenAI's API has no such parameter.",
+        ),
+    ] = 0.0,
+) -> Response:
     """A batch's status, counts and throughput."""
     # The hot path of every poller: on the event loop, one shared read, bytes serialized once.
-    return Response(await views.body(batch_id, caller.scope), media_type="application/json")
+    return Response(await views.body(batch_id, caller.scope, wait), media_type="application/json")
 
 
 @router.get("", response_model=BatchList)
