@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,47 @@ def _pollers_main(url: str, api_key: str, batch_id: str, clients: int, seconds: 
     print(json.dumps(asyncio.run(_poll(Service(url, api_key), batch_id, clients, seconds, POLL_INTERVAL))))
 
 
+class StolenTime:
+    """The hypervisor's stolen CPU time (/proc/stat `steal`, both cores) sampled while the
+    pollers run: a stall every client sees at once, with the API idle, is the VM's."""
+
+    PERIOD = 0.25
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (perf_counter, steal ms in the period before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _steal_ms() -> float:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+    def _run(self) -> None:
+        last = self._steal_ms()
+        while not self._stop.wait(self.PERIOD):
+            now = self._steal_ms()
+            self.samples.append((time.perf_counter(), now - last))
+            last = now
+
+    def __enter__(self) -> StolenTime:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self, began: float) -> dict[str, Any]:
+        worst = sorted(self.samples, key=lambda s: -s[1])[:5]
+        return {
+            "steal_seconds": round(sum(ms for _, ms in self.samples) / 1000, 2),
+            # The periods with the most stolen time: [seconds into the polling, ms stolen in PERIOD s].
+            "steal_worst": [[round(t - began, 2), round(ms)] for t, ms in worst if ms > 0],
+        }
+
+
 def one_job(service: Service, rows: list[dict[str, Any]], clients: int, poll_seconds: float) -> dict[str, Any]:
     """The job run once, with `clients` pollers (none: 0) and the second creation."""
     with httpx.Client(
@@ -146,17 +188,18 @@ def one_job(service: Service, rows: list[dict[str, Any]], clients: int, poll_sec
         batch_id, _, _ = _upload_and_create(http, rows)
         polls: dict[str, Any] = {}
         poller = None
-        if clients:  # in a process of its own: this one's uploads would hold the pollers' GIL
-            poller = _start_pollers(service, batch_id, clients, poll_seconds)
-        time.sleep(SECOND_FILE_AFTER_SECONDS)
-        second_sent = time.perf_counter()
-        second, upload_seconds, create_seconds = _upload_and_create(http, rows)
-        done = _wait(http, batch_id)
-        seen_done = time.perf_counter()
-        http.post(f"/v1/batches/{second}/cancel").raise_for_status()
-        if poller is not None:
-            out, _ = poller.communicate(timeout=poll_seconds + 120)
-            polls = json.loads(out.strip().splitlines()[-1])
+        with StolenTime() as stolen:
+            if clients:  # in a process of its own: this one's uploads would hold the pollers' GIL
+                poller = _start_pollers(service, batch_id, clients, poll_seconds)
+            time.sleep(SECOND_FILE_AFTER_SECONDS)
+            second_sent = time.perf_counter()
+            second, upload_seconds, create_seconds = _upload_and_create(http, rows)
+            done = _wait(http, batch_id)
+            seen_done = time.perf_counter()
+            http.post(f"/v1/batches/{second}/cancel").raise_for_status()
+            if poller is not None:
+                out, _ = poller.communicate(timeout=poll_seconds + 120)
+                polls = json.loads(out.strip().splitlines()[-1])
     generation = done["throughput"]["generation_tokens_per_second"]
     job_seconds = done["throughput"]["generate_seconds"]
     if clients and job_seconds < poll_seconds:
@@ -165,6 +208,7 @@ def one_job(service: Service, rows: list[dict[str, Any]], clients: int, poll_sec
         began = polls.pop("started_at")
         polls["second_file_sent_at"] = round(second_sent - began, 2)
         polls["job_seen_completed_at"] = round(seen_done - began, 2)
+        polls |= stolen.figures(began)
     return {
         "tokens_per_second": generation,
         "generate_seconds": job_seconds,

@@ -55,9 +55,11 @@ class _Connection:
     def __init__(self, host: str, port: int, request: bytes) -> None:
         self.host, self.port, self.request = host, port, request
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.server_ms: float | None = None  # the last answer's Server-Timing (the API's own time)
 
     async def get(self) -> int:
         """The status of one GET; a broken connection is closed, and the next GET reconnects."""
+        self.server_ms = None
         try:
             if self.streams is None:
                 self.streams = await asyncio.open_connection(self.host, self.port)
@@ -65,6 +67,7 @@ class _Connection:
             writer.write(self.request)
             head = await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(_content_length(head))
+            self.server_ms = _server_ms(head)
             return int(head[9:12])
         except BaseException:
             self.close()
@@ -76,6 +79,13 @@ class _Connection:
             self.streams = None
 
 
+def _server_ms(head: bytes) -> float | None:
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"server-timing:") and b"dur=" in line:
+            return float(line.split(b"dur=", 1)[1].split(b";")[0].split(b",")[0])
+    return None
+
+
 def _content_length(head: bytes) -> int:
     for line in head.lower().split(b"\r\n"):
         if line.startswith(b"content-length:"):
@@ -85,7 +95,8 @@ def _content_length(head: bytes) -> int:
 
 async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, interval: float) -> dict[str, float]:
     latencies: list[float] = []
-    timed: list[tuple[float, float]] = []  # (seconds into the run it was sent, its latency)
+    timed: list[tuple[float, float, float | None]] = []  # (seconds into the run it was sent, its latency, server ms)
+    server: list[float] = []  # the API's own milliseconds (Server-Timing)
     errors = 0
     deadline = time.perf_counter() + seconds
     url = urlsplit(api.url)
@@ -108,7 +119,9 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
                     errors += 1
                 took = time.perf_counter() - began
                 latencies.append(took)
-                timed.append((began - started, took))
+                timed.append((began - started, took, connection.server_ms))
+                if connection.server_ms is not None:
+                    server.append(connection.server_ms)
                 await asyncio.sleep(max(0.0, interval - took))
         finally:
             connection.close()
@@ -125,8 +138,13 @@ async def _poll(api: RunningApi, batch_id: str, clients: int, seconds: float, in
         "latency_p50_ms": percentile(latencies, 0.50) * 1000,
         "latency_p99_ms": percentile(latencies, 0.99) * 1000,
         "latency_max_ms": max(latencies, default=0.0) * 1000,
-        # The slowest polls: [seconds into the polling, milliseconds].
-        "slowest": [[round(at, 2), round(took * 1000, 1)] for at, took in sorted(timed, key=lambda t: -t[1])[:10]],
+        # In the API (Server-Timing): what of the client's wait the server's own time was.
+        "server_p99_ms": percentile(server, 0.99) if server else None,
+        "server_max_ms": max(server, default=0.0) if server else None,
+        # The slowest polls: [seconds into the polling, milliseconds, the API's own milliseconds].
+        "slowest": [
+            [round(at, 2), round(took * 1000, 1), ms] for at, took, ms in sorted(timed, key=lambda t: -t[1])[:10]
+        ],
         "started_at": started,  # time.perf_counter() when the polling began
         "errors": errors,
     }

@@ -1,9 +1,12 @@
 """An id for every request, in the `X-Request-Id` response header and in the log line of
-any 500, so a caller's report and the server's log meet."""
+any 500, so a caller's report and the server's log meet; and the time the app took, in a
+`Server-Timing` header (`app;dur=<ms>`), so a client can tell a slow server from a slow path
+to it."""
 
 from __future__ import annotations
 
 import random
+import time
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -11,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_BITS = 96
+SERVER_TIMING_HEADER = "Server-Timing"
 
 
 def new_request_id() -> str:
@@ -26,7 +30,8 @@ def request_id_of(request: Request) -> str:
 
 
 class RequestIds:
-    """Pure ASGI middleware: names each request and returns the name as a header."""
+    """Pure ASGI middleware: names each request and returns the name as a header, with the
+    milliseconds from the request reaching the app to its answer starting."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,6 +40,7 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
@@ -43,6 +49,8 @@ class RequestIds:
                 headers = MutableHeaders(scope=message)
                 if REQUEST_ID_HEADER not in headers:
                     headers.append(REQUEST_ID_HEADER, request_id)
+                took = (time.perf_counter() - began) * 1000
+                headers.append(SERVER_TIMING_HEADER, f"app;dur={took:.1f}")
             await send(message)
 
         await self.app(scope, receive, send_with_id)

@@ -177,6 +177,13 @@ def test_every_answer_carries_a_request_id(client: TestClient, app: FastAPI) -> 
     assert len(ids) == 4
 
 
+def test_every_answer_says_how_long_the_app_took(client: TestClient, app: FastAPI) -> None:
+    """`Server-Timing: app;dur=<ms>`: a client tells a slow server from a slow path to it."""
+    for response in (client.get("/v1/batches"), client.get("/v1/nope"), TestClient(app).get("/v1/files")):
+        name, _, duration = response.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(duration) < 60_000, response.headers["server-timing"]
+
+
 def test_a_nul_in_a_query_parameter_is_a_400_naming_it(client: TestClient) -> None:
     assert_openai_error(client.get("/v1/batches", params={"after": "batch_\x00"}), 400, "invalid_value", "after")
     assert_openai_error(client.get("/v1/files", params={"purpose": "\x00"}), 400, "invalid_value", "purpose")
