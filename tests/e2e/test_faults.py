@@ -23,6 +23,7 @@ from tests.helpers import completion_line, jsonl, read_jsonl
 
 pytestmark = pytest.mark.engine
 ORPHAN_GRACE_SECONDS = 30
+KILL_WAIT_SECONDS = 600.0  # an engine start and a few static batches, on the slowest machine
 OUTAGE_SECONDS = 5
 
 
@@ -95,9 +96,13 @@ def test_workers_killed_at_random_points_lose_and_duplicate_nothing(service: Ser
     for kill in range(3):
         worker = service.start_worker(f"killed-{kill}")
         before = completed(service, batch_id)
-        target = before + chance.randint(1, 12) * 16 + chance.randint(0, 15)
+        # Never past the last line: a fast engine may finish the job before a kill lands,
+        # and waiting for more lines than the job has would wait forever.
+        target = min(before + chance.randint(1, 12) * 16 + chance.randint(0, 15), len(rows))
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
         while completed(service, batch_id) < target:
             assert worker.poll() is None
+            assert time.monotonic() < deadline, f"{target} lines not done {KILL_WAIT_SECONDS:.0f} s after a start"
             time.sleep(0.05)
         engine_processes = psutil.Process(worker.pid).children(recursive=True)
         worker.send_signal(signal.SIGKILL)
