@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from app.data.records import Records
 from tests.conftest import DEMO_EMBEDDING_MODEL, DEMO_MODEL, ROOT, admin_sql, free_port, url_for
 
 STARTUP_SECONDS = 240
+UNKILLABLE_SECONDS = 60.0  # a SIGKILLed process still running after this is left to the kernel
 LOGS = ROOT / "test-artifacts" / "logs"
 
 
@@ -93,7 +95,13 @@ class Service:
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+                try:
+                    process.wait(UNKILLABLE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    # Seen on a VM: a worker exiting ran on in the kernel for half an hour with
+                    # SIGKILL pending. Nothing more can be done from here; the run goes on.
+                    still = f"{process.args} still running {UNKILLABLE_SECONDS:.0f} s after SIGKILL"
+                    warnings.warn(still, stacklevel=1)
 
 
 def _env(database_url: str, storage: Path) -> dict[str, str]:
