@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import sys
-from types import FrameType
 
 from app.jobs.endpoints import worker_kinds
 
@@ -36,6 +33,7 @@ def main() -> None:
     from app.core.storage import open_store
     from app.data.queue import JobQueue
     from app.data.records import Records
+    from worker import stopping
     from worker.affinity import keep_off_compute_cores, restrict_to
     from worker.engine import VllmEngine, has_cuda
     from worker.loop import WorkerLoop
@@ -77,12 +75,7 @@ def main() -> None:
         gpu_hour_price=settings.gpu_hour_price,
     )
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("worker").info("signal %d: finishing the batch in flight, then stopping", signum)
-        loop.stop_requested.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping.install(loop.stop_requested, settings.stop_grace_seconds)
     code = 0
     try:
         loop.run_forever()
@@ -90,14 +83,10 @@ def main() -> None:
         logging.getLogger("worker").exception("the worker loop stopped on an error")
         code = 1
     finally:
+        logging.getLogger("worker").info("the worker loop has stopped; shutting the engine down")
         engine.shutdown()
-    # Nothing is left to do but flush: leave now. The engine's threads can hang the
-    # interpreter's own exit (seen with vLLM's CPU build on a one-core Ray node, an
-    # orphan spinning at exit with no Python frame left).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        logging.getLogger("worker").info("the engine is shut down; leaving")
+    stopping.leave(code)
 
 
 if __name__ == "__main__":

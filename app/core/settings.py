@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     shard_size: int = Field(default=100_000, ge=1, description="lines per shard claimed by one worker")
     lease_seconds: float = Field(default=60.0, gt=0, description="a claimed shard is re-claimable after this")
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    stop_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a worker told to stop (SIGTERM) hands its static batches back and leaves; past this many "
+        "seconds the kernel ends it (its engine's processes with it)",
+    )
     poll_seconds: float = Field(
         default=5.0, gt=0, description="idle workers look for work this often (NOTIFY wakes them sooner)"
     )
