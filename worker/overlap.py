@@ -53,6 +53,7 @@ class StaticBatchRun:
 
     lines: PreparedWindow
     results: list[Generation | None]
+    key: object = None  # whose it is (a held shard): several shards' static batches share the engine
     refused: dict[int, RequestRejected] = field(default_factory=dict)
     waiting: int = 0  # requests enqueued and not yet finished
     seconds: float = 0.0  # its share of the engine's wall time (OverlappedEngine.step)
@@ -69,6 +70,7 @@ class WindowRun:
     window: PreparedWindow
     batches: list[StaticBatchRun] = field(default_factory=list)
     all_admitted: bool = False  # every static batch of the window is in `batches`
+    key: object = None  # whose it is (a held shard); each key's windows are handed back in order
 
     @property
     def done(self) -> bool:
@@ -84,8 +86,9 @@ class StaticBatchSource:
     static batch, a packed window's static batches are planned one by one on the preparer.
     `ready()` says whether the next one can be taken without waiting for the preparer."""
 
-    def __init__(self, next_window: Callable[[], Future[PreparedWindow] | None]) -> None:
+    def __init__(self, next_window: Callable[[], Future[PreparedWindow] | None], key: object = None) -> None:
         self._next_window = next_window
+        self.key = key  # its windows' key in the OverlappedEngine
         self._pending = next_window()
         self._parts: deque[Future[PreparedWindow]] = deque()
         self._current: WindowRun | None = None
@@ -93,6 +96,11 @@ class StaticBatchSource:
     @property
     def exhausted(self) -> bool:
         return self._pending is None and not self._parts
+
+    @property
+    def last_window_taken(self) -> bool:
+        """Its last window was taken (static batches of it may still wait to be taken)."""
+        return self._pending is None
 
     def ready(self) -> bool:
         if self._parts:
@@ -122,7 +130,7 @@ class StaticBatchSource:
             return None
         window = self._pending.result()
         self._pending = self._next_window()  # the next window is prepared while this one runs
-        run = WindowRun(window)
+        run = WindowRun(window, key=self.key)
         self._current = run
         if not window.planned:
             run.all_admitted = True
@@ -145,8 +153,11 @@ class StaticBatchSource:
 
 
 class OverlappedEngine:
-    """Keeps the engine full from a StaticBatchSource; hands back each window once its last
-    static batch ends, in the order the windows were taken."""
+    """Keeps the engine full from one StaticBatchSource, or from several (worker.sharing: the
+    static batches of several held shards, each window under its shard's `key`); hands back
+    each window once its last static batch ends, in the order its key's windows were taken.
+    The crash bound (`max_in_flight` static batches admitted and not yet recorded) is per key:
+    each job loses at most that many on a crash, whatever else shares the engine."""
 
     def __init__(self, engine: Engine, max_in_flight: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.engine = engine
@@ -154,23 +165,35 @@ class OverlappedEngine:
         self.clock = clock
         self.windows: deque[WindowRun] = deque()  # taken and not yet handed back, in order
         self._requests: dict[str, tuple[StaticBatchRun, int]] = {}  # request id -> its batch and position
-        self._unrecorded = 0  # static batches admitted and not yet recorded
-        self._writes: deque[tuple[Future[Any], int]] = deque()  # handed back, being recorded: its static batches
+        self._unrecorded: Counter[object] = Counter()  # static batches admitted and not yet recorded, by key
+        self._writes: deque[tuple[Future[Any], int, object]] = deque()  # handed back, being recorded: batches, key
+        self._waiting: Counter[object] = Counter()  # requests in the engine, by key
         self._blocks: Counter[int] = Counter()  # prefix-cache blocks of the requests in the engine
         self._in_engine: list[StaticBatchRun] = []  # static batches with requests in the engine
         self._since: float | None = None  # the engine's time is counted from here
 
-    def has_room(self) -> bool:
-        """Whether another static batch may enter: the crash bound holds, and the engine has
-        fewer than QUEUED_SETS x max_num_seqs unfinished requests (a full set running and
-        one waiting, so a slot freed in a step is refilled in the next, as when vLLM is
-        handed every line at once). A window being filled is recorded as one unit, so its
-        own static batches may pass the bound."""
+    def has_room(self, key: object = None) -> bool:
+        """Whether another static batch of `key` may enter: the engine has fewer than
+        QUEUED_SETS x max_num_seqs unfinished requests (a full set running and one waiting,
+        so a slot freed in a step is refilled in the next, as when vLLM is handed every line
+        at once), and `key`'s crash bound holds. A window being filled is recorded as one
+        unit, so when it is its key's oldest, its own static batches may pass the bound."""
+        return self.engine_has_room() and self.within_bound(key)
+
+    def engine_has_room(self) -> bool:
+        return self.engine.unfinished() < QUEUED_SETS * self.engine.max_num_seqs
+
+    def within_bound(self, key: object = None) -> bool:
         while self._writes and self._writes[0][0].done():
-            self._unrecorded -= self._writes.popleft()[1]
-        filling = bool(self.windows) and not self.windows[0].all_admitted
-        bounded = self._unrecorded < self.max_in_flight or filling
-        return bounded and self.engine.unfinished() < QUEUED_SETS * self.engine.max_num_seqs
+            _, batches, done_key = self._writes.popleft()
+            self._unrecorded[done_key] -= batches
+        oldest = next((run for run in self.windows if run.key == key), None)
+        filling = oldest is not None and not oldest.all_admitted
+        return self._unrecorded[key] < self.max_in_flight or filling
+
+    def in_engine(self, key: object = None) -> int:
+        """Requests of `key` in the engine."""
+        return self._waiting[key]
 
     @property
     def idle(self) -> bool:
@@ -181,11 +204,11 @@ class OverlappedEngine:
         splitting the batch in halves, as strict mode does; it gets the engine's reason."""
         if new_window:
             self.windows.append(run)
-        batch = StaticBatchRun(lines, [None] * len(lines.prompts))
+        batch = StaticBatchRun(lines, [None] * len(lines.prompts), key=run.key)
         run.batches.append(batch)
         if self.idle:
             self._since = self.clock()
-        self._unrecorded += 1
+        self._unrecorded[run.key] += 1
         self._enqueue(batch, list(range(len(lines.prompts))))
         if batch.waiting:
             self._in_engine.append(batch)
@@ -210,6 +233,7 @@ class OverlappedEngine:
             self._requests[request_id] = (batch, position)
             self._blocks.update(prefix_blocks(lines.prompts[position]))
         batch.waiting += len(ids)
+        self._waiting[batch.key] += len(ids)
 
     def step(self) -> None:
         """One engine step; the requests that ended are put in their static batches. The
@@ -231,12 +255,17 @@ class OverlappedEngine:
                 continue
             batch, position = self._requests.pop(request_id)
             batch.results[position] = generation
-            batch.waiting -= 1
-            for block in prefix_blocks(batch.lines.prompts[position]):
-                self._blocks[block] -= 1
-                if self._blocks[block] <= 0:  # a long shard's blocks must not pile up
-                    del self._blocks[block]
+            self._left(batch, position)
         self._in_engine = [batch for batch in self._in_engine if batch.waiting]
+
+    def _left(self, batch: StaticBatchRun, position: int) -> None:
+        """A request of `batch` left the engine (it ended, or was aborted)."""
+        batch.waiting -= 1
+        self._waiting[batch.key] -= 1
+        for block in prefix_blocks(batch.lines.prompts[position]):
+            self._blocks[block] -= 1
+            if self._blocks[block] <= 0:  # a long shard's blocks must not pile up
+                del self._blocks[block]
 
     def shared_blocks(self, lines: PreparedWindow) -> int:
         """Prefix-cache blocks the static batch's prompts share with the requests in the
@@ -250,28 +279,56 @@ class OverlappedEngine:
         return total
 
     def completed(self) -> Iterator[WindowRun]:
-        """The windows at the head of the order whose every static batch has ended."""
-        while self.windows and self.windows[0].done:
-            yield self.windows.popleft()
+        """The windows whose every static batch has ended and that come first among their
+        key's windows still in the engine, in the order they were taken."""
+        while True:
+            blocked: set[object] = set()
+            for run in self.windows:
+                if run.key in blocked:
+                    continue
+                if run.done:
+                    break
+                blocked.add(run.key)
+            else:
+                return
+            self.windows.remove(run)
+            yield run
 
     def recording(self, run: WindowRun, write: Future[Any]) -> None:
         """`run` is being recorded by `write`: its static batches count until it is done."""
-        self._writes.append((write, len(run.batches)))
+        self._writes.append((write, len(run.batches), run.key))
 
     def wait_for_room(self) -> None:
         """Waits for the oldest recording, when only recordings stand in the way."""
         if self._writes:
             wait([self._writes[0][0]])
 
-    def abort(self) -> None:
-        """Drops every request in the engine (the job stopped, or the worker does)."""
-        if self._requests:
-            self.engine.abort(list(self._requests))
-        self._requests.clear()
-        self.windows.clear()
-        self._in_engine = []
-        self._blocks.clear()
-        self._unrecorded = sum(count for _, count in self._writes)
+    def abort(self, key: object = None, everything: bool = True) -> None:
+        """Drops every request in the engine (the worker stops), or (`everything` False)
+        those of `key` alone (its job stopped, or its shard was given back): its windows not
+        yet handed back are forgotten; the rest of the engine runs on."""
+        if everything:
+            if self._requests:
+                self.engine.abort(list(self._requests))
+            self._requests.clear()
+            self.windows.clear()
+            self._in_engine = []
+            self._blocks.clear()
+            self._waiting.clear()
+            self._unrecorded = Counter()
+            for _, count, written_key in self._writes:
+                self._unrecorded[written_key] += count
+            return
+        mine = [request_id for request_id, (batch, _) in self._requests.items() if batch.key == key]
+        if mine:
+            self.engine.abort(mine)
+        for request_id in mine:
+            batch, position = self._requests.pop(request_id)
+            self._left(batch, position)
+        for run in [run for run in self.windows if run.key == key]:
+            self.windows.remove(run)
+            self._unrecorded[key] -= len(run.batches)
+        self._in_engine = [batch for batch in self._in_engine if batch.waiting]
 
 
 def run_windows(

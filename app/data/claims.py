@@ -9,6 +9,7 @@ lease. A lease that ran out is fair game, so a claimant that died is replaced.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -31,6 +32,11 @@ class ClaimedShard:
     sampling_defaults: dict[str, Any]
     model: str
     line_offsets: dict[str, Any] | None = None  # where every N-th input line starts (app.jobs.uploads)
+    # Its place in the order a worker's engine is shared in (worker.sharing): priority,
+    # then deadline (the job's expires_at), then fair share between owners.
+    priority: int = 0
+    owner: str = ""
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +65,16 @@ WORK_CHANNEL = "llm_batch_work"  # LISTEN/NOTIFY channel: new shards to claim
 # join: the planner cannot turn it around to start from `jobs`, so every scan below walks
 # its index in claim order and stops at the first hit, with or without statistics (joined,
 # a burst of 10,000 jobs before ANALYZE made it sort every waiting shard: 100 ms a claim).
-_RUNNABLE = (
-    "(SELECT j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model"
-    " FROM jobs j WHERE j.id = s.job_id)"
+#
+# A worker that already shares its engine among shards (worker.sharing) claims more with
+# `exclude_jobs` (the jobs it holds) and `overlapped_only` (a strict job needs the engine to
+# itself): a new job comes in beside what runs, never a second piece of a held one.
+_JOB_WANTED = (
+    "j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model"
+    " AND j.id <> ALL(CAST(:exclude_jobs AS text[]))"
+    " AND (NOT :overlapped_only OR (j.sampling_defaults ->> 'batching') IS DISTINCT FROM 'strict')"
 )
+_RUNNABLE = f"(SELECT {_JOB_WANTED} FROM jobs j WHERE j.id = s.job_id)"
 
 # The claim's plan, set for its transaction alone: walk indexes in claim order, never sort
 # or bitmap-scan every waiting shard. Right after a burst of jobs, before autovacuum's
@@ -79,30 +91,30 @@ CLAIM_SHARD_SQL = text(
         SELECT s.id
         FROM shards s
         JOIN jobs j ON j.id = s.job_id
-        WHERE s.status = 'running' AND s.lease_expires_at < now()
-          AND j.status IN ('queued', 'in_progress') AND j.expires_at > now() AND j.model = :model
+        WHERE s.status = 'running' AND s.lease_expires_at < now() AND NOT :overlapped_only
+          AND {_JOB_WANTED}
         ORDER BY s.lease_expires_at
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
     ),
     top AS MATERIALIZED (
-        -- Else a waiting shard of a runnable job for this model, the highest priority first
-        -- (ix_shards_owner_claim_order leads with priority).
-        SELECT s.priority FROM shards s
+        -- Else a waiting shard of a runnable job for this model: the highest priority first,
+        -- then the earliest deadline hour (ix_shards_owner_claim_order leads with both).
+        SELECT s.priority, s.deadline_at FROM shards s
         WHERE s.status = 'queued' AND {_RUNNABLE}
-        ORDER BY s.priority DESC
+        ORDER BY s.priority DESC, s.deadline_at
         LIMIT 1
     ),
     owners (owner) AS (
-        -- The owners with shards waiting at that priority: a skip scan of
+        -- The owners with shards waiting at that priority and deadline hour: a skip scan of
         -- ix_shards_owner_claim_order, one index probe per owner, however many shards wait.
         (SELECT s.owner FROM shards s
-         WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top)
-         ORDER BY s.priority DESC, s.owner LIMIT 1)
+         WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top)
+         ORDER BY s.priority DESC, s.deadline_at, s.owner LIMIT 1)
         UNION ALL
         SELECT (SELECT s.owner FROM shards s
-                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner > o.owner
-                ORDER BY s.priority DESC, s.owner LIMIT 1)
+                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner > o.owner
+                ORDER BY s.priority DESC, s.deadline_at, s.owner LIMIT 1)
         FROM owners o
         WHERE o.owner IS NOT NULL
     ),
@@ -115,9 +127,9 @@ CLAIM_SHARD_SQL = text(
         -- the one served least recently, then the one whose runnable work is oldest.
         SELECT o.owner, coalesce(r.shards, 0) AS running, t.last_claimed_at,
                (SELECT s.job_created_at FROM shards s
-                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner = o.owner
+                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner = o.owner
                   AND {_RUNNABLE}
-                ORDER BY s.priority DESC, s.owner, s.job_created_at
+                ORDER BY s.priority DESC, s.deadline_at, s.owner, s.job_created_at
                 LIMIT 1) AS oldest
         FROM owners o
         LEFT JOIN running r ON r.owner = o.owner
@@ -134,9 +146,9 @@ CLAIM_SHARD_SQL = text(
         FROM turns
         CROSS JOIN LATERAL (
             SELECT s.id FROM shards s
-            WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.owner = turns.owner
+            WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner = turns.owner
               AND {_RUNNABLE}
-            ORDER BY s.priority DESC, s.owner, s.job_created_at, s.job_id, s.index
+            ORDER BY s.priority DESC, s.deadline_at, s.owner, s.job_created_at, s.job_id, s.index
             LIMIT 1
             FOR UPDATE OF s SKIP LOCKED
         ) pick
@@ -176,7 +188,8 @@ CLAIM_SHARD_SQL = text(
     )
     SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
            claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
-           j.batch_size, j.sampling_defaults, j.model, f.validation -> 'line_offsets' AS line_offsets
+           j.batch_size, j.sampling_defaults, j.model, f.validation -> 'line_offsets' AS line_offsets,
+           claimed.priority, claimed.owner, j.expires_at
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id
     JOIN files f ON f.id = j.input_file_id

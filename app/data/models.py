@@ -157,8 +157,8 @@ class Shard(Base):
 
     __tablename__ = "shards"
     # Partial indexes over open shards only. The claim walks ix_shards_owner_claim_order
-    # in claim order (the top priority, then a skip scan over the few owners waiting at it,
-    # then the chosen owner's first shard) and stops at the first shard it may take,
+    # in claim order (the top priority and deadline hour, then a skip scan over the few
+    # owners waiting at it, then the chosen owner's first shard) and stops at the first shard it may take,
     # however long the queue; lost leases are found through ix_shards_running_lease (one
     # row per busy worker).
     __table_args__ = (
@@ -166,6 +166,7 @@ class Shard(Base):
         Index(
             "ix_shards_owner_claim_order",
             text("priority DESC"),
+            "deadline_at",
             "owner",
             "job_created_at",
             "job_id",
@@ -189,6 +190,9 @@ class Shard(Base):
     # The job's claim order, copied here so one index serves the claim.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     job_created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The job's deadline (expires_at) cut to the hour: within a priority the earliest deadline
+    # goes first, and owners share the workers among jobs due in the same hour.
+    deadline_at: Mapped[datetime] = mapped_column(server_default=func.now())
     owner: Mapped[str] = mapped_column(String(128), default="", server_default="")  # whose turn it is
 
 

@@ -9,8 +9,8 @@ transaction that ends it. Reads live in `app.data.records`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -44,6 +44,12 @@ from app.data.models import (
 from app.data.outbox import record_event
 from app.data.records import visible_to
 
+def deadline_hour(expires_at: datetime) -> datetime:
+    """A job's deadline as the claim orders it: cut to the hour, so jobs due in the same
+    hour share the workers fairly between their owners instead of queueing by the second."""
+    return expires_at.replace(minute=0, second=0, microsecond=0)
+
+
 FINALIZATION_LOCK_SECONDS = 5  # how long a claim of one named job waits for its row
 LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
 
@@ -76,6 +82,7 @@ class JobQueue:
                             next_line=start,
                             priority=job.priority,
                             job_created_at=job.created_at,
+                            deadline_at=deadline_hour(job.expires_at),
                             owner=job.owner,
                         )
                     )
@@ -189,10 +196,27 @@ class JobQueue:
 
     # The worker's side.
 
-    def claim_shard(self, worker_id: str, model: str, lease_seconds: float) -> ClaimedShard | None:
+    def claim_shard(
+        self,
+        worker_id: str,
+        model: str,
+        lease_seconds: float,
+        *,
+        beside: Collection[str] = (),
+        overlapped_only: bool = False,
+    ) -> ClaimedShard | None:
+        """The next shard in claim order, leased to `worker_id`. A worker that already runs
+        jobs `beside` asks for a shard of another job (`overlapped_only`: one that can share
+        the engine), and never for a lost lease (resumed by a claimant with room for it)."""
         with self.db.engine.begin() as conn:  # a plain connection, not an ORM session: the hot path
             conn.execute(CLAIM_PLANNER_SQL)
-            params = {"worker_id": worker_id, "model": model, "lease_seconds": lease_seconds}
+            params = {
+                "worker_id": worker_id,
+                "model": model,
+                "lease_seconds": lease_seconds,
+                "exclude_jobs": list(beside),
+                "overlapped_only": overlapped_only,
+            }
             row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
             return ClaimedShard(**row._asdict()) if row is not None else None
 
