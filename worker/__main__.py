@@ -71,6 +71,7 @@ def main() -> None:
         poll_seconds=settings.poll_seconds,
         max_batch_attempts=settings.max_batch_attempts,
         max_static_batches_in_flight=settings.max_static_batches_in_flight,
+        max_shards_held=settings.max_shards_held,
         waker=Waker(url),
         gpu_hour_price=settings.gpu_hour_price,
     )

@@ -20,6 +20,7 @@ from app.data.records import Records
 from app.jobs.finalize import finalize_next
 from worker.engine import Engine, EngineFailed
 from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT, ShardRunner, ShutdownRequested
+from worker.sharing import DEFAULT_MAX_SHARDS_HELD, SharedEngine
 from worker.sizing import fit_batch_size
 from worker.waker import Waker
 
@@ -46,6 +47,7 @@ class WorkerLoop:
         poll_seconds: float,
         max_batch_attempts: int = 3,
         max_static_batches_in_flight: int = DEFAULT_STATIC_BATCHES_IN_FLIGHT,
+        max_shards_held: int = DEFAULT_MAX_SHARDS_HELD,
         waker: Waker | None = None,
         worker_id: str | None = None,
         gpu_hour_price: float | None = None,
@@ -64,7 +66,7 @@ class WorkerLoop:
         self.worker_id = worker_id or new_worker_id()
         self.max_batch_attempts = max_batch_attempts
         self.stop_requested = threading.Event()
-        self._current: ClaimedShard | None = None
+        self.holding: dict[int, ClaimedShard] = {}  # every shard this worker holds a lease on, by id
         self.runner = ShardRunner(
             engine,
             queue,
@@ -74,6 +76,21 @@ class WorkerLoop:
             self.stop_requested,
             max_batch_attempts,
             max_static_batches_in_flight,
+        )
+        self.sharing = SharedEngine(
+            self.runner,
+            queue,
+            worker_id=self.worker_id,
+            lease_seconds=lease_seconds,
+            poll_seconds=poll_seconds,
+            stop_requested=self.stop_requested,
+            holding=self.holding,
+            prepare_claim=self._prepared,
+            run_alone=self._run_alone,
+            closed=self._finalize,
+            background=self._finalize,
+            notified=waker.pending if waker is not None else lambda: False,
+            max_shards_held=max_shards_held,
         )
 
     def register(self) -> None:
@@ -90,48 +107,68 @@ class WorkerLoop:
 
     def _heartbeat(self) -> None:
         while not self.stop_requested.wait(self.heartbeat_seconds):
-            current = self._current
+            held = list(self.holding)
             try:
-                if current is not None:
-                    self.queue.renew_lease(current.shard_id, self.worker_id, self.lease_seconds)
-                else:
+                for shard_id in held:
+                    self.queue.renew_lease(shard_id, self.worker_id, self.lease_seconds)
+                if not held:
                     self.records.set_worker_status(self.worker_id, "ready")
             except Exception:  # an outage must not kill the heartbeat; the next beat retries
                 log.exception("heartbeat failed")
 
     def run_once(self) -> bool:
-        """Finalizes a job that waits for it, or claims and runs one shard; False when there
-        was nothing to do."""
+        """Finalizes a job that waits for it, or claims a shard and runs it: a generation
+        engine shares itself with every shard it claims beside it (worker.sharing) until
+        it holds none; an embedding engine runs one shard at a time. False when there was
+        nothing to do."""
         if self._finalize() is not None:
             return True
         shard = self.queue.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
         if shard is None:
             return False
+        if self.engine.kind == "generate":
+            self.sharing.serve(shard)
+        else:
+            self._run_alone(self._prepared(shard))
+        return True
+
+    def _prepared(self, shard: ClaimedShard) -> ClaimedShard:
+        """A claimed shard with its job's batch size (fitted to this engine by the job's
+        first claimant) and the job's parallelism recorded."""
+        self.holding[shard.shard_id] = shard
         if shard.batch_size is None:
             size = self.queue.fit_batch_size(shard.job_id, partial(fit_batch_size, self.engine))
             shard = replace(shard, batch_size=size)
-        self._current = shard
+        self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
+        return shard
+
+    def _run_alone(self, shard: ClaimedShard) -> None:
+        """Runs one shard alone in the engine to its end (or a stop)."""
+        self.holding[shard.shard_id] = shard
         log.info(
-            "claimed shard %s of %s (lines %d-%d)", shard.shard_index, shard.job_id, shard.next_line, shard.end_line
+            "running shard %s of %s alone (lines %d-%d)",
+            shard.shard_index,
+            shard.job_id,
+            shard.next_line,
+            shard.end_line,
         )
         try:
-            self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
             outcome = self.runner.run(shard)
         except ShutdownRequested:
             self.queue.release_shard(shard.shard_id, self.worker_id)
             log.info("released shard %s of %s for another worker", shard.shard_index, shard.job_id)
-            return True
+            return
         except EngineFailed:
             self.queue.release_shard(shard.shard_id, self.worker_id, failed=True)
             raise
         except Exception:
             # Not the engine (storage refusing a write or a read, say): the shard goes back
             # after a pause, and the attempt does not count toward setting its batch aside.
-            self._current = None  # the heartbeat must not renew the lease given back
+            self.holding.pop(shard.shard_id, None)  # the heartbeat must not renew the lease given back
             self._give_back(shard)
             raise
         finally:
-            self._current = None
+            self.holding.pop(shard.shard_id, None)
         all_closed = retry_transient(
             lambda: self.queue.finish_shard(shard, self.worker_id, stopped=outcome.stopped),
             what="finishing the shard",
@@ -139,7 +176,6 @@ class WorkerLoop:
         )
         if all_closed:  # this worker closed the job's last shard: it joins the results now
             self._finalize(shard.job_id)
-        return True
 
     def _give_back(self, shard: ClaimedShard) -> None:
         try:

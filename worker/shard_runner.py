@@ -182,7 +182,7 @@ class ShardRunner:
         window.clear()
         return window
 
-    def _write(
+    def write_window(
         self,
         shard: ClaimedShard,
         window: PreparedWindow,
@@ -227,35 +227,55 @@ class ShardRunner:
             give_up_after_seconds=self.lease_seconds,
         )
 
-    def run(self, shard: ClaimedShard) -> ShardOutcome:
+    def windows_of(
+        self, shard: ClaimedShard, preparer: ThreadPoolExecutor
+    ) -> Callable[[], Future[PreparedWindow] | None]:
+        """The shard's windows, each prepared on `preparer` when asked for (None past its end).
+        Length-aware packing reads a window of several static batches at a time. After a
+        claim that died without progress, windows are single static batches and run one
+        at a time: the one that kills the engine is then found (and set aside) alone, not
+        with its whole window or the static batches overlapping it."""
         batch_size = shard.batch_size or self.engine.max_num_seqs  # the worker fits it at claim
-        # Length-aware packing reads a window of several static batches at a time. After a
-        # claim that died without progress, windows are single static batches and run one
-        # at a time: the one that kills the engine is then found (and set aside) alone, not
-        # with its whole window or the static batches overlapping it.
         defaults = JobDefaults.model_validate(shard.sampling_defaults)
-        retrying = shard.attempts > 1
-        packed = defaults.pack_window is not None and not retrying
+        packed = defaults.pack_window is not None and not self.retrying(shard)
         window_lines = batch_size * ((defaults.pack_window or 1) if packed else 1)
         lines = self._input_lines(shard)
         chunks = iter(lambda: list(itertools.islice(lines, window_lines)), [])
         seqs = itertools.count(shard.windows_done)
+        first = True
+
+        def prepare_next() -> Future[PreparedWindow] | None:
+            nonlocal first
+            chunk = next(chunks, None)
+            if not chunk:
+                return None
+            prepared = preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
+            if first and shard.attempts > self.max_batch_attempts:
+                prepared = preparer.submit(self._set_aside_when_planned, prepared, shard.attempts)
+            first = False
+            return prepared
+
+        return prepare_next
+
+    @staticmethod
+    def retrying(shard: ClaimedShard) -> bool:
+        """The shard's last claim died without progress: its windows run alone, one static batch each."""
+        return shard.attempts > 1
+
+    def shares_the_engine(self, shard: ClaimedShard) -> bool:
+        """Whether the shard's static batches may share the engine with other shards'
+        (worker.sharing): overlapped generation that is not retrying a crash."""
+        defaults = JobDefaults.model_validate(shard.sampling_defaults)
+        return self.engine.kind == "generate" and defaults.batching == "overlapped" and not self.retrying(shard)
+
+    def run(self, shard: ClaimedShard) -> ShardOutcome:
+        """Runs the shard alone in the engine, to its end (or a stop)."""
+        batch_size = shard.batch_size or self.engine.max_num_seqs
+        defaults = JobDefaults.model_validate(shard.sampling_defaults)
         with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
-            first = True
-
-            def prepare_next() -> Future[PreparedWindow] | None:
-                nonlocal first
-                chunk = next(chunks, None)
-                if not chunk:
-                    return None
-                prepared = preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
-                if first and shard.attempts > self.max_batch_attempts:
-                    prepared = preparer.submit(self._set_aside_when_planned, prepared, shard.attempts)
-                first = False
-                return prepared
-
+            prepare_next = self.windows_of(shard, preparer)
             if self.engine.kind == "generate" and defaults.batching == "overlapped":
-                in_flight = 1 if retrying else self.max_static_batches_in_flight
+                in_flight = 1 if self.retrying(shard) else self.max_static_batches_in_flight
                 return self._run_overlapped(shard, prepare_next, writer, in_flight)
             return self._run_strict(shard, prepare_next, writer, batch_size)
 
@@ -283,7 +303,7 @@ class ShardRunner:
             seconds = time.perf_counter() - started
             previous, pending_write = (
                 pending_write,
-                writer.submit(self._write, shard, window, generated, seconds),
+                writer.submit(self.write_window, shard, window, generated, seconds),
             )
             batches += 1
             # The previous batch's transaction tells whether the batch was cancelled meanwhile.
@@ -319,7 +339,7 @@ class ShardRunner:
         def record(run: WindowRun) -> Future[JobStatus]:
             nonlocal windows
             generated = window_result(run, self.engine.kv_cache_tokens)
-            writes.append(writer.submit(self._write, shard, run.window, generated, run.seconds))
+            writes.append(writer.submit(self.write_window, shard, run.window, generated, run.seconds))
             windows += 1
             return writes[-1]
 

@@ -35,6 +35,17 @@ class Waker:
             self.close()
             stop.wait(timeout)
 
+    def pending(self) -> bool:
+        """Whether work was announced since the last look; never waits (a busy worker asks
+        between engine steps)."""
+        try:
+            conn = self._connect()
+            return any(True for _ in conn.notifies(timeout=0))
+        except psycopg.Error:
+            log.warning("LISTEN connection lost; looking for work every poll instead")
+            self.close()
+            return False
+
     def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):

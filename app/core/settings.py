@@ -105,7 +105,20 @@ class Settings(BaseSettings):
         default=None, ge=0, description="price of one accelerator-hour: batches show their cost from it"
     )
     default_max_tokens: int = Field(default=16, ge=1, description="max_tokens for lines that give none")
-    shard_size: int = Field(default=100_000, ge=1, description="lines per shard claimed by one worker")
+    shard_size: int = Field(
+        default=2048,
+        ge=1,
+        description="lines per shard, the unit a worker claims: small, so a job spreads over every idle worker "
+        "and a new job gets a worker's engine soon (a worker holds several shards at once and keeps its engine "
+        "full across them)",
+    )
+    max_shards_held: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="shards a generation worker holds at once, sharing its engine at static-batch grain by "
+        "priority, deadline and fair share between owners",
+    )
     lease_seconds: float = Field(default=60.0, gt=0, description="a claimed shard is re-claimable after this")
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     stop_grace_seconds: float = Field(

@@ -109,11 +109,12 @@ CLAIM_SHARD_SQL = text(
         -- The owners with shards waiting at that priority and deadline hour: a skip scan of
         -- ix_shards_owner_claim_order, one index probe per owner, however many shards wait.
         (SELECT s.owner FROM shards s
-         WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top)
+         WHERE s.status = 'queued' AND (s.priority, s.deadline_at) = (SELECT priority, deadline_at FROM top)
          ORDER BY s.priority DESC, s.deadline_at, s.owner LIMIT 1)
         UNION ALL
         SELECT (SELECT s.owner FROM shards s
-                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner > o.owner
+                WHERE s.status = 'queued' AND (s.priority, s.deadline_at) = (SELECT priority, deadline_at FROM top)
+                 AND s.owner > o.owner
                 ORDER BY s.priority DESC, s.deadline_at, s.owner LIMIT 1)
         FROM owners o
         WHERE o.owner IS NOT NULL
@@ -127,7 +128,8 @@ CLAIM_SHARD_SQL = text(
         -- the one served least recently, then the one whose runnable work is oldest.
         SELECT o.owner, coalesce(r.shards, 0) AS running, t.last_claimed_at,
                (SELECT s.job_created_at FROM shards s
-                WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner = o.owner
+                WHERE s.status = 'queued' AND (s.priority, s.deadline_at) = (SELECT priority, deadline_at FROM top)
+                 AND s.owner = o.owner
                   AND {_RUNNABLE}
                 ORDER BY s.priority DESC, s.deadline_at, s.owner, s.job_created_at
                 LIMIT 1) AS oldest
@@ -146,7 +148,8 @@ CLAIM_SHARD_SQL = text(
         FROM turns
         CROSS JOIN LATERAL (
             SELECT s.id FROM shards s
-            WHERE s.status = 'queued' AND s.priority = (SELECT priority FROM top) AND s.deadline_at = (SELECT deadline_at FROM top) AND s.owner = turns.owner
+            WHERE s.status = 'queued' AND (s.priority, s.deadline_at) = (SELECT priority, deadline_at FROM top)
+             AND s.owner = turns.owner
               AND {_RUNNABLE}
             ORDER BY s.priority DESC, s.deadline_at, s.owner, s.job_created_at, s.job_id, s.index
             LIMIT 1

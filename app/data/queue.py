@@ -44,6 +44,7 @@ from app.data.models import (
 from app.data.outbox import record_event
 from app.data.records import visible_to
 
+
 def deadline_hour(expires_at: datetime) -> datetime:
     """A job's deadline as the claim orders it: cut to the hour, so jobs due in the same
     hour share the workers fairly between their owners instead of queueing by the second."""

@@ -18,10 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("shards", sa.Column("deadline_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False))
-    op.execute(
-        "UPDATE shards s SET deadline_at = date_trunc('hour', j.expires_at) FROM jobs j WHERE j.id = s.job_id"
+    op.add_column(
+        "shards", sa.Column("deadline_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False)
     )
+    op.execute("UPDATE shards s SET deadline_at = date_trunc('hour', j.expires_at) FROM jobs j WHERE j.id = s.job_id")
     op.drop_index("ix_shards_owner_claim_order", table_name="shards")
     op.create_index(
         "ix_shards_owner_claim_order",
