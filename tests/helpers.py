@@ -101,9 +101,15 @@ def run_worker_until_idle(
     db = Database(settings.database_url or "")
     loop = WorkerLoop(engine, Records(db), JobQueue(db), store, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
     loop.register()
-    ran = 0
-    while (max_shards is None or ran < max_shards) and loop.run_once():
-        ran += 1
+    if max_shards is None:
+        while loop.run_once():
+            pass
+    else:  # exactly `max_shards` shards, each claimed and run alone (a worker would claim more beside it)
+        for _ in range(max_shards):
+            shard = loop.queue.claim_shard(loop.worker_id, engine.model_name, loop.lease_seconds)
+            if shard is None:
+                break
+            loop.run_alone(loop.prepared(shard))
     db.dispose()
     return loop
 

@@ -85,12 +85,13 @@ class WorkerLoop:
             poll_seconds=poll_seconds,
             stop_requested=self.stop_requested,
             holding=self.holding,
-            prepare_claim=self._prepared,
-            run_alone=self._run_alone,
+            prepare_claim=self.prepared,
+            run_alone=self.run_alone,
             closed=self._finalize,
             background=self._finalize,
             notified=waker.pending if waker is not None else lambda: False,
             max_shards_held=max_shards_held,
+            failure_pause_seconds=self.failure_pause_seconds,
         )
 
     def register(self) -> None:
@@ -129,10 +130,10 @@ class WorkerLoop:
         if self.engine.kind == "generate":
             self.sharing.serve(shard)
         else:
-            self._run_alone(self._prepared(shard))
+            self.run_alone(self.prepared(shard))
         return True
 
-    def _prepared(self, shard: ClaimedShard) -> ClaimedShard:
+    def prepared(self, shard: ClaimedShard) -> ClaimedShard:
         """A claimed shard with its job's batch size (fitted to this engine by the job's
         first claimant) and the job's parallelism recorded."""
         self.holding[shard.shard_id] = shard
@@ -142,7 +143,7 @@ class WorkerLoop:
         self.records.set_job_tensor_parallel(shard.job_id, self.engine.tensor_parallel_size)
         return shard
 
-    def _run_alone(self, shard: ClaimedShard) -> None:
+    def run_alone(self, shard: ClaimedShard) -> None:
         """Runs one shard alone in the engine to its end (or a stop)."""
         self.holding[shard.shard_id] = shard
         log.info(

@@ -105,6 +105,7 @@ class SharedEngine:
         background: Callable[[], object],
         notified: Callable[[], bool] = lambda: False,
         max_shards_held: int = DEFAULT_MAX_SHARDS_HELD,
+        failure_pause_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
@@ -121,6 +122,7 @@ class SharedEngine:
         self.background = background  # other jobs' finalizations, while this worker is busy
         self.notified = notified  # whether work was announced since last asked (never blocks)
         self.max_shards_held = max(1, max_shards_held)
+        self.failure_pause_seconds = failure_pause_seconds  # a shard storage failed on waits this long
         self.clock = clock
         self.held: dict[int, HeldShard] = {}
         self.claims = 0
@@ -344,7 +346,7 @@ class SharedEngine:
         held.preparer.shutdown(wait=False, cancel_futures=True)
         self.holding.pop(held.key, None)
         try:
-            self.queue.release_shard(held.key, self.worker_id, retry_after=min(10.0, self.lease_seconds))
+            self.queue.release_shard(held.key, self.worker_id, retry_after=self.failure_pause_seconds)
         except Exception:  # Postgres away too: the lease runs out instead
             log.exception("could not release shard %s of %s", held.shard.shard_index, held.shard.job_id)
 

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.text import unstorable
 from app.data.models import FileRecord, Job, JobStatus
-from app.jobs.create import DryRun, JobSpec
+from app.jobs.create import DryRun, JobSpec, completion_window_length
 from app.jobs.endpoints import listed
 from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate
@@ -125,10 +125,23 @@ class ExpiresAfter(BaseModel):
     )
 
 
+def _completion_window(window: str) -> str:
+    completion_window_length(window)  # ValueError: a 400 naming completion_window
+    return window
+
+
+CompletionWindow = Annotated[str, AfterValidator(_completion_window)]
+
+
 class BatchCreate(BaseModel):
     input_file_id: StorableStr
     endpoint: StorableStr = Field(description=f"one of {listed()}")
-    completion_window: Literal["24h"] = "24h"
+    completion_window: CompletionWindow = Field(
+        default="24h",
+        description="the deadline, from creation: OpenAI's `24h` (the default), or (this service's extension) "
+        "`1h` to `168h`, `1d` to `7d`; within a priority the earliest deadline runs first, and a batch not done "
+        "by it ends `expired` with what was done",
+    )
     metadata: Metadata = None
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first; above 0 needs an admin key")
     output_expires_after: ExpiresAfter | None = Field(

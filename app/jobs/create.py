@@ -24,7 +24,22 @@ from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
 
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+MIN_COMPLETION_WINDOW = timedelta(hours=1)
+MAX_COMPLETION_WINDOW = timedelta(days=7)
+_WINDOW_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1)}
+
+
+def completion_window_length(window: str) -> timedelta:
+    """A `completion_window` ("24h", OpenAI's only value; this service also takes "1h" to
+    "168h" and "1d" to "7d") as a length; ValueError for anything else. The deadline it
+    sets orders the queue: within a priority, the earliest deadline runs first."""
+    number, unit = window[:-1], window[-1:]
+    if not number.isdigit() or unit not in _WINDOW_UNITS or len(number) > 4:
+        raise ValueError(f"completion_window must be a number of hours or days such as 24h or 2d, not {window!r}")
+    length = int(number) * _WINDOW_UNITS[unit]
+    if not MIN_COMPLETION_WINDOW <= length <= MAX_COMPLETION_WINDOW:
+        raise ValueError(f"completion_window must be between 1h and 7d, not {window!r}")
+    return length
 
 
 @dataclass(frozen=True)
@@ -153,7 +168,7 @@ def create_job(
         errors=checked.file_errors or None,
         request_total=checked.source.line_count,
         created_at=created,
-        expires_at=created + COMPLETION_WINDOWS[spec.completion_window],
+        expires_at=created + completion_window_length(spec.completion_window),
         failed_at=created if checked.file_errors else None,
         parent_job_id=parent_job_id,
         output_expires_after_seconds=retention_seconds(spec.output_expires_after_seconds, settings.file_retention_days),

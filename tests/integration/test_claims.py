@@ -130,7 +130,13 @@ def test_a_claim_reads_a_handful_of_shards_however_deep_the_queue(db: Database, 
         connection.execute(CLAIM_PLANNER_SQL)  # as the claim runs: no statistics yet for 1,200 rows
         explained = connection.execute(
             text("EXPLAIN (ANALYZE, FORMAT JSON) " + str(CLAIM_SHARD_SQL)),
-            {"model": "deep-queue", "worker_id": "w", "lease_seconds": 60, "exclude_jobs": [], "overlapped_only": False},
+            {
+                "model": "deep-queue",
+                "worker_id": "w",
+                "lease_seconds": 60,
+                "exclude_jobs": [],
+                "overlapped_only": False,
+            },
         ).scalar_one()
         connection.rollback()
     rows = shard_rows_read(explained[0]["Plan"])

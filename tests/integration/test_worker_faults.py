@@ -112,13 +112,12 @@ def test_a_shard_that_fails_on_storage_is_given_back_after_a_pause_without_count
     )
     loop.register()
 
-    with pytest.raises(PermissionError):
-        loop.run_once()
+    loop.run_once()  # the write fails: the shard goes back, the worker runs on
+    assert failing.refusals == 3
     assert queue.claim_shard("another-worker", engine.model_name, 60) is None  # held for the pause
     while failing.refusals:
         time.sleep(pause)
-        with pytest.raises(PermissionError):
-            loop.run_once()  # claimed again once the pause is over, by this worker or any
+        loop.run_once()  # claimed again once the pause is over, by this worker or any
     time.sleep(pause)
     while loop.run_once():
         pass
