@@ -1,7 +1,9 @@
 """Scale-out: one job on one worker against the same job on two workers, each worker's
 engine pinned to its own core. Prints the figures and writes bench/results/scale_out.json.
 
-    python -m bench.scale_out [--lines 8000] [--max-tokens 32] [--batch-size 256] [--shard-size 1000]
+    python -m bench.scale_out [--lines 8000] [--max-tokens 32] [--batch-size N] [--shard-size N]
+
+At the service's defaults unless told (batch size fitted to the engine, SHARD_SIZE's default).
 
 Uses DATABASE_URL if set, else an embedded Postgres under a temporary folder.
 """
@@ -119,8 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=8000)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: fitted to the engine")
+    parser.add_argument("--shard-size", type=int, default=Settings().shard_size, help="default: SHARD_SIZE's")
     args = parser.parse_args()
 
     ensure_demo_model(DEFAULT_OUTPUT)

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.core.backoff import retry_transient
-from app.data.claims import ClaimedShard
+from app.data.claims import ClaimedShard, deadline_hour
 from app.data.models import JobStatus
-from app.data.queue import JobQueue, deadline_hour
+from app.data.queue import JobQueue
 from worker.engine import EngineFailed
 from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, window_result
 from worker.shard_runner import STOPPING_STATUSES, ShardRunner

@@ -8,6 +8,7 @@ lease. A lease that ran out is fair game, so a claimant that died is replaced.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -198,6 +199,25 @@ CLAIM_SHARD_SQL = text(
     JOIN files f ON f.id = j.input_file_id
     """
 )
+
+
+def claim_parameters(
+    worker_id: str, model: str, lease_seconds: float, beside: Collection[str] = (), overlapped_only: bool = False
+) -> dict[str, Any]:
+    """CLAIM_SHARD_SQL's parameters."""
+    return {
+        "worker_id": worker_id,
+        "model": model,
+        "lease_seconds": lease_seconds,
+        "exclude_jobs": list(beside),
+        "overlapped_only": overlapped_only,
+    }
+
+
+def deadline_hour(expires_at: datetime) -> datetime:
+    """A job's deadline as the claim orders it: cut to the hour, so jobs due in the same
+    hour share the workers fairly between their owners instead of queueing by the second."""
+    return expires_at.replace(minute=0, second=0, microsecond=0)
 
 
 # Statuses of a job whose shards are closed (or closing) and that waits for its finalizer.

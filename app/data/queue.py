@@ -9,8 +9,8 @@ transaction that ends it. Reads live in `app.data.records`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -30,6 +30,8 @@ from app.data.claims import (
     ClaimedShard,
     Finalization,
     WindowResult,
+    claim_parameters,
+    deadline_hour,
 )
 from app.data.ids import now
 from app.data.models import (
@@ -43,13 +45,6 @@ from app.data.models import (
 )
 from app.data.outbox import record_event
 from app.data.records import visible_to
-
-
-def deadline_hour(expires_at: datetime) -> datetime:
-    """A job's deadline as the claim orders it: cut to the hour, so jobs due in the same
-    hour share the workers fairly between their owners instead of queueing by the second."""
-    return expires_at.replace(minute=0, second=0, microsecond=0)
-
 
 FINALIZATION_LOCK_SECONDS = 5  # how long a claim of one named job waits for its row
 LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
@@ -197,27 +192,12 @@ class JobQueue:
 
     # The worker's side.
 
-    def claim_shard(
-        self,
-        worker_id: str,
-        model: str,
-        lease_seconds: float,
-        *,
-        beside: Collection[str] = (),
-        overlapped_only: bool = False,
-    ) -> ClaimedShard | None:
-        """The next shard in claim order, leased to `worker_id`. A worker that already runs
-        jobs `beside` asks for a shard of another job (`overlapped_only`: one that can share
-        the engine), and never for a lost lease (resumed by a claimant with room for it)."""
+    def claim_shard(self, worker_id: str, model: str, lease_seconds: float, **beside: Any) -> ClaimedShard | None:
+        """The next shard in claim order, leased to `worker_id`; `beside` (app.data.claims.claim_parameters)
+        asks for another job's than the worker holds, one that can share its engine."""
+        params = claim_parameters(worker_id, model, lease_seconds, **beside)
         with self.db.engine.begin() as conn:  # a plain connection, not an ORM session: the hot path
             conn.execute(CLAIM_PLANNER_SQL)
-            params = {
-                "worker_id": worker_id,
-                "model": model,
-                "lease_seconds": lease_seconds,
-                "exclude_jobs": list(beside),
-                "overlapped_only": overlapped_only,
-            }
             row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
             return ClaimedShard(**row._asdict()) if row is not None else None
 

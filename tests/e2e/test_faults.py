@@ -27,8 +27,8 @@ KILL_WAIT_SECONDS = 600.0  # an engine start and a few static batches, on the sl
 OUTAGE_SECONDS = 5
 
 
-def submit(service: Service, rows: list[dict], batch_size: int) -> str:  # type: ignore[type-arg]
-    with service.client() as client:
+def submit(service: Service, rows: list[dict], batch_size: int, owner: str = "e2e") -> str:  # type: ignore[type-arg]
+    with service.client(owner) as client:
         file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(rows))}, data={"purpose": "batch"}).json()[
             "id"
         ]
@@ -38,13 +38,13 @@ def submit(service: Service, rows: list[dict], batch_size: int) -> str:  # type:
     return str(batch["id"])
 
 
-def completed(service: Service, batch_id: str) -> int:
-    with service.client() as client:
+def completed(service: Service, batch_id: str, owner: str = "e2e") -> int:
+    with service.client(owner) as client:
         return int(client.get(f"/v1/batches/{batch_id}").json()["request_counts"]["completed"])
 
 
-def finish_and_check(service: Service, batch_id: str, rows: list[dict]) -> dict:  # type: ignore[type-arg]
-    with service.client() as client:
+def finish_and_check(service: Service, batch_id: str, rows: list[dict], owner: str = "e2e") -> dict:  # type: ignore[type-arg]
+    with service.client(owner) as client:
         done = wait_until_done(client, batch_id)
         output = read_jsonl(client.get(f"/v1/files/{done['output_file_id']}/content").content)
     assert done["status"] == "completed", done
@@ -85,6 +85,38 @@ def test_two_workers_share_one_job(service: Service) -> None:
     with service.client() as client:
         stats = client.get(f"/v1/batches/{batch_id}").json()
     assert stats["throughput"]["workers"] == 2
+
+
+def test_two_jobs_sharing_one_engine_are_both_exact_after_a_sigkill_of_their_worker(service: Service) -> None:
+    """Two owners' jobs share one worker's engine (worker.sharing); the worker is SIGKILLed
+    while both run, and the next worker finishes both: every line once, in order."""
+    service.env.update(LEASE_SECONDS="3", HEARTBEAT_SECONDS="1")
+    service.start_api()
+    worker = service.start_worker("sharing")
+    deadline = time.monotonic() + 240
+    while not service.wait_for("/readyz").json()["workers"]:
+        assert worker.poll() is None and time.monotonic() < deadline, "the worker never became ready"
+        time.sleep(0.5)
+    big = rows_of(1200)
+    small = [completion_line(f"b{i:05d}", f"question {i}", max_tokens=24) for i in range(240)]
+    big_id = submit(service, big, batch_size=16)
+    while completed(service, big_id) == 0:
+        assert worker.poll() is None
+        time.sleep(0.05)
+    small_id = submit(service, small, batch_size=16, owner="other")
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while completed(service, small_id, "other") == 0:
+        assert worker.poll() is None and time.monotonic() < deadline, "the second job never entered the engine"
+        time.sleep(0.05)
+    assert completed(service, big_id) < len(big)  # both were running in one engine
+    engine_processes = psutil.Process(worker.pid).children(recursive=True)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    _, alive = psutil.wait_procs(engine_processes, timeout=ORPHAN_GRACE_SECONDS)
+    assert not alive, f"orphaned engine processes: {[p.pid for p in alive]}"
+    service.start_worker("survivor")
+    finish_and_check(service, small_id, small, "other")
+    finish_and_check(service, big_id, big)
 
 
 def test_workers_killed_at_random_points_lose_and_duplicate_nothing(service: Service) -> None:

@@ -78,7 +78,7 @@ def test_bad_batch_requests_get_400_in_openai_shape(client: TestClient) -> None:
     file_id = upload(client, jsonl([completion_line("a", "x")]))["id"]
     cases = [
         ({"input_file_id": file_id, "endpoint": "/v1/moderations"}, "endpoint"),
-        ({"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "1h"}, "completion_window"),
+        ({"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "8d"}, "completion_window"),
         ({"input_file_id": file_id, "endpoint": "/v1/completions", "batch_size": 0}, "batch_size"),
         ({"input_file_id": file_id, "endpoint": "/v1/completions", "model": "gpt-9"}, "model"),
     ]
