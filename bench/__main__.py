@@ -37,6 +37,7 @@ SCENARIOS = [
     "input_read",
     "ceiling",
     "control_plane",
+    "sharing",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
@@ -200,6 +201,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("input_read", lambda: run_module("input_read", "input_read", config)),
         ("ceiling", lambda: run_module("ceiling", "ceiling", config)),
         ("control_plane", lambda: run_module("control_plane", "control_plane", config)),
+        ("sharing", lambda: run_module("sharing", "sharing", config)),
     ]
     for name, step in steps:
         if name in selected:

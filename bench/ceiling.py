@@ -162,12 +162,12 @@ def running_over_time(spans: list[tuple[float, float]]) -> list[list[float]]:
     return points
 
 
-def measure(server: str, runs_wanted: int, names: list[str]) -> dict[str, Any]:
+def measure(server: str, runs_wanted: int, names: list[str], timeline: bool = True) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for run_number in range(runs_wanted):
         for name in names:
-            raw = subprocess.run(
-                [sys.executable, "-m", "bench.ceiling", "--raw", name], capture_output=True, text=True, check=True
+            raw = subprocess.run(  # its stderr (vLLM's log, a traceback) goes through: a failure shows why
+                [sys.executable, "-m", "bench.ceiling", "--raw", name], stdout=subprocess.PIPE, text=True, check=True
             )
             sides = {"raw": json.loads(raw.stdout.strip().splitlines()[-1])}
             sides["service"] = service_side(server, name, run_number, {})
@@ -196,7 +196,7 @@ def measure(server: str, runs_wanted: int, names: list[str]) -> dict[str, Any]:
             figures_of["overlap_vs_strict_end_to_end"] = ratio("service", "end_to_end_tokens_per_second", "strict")
             figures_of["strict_generation_ratio"] = ratio("strict", "tokens_per_second")
         result["workloads"][name] = figures_of
-    if "long_tail" in names:
+    if "long_tail" in names and timeline:
         result["timelines"] = timelines(server, result["workloads"]["long_tail"]["batch_size"])
     return result
 
@@ -212,12 +212,13 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", choices=["chat", "long_tail"], default=["chat", "long_tail"])
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--json-lines", action="store_true", help="print one JSON line per figure (bench/gpu.sh)")
+    parser.add_argument("--no-timelines", action="store_true", help="skip the running-sequence timelines (one start)")
     args = parser.parse_args()
     if args.raw:
         print(json.dumps(raw_side(args.raw)))
         return
     with postgres(args.database_url) as server:
-        result = measure(server, args.runs, args.workloads)
+        result = measure(server, args.runs, args.workloads, timeline=not args.no_timelines)
     write_result("ceiling", result)
     if args.json_lines:
         for name, found in result["workloads"].items():

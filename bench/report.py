@@ -17,6 +17,7 @@ from bench.report_sections import (
     input_read_section,
     shared_prefix_section,
 )
+from bench.report_sharing import sharing_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -454,6 +455,7 @@ def write() -> Path:
         (input_read_section, "input_read"),
         (ceiling_section, "ceiling"),
         (control_plane_section, "control_plane"),
+        (sharing_section, "sharing"),
     ):
         result = read_result(name)
         lines, found = build(result)

@@ -9,11 +9,12 @@ COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
 # Run unprivileged (numeric USER: runtimes such as Kubernetes runAsNonRoot can check
-# it is not root). The code and packages stay root-owned (read-only to the app); only
-# var/ (VAR_DIR, unused when DATABASE_URL and STORAGE_URL are set) is the app's.
+# it is not root). The code and packages stay root-owned (read-only to the app); var/
+# (VAR_DIR, unused when DATABASE_URL and STORAGE_URL are set) and its home (the Hugging Face
+# cache, where the API reads MODEL's tokenizer) are the app's.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --create-home --home-dir /home/app app \
-    && mkdir -p /srv/var && chown app:app /srv/var
+    && mkdir -p /srv/var /home/app/.cache/huggingface && chown -R app:app /srv/var /home/app
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 \

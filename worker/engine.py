@@ -9,9 +9,8 @@ score and rerank lines).
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -100,8 +99,17 @@ class Engine(Protocol):
         """Drops enqueued requests (a cancelled job, a stopping worker)."""
 
 
+@functools.cache
 def has_cuda() -> bool:
-    return shutil.which("nvidia-smi") is not None or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    """Whether vLLM runs on CUDA (or ROCm) here, as vLLM's own platform detection says: not a
+    guess from `nvidia-smi` on PATH or a CUDA_VISIBLE_DEVICES (a container without the
+    driver's utilities has no nvidia-smi yet a GPU; CUDA_VISIBLE_DEVICES may be set with
+    none). False where vLLM is not installed."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cuda_alike())
 
 
 def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
@@ -118,8 +126,9 @@ def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = settings.distributed_executor_backend
     if settings.max_model_len:
         kwargs["max_model_len"] = settings.max_model_len
-    if not cuda:
-        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    kwargs.update(_engine_knobs(settings))
+    if settings.kv_cache_memory_bytes or not cuda:
+        kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
     kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
     # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
     kwargs["enable_prefix_caching"] = settings.prefix_caching
@@ -130,6 +139,19 @@ def _generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     # A per-request disable_any_whitespace is ignored by vLLM 0.32: it is the engine's.
     kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": settings.compact_json}
     return kwargs
+
+
+def _engine_knobs(settings: Settings) -> dict[str, Any]:
+    """The engine knobs a real deployment sets (MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS,
+    KV_CACHE_DTYPE, QUANTIZATION, BLOCK_SIZE), only those set: vLLM keeps its defaults."""
+    knobs: dict[str, Any] = {
+        "max_num_seqs": settings.max_num_seqs,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "kv_cache_dtype": None if settings.kv_cache_dtype == "auto" else settings.kv_cache_dtype,
+        "quantization": settings.quantization,
+        "block_size": settings.block_size,
+    }
+    return {name: value for name, value in knobs.items() if value is not None}
 
 
 def _embedding_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:

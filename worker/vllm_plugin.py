@@ -43,6 +43,12 @@ class _Generators(dict):  # type: ignore[type-arg]
 
 
 def register() -> None:
+    """Patches the CPU build alone: on any other platform (CUDA's runner does not even use this
+    class the same way) it does nothing, so it cannot surprise a GPU run."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
     from vllm.v1.worker import gpu_input_batch
 
     batch_class = gpu_input_batch.InputBatch

@@ -13,7 +13,7 @@ from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec, completion_window_length
 from app.jobs.endpoints import listed
 from app.jobs.endpoints.base import JobDefaults
-from app.jobs.estimate import JobEstimate
+from app.jobs.estimate import JobEstimate, deadline_at_risk
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import cost, throughput
@@ -302,6 +302,9 @@ class BatchObject(BaseModel):
     estimate: JobEstimate | None = Field(
         default=None, description="lines, prompt tokens, requested output tokens and ETA, counted when queued"
     )
+    deadline_at_risk: bool | None = Field(
+        default=None, description="true: at the measured rate it cannot finish by expires_at; null: ended, or no rate"
+    )
     parent_batch_id: str | None = Field(default=None, description="the batch whose failed lines this one retries")
     child_batch_ids: list[str] | None = Field(default=None, description="retries of this batch, oldest first")
 
@@ -354,6 +357,7 @@ class BatchObject(BaseModel):
                 **asdict(throughput(job)), tensor_parallel_size=job.tensor_parallel_size, workers=workers
             ),
             estimate=JobEstimate.model_validate(job.estimate) if job.estimate else None,
+            deadline_at_risk=deadline_at_risk(job),
             parent_batch_id=job.parent_job_id,
             child_batch_ids=children,
         )

@@ -47,6 +47,20 @@ class Settings(BaseSettings):
         default=True, description="vLLM's prefix caching: lines that share a prompt prefix compute it once"
     )
     enforce_eager: bool | None = Field(default=None, description="unset: eager without CUDA, graphs with it")
+    # vLLM's engine knobs for real models; unset leaves vLLM's default.
+    max_num_seqs: int | None = Field(default=None, ge=1, description="sequences the engine runs at once")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, description="tokens per engine step")
+    kv_cache_dtype: str = Field(default="auto", description="auto, or fp8 (fp8_e4m3, fp8_e5m2): twice the KV cache")
+    quantization: str | None = Field(
+        default=None, description="fp8 (70B on one H100), awq, gptq, ...: vLLM's quantization method"
+    )
+    block_size: int | None = Field(default=None, ge=1, description="KV cache block, in tokens")
+    kv_cache_memory_bytes: int | None = Field(
+        default=None,
+        ge=1 << 20,
+        description="the KV cache's size in bytes, instead of a share of GPU memory (a tiny model on a big GPU "
+        "would otherwise get millions of blocks and a slow start); unset: 512 MiB on the CPU build",
+    )
     lora_modules: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="LoRA adapters of MODEL that a line's body.model may name: name=path,... (folder or HF id)",

@@ -15,11 +15,13 @@ import functools
 import logging
 import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from app.core.settings import Settings
+from app.data.models import Job, JobStatus
 from app.data.records import Records
 from app.jobs.endpoints import endpoint_for
 from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, ServedModels, UnsupportedRequest
@@ -206,3 +208,17 @@ def estimate_job(
     else:  # its workers' rate is input tokens read
         timing = eta(records, model, batch_size, counted.prompt_tokens, reads_input=True)
     return JobEstimate(**counted.model_dump(), **timing.model_dump(), batch_size=batch_size)
+
+
+def deadline_at_risk(job: Job) -> bool | None:
+    """Whether a queued or running batch cannot finish by its deadline (`expires_at`) at
+    the rate workers measured: its ETA (the estimate's, for the whole batch) scaled to the
+    lines not yet done, against the time left. None when it has ended, or when no worker
+    has measured the rate yet. Other batches ahead of it in the queue are not counted."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS) or not job.estimate:
+        return None
+    eta_seconds = job.estimate.get("eta_seconds")
+    if eta_seconds is None or job.request_total <= 0:
+        return None
+    left = 1 - (job.request_completed + job.request_failed) / job.request_total
+    return datetime.now(UTC) + timedelta(seconds=eta_seconds * left) > job.expires_at

@@ -32,6 +32,7 @@ from app.core.settings import Settings, get_settings
 from app.tools.demo_model import DEFAULT_EMBEDDING_OUTPUT as DEMO_EMBEDDING_MODEL
 from app.tools.demo_model import DEFAULT_OUTPUT as DEMO_MODEL
 from app.tools.demo_model import ensure_demo_embedding_model, ensure_demo_model
+from app.tools.gpu_placement import PlacementError, place, visible_devices, visible_gpus
 
 CHILD_STOP_SECONDS = 60
 FIRST_RESTART_SECONDS = 1.0  # the wait before starting a dead child again; it doubles while it keeps dying
@@ -176,8 +177,22 @@ def main() -> None:
     api_only = {name: env.get(name, value) for name, value in MALLOC_SETTINGS.items()}
     children = [Supervised("API", api_command(settings), {**env, **api_only})]
     kinds = [] if args.no_worker else ["generate"] * args.workers + (["embed"] if embedding_worker else [])
-    for kind in kinds:
-        children.append(Supervised(f"{kind} worker", [sys.executable, "-m", "worker", "--kind", kind], env))
+    try:  # each worker its GPUs, or its share of one: two engines never ask for more than there is
+        placements = place(
+            kinds,
+            visible_gpus() if kinds else 0,
+            settings.tensor_parallel_size,
+            settings.gpu_memory_utilization,
+            settings.embedding_gpu_memory_utilization,
+        )
+    except PlacementError as exc:
+        sys.exit(f"llm-batch-serve: {exc}")
+    visible = visible_devices()
+    for index, (kind, placement) in enumerate(zip(kinds, placements, strict=True)):
+        worker_env = {**env, **(placement.env(kind, visible) if placement else {})}
+        if placement:
+            print(f"{kind} worker {index}: GPUs {worker_env['CUDA_VISIBLE_DEVICES']}", flush=True)
+        children.append(Supervised(f"{kind} worker", [sys.executable, "-m", "worker", "--kind", kind], worker_env))
     postgres = None if settings.database_url else SupervisedPostgres()
     print(f"API on http://{settings.host}:{settings.port} (docs at /docs); Ctrl-C stops everything", flush=True)
 

@@ -15,18 +15,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.core.database import Database
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
+from app.data.keys import create_key
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.endpoints.base import Sampling
 from app.jobs.output_lines import Generation
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
+from tests.integration.test_admin import login
 from worker.loop import WorkerLoop
 
 STEP_SECONDS = 0.01  # a fake engine step: long enough that a big job outlives the test's actions
@@ -178,3 +181,35 @@ def test_a_bad_completion_window_is_a_400_naming_it(client: TestClient, window: 
     error = response.json()["error"]
     assert error["param"] == "completion_window"
     assert "completion_window" in error["message"] or "1h" in error["message"]
+
+
+def test_a_batch_that_cannot_finish_by_its_deadline_at_the_measured_rate_says_so(
+    app: FastAPI, client: TestClient, records: Records, settings: Settings
+) -> None:
+    late = create_batch(client, upload(client, lines("late", 10, 4))["id"], completion_window="1h")
+    soon = create_batch(client, upload(client, lines("soon", 10, 4))["id"], completion_window="1h")
+    for batch in (late, soon):  # counted when queued (in the background)
+        counted = wait_for(client, batch["id"], lambda b: b["estimate"] is not None)
+        assert counted["estimate"]["eta_seconds"] is None and counted["deadline_at_risk"] is None  # no rate yet
+    db = Database(settings.database_url or "")
+    try:
+        with db.engine.begin() as conn:  # as the estimate would say once workers have measured the model
+            for batch, eta in ((late, 7200), (soon, 60)):
+                conn.execute(
+                    text(
+                        "UPDATE jobs SET estimate = jsonb_set(estimate, '{eta_seconds}', to_jsonb(:eta)) WHERE id = :id"
+                    ),
+                    {"eta": eta, "id": batch["id"]},
+                )
+    finally:
+        db.dispose()
+    assert client.get(f"/v1/batches/{late['id']}").json()["deadline_at_risk"] is True
+    assert client.get(f"/v1/batches/{soon['id']}").json()["deadline_at_risk"] is False
+
+    _, secret = create_key(records, "ops", admin=True)
+    browser, status = login(app, secret)
+    assert status == 303
+    page = browser.get("/admin").text
+    late_row = page.split(f'data-batch-id="{late["id"]}"')[1].split("</tr>")[0]
+    soon_row = page.split(f'data-batch-id="{soon["id"]}"')[1].split("</tr>")[0]
+    assert 'class="at-risk"' in late_row and 'class="at-risk"' not in soon_row

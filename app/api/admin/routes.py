@@ -15,6 +15,7 @@ from app.api.deps import RecordsDep, SettingsDep, StoreDep, refuse_unstorable_pa
 from app.core.errors import Forbidden, Unauthorized
 from app.data.models import Job, JobStatus
 from app.jobs.endpoints import ENDPOINTS
+from app.jobs.estimate import deadline_at_risk
 from app.jobs.stats import job_stats, throughput, window_series
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -74,6 +75,7 @@ def _row(job: Job) -> dict[str, Any]:
         "progress": round(100 * done / job.request_total, 1) if job.request_total else 0.0,
         "tokens_per_second": rates.generation_tokens_per_second,
         "duration": rates.end_to_end_seconds,
+        "at_risk": deadline_at_risk(job),  # cannot finish by its deadline at the measured rate
     }
 
 
