@@ -23,7 +23,7 @@ DEMO_MODELS := var/models/demo-llama/demo-model.json var/models/demo-embed/demo-
 	var/models/demo-lora/demo-lora.json var/models/demo-llama-long-tail/demo-model.json
 PYTEST_ARGS ?=
 
-.PHONY: install model run bench test fuzz lint typecheck test-tools clean
+.PHONY: install model run doctor bench test fuzz lint typecheck test-tools clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ $(DEMO_MODELS) &: $(STAMP) app/tools/demo_model.py
 
 run: install model
 	$(BIN)/python -m app.tools.launcher
+
+# Preflight: can this host run the service (Python, torch, vLLM, GPU and driver, compiler,
+# models, database, storage)? One line per check; exit status 1 when one failed.
+doctor: install
+	$(BIN)/llm-batch doctor
 
 # Every benchmark scenario (45-100 min on 2 CPU cores), then docs/benchmarks.md; BENCH_ARGS="--help" for options.
 BENCH_ARGS ?=

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from bench.common import BenchConfig, free_port, log_file, wait_for_port
-from worker.engine import CPU_KV_CACHE_BYTES, has_cuda
+from worker.engine_args import CPU_KV_CACHE_BYTES, has_cuda
 
 SERVED_NAME = "bench"
 SERVER_STOP_SECONDS = 60

@@ -1,8 +1,9 @@
-"""`llm-batch`: submit, watch, list, cancel and download batches; manage API keys.
+"""`llm-batch`: submit, watch, list, cancel and download batches; manage API keys; check the host.
 
-Everything but `keys` talks HTTP to the API like any client. `keys` is a server-side
+Everything but `keys` and `doctor` talks HTTP to the API like any client. `keys` is a server-side
 command: it writes to the service's database directly (DATABASE_URL, or with it
-unset the embedded database under var/, as `make run` uses).
+unset the embedded database under var/, as `make run` uses). `doctor` checks this host
+(app.tools.doctor).
 """
 
 from __future__ import annotations
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key")
+
+    doctor = sub.add_parser("doctor", help="check this host can run the service: GPU, model, database, storage")
+    doctor.add_argument("--json", action="store_true", help="the results as JSON")
     return parser
 
 
@@ -345,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return cmd_keys(args)
+        if args.command == "doctor":  # local, like keys: app.tools.doctor
+            from app.tools.doctor import main as doctor
+
+            return doctor(args.json)
         return int(args.run(Client(args.url, args.api_key), args))
     except (ApiError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ import pytest
 from app.core.settings import Settings
 from app.tools.gpu_placement import Placement, PlacementError, place
 from tests.conftest import ROOT
-from worker.engine import _generation_kwargs, has_cuda
+from worker.engine_args import generation_kwargs, has_cuda
 
 MEMORY, EMBEDDING = 0.9, 0.1
 
@@ -84,7 +84,7 @@ def test_the_engine_knobs_reach_llms_arguments_under_vllms_own_names() -> None:
     settings = Settings(
         max_num_seqs=64, max_num_batched_tokens=8192, kv_cache_dtype="fp8", quantization="fp8", block_size=32
     )
-    kwargs = _generation_kwargs(settings, cuda=True)
+    kwargs = generation_kwargs(settings, cuda=True)
     knobs = {
         "max_num_seqs": 64,
         "max_num_batched_tokens": 8192,
@@ -95,7 +95,7 @@ def test_the_engine_knobs_reach_llms_arguments_under_vllms_own_names() -> None:
     assert {name: kwargs.get(name) for name in knobs} == knobs
     assert set(knobs) <= {field.name for field in dataclasses.fields(EngineArgs)}
     assert "kv_cache_memory_bytes" not in kwargs  # on CUDA the memory share sizes the cache
-    unset = _generation_kwargs(Settings(), cuda=True)
+    unset = generation_kwargs(Settings(), cuda=True)
     assert not set(knobs) & set(unset)  # unset: vLLM's defaults
 
 
