@@ -28,6 +28,15 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily(
             "llm_batch_queue_depth_lines", "Input lines waiting or running", value=snap.queued_lines
         )
+        by_model = GaugeMetricFamily(
+            "llm_batch_queue_lines",
+            "Input lines not yet recorded of queued or in-progress batches, by model (0 for a model that a "
+            "registered worker serves and that has none): what an autoscaler of that model's workers reads",
+            labels=["model"],
+        )
+        for model, lines in sorted(snap.queued_lines_by_model.items()):
+            by_model.add_metric([model], lines)
+        yield by_model
 
         generated = CounterMetricFamily("llm_batch_generated_tokens", "Generated tokens", labels=["worker"])
         prompt = CounterMetricFamily("llm_batch_prompt_tokens", "Prompt tokens", labels=["worker"])

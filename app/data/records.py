@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import aliased
 
@@ -19,6 +19,7 @@ from app.data.models import (
     ApiKey,
     FileRecord,
     Job,
+    JobStatus,
     Shard,
     ShardStatus,
     Window,
@@ -237,6 +238,17 @@ class Records:
                     Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING])
                 )
             )
+            # Per model, of queued or in-progress batches; a model some worker serves reads 0 when idle.
+            open_lines = (
+                select(Job.model, (Shard.end_line - Shard.next_line).label("lines"))
+                .join(Job, Job.id == Shard.job_id)
+                .where(
+                    Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING]),
+                    Job.status.in_([JobStatus.QUEUED, JobStatus.IN_PROGRESS]),
+                )
+            )
+            lines = union_all(open_lines, select(Worker.model, literal(0))).subquery()
+            by_model = session.execute(select(lines.c.model, func.sum(lines.c.lines)).group_by(lines.c.model)).all()
             per_worker = session.execute(
                 select(
                     Window.worker_id,
@@ -252,6 +264,7 @@ class Records:
         return MetricsSnapshot(
             jobs_by_status={str(k): int(v) for k, v in statuses.items()},
             queued_lines=int(queued_lines or 0),
+            queued_lines_by_model={str(model): int(count or 0) for model, count in by_model},
             per_worker=[
                 WorkerTotals(
                     worker_id=row[0],
@@ -341,5 +354,6 @@ class WorkerTotals:
 class MetricsSnapshot:
     jobs_by_status: dict[str, int]
     queued_lines: int
+    queued_lines_by_model: dict[str, int]  # lines not yet recorded of queued or in-progress batches
     per_worker: list[WorkerTotals]
     workers: list[Worker]
