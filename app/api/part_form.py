@@ -37,13 +37,20 @@ PART_FORM_OPENAPI = {
 
 
 async def receive_part(
-    request: Request, store: ObjectStore, uploads: Uploads, upload_id: str, max_bytes: int
+    request: Request, store: ObjectStore, uploads: Uploads, upload_id: str, max_bytes: int, room: int, slack: int
 ) -> UploadPart:
-    """Streams the form's `data` into storage and records it as a part; returns it."""
+    """Streams the form's `data` into storage and records it as a part; returns it. `room`:
+    the bytes the upload's declared size leaves for it (app.data.uploads.Uploads.room)."""
     boundary = boundary_of(request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(f"The part is larger than the limit of {max_bytes} bytes.", param="data")
+    if declared.isdigit() and int(declared) > room + FORM_OVERHEAD_BYTES:
+        raise InvalidRequest(
+            f"The part takes the upload past its declared `bytes`: it may hold {room} more bytes.",
+            param="bytes",
+            code="upload_too_large",
+        )
     part: UploadPart | None = None
     ignored = 0
     async with aclosing(form_events(request.stream(), boundary)) as events:
@@ -57,7 +64,7 @@ async def receive_part(
             if part is not None:
                 raise InvalidRequest("Send one `data` part per request.", param="data", code="invalid_value")
             reader = PartReader(events, current_token())
-            write = partial(write_part, store, uploads, upload_id, reader, max_bytes)  # type: ignore[arg-type]
+            write = partial(write_part, store, uploads, upload_id, reader, max_bytes, room, slack)  # type: ignore[arg-type]
             part = await anyio.to_thread.run_sync(write, limiter=upload_threads())
             await reader.drain()
     if part is None:

@@ -67,22 +67,43 @@ class Uploads:
         with self.db.session() as session:
             return _get(session, upload_id, scope)
 
+    def room(self, upload_id: str, scope: str | None, slack: int) -> int:
+        """The bytes a new part of a pending upload may hold: its declared `bytes` plus
+        `slack`, less what its parts hold already; a 400 naming `bytes` when that is nothing."""
+        upload = self.pending(upload_id, scope)
+        with self.db.session() as session:
+            stored = session.scalar(
+                select(func.coalesce(func.sum(UploadPart.bytes), 0)).where(UploadPart.upload_id == upload_id)
+            )
+        room = upload.bytes + slack - int(stored or 0)
+        if room <= 0:
+            raise over_declared_size(upload, int(stored or 0), slack)
+        return room
+
     def pending(self, upload_id: str, scope: str | None) -> Upload:
         """An upload that still takes parts; anything else is a 409 naming its status."""
         upload = self.get(upload_id, scope)
         _ensure_pending(upload)
         return upload
 
-    def add_part(self, upload_id: str, part_id: str, size: int) -> UploadPart:
-        """Records a stored part; refused (Conflict) once the upload is no longer pending."""
+    def add_part(self, upload_id: str, part_id: str, size: int, slack: int = 0) -> UploadPart:
+        """Records a stored part; refused (Conflict) once the upload is no longer pending, and
+        (a 400 naming `bytes`) when the upload's parts would hold more than its declared
+        `bytes` plus `slack`: checked under the upload's lock, so parallel parts cannot pass it."""
         with self.db.session() as session:
             upload = _get(session, upload_id, None, lock=True)
             _ensure_pending(upload)
-            count = session.scalar(select(func.count()).where(UploadPart.upload_id == upload_id)) or 0
+            count, stored = session.execute(
+                select(func.count(), func.coalesce(func.sum(UploadPart.bytes), 0)).where(
+                    UploadPart.upload_id == upload_id
+                )
+            ).one()
             if count >= MAX_PARTS_PER_UPLOAD:
                 raise InvalidRequest(
                     f"An upload takes at most {MAX_PARTS_PER_UPLOAD} parts.", param="data", code="too_many_parts"
                 )
+            if stored + size > upload.bytes + slack:
+                raise over_declared_size(upload, stored, slack)
             part = UploadPart(id=part_id, upload_id=upload_id, bytes=size, created_at=now())
             session.add(part)
         return part
@@ -181,3 +202,13 @@ def _ensure_pending(upload: Upload) -> None:
         raise Conflict(
             f"Upload {upload.id} is {status}; it takes no more parts.", param="upload_id", code=f"upload_{status}"
         )
+
+
+def over_declared_size(upload: Upload, stored: int, slack: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"This upload declared {upload.bytes} bytes; its parts hold {stored} and may hold at most "
+        f"{upload.bytes + slack} (one part's slack, to send a failed part again). Complete it with the parts "
+        "you have, or cancel it and create one with the right `bytes`.",
+        param="bytes",
+        code="upload_too_large",
+    )

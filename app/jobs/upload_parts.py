@@ -40,11 +40,13 @@ def part_key(upload_id: str, part_id: str) -> str:
 
 
 class _CountingReader:
-    """Passes reads through, counting them; past `max_bytes` it raises PayloadTooLarge."""
+    """Passes reads through, counting them; past `max_bytes` it raises PayloadTooLarge, past
+    `room` (what the upload's declared size leaves) a 400 naming `bytes`."""
 
-    def __init__(self, source: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, source: IO[bytes], max_bytes: int, room: int | None = None) -> None:
         self._source = source
         self._max = max_bytes
+        self._room = room
         self.bytes = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -52,21 +54,36 @@ class _CountingReader:
         self.bytes += len(data)
         if self.bytes > self._max:
             raise PayloadTooLarge(f"The part is larger than the limit of {self._max} bytes.", param="data")
+        if self._room is not None and self.bytes > self._room:
+            raise InvalidRequest(
+                f"The part takes the upload past its declared `bytes`: it may hold {self._room} more bytes.",
+                param="bytes",
+                code="upload_too_large",
+            )
         return data
 
     def readable(self) -> bool:
         return True
 
 
-def write_part(store: ObjectStore, uploads: Uploads, upload_id: str, source: IO[bytes], max_bytes: int) -> UploadPart:
-    """Streams one part to its own object and records it. A part
-    refused on the way, or that finishes after its upload ended, leaves nothing stored."""
+def part_slack(declared_bytes: int, part_max_bytes: int) -> int:
+    """What an upload's parts may hold beyond its declared size: one part's worth (at most the
+    whole upload), so a part that failed on the client's side can be sent again."""
+    return min(declared_bytes, part_max_bytes)
+
+
+def write_part(
+    store: ObjectStore, uploads: Uploads, upload_id: str, source: IO[bytes], max_bytes: int, room: int, slack: int
+) -> UploadPart:
+    """Streams one part to its own object and records it. A part refused on the way (past
+    `max_bytes`, or past the `room` the upload's declared size leaves), or that finishes after
+    its upload ended, leaves nothing stored."""
     part_id = new_id("part_")
     key = part_key(upload_id, part_id)
-    reader = _CountingReader(source, max_bytes)
+    reader = _CountingReader(source, max_bytes, room)
     try:
         store.put_stream(key, reader)  # type: ignore[arg-type]
-        return uploads.add_part(upload_id, part_id, reader.bytes)
+        return uploads.add_part(upload_id, part_id, reader.bytes, slack)
     except BaseException:
         store.delete(key)
         raise

@@ -58,7 +58,9 @@ def test_a_killed_api_loses_only_the_part_in_flight(
         "MODEL": str(demo_model),
         "PYTHONPATH": str(ROOT),
     }
-    data = jsonl([completion_line(f"r{i}", f"prompt {i}") for i in range(20_000)])
+    # About 24 MB: the part in flight (up to 40 MiB, killed once 8 MiB are in S3) fits in
+    # what the upload's declared size leaves for it (its bytes plus one part's slack).
+    data = jsonl([completion_line(f"r{i}", f"prompt {i} " + "x" * 1100) for i in range(20_000)])
     first, second = data[: len(data) // 2], data[len(data) // 2 :]
     auth = {"Authorization": f"Bearer {key}"}
     api = start_api(env, port)

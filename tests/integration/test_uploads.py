@@ -13,7 +13,7 @@ import boto3
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 from openai.types import Upload
 from sqlalchemy import text
 
@@ -172,6 +172,43 @@ def test_a_part_over_the_limit_is_refused_and_leaves_nothing(client: TestClient,
     refused = client.post(f"/v1/uploads/{upload['id']}/parts", files={"data": ("blob", b"x" * (PART_LIMIT + 1))})
     assert refused.status_code == 413 and refused.json()["error"]["param"] == "data"
     assert stored_parts(store, upload["id"]) == []
+
+
+def test_parts_past_the_declared_size_are_refused_naming_bytes_and_nothing_is_stored_for_them(
+    app: FastAPI, records: Records, store: ObjectStore
+) -> None:
+    """OpenAI's bound: an Upload takes parts up to its `bytes` (here plus one part's slack, so
+    a failed part can be sent again), not 24 MiB for a 10-byte upload."""
+    _, secret = create_key(records, "sdk")
+    sdk = OpenAI(base_url="http://testserver/v1", api_key=secret, http_client=TestClient(app), max_retries=0)
+    upload = sdk.uploads.create(bytes=10, filename="tiny.jsonl", mime_type="application/jsonl", purpose="batch")
+    first = sdk.uploads.parts.create(upload_id=upload.id, data=b"x" * 8)
+    again = sdk.uploads.parts.create(upload_id=upload.id, data=b"y" * 8)  # within the slack: 16 of 20
+    with pytest.raises(BadRequestError) as refused:
+        sdk.uploads.parts.create(upload_id=upload.id, data=b"z" * 8)  # 24: past 10 + 10
+    error = refused.value.body
+    assert isinstance(error, dict) and error["param"] == "bytes" and "may hold 4 more bytes" in error["message"]
+    assert sorted(key.rsplit("/", 1)[-1] for key in stored_parts(store, upload.id)) == sorted([first.id, again.id])
+    last = sdk.uploads.parts.create(upload_id=upload.id, data=b"w" * 4)  # 20: exactly the bound
+    with pytest.raises(BadRequestError) as full:
+        sdk.uploads.parts.create(upload_id=upload.id, data=b"v")  # no room at all: refused before the body
+    assert isinstance(full.value.body, dict) and full.value.body["param"] == "bytes"
+    assert "declared 10 bytes; its parts hold 20" in full.value.body["message"]
+    assert len(stored_parts(store, upload.id)) == 3
+    with pytest.raises(BadRequestError, match="hold 12 bytes; the upload was created for 10"):
+        sdk.uploads.complete(upload_id=upload.id, part_ids=[first.id, last.id])  # the parts must add up
+
+
+def test_a_part_that_grows_past_the_declared_size_while_streaming_is_refused_and_removed(
+    client: TestClient, store: ObjectStore
+) -> None:
+    upload = create(client, b"x" * 100)
+    add_part(client, upload["id"], b"x" * 150)  # 150 of 100 + 100
+    body = b"x" * 60  # 210: past 200, though under the part limit
+    refused = client.post(f"/v1/uploads/{upload['id']}/parts", files={"data": ("blob", body)})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "bytes"
+    assert len(stored_parts(store, upload["id"])) == 1
 
 
 def test_cancel_removes_the_parts_and_takes_no_more(client: TestClient, store: ObjectStore) -> None:

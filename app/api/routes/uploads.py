@@ -12,7 +12,7 @@ from app.api.upload_form import upload_threads
 from app.api.upload_schemas import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 from app.core.errors import PayloadTooLarge
 from app.jobs.retention import retention_seconds
-from app.jobs.upload_parts import complete_upload, remove_parts
+from app.jobs.upload_parts import complete_upload, part_slack, remove_parts
 from app.jobs.uploads import UploadLimits
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -48,9 +48,13 @@ async def add_part(
     upload_id: str, request: Request, caller: CallerDep, uploads: UploadsDep, store: StoreDep, settings: SettingsDep
 ) -> UploadPartObject:
     """A part (multipart `data`, up to UPLOAD_PART_MAX_BYTES), streamed to storage; parts
-    may arrive in parallel and in any order. The upload is looked up before the body is read."""
-    await run_in_threadpool(uploads.pending, upload_id, caller.scope)
-    part = await receive_part(request, store, uploads, upload_id, settings.upload_part_max_bytes)
+    may arrive in parallel and in any order. The upload is looked up before the body is read,
+    and its parts hold at most its declared `bytes` plus one part's slack (a 400 naming
+    `bytes` past that, with nothing stored)."""
+    upload = await run_in_threadpool(uploads.pending, upload_id, caller.scope)
+    slack = part_slack(upload.bytes, settings.upload_part_max_bytes)
+    room = await run_in_threadpool(uploads.room, upload_id, caller.scope, slack)
+    part = await receive_part(request, store, uploads, upload_id, settings.upload_part_max_bytes, room, slack)
     return UploadPartObject.of(part)
 
 
