@@ -40,8 +40,9 @@ def error_json(status: int, message: str, error_type: str, param: str | None, co
 
 def service_error_json(exc: ServiceError) -> JSONResponse:
     response = error_json(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
-    if isinstance(exc, ServiceUnavailable):
-        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    retry_after = getattr(exc, "retry_after_seconds", None)  # ServiceUnavailable, RateLimited
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -41,7 +41,8 @@ def is_upload(scope: Scope, headers: Headers) -> bool:
 
 
 class RequestGate:
-    """Pure ASGI middleware: 401 before the body for a missing or wrong key, 413 for a
+    """Pure ASGI middleware: 401 before the body for a missing or wrong key, 429 past the
+    key's request rate (app.api.rate_limits, its headers on every answer), 413 for a
     body over the JSON cap. The caller it found waits in `scope["state"]["principal"]`
     for the `CallerDep` dependency, so the key is looked up once."""
 
@@ -56,7 +57,13 @@ class RequestGate:
         headers = Headers(scope=scope)
         try:
             if guarded(scope["path"]):
-                scope.setdefault("state", {})["principal"] = await self._caller(state, headers.get("authorization"))
+                caller = await self._caller(state, headers.get("authorization"))
+                scope.setdefault("state", {})["principal"] = caller
+                allowance = state.rate_limiter.take(caller.key_id)
+                if allowance is not None:
+                    send = _with_headers(send, allowance.headers())
+                    if allowance.retry_after_seconds is not None:
+                        raise allowance.refusal()
                 if is_upload(scope, headers):
                     await self.app(scope, receive, send)
                     return
@@ -123,3 +130,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """A `send` that adds `headers` to the response's start."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return sending

@@ -15,6 +15,7 @@ from app.api.batch_views import BatchViews
 from app.api.errors import install_error_handlers
 from app.api.heavy_work import HeavyWork
 from app.api.limits import RequestGate
+from app.api.rate_limits import RateLimiter
 from app.api.request_ids import RequestIds
 from app.api.routes import api_router
 from app.api.status_changes import StatusChanges
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_changes = StatusChanges(url)
         app.state.batch_views = BatchViews(app.state.records, settings.gpu_hour_price, status_changes)
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_requests_per_minute)
         app.state.store = open_store(settings.resolved_storage_url, settings.s3_endpoint_url, settings.s3_region)
         app.state.session_signer = SessionSigner(settings.session_secret or secrets.token_urlsafe(32))
         sweeper = Sweeper(

@@ -72,6 +72,27 @@ class LineTooLong(PayloadTooLarge):
         self.line = line
 
 
+class QuotaExceeded(ServiceError):
+    """An owner's quota (stored bytes, batches not yet ended) would be passed: OpenAI's 429
+    `insufficient_quota`. Waiting does not help; freeing what the message names does."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(ServiceError):
+    """A key sent more requests than its rate allows: 429 with Retry-After."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class ServiceUnavailable(ServiceError):
     """Postgres is down or restarting: nothing was lost, and the client should come back."""
 

@@ -150,6 +150,22 @@ class Settings(BaseSettings):
         description="a static batch that kills its worker this often goes to the error file; "
         "a finalization that fails this often ends its job failed",
     )
+    # Quotas per owner (an admin overrides them per owner: POST /v1/limits, `llm-batch limits`).
+    quota_stored_bytes: int = Field(
+        default=200 << 30, ge=0, description="bytes an owner may keep stored: files, upload parts, results"
+    )
+    quota_queued_prompt_tokens: int = Field(
+        default=2_000_000_000,
+        ge=0,
+        description="prompt tokens an owner may have queued per model (OpenAI's batch queue limit); a batch past it "
+        "fails at once with token_limit_exceeded",
+    )
+    quota_open_batches: int = Field(default=1000, ge=0, description="batches an owner may have not yet ended")
+    rate_limit_requests_per_minute: int = Field(
+        default=6000,
+        ge=0,
+        description="requests per API key per minute, per API process (0: unlimited); polls once a second use 60",
+    )
     max_reported_errors: int = Field(default=100, ge=1, description="line errors kept in a failed batch's errors")
     file_retention_days: int = Field(
         default=30,

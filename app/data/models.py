@@ -206,6 +206,18 @@ class OwnerTurn(Base):
     last_claimed_at: Mapped[datetime]
 
 
+class OwnerLimit(Base):
+    """An admin's override of an owner's quotas (app.jobs.quotas); a null keeps the default."""
+
+    __tablename__ = "owner_limits"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    queued_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    open_batches: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class Window(Base):
     """One recorded window: its static batches' statistics and where its results are."""
 

@@ -15,10 +15,12 @@ from app.core.storage import ObjectStore, read_lines
 from app.data.ids import new_id, now
 from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
+from app.data.quotas import Quotas
 from app.data.records import Records
 from app.jobs.endpoints import endpoint_for, is_endpoint, listed
 from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate, estimate_job
+from app.jobs.quotas import check_open_batches, token_limit_error
 from app.jobs.retention import retention_seconds
 from app.jobs.upload_check import endpoint_mismatch
 
@@ -150,8 +152,15 @@ def create_job(
     parent_job_id: str | None = None,
 ) -> Job:
     """The job is queued, or failed with line-numbered errors when its file breaks the
-    input format (nothing runs then)."""
+    input format, or with `token_limit_exceeded` past the owner's queued-token quota (nothing
+    runs then). Past the owner's quota of batches not yet ended: QuotaExceeded, nothing stored."""
     checked = check_spec(records, settings, spec, owner.scope)
+    quotas = Quotas(records.db)
+    check_open_batches(quotas, settings, owner.name)
+    errors = checked.file_errors or None
+    if not errors:  # OpenAI's queue limit: the batch fails at once, nothing queued
+        over = token_limit_error(quotas, settings, owner.name, checked.model, checked.source.bytes // 4)
+        errors = [over] if over is not None else None
     created = now()
     job = Job(
         id=new_id("batch_"),
@@ -162,14 +171,14 @@ def create_job(
         completion_window=spec.completion_window,
         model=checked.model,
         batch_size=checked.batch_size,
-        status=JobStatus.FAILED if checked.file_errors else JobStatus.QUEUED,
+        status=JobStatus.FAILED if errors else JobStatus.QUEUED,
         sampling_defaults=checked.defaults.as_json(),
         metadata_=spec.metadata,
-        errors=checked.file_errors or None,
+        errors=errors,
         request_total=checked.source.line_count,
         created_at=created,
         expires_at=created + completion_window_length(spec.completion_window),
-        failed_at=created if checked.file_errors else None,
+        failed_at=created if errors else None,
         parent_job_id=parent_job_id,
         output_expires_after_seconds=retention_seconds(spec.output_expires_after_seconds, settings.file_retention_days),
     )

@@ -179,6 +179,24 @@ def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _quota(value: str) -> str:
+    if value != "default" and not value.isdigit():
+        raise argparse.ArgumentTypeError("a number of bytes, tokens or batches, or `default`")
+    return value
+
+
+def cmd_limits(client: Client, args: argparse.Namespace) -> int:
+    """Your quotas and use (an admin: --owner's), or, with a value, an admin's override."""
+    values = {name: getattr(args, name) for name in ("stored_bytes", "queued_prompt_tokens", "open_batches")}
+    values = {name: (None if value == "default" else int(value)) for name, value in values.items() if value is not None}
+    if values:
+        limits = client.call("POST", "/v1/limits", json={"owner": args.owner, **values})
+    else:
+        limits = client.call("GET", "/v1/limits", params={"owner": args.owner} if args.owner else None)
+    print(json.dumps(limits, indent=2))
+    return 0
+
+
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     print(_summary(client.call("POST", f"/v1/batches/{args.batch_id}/cancel")))
     return 0
@@ -295,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("batch_id")
     status.add_argument("--json", action="store_true", help="the whole batch object")
     status.set_defaults(run=cmd_status)
+
+    limits = sub.add_parser("limits", help="your quotas and use; an admin's --owner and overrides")
+    limits.add_argument("--owner", help="another owner's (admins); required with an override")
+    for name in ("stored-bytes", "queued-prompt-tokens", "open-batches"):
+        limits.add_argument(
+            f"--{name}", metavar="N|default", type=_quota, help=f"set the owner's {name} quota (admins)"
+        )
+    limits.set_defaults(run=cmd_limits)
 
     listing = sub.add_parser("list", help="your batches, newest first")
     listing.add_argument("--limit", type=int, default=20)

@@ -20,8 +20,10 @@ from app.api.upload_schemas import FILE_IMPORT_OPENAPI, FileImport
 from app.core.s3_source import allowed_source
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
+from app.data.quotas import Quotas
 from app.data.records import Records
 from app.jobs.imports import import_object
+from app.jobs.quotas import check_storage
 from app.jobs.retention import remove_file_objects, retention_seconds
 from app.jobs.uploads import UploadLimits, record_upload
 
@@ -63,6 +65,9 @@ async def upload_file(
     within MAX_UPLOAD_BYTES, MAX_UPLOAD_LINES and MAX_LINE_BYTES. Or, as JSON (this
     service's extension), import one from object storage: `{"url": "s3://bucket/key"}`
     under IMPORT_ALLOWED_PREFIXES, read by the service itself through the same check."""
+    declared = request.headers.get("content-length", "")
+    adding = int(declared) if declared.isdigit() else 0  # the body's size, before a byte of it is read
+    await run_in_threadpool(check_storage, Quotas(records.db), settings, caller.owner, adding)
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
         return await import_file(request, caller, records, store, settings)
     limits = upload_limits(settings)

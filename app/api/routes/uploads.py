@@ -11,6 +11,8 @@ from app.api.part_form import PART_FORM_OPENAPI, receive_part
 from app.api.upload_form import upload_threads
 from app.api.upload_schemas import UploadComplete, UploadCreate, UploadObject, UploadPartObject
 from app.core.errors import PayloadTooLarge
+from app.data.quotas import Quotas
+from app.jobs.quotas import check_storage
 from app.jobs.retention import retention_seconds
 from app.jobs.upload_parts import complete_upload, part_slack, remove_parts
 from app.jobs.uploads import UploadLimits
@@ -24,6 +26,7 @@ def create_upload(body: UploadCreate, caller: CallerDep, uploads: UploadsDep, se
     (UPLOAD_EXPIRES_SECONDS after its creation)."""
     if body.bytes > settings.max_upload_bytes:
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.max_upload_bytes} bytes.", param="bytes")
+    check_storage(Quotas(uploads.db), settings, caller.owner, body.bytes)
     upload = uploads.create(
         owner=caller.owner,
         filename=body.filename,
