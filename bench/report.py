@@ -405,7 +405,7 @@ def scale_out_section(result: dict[str, Any] | None) -> tuple[list[str], list[li
                 for w in (one, two)
             ],
         ),
-        f"Two workers took **{scale['ratio']:.2f}** of one worker's time (goal ≤ 0.60 from the README); raw "
+        f"Two workers took **{scale['ratio']:.2f}** of one worker's time (goal ≤ 0.60, docs/measurements.md); raw "
         f"engines reach {machine['time_for_the_same_total_work_ratio']:.2f} for the same total work here.",
         "",
     ]

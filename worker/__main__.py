@@ -13,7 +13,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="llm-batch-worker",
         description="Hold one vLLM engine and run queued batch jobs from Postgres as static batches. "
-        "Every setting comes from the environment (see the README); flags override the engine's.",
+        "Every setting comes from the environment (docs/operations.md, Settings); flags override the engine's.",
     )
     kinds = worker_kinds()  # worker kind -> the endpoints it serves, from the registry
     parser.add_argument(

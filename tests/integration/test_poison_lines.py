@@ -66,7 +66,7 @@ def nested_schema(levels: int) -> dict[str, Any]:
     return schema
 
 
-# Each kind of request vLLM refuses (README, "What survives what"), keyed by custom_id.
+# Each kind of request vLLM refuses (docs/operations.md, "What survives what"), keyed by custom_id.
 POISON = {
     "token-below-vocabulary": Poison({"prompt": [-1, 5]}, "prompt", "out of vocabulary"),
     "token-past-vocabulary": Poison({"prompt": [5, 1_000_000_000]}, "prompt", "out of vocabulary"),
