@@ -58,6 +58,15 @@ class Quotas:
             tokens = {model: int(count) for model, count in conn.execute(QUEUED_TOKENS_SQL, params).all()}
         return OwnerUse(stored, batches, tokens)
 
+    def owners(self, limit: int = 200) -> list[str]:
+        """Owners with a live key or stored files, by name."""
+        statement = text(
+            "SELECT owner FROM api_keys WHERE revoked_at IS NULL UNION "
+            "SELECT owner FROM files WHERE deleted_at IS NULL ORDER BY 1 LIMIT :limit"
+        )
+        with self.db.engine.connect() as conn:
+            return [row[0] for row in conn.execute(statement, {"limit": limit}).all()]
+
     def override(self, owner: str) -> OwnerLimit | None:
         with self.db.session() as session:
             return session.get(OwnerLimit, owner)

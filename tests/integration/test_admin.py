@@ -26,7 +26,7 @@ def login(app: FastAPI, secret: str) -> tuple[TestClient, int]:
 def test_a_logged_out_browser_is_sent_to_login_and_sees_no_data(app: FastAPI, client: TestClient) -> None:
     batch = create_batch(client, upload(client, jsonl([completion_line("secret-id", "x")]))["id"])
     browser = TestClient(app, follow_redirects=False)
-    for path in ("/admin", f"/admin/batches/{batch['id']}", "/admin/throughput", "/admin/workers"):
+    for path in ("/admin", f"/admin/batches/{batch['id']}", "/admin/throughput", "/admin/workers", "/admin/owners"):
         response = browser.get(path)
         assert response.status_code == 303 and response.headers["location"] == "/admin/login", path
         assert batch["id"] not in response.text

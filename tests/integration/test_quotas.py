@@ -19,6 +19,7 @@ from app.data.records import Records
 from app.tools import cli
 from tests.helpers import completion_line, create_batch, jsonl, upload
 from tests.integration.conftest import make_settings
+from tests.integration.test_admin import login
 
 STORED_BYTES = 4500  # two files of ~1.9 KB fit (a third's form, ~2.2 KB, does not)
 OPEN_BATCHES = 3
@@ -95,7 +96,9 @@ def test_a_batch_past_the_queued_token_quota_fails_at_once_with_token_limit_exce
     )
 
 
-def test_an_admin_override_takes_effect_and_the_use_figures_match(client: TestClient, admin_client: TestClient) -> None:
+def test_an_admin_override_takes_effect_and_the_use_figures_match(
+    app: FastAPI, records: Records, client: TestClient, admin_client: TestClient
+) -> None:
     data = lines(20)
     upload(client, data)
     upload(client, data)
@@ -116,6 +119,12 @@ def test_an_admin_override_takes_effect_and_the_use_figures_match(client: TestCl
     assert mine["queued_prompt_tokens"]["used_by_model"] == {batch["model"]: len(data) // 4}
     assert client.get("/v1/limits", params={"owner": "bob"}).status_code == 403
     assert admin_client.get("/v1/limits", params={"owner": "alice"}).json()["stored_bytes"]["limit"] == 10**6
+
+    _, secret = create_key(records, "ops-browser", admin=True)
+    browser, _ = login(app, secret)
+    row = browser.get("/admin/owners").text.split('data-owner="alice"')[1].split("</tr>")[0]
+    assert f'<td class="num stored">{3 * len(data)}</td><td class="num">{10**6}</td>' in row
+    assert '<td class="num batches">1</td>' in row
 
     back = admin_client.post("/v1/limits", json={"owner": "alice", "stored_bytes": None})  # the default again
     assert back.json()["stored_bytes"]["limit"] == STORED_BYTES

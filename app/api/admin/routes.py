@@ -14,8 +14,10 @@ from app.api.auth import Principal, authenticate
 from app.api.deps import RecordsDep, SettingsDep, StoreDep, refuse_unstorable_params
 from app.core.errors import Forbidden, Unauthorized
 from app.data.models import Job, JobStatus
+from app.data.quotas import Quotas
 from app.jobs.endpoints import ENDPOINTS
 from app.jobs.estimate import deadline_at_risk
+from app.jobs.quotas import use_and_limits
 from app.jobs.stats import job_stats, throughput, window_series
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -197,6 +199,14 @@ def workers(request: Request, caller: AdminPage, records: RecordsDep) -> HTMLRes
         for w in records.list_workers()
     ]
     return _page(request, "workers.html", caller, rows=rows, window=RECENT_WORKER_SECONDS, refresh=True)
+
+
+@router.get("/owners", response_class=HTMLResponse)
+def owners(request: Request, caller: AdminPage, records: RecordsDep, settings: SettingsDep) -> HTMLResponse:
+    """Each owner's use against its quotas (app.jobs.quotas)."""
+    quotas = Quotas(records.db)
+    rows = [(owner, *use_and_limits(quotas, settings, owner)) for owner in quotas.owners()]
+    return _page(request, "owners.html", caller, rows=rows)
 
 
 @router.get("/files/{file_id}/content")
