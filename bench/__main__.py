@@ -38,6 +38,8 @@ SCENARIOS = [
     "ceiling",
     "control_plane",
     "sharing",
+    "fleet",
+    "rate_limits",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
@@ -202,6 +204,8 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("ceiling", lambda: run_module("ceiling", "ceiling", config)),
         ("control_plane", lambda: run_module("control_plane", "control_plane", config)),
         ("sharing", lambda: run_module("sharing", "sharing", config)),
+        ("fleet", lambda: run_module("fleet", "fleet", config)),
+        ("rate_limits", lambda: run_module("rate_limits", "rate_limits", config)),
     ]
     for name, step in steps:
         if name in selected:

@@ -26,6 +26,8 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -138,7 +140,14 @@ def run_workers(url: str, process: int, threads: int, args: dict[str, Any], star
     def worker(number: int) -> None:
         worker_id = f"fleet-{process}-{number}"
         records.register_worker(
-            Worker(id=worker_id, host=socket.gethostname(), pid=os.getpid(), model=MODEL, tensor_parallel_size=1)
+            Worker(
+                id=worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                model=MODEL,
+                tensor_parallel_size=1,
+                status="ready",
+            )
         )
         time.sleep(max(0.0, start_at - time.time()))
         while True:
@@ -173,24 +182,36 @@ def run_workers(url: str, process: int, threads: int, args: dict[str, Any], star
                 seq, line = seq + 1, end
             queue.finish_shard(shard, worker_id, stopped=False)
 
-    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    errors: list[str] = []
+
+    def guarded(number: int) -> None:
+        try:
+            worker(number)
+        except Exception as exc:  # reported, not swallowed: a broken worker skews every figure
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+
+    pool = [threading.Thread(target=guarded, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
     db.dispose()
-    return {"claims": claims, "engine_time": engine_time, "shards": shards_claimed}
+    return {"claims": claims, "engine_time": engine_time, "shards": shards_claimed, "errors": errors}
 
 
 def postgres_cpu_seconds(url: str) -> float:
-    """CPU seconds of every Postgres process on this machine (the server is local)."""
+    """CPU seconds of the Postgres server on this machine: its processes' own, and the
+    postmaster's exited children's (backends whose connections closed)."""
     total = 0.0
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in psutil.process_iter(["name"]):
         try:
-            name = proc.info["name"] or ""
-            if name.startswith("postgres") or "postgres" in " ".join(proc.info["cmdline"] or [])[:40]:
-                times = proc.cpu_times()
-                total += times.user + times.system
+            if not (proc.info["name"] or "").startswith("postgres"):
+                continue
+            times = proc.cpu_times()
+            total += times.user + times.system
+            if not psutil.Process(proc.ppid()).name().startswith("postgres"):  # the postmaster
+                total += times.children_user + times.children_system
         except psutil.Error:
             continue
     return total
@@ -227,6 +248,9 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     claims = [c for part in parts for c in part["claims"]]
     engine_time = [w for part in parts for w in part["engine_time"]]
     claimed = [s for part in parts for s in part["shards"]]
+    errors = [e for part in parts for e in part["errors"]]
+    if not engine_time:
+        raise RuntimeError(f"no window ran: {errors[:3]}")
     # The engine time each owner got while every owner still had work: until the first owner's last window began.
     last_start: dict[str, float] = defaultdict(float)
     for owner, start, _ in engine_time:
@@ -251,6 +275,8 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "lines": sum(sizes.values()),
         "shards": len(claimed),
         "duplicate_claims": len(claimed) - len(set(claimed)),
+        "worker_errors": len(errors),
+        "first_errors": errors[:3],
         "jobs_recorded_exactly": exact,
         "jobs_finalizing": statuses.get("finalizing", 0),
         "wall_seconds": round(wall, 1),
@@ -267,6 +293,17 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "connections_per_process": "a pool shared by the process's workers (app.core.database defaults)",
         "settings": vars(args) | {"shard_size": shard_size},
     }
+
+
+def run(config: Any) -> dict[str, Any]:
+    """`make bench`'s scenario: this module as a child process."""
+    from bench.common import child_env, log_file, read_result
+
+    command = [sys.executable, "-m", "bench.fleet", "--database-url", config.database_url]
+    subprocess.run(command, env=child_env(), stdout=log_file("fleet"), stderr=subprocess.STDOUT, check=True)
+    result = read_result("fleet")
+    assert result is not None
+    return result
 
 
 def main() -> None:

@@ -84,6 +84,17 @@ def measure(url: str, keys: tuple[str, str], seconds: float) -> dict[str, Any]:
     }
 
 
+def run(config: Any) -> dict[str, Any]:
+    """`make bench`'s scenario: this module as a child process."""
+    from bench.common import child_env, log_file, read_result
+
+    command = [sys.executable, "-m", "bench.rate_limits"]
+    subprocess.run(command, env=child_env(), stdout=log_file("rate_limits"), stderr=subprocess.STDOUT, check=True)
+    result = read_result("rate_limits")
+    assert result is not None
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -17,7 +17,7 @@ from bench.report_sections import (
     input_read_section,
     shared_prefix_section,
 )
-from bench.report_sharing import sharing_section
+from bench.report_sharing import fleet_section, rate_limits_section, sharing_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -456,6 +456,8 @@ def write() -> Path:
         (ceiling_section, "ceiling"),
         (control_plane_section, "control_plane"),
         (sharing_section, "sharing"),
+        (fleet_section, "fleet"),
+        (rate_limits_section, "rate_limits"),
     ):
         result = read_result(name)
         lines, found = build(result)

@@ -49,3 +49,69 @@ def sharing_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
         ["11. small batch behind a big one", f"≤ {goal:.1f} s", f"{max(other, urgent):.2f} s", _verdict(met)],
         ["11. big batch's rate, shared / alone", "≥ 0.95", f"{rate:.3f}", _verdict(rate >= 0.95)],
     ]
+
+
+def fleet_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+    if not result:
+        return [], []
+    s = result["settings"]
+    lines = [
+        "## 12. A fleet against one Postgres",
+        "",
+        f"{result['workers']} simulated workers ({result['processes']} processes of threads) claim, record and close "
+        f"shards of {result['jobs']:,} jobs from {result['owners']} owners ({result['lines']:,} lines, sizes "
+        f"log-uniform from 10 to {s['max_lines']:,}; {result['shards']:,} shards of {s['shard_size']:,}) through the "
+        f"service's own queue statements, with an engine stand-in of {s['batch_seconds']} s per static batch "
+        f"(`python -m bench.fleet`). Workers, Postgres and the client share this machine's cores.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| claims that collided (a shard held twice) | {result['duplicate_claims']} |",
+        f"| jobs whose every line was recorded exactly once | {result['jobs_recorded_exactly']:,} of "
+        f"{result['jobs']:,} |",
+        f"| worker errors | {result['worker_errors']} |",
+        f"| claims/s, windows/s | {result['claims_per_second']:,} / {result['windows_per_second']:,} |",
+        f"| claim median / p99 | {result['claim_median_ms']} ms / {result['claim_p99_ms']} ms |",
+        f"| owners' shares of engine time while all had work ({result['contended_seconds']} s) | "
+        f"{result['owner_share_min']:.2f} to {result['owner_share_max']:.2f} of fair |",
+        f"| Postgres CPU | {result['postgres_cpu_seconds']} s in all, {result['postgres_cpu_ms_per_worker_second']} ms "
+        "per worker-second |",
+        "",
+    ]
+    fair = result["owner_share_worst_deviation"] <= 0.10
+    return lines, [
+        [
+            "12. fleet: claims that collided",
+            "0",
+            str(result["duplicate_claims"]),
+            _verdict(result["duplicate_claims"] == 0),
+        ],
+        [
+            "12. fleet: owners' share of the engine",
+            "within 10 % of fair",
+            f"{result['owner_share_worst_deviation']:.0%} off",
+            _verdict(fair),
+        ],
+        ["12. fleet: claim p99", "< 50 ms", f"{result['claim_p99_ms']} ms", _verdict(result["claim_p99_ms"] < 50)],
+    ]
+
+
+def rate_limits_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+    if not result:
+        return [], []
+    alone, loaded = result["polls_alone"], result["polls_beside_the_burst"]
+    lines = [
+        "## 13. One key's burst beside another key's polls",
+        "",
+        f"The API as a process (`python -m bench.rate_limits`, RATE_LIMIT_REQUESTS_PER_MINUTE="
+        f"{result['settings']['rate']}): key B polls ten times a second, alone, then while key A sends "
+        f"{result['burst_requests_per_second']:,} requests a second from 8 threads (answers: "
+        f"{', '.join(f'{count:,} x {code}' for code, count in result['burst_answers'].items())}).",
+        "",
+        "| key B's polls | p50 | p99 |",
+        "| --- | --- | --- |",
+        f"| alone | {alone['p50_ms']} ms | {alone['p99_ms']} ms |",
+        f"| beside A's burst | {loaded['p50_ms']} ms | {loaded['p99_ms']} ms |",
+        "",
+    ]
+    return lines, []

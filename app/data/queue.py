@@ -46,6 +46,9 @@ from app.data.models import (
 from app.data.outbox import record_event
 from app.data.records import visible_to
 
+# Job rows are locked FOR NO KEY UPDATE: FOR UPDATE conflicts with the KEY SHARE lock each
+# window's INSERT takes on its job (its foreign key), and deadlocked workers (bench/fleet.py).
+JOB_ROW_LOCK = {"key_share": True}
 FINALIZATION_LOCK_SECONDS = 5  # how long a claim of one named job waits for its row
 LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
 
@@ -89,7 +92,7 @@ class JobQueue:
         """Records the intent, nothing more: queued shards stop at once, running ones at
         their next window boundary, and whoever claims the job's finalization ends it."""
         with self.db.session() as session:
-            job = session.get(Job, job_id, with_for_update=True)
+            job = session.get(Job, job_id, with_for_update=JOB_ROW_LOCK)
             if job is None or not visible_to(scope, job.owner):
                 raise NotFound("batch", job_id)
             status = JobStatus(job.status)
@@ -110,7 +113,7 @@ class JobQueue:
                 session.scalars(
                     select(Job)
                     .where(Job.status.in_([JobStatus.QUEUED, JobStatus.IN_PROGRESS]), Job.expires_at < func.now())
-                    .with_for_update(skip_locked=True)
+                    .with_for_update(skip_locked=True, key_share=True)
                 )
             )
             for job in due:
@@ -205,7 +208,7 @@ class JobQueue:
         """The job's batch size; when it has none yet, `fit(its estimate)` sets it, with its
         basis, under the job's row lock: every shard of a job runs the first claimant's size."""
         with self.db.session() as session:
-            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            job = session.execute(select(Job).where(Job.id == job_id).with_for_update(key_share=True)).scalar_one()
             if job.batch_size is None:
                 job.batch_size, job.batch_size_basis = fit(job.estimate)
             return job.batch_size
@@ -325,7 +328,7 @@ class JobQueue:
         all closed."""
         with self.db.session() as session:
             # Lock the job so two workers closing its last shards agree on "no shard left".
-            job = session.get(Job, shard.job_id, with_for_update=True)
+            job = session.get(Job, shard.job_id, with_for_update=JOB_ROW_LOCK)
             assert job is not None
             session.execute(
                 update(Shard)
@@ -375,7 +378,7 @@ class JobQueue:
     @staticmethod
     def _held(session: Session, job_id: str, finalizer_id: str) -> Job:
         """The job, locked, if this finalizer still holds it."""
-        job = session.get(Job, job_id, with_for_update=True)
+        job = session.get(Job, job_id, with_for_update=JOB_ROW_LOCK)
         if job is None or job.finalizer_id != finalizer_id or job.status not in FINALIZING_STATUSES:
             raise FinalizationLost(job_id)
         return job
