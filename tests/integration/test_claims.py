@@ -150,3 +150,44 @@ def db_owner(db: Database, job_id: str) -> str:
         job = session.get(Job, job_id)
         assert job is not None
         return job.owner
+
+
+def test_closing_a_shard_never_waits_on_a_window_being_recorded_for_the_same_job(
+    client: TestClient, db: Database, queue: JobQueue
+) -> None:
+    """A window's INSERT holds a KEY SHARE lock on its job (the foreign key's check) until it
+    commits; closing another shard of the job locks the job's row FOR NO KEY UPDATE, which
+    does not wait on it (FOR UPDATE did, and three workers on one job deadlocked)."""
+    job_id = queued_batch(client, 40, batch_size=4)
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE shards SET end_line = 20 WHERE job_id = :job AND index = 0"), {"job": job_id})
+        conn.execute(
+            text(
+                "INSERT INTO shards (job_id, index, start_line, end_line, next_line, status, priority, owner,"
+                " job_created_at, deadline_at, windows_done, attempts)"
+                " SELECT job_id, 1, 20, 40, 20, 'queued', priority, owner, job_created_at, deadline_at, 0, 0"
+                " FROM shards WHERE job_id = :job AND index = 0"
+            ),
+            {"job": job_id},
+        )
+    first = queue.claim_shard("w1", "demo-llama", 60)
+    second = queue.claim_shard("w2", "demo-llama", 60)
+    assert first is not None and second is not None
+    recording = db.engine.connect()
+    transaction = recording.begin()
+    try:
+        recording.execute(  # w1 records a window and has not committed yet
+            text(
+                "INSERT INTO windows (job_id, shard_index, seq, first_line, prompts, completed, failed,"
+                " prompt_tokens, completion_tokens, generate_seconds, tokens_per_second, worker_id, static_batches,"
+                " cached_tokens, accelerator_seconds) VALUES (:job, 0, 0, 0, 4, 4, 0, 1, 1, 0.1, 10, 'w1', 1, 0, 0.1)"
+            ),
+            {"job": job_id},
+        )
+        closing = threading.Thread(target=queue.finish_shard, args=(second, "w2", False))
+        closing.start()
+        closing.join(60)
+        assert not closing.is_alive(), "closing a shard waited on another shard's uncommitted window"
+    finally:
+        transaction.rollback()
+        recording.close()
