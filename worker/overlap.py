@@ -109,6 +109,8 @@ class StaticBatchSource:
             return True
         if not self._pending.done():
             return False
+        if self._pending.exception() is not None:
+            return True  # `take` raises its error where the caller handles it
         planned = self._pending.result().planned
         return not planned or planned[0].done()
 
@@ -146,9 +148,11 @@ class StaticBatchSource:
         left = not self.exhausted
         for part in self._parts:
             part.cancel()
-        if self._pending is not None and not self._pending.cancel():
-            for planned in self._pending.result().planned:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.cancel() and pending.exception() is None:
+            for planned in pending.result().planned:
                 planned.cancel()
+        self._parts.clear()
         return left
 
 

@@ -177,21 +177,26 @@ class SharedEngine:
     # Claims.
 
     def _hold(self, shard: ClaimedShard) -> None:
+        """Takes a claimed shard in; one that cannot even start (its batch size, its input's
+        first read) goes back to the queue after a pause, and the others run on."""
         self.holding[shard.shard_id] = shard
         self.claims += 1
+        preparer: ThreadPoolExecutor | None = None
         try:
             shard = self.prepare_claim(shard)
+            self.holding[shard.shard_id] = shard
+            if not self.runner.shares_the_engine(shard):
+                log.info("claimed shard %s of %s to run alone once the engine drains", shard.shard_index, shard.job_id)
+                self._alone = shard
+                return
+            preparer = ThreadPoolExecutor(1, f"prepare-{shard.shard_id}")
+            source = StaticBatchSource(self.runner.windows_of(shard, preparer), key=shard.shard_id)
         except Exception:
-            self.holding.pop(shard.shard_id, None)
-            self._give_back_now(shard, failed=False)
-            raise
-        self.holding[shard.shard_id] = shard
-        if not self.runner.shares_the_engine(shard):
-            log.info("claimed shard %s of %s to run alone once the engine drains", shard.shard_index, shard.job_id)
-            self._alone = shard
+            log.exception("shard %s of %s could not start; it goes back after a pause", shard.shard_index, shard.job_id)
+            if preparer is not None:
+                preparer.shutdown(wait=False, cancel_futures=True)
+            self._give_back_now(shard, failed=False, retry_after=self.failure_pause_seconds)
             return
-        preparer = ThreadPoolExecutor(1, f"prepare-{shard.shard_id}")
-        source = StaticBatchSource(self.runner.windows_of(shard, preparer), key=shard.shard_id)
         self.held[shard.shard_id] = HeldShard(shard, source, preparer, self.claims)
         log.info(
             "claimed shard %s of %s (lines %d-%d), %d held",
@@ -214,9 +219,14 @@ class SharedEngine:
         if now < (self._next_pipeline_claim if pipeline else self._next_sharing_claim):
             return
         beside = [] if pipeline else sorted({held.shard.job_id for held in self.held.values()})
-        shard = self.queue.claim_shard(
-            self.worker_id, self.engine.model_name, self.lease_seconds, beside=beside, overlapped_only=bool(beside)
-        )
+        try:
+            shard = self.queue.claim_shard(
+                self.worker_id, self.engine.model_name, self.lease_seconds, beside=beside, overlapped_only=bool(beside)
+            )
+        except Exception:  # Postgres away a moment: what runs goes on, the claim is tried again later
+            log.warning("a claim failed; trying again in %.0f s", self.poll_seconds, exc_info=True)
+            self._next_pipeline_claim = self._next_sharing_claim = now + self.poll_seconds
+            return
         if shard is None:
             pause = EMPTY_CLAIM_PAUSE_SECONDS if pipeline else self.poll_seconds
             if pipeline:
@@ -339,27 +349,25 @@ class SharedEngine:
             held.shard.job_id,
             exc_info=error,
         )
-        self.overlapped.abort(held.key, everything=False)
-        held.source.cancel()
-        wait(held.writes)
         del self.held[held.key]
-        held.preparer.shutdown(wait=False, cancel_futures=True)
-        self.holding.pop(held.key, None)
         try:
-            self.queue.release_shard(held.key, self.worker_id, retry_after=self.failure_pause_seconds)
-        except Exception:  # Postgres away too: the lease runs out instead
-            log.exception("could not release shard %s of %s", held.shard.shard_index, held.shard.job_id)
+            self.overlapped.abort(held.key, everything=False)
+        finally:
+            _quietly(held.source.cancel)
+            wait(held.writes)
+            held.preparer.shutdown(wait=False, cancel_futures=True)
+            self._give_back_now(held.shard, failed=False, retry_after=self.failure_pause_seconds)
 
     def _hand_back(self, *, failed: bool) -> None:
         """Gives every held shard back (the worker stops, or its engine died): static
         batches in the engine are dropped, windows already handed to the writer are
         recorded first. With `failed`, the shards that had requests in the engine keep
         the attempt (one that keeps killing engines is eventually set aside)."""
-        in_engine = {run.key for run in self.overlapped.windows}
+        in_engine = {run.key for run in self.overlapped.windows if self.overlapped.in_engine(run.key) > 0}
         if not failed:
-            self.overlapped.abort()
+            _quietly(self.overlapped.abort)
         for held in self.held.values():
-            held.source.cancel()
+            _quietly(held.source.cancel)
         wait([write for held in self.held.values() for write in held.writes])
         shards = [(held.shard, failed and held.key in in_engine) for held in self.held.values()]
         if self._alone is not None:
@@ -372,10 +380,10 @@ class SharedEngine:
         self._alone = None
         wait(self._finishing)
 
-    def _give_back_now(self, shard: ClaimedShard, *, failed: bool) -> None:
+    def _give_back_now(self, shard: ClaimedShard, *, failed: bool, retry_after: float | None = None) -> None:
         self.holding.pop(shard.shard_id, None)
         try:
-            self.queue.release_shard(shard.shard_id, self.worker_id, failed=failed)
+            self.queue.release_shard(shard.shard_id, self.worker_id, failed=failed, retry_after=retry_after)
             log.info("released shard %s of %s for another worker", shard.shard_index, shard.job_id)
         except Exception:  # Postgres away too: the lease runs out instead
             log.exception("could not release shard %s of %s", shard.shard_index, shard.job_id)
@@ -395,3 +403,11 @@ class SharedEngine:
         self._finishing = [f for f in self._finishing if not f.done()]
         if not self._finishing:
             self._finishing.append(self._finisher.submit(self.background))
+
+
+def _quietly(step: Callable[[], object]) -> None:
+    """A step of giving work back that must not stop the rest of it."""
+    try:
+        step()
+    except Exception:
+        log.exception("while giving shards back")

@@ -75,7 +75,9 @@ _JOB_WANTED = (
     " AND j.id <> ALL(CAST(:exclude_jobs AS text[]))"
     " AND (NOT :overlapped_only OR (j.sampling_defaults ->> 'batching') IS DISTINCT FROM 'strict')"
 )
-_RUNNABLE = f"(SELECT {_JOB_WANTED} FROM jobs j WHERE j.id = s.job_id)"
+# A worker sharing its engine never takes a shard retrying a crash beside what runs: that
+# one runs alone, one static batch at a time, and would stall everything the worker holds.
+_RUNNABLE = f"(SELECT {_JOB_WANTED} AND (NOT :overlapped_only OR s.attempts <= 1) FROM jobs j WHERE j.id = s.job_id)"
 
 # The claim's plan, set for its transaction alone: walk indexes in claim order, never sort
 # or bitmap-scan every waiting shard. Right after a burst of jobs, before autovacuum's

@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from sqlalchemy import text
 
 from app.core.database import Database
 from app.core.settings import Settings
-from app.core.storage import ObjectStore
+from app.core.storage import LocalStore, ObjectStore
 from app.data.keys import create_key
 from app.data.queue import JobQueue
 from app.data.records import Records
@@ -213,3 +214,46 @@ def test_a_batch_that_cannot_finish_by_its_deadline_at_the_measured_rate_says_so
     late_row = page.split(f'data-batch-id="{late["id"]}"')[1].split("</tr>")[0]
     soon_row = page.split(f'data-batch-id="{soon["id"]}"')[1].split("</tr>")[0]
     assert 'class="at-risk"' in late_row and 'class="at-risk"' not in soon_row
+
+
+class UnreadableInput(LocalStore):
+    """Storage that refuses to read one input file (a permission error: nothing retries it)
+    until told otherwise."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.unreadable: set[str] = set()
+
+    def read_chunks(self, key: str, start: int = 0) -> Iterator[bytes]:
+        if key in self.unreadable:
+            raise PermissionError(f"{key}: permission denied")
+        return super().read_chunks(key, start)
+
+
+def test_a_shard_whose_input_cannot_be_read_goes_back_while_the_others_run_on(
+    client: TestClient, other_client: TestClient, settings: Settings, store: ObjectStore, records: Records
+) -> None:
+    assert isinstance(store, LocalStore)
+    unreadable = UnreadableInput(store.root)
+    broken = create_batch(client, upload(client, lines("broken", 40, 4))["id"])
+    fine = create_batch(other_client, upload(other_client, lines("fine", 40, 4))["id"])
+    unreadable.unreadable.add(records.get_file(broken["input_file_id"]).storage_key)
+    db = Database(settings.database_url or "")
+    loop = WorkerLoop(
+        SlowEngine(), Records(db), JobQueue(db), unreadable, lease_seconds=60, heartbeat_seconds=5,
+        poll_seconds=0.2, failure_pause_seconds=0.5,
+    )  # fmt: skip
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        wait_for(other_client, fine["id"], lambda b: b["status"] == "completed")
+        assert client.get(f"/v1/batches/{broken['id']}").json()["status"] != "completed"
+        assert loop.holding == {} or all(s.job_id != broken["id"] for s in loop.holding.values())
+        unreadable.unreadable.clear()  # storage is back: the shard is claimed again after its pause
+        done = wait_for(client, broken["id"], lambda b: b["status"] == "completed")
+    finally:
+        loop.stop_requested.set()
+        thread.join(60)
+        db.dispose()
+    assert not thread.is_alive()
+    assert done["request_counts"] == {"total": 40, "completed": 40, "failed": 0}
