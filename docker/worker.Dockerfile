@@ -28,7 +28,8 @@ RUN pip install .
 # it is not root). The code and packages stay root-owned (read-only to the app); the app
 # owns var/ and its home, where the Hugging Face cache (compose mounts a volume at HF_HOME;
 # a fresh volume takes this ownership) and vLLM's compile caches live.
-ENV HF_HOME=/home/app/.cache/huggingface VLLM_CACHE_ROOT=/home/app/.cache/vllm
+ENV HF_HOME=/home/app/.cache/huggingface
+ENV VLLM_CACHE_ROOT=/home/app/.cache/vllm
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --create-home --home-dir /home/app app \
     && mkdir -p "$HF_HOME" "$VLLM_CACHE_ROOT" /srv/var && chown -R app:app /home/app /srv/var

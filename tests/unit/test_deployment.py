@@ -99,7 +99,8 @@ def test_the_compose_file_runs_llama_3_70b_on_two_gpus_with_every_part_health_ch
     assert worker["environment"]["MODEL"] == "meta-llama/Meta-Llama-3-70B-Instruct"
     assert worker["environment"]["TENSOR_PARALLEL_SIZE"] == "2"
     [gpus] = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert gpus["count"] == 2 and gpus["capabilities"] == ["gpu"]
+    # gpu and compute for CUDA, utility for nvidia-smi (the driver check of `llm-batch doctor`)
+    assert gpus["count"] == 2 and set(gpus["capabilities"]) == {"gpu", "utility", "compute"}
     for name in ("postgres", "minio", "api", "worker"):
         assert "healthcheck" in services[name], name
     assert services["api"]["environment"]["DATABASE_URL"] == worker["environment"]["DATABASE_URL"]
