@@ -1,34 +1,18 @@
 """The engine shared at static-batch grain: a worker holds several claimed shards at once,
-and each time the engine has room, the next static batch to enter is chosen across them.
+and each time the engine has room the next static batch is chosen across them by priority,
+then deadline (the job's `expires_at`, by the hour), then the owner with the fewest requests
+in the engine, then claim order (within a shard, its own order).
 
-Why: a shard claimed and run to its end holds the engine for the whole shard, so a small or
-urgent job created meanwhile waits for it (a 20-line job waited 293 s behind a 60,000-line
-one), and priority and fair share act only between shards. Here the worker keeps the
-engine full from every shard it holds (worker.overlap's OverlappedEngine, one key per
-shard), and picks each static batch by:
+Why: a shard run to its end holds the engine, so a small or urgent job waited for it (293 s
+behind a 60,000-line job) and priority and fair share acted only between shards.
 
-1. priority (higher first), then
-2. deadline (the job's `expires_at`, by the hour: a `1h` batch before a `24h` one), then
-3. fair share between owners (the owner with the fewest requests in the engine), then
-4. claim order (a job's shards in order; an older claim first).
-
-Within a shard the order is its own (and, inside a packed window, the static batch that
-shares the most prefix-cache blocks with what runs goes first). The worker claims:
-
-- a next shard when every held shard's last window has been taken (the pipeline: the
-  engine never drains between shards), and
-- a shard of *another* job, that can share the engine, when work is announced on the
-  queue's channel (or every `poll_seconds` as a fallback), while it holds fewer than
-  `max_shards_held`: a new job's first static batch enters beside the running ones
-  within about one static batch's time, without aborting anything.
-
-Each shard keeps its own exactly-once record: its windows are recorded in input order,
-at most `max_in_flight` of its static batches are admitted and not yet recorded (a crash
-loses those alone, resumed by the next claimant after its last recorded window), and a
-cancelled or expired job stops at a window boundary while the rest of the engine runs on.
-A shard that needs the engine alone (strict batching, or retrying after a crash, whose
-windows run one static batch at a time to find the one that kills the engine) is run
-once the engine has drained, with the others held meanwhile.
+The worker claims its next shard when every held shard's last window has been taken (the
+engine never drains between shards), and another job's shard that can share the engine when
+work is announced (or every `poll_seconds`), up to `max_shards_held`. Each shard keeps its
+exactly-once record: windows recorded in input order, at most `max_in_flight` static batches
+unrecorded (a crash loses those alone), a cancel stopping it at a window boundary while the
+rest runs on. A shard that needs the engine alone (strict; retrying a crash, one static
+batch at a time) runs once the engine has drained.
 """
 
 from __future__ import annotations
