@@ -34,14 +34,16 @@ def install(stop_requested: threading.Event, grace_seconds: float) -> None:
         if stop_requested.is_set():
             log.warning("signal %d again: leaving now", signum)
             leave(128 + signum)
+        # Set before anything else: a second signal may run its handler inside this one,
+        # between any two of its steps, and must find the stop already asked for.
+        stop_requested.set()
+        signal.alarm(max(1, math.ceil(grace_seconds)))
         log.info(
             "signal %d: stopping (static batches in flight go back to the queue); "
             "the process ends in %.0f s at the latest",
             signum,
             grace_seconds,
         )
-        stop_requested.set()
-        signal.alarm(max(1, math.ceil(grace_seconds)))
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
