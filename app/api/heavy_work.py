@@ -35,6 +35,7 @@ from app.core.storage import ObjectStore, open_store
 from app.data.records import Records
 from app.jobs.create import DryRun, JobSpec, dry_run, record_estimate
 from app.jobs.estimate import preload_model_files
+from app.jobs.run_order import RunInput, write_run_input
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,6 +67,13 @@ class HeavyWork:
     def record_estimate(self, job_id: str) -> Future[None]:
         """A queued job's estimate, counted in the tokenizing process after it is created."""
         return submit_to_process(record_estimate_in_process, self._settings(), job_id)
+
+    def run_input(self, job_id: str, input_key: str, endpoint: str, line_count: int) -> RunInput | None:
+        """A new job's lines regrouped by prompt prefix (app.jobs.run_order), in the tokenizing
+        process; blocks the calling thread (a request's worker thread, not the loop) until done."""
+        found = submit_to_process(run_input_in_process, self._settings(), job_id, input_key, endpoint, line_count)
+        value = found.result()
+        return RunInput.from_json(value) if value is not None else None
 
     def preload_model_files(self) -> Future[None]:
         """The served models' tokenizers and configs, loaded in the tokenizing process now."""
@@ -162,6 +170,14 @@ def dry_run_in_process(settings: Settings, spec: JobSpec, scope: str | None) -> 
 def record_estimate_in_process(settings: Settings, job_id: str) -> None:
     records, store = context_in_process(settings)
     record_estimate(records, store, settings, job_id)
+
+
+def run_input_in_process(
+    settings: Settings, job_id: str, input_key: str, endpoint: str, line_count: int
+) -> dict[str, Any] | None:
+    _, store = context_in_process(settings)
+    run = write_run_input(store, job_id, input_key, endpoint, line_count, settings.regroup_distance_lines)
+    return run.as_json() if run is not None else None
 
 
 def preload_in_process(settings: Settings) -> None:

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         "and a new job gets a worker's engine soon (a worker holds several shards at once and keeps its engine "
         "full across them)",
     )
+    regroup_distance_lines: int = Field(
+        default=256,
+        ge=0,
+        description="a job whose lines share a prompt prefix with a line more than this many lines before them "
+        "(and none nearer) runs regrouped by prefix across the whole job (app.jobs.run_order); 0: never regroup",
+    )
     max_shards_held: int = Field(
         default=4,
         ge=1,

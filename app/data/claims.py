@@ -27,7 +27,7 @@ class ClaimedShard:
     end_line: int
     windows_done: int
     attempts: int  # claims since the shard last made progress
-    input_key: str
+    input_key: str  # its job's run input (app.jobs.run_order) or input file: lines are counted in it
     endpoint: str
     batch_size: int | None  # None: fitted to the claimant's engine (JobQueue.fit_batch_size)
     sampling_defaults: dict[str, Any]
@@ -193,8 +193,9 @@ CLAIM_SHARD_SQL = text(
         RETURNING owner
     )
     SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
-           claimed.end_line, claimed.windows_done, claimed.attempts, f.storage_key AS input_key, j.endpoint,
-           j.batch_size, j.sampling_defaults, j.model, f.validation -> 'line_offsets' AS line_offsets,
+           claimed.end_line, claimed.windows_done, claimed.attempts, j.endpoint, j.batch_size, j.sampling_defaults,
+           j.model, coalesce(j.run_input ->> 'key', f.storage_key) AS input_key,
+           coalesce(j.run_input -> 'line_offsets', f.validation -> 'line_offsets') AS line_offsets,
            claimed.priority, claimed.owner, j.expires_at
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id

@@ -115,6 +115,9 @@ class Job(Base):
     errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
     # Lines, prompt tokens, requested output tokens and ETA (app.jobs.estimate), while queued.
     estimate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Where its lines run from when regrouped by prompt prefix (app.jobs.run_order.RunInput);
+    # null: from its input file, in input order.
+    run_input: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     # A retry's parent: the job whose failed lines this one runs again.
     parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
 

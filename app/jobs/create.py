@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate, estimate_job
 from app.jobs.quotas import check_open_batches, token_limit_error
 from app.jobs.retention import retention_seconds
+from app.jobs.run_order import RunInput
 from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class JobSpec:
     batching: Literal["overlapped", "strict"] = "overlapped"
     # OpenAI's output_expires_after.seconds; None: FILE_RETENTION_DAYS (app.jobs.retention).
     output_expires_after_seconds: int | None = None
+
+
+# (job id, input key, endpoint, line count) -> the job's run input, or None to run the input as it is
+RunOrdering = Callable[[str, str, str, int], RunInput | None]
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,12 @@ def create_job(
     spec: JobSpec,
     owner: Owner,
     parent_job_id: str | None = None,
+    order: RunOrdering | None = None,
 ) -> Job:
     """The job is queued, or failed with line-numbered errors when its file breaks the
     input format, or with `token_limit_exceeded` past the owner's queued-token quota (nothing
-    runs then). Past the owner's quota of batches not yet ended: QuotaExceeded, nothing stored."""
+    runs then). Past the owner's quota of batches not yet ended: QuotaExceeded, nothing stored.
+    `order`, when given, regroups a queued job's lines by prompt prefix (app.jobs.run_order)."""
     checked = check_spec(records, settings, spec, owner.scope)
     quotas = Quotas(records.db)
     check_open_batches(quotas, settings, owner.name)
@@ -161,9 +169,13 @@ def create_job(
     if not errors:  # OpenAI's queue limit: the batch fails at once, nothing queued
         over = token_limit_error(quotas, settings, owner.name, checked.model, checked.source.bytes // 4)
         errors = [over] if over is not None else None
-    created = now()
+    created, job_id = now(), new_id("batch_")
+    run_input = None
+    if not errors and order is not None and spec.pack_by_length:  # input order asked for: kept
+        run_input = order(job_id, checked.source.storage_key, spec.endpoint, checked.source.line_count)
     job = Job(
-        id=new_id("batch_"),
+        id=job_id,
+        run_input=run_input.as_json() if run_input is not None else None,
         owner=owner.name,
         priority=spec.priority,
         input_file_id=checked.source.id,

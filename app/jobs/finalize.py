@@ -28,6 +28,7 @@ from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.reordered import InInputOrder
 from app.jobs.retention import expiry
 from app.jobs.stats import job_stats, window_series
 from app.jobs.uploads import lines_from
@@ -82,11 +83,21 @@ def finalize_job(
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
     keep = job.output_expires_after_seconds
-    joined = partial(store.concatenate, part_keys=part_keys("out"))
-    output = _write_file(job.owner, f"{job_id}_output.jsonl", job.request_completed, keep, joined)
     failed = job.request_failed + unrun
-    streamed = partial(put_hashed, store, chunks=error_parts())
-    errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, streamed) if failed else None
+    if job.run_input is None:
+        joined = partial(store.concatenate, part_keys=part_keys("out"))
+        output = _write_file(job.owner, f"{job_id}_output.jsonl", job.request_completed, keep, joined)
+        streamed = partial(put_hashed, store, chunks=error_parts())
+        errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, streamed) if failed else None
+    else:  # ran regrouped by prompt prefix: put back in input order
+        regrouped = InInputOrder(store, job, runs, shards, unrun_reason(JobStatus(job.status)))
+        try:
+            outputs = partial(put_hashed, store, chunks=regrouped.lines(errors=False))
+            output = _write_file(job.owner, f"{job_id}_output.jsonl", job.request_completed, keep, outputs)
+            failures = partial(put_hashed, store, chunks=regrouped.lines(errors=True))
+            errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, failures) if failed else None
+        finally:
+            regrouped.close()
     store.put_bytes(
         f"batches/{job_id}/stats.json",
         json.dumps({**job_stats(job, runs, gpu_hour_price), "windows": window_series(runs)}, indent=2).encode(),

@@ -15,6 +15,7 @@ from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
+from app.jobs.run_order import RunInput
 from app.jobs.stats import job_stats, window_series
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -38,7 +39,7 @@ async def create(
     if body.dry_run:
         return BatchEstimate.of(await heavy.dry_run(body.spec(), caller.scope))
     owner = Owner(caller.owner, caller.scope)
-    job = await run_in_threadpool(create_job, records, queue, settings, body.spec(), owner)
+    job = await run_in_threadpool(create_job, records, queue, settings, body.spec(), owner, order=heavy.run_input)
     if job.status == JobStatus.QUEUED:
         heavy.record_estimate(job.id)
     return BatchObject.of(job, settings.gpu_hour_price)
@@ -99,24 +100,24 @@ def results(
     after: Annotated[int, Query(ge=0, description="lines already read (0 for the start)")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> StreamingResponse:
-    """The lines finished so far, in input order, from line `after` on, while the batch runs.
+    """The lines finished so far, in the order they run, from line `after` on, while the batch runs.
 
-    Each line is in the output or error file's shape. `X-Next-After` is the cursor for
-    the next call; `X-Complete: true` says no more lines will come.
+    That is input order, except for a batch whose lines were regrouped by prompt prefix
+    (lines sharing a prefix run together): its lines come in that order, each with its
+    custom_id, and its output file is in input order. Each line is in the output or error
+    file's shape. `X-Next-After` is the cursor for the next call; `X-Complete: true` says
+    no more lines will come.
     """
     job = records.get_job(batch_id, caller.scope)
     source = records.get_file(job.input_file_id)
     if job.output_file_id is not None:
         records.get_file(job.output_file_id)  # 404 once it expired or was deleted: its parts went with it
+    input_key, line_offsets = source.storage_key, source.validation.get("line_offsets")
+    if job.run_input is not None:
+        run = RunInput.from_json(job.run_input)
+        input_key, line_offsets = run.key, run.line_offsets
     page = results_page(
-        store,
-        job,
-        records.windows(batch_id),
-        records.shards(batch_id),
-        source.storage_key,
-        after,
-        limit,
-        source.validation.get("line_offsets"),
+        store, job, records.windows(batch_id), records.shards(batch_id), input_key, after, limit, line_offsets
     )
     return StreamingResponse(
         page.lines,

@@ -1,0 +1,45 @@
+"""The order a job's lines run in (app.jobs.run_order): lines whose prompts start alike run
+side by side across the whole job; a file already grouped keeps its order."""
+
+from __future__ import annotations
+
+from app.jobs.run_order import grouped_order, order_bytes, prefix_path
+
+
+def _paths(prompts: list[str]) -> list[tuple[int, ...]]:
+    return [prefix_path(prompt) for prompt in prompts]
+
+
+def test_a_question_major_file_runs_document_by_document_in_order_of_first_appearance() -> None:
+    documents = [f"Document {d}: " + "words " * 300 for d in range(3)]  # past the first level
+    prompts = [f"{doc}\nQuestion {q}?" for q in range(2) for doc in documents]  # question-major
+    order = grouped_order(_paths(prompts))
+    assert order == [0, 3, 1, 4, 2, 5]  # each document's questions together, in input order within it
+
+
+def test_groups_nest_a_shared_system_prompt_then_each_document() -> None:
+    system = "You answer questions about documents. " * 10  # over the first 256 characters
+    documents = [f"Document {d}: " + "text " * 300 for d in range(2)]
+    prompts = [f"{system}{doc}Q{q}" for q in range(2) for doc in documents] + ["A different task entirely."]
+    assert grouped_order(_paths(prompts)) == [0, 2, 1, 3, 4]
+
+
+def test_a_file_already_grouped_or_without_shared_prefixes_keeps_its_order() -> None:
+    grouped = [f"Document {d}: " + "words " * 300 + f"Q{q}" for d in range(3) for q in range(2)]
+    assert grouped_order(_paths(grouped)) is None
+    assert grouped_order(_paths([f"line {i}" for i in range(10)])) is None
+    assert grouped_order([(), (), ()]) is None  # lines without prompts (they fail on their own)
+
+
+def test_token_prompts_group_by_their_ids_and_the_order_is_stored_as_uint32() -> None:
+    first, second = list(range(100)), list(range(1000, 1100))
+    order = grouped_order([prefix_path(p) for p in ([*first, 1], [*second, 1], [*first, 2])])
+    assert order == [0, 2, 1]
+    assert order_bytes([0, 2, 1]) == b"\x00\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00"
+
+
+def test_prefixes_repeated_within_the_distance_keep_the_input_order() -> None:
+    documents = [f"Document {d}: " + "words " * 300 for d in range(3)]
+    prompts = [f"{doc}\nQuestion {q}?" for q in range(2) for doc in documents]  # each document 3 lines apart
+    assert grouped_order(_paths(prompts), distance=3) is None  # near enough for the prefix cache
+    assert grouped_order(_paths(prompts), distance=2) == [0, 3, 1, 4, 2, 5]
