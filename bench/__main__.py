@@ -40,6 +40,7 @@ SCENARIOS = [
     "sharing",
     "fleet",
     "rate_limits",
+    "documents_questions",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
@@ -206,6 +207,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("sharing", lambda: run_module("sharing", "sharing", config)),
         ("fleet", lambda: run_module("fleet", "fleet", config)),
         ("rate_limits", lambda: run_module("rate_limits", "rate_limits", config)),
+        ("documents_questions", lambda: run_module("documents_questions", "documents_questions", config)),
     ]
     for name, step in steps:
         if name in selected:

@@ -54,8 +54,9 @@ class Service:
     api_key: str
 
 
-def _start(var_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Service]:
-    env = {**os.environ, "VAR_DIR": str(var_dir), "PORT": str(port), "EMBEDDING_WORKER": "false"}
+def _start(var_dir: Path, port: int, embedding_worker: bool = False) -> tuple[subprocess.Popen[bytes], Service]:
+    """`make run` in `var_dir`, returned as soon as /readyz first says ready."""
+    env = {**os.environ, "VAR_DIR": str(var_dir), "PORT": str(port), "EMBEDDING_WORKER": str(embedding_worker).lower()}
     for name in ("DATABASE_URL", "STORAGE_URL", "MODEL"):
         env.pop(name, None)
     log_path = var_dir / "launcher.log"
@@ -77,7 +78,7 @@ def _start(var_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Service]:
                     return launcher, service
             except httpx.TransportError:
                 pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     _stop(launcher)
     raise TimeoutError(f"the service did not become ready; see {log_path}")
 

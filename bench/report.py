@@ -17,7 +17,7 @@ from bench.report_sections import (
     input_read_section,
     shared_prefix_section,
 )
-from bench.report_sharing import fleet_section, rate_limits_section, sharing_section
+from bench.report_sharing import documents_questions_section, fleet_section, rate_limits_section, sharing_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -458,6 +458,7 @@ def write() -> Path:
         (sharing_section, "sharing"),
         (fleet_section, "fleet"),
         (rate_limits_section, "rate_limits"),
+        (documents_questions_section, "documents_questions"),
     ):
         result = read_result(name)
         lines, found = build(result)

@@ -115,3 +115,31 @@ def rate_limits_section(result: dict[str, Any] | None) -> tuple[list[str], list[
         "",
     ]
     return lines, []
+
+
+def documents_questions_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+    if not result:
+        return [], []
+    raw, ours = result["raw_chat_file_order"]["median"], result["service_defaults"]["median"]
+    lines = [
+        "## 14. Documents x questions, written question-major",
+        "",
+        f"`python -m bench.documents_questions`: {result['documents']:,} documents of about "
+        f"{result['document_tokens']:,} tokens, {result['questions']} questions each, every document with question 1 "
+        f"first, then with question 2, ... (answers up to {result['answer_tokens']} tokens); the documents hold "
+        f"{result['documents'] * result['document_tokens']:,} prefix tokens against a KV cache of "
+        f"{result['kv_cache_tokens']:,}. Raw: one `LLM.chat` call with every line in file order (prefix cache on). "
+        "The service: the job created as the API creates it (its lines regrouped by prompt prefix across the job, "
+        "`app.jobs.run_order`), run by the worker loop at its defaults and finalized back into input order; timed "
+        "from the create call to completed, on the same engine.",
+        "",
+        "| side | seconds | lines/s | prompt tokens cached |",
+        "| --- | --- | --- | --- |",
+        f"| raw `LLM.chat`, file order | {raw['seconds']:.1f} | {raw['lines_per_second']:.1f} | "
+        f"{raw['cached_prompt_tokens']:,.0f} of {raw['prompt_tokens']:,.0f} |",
+        f"| service at its defaults | {ours['seconds']:.1f} | {ours['lines_per_second']:.1f} | "
+        f"{ours['cached_prompt_tokens']:,.0f} of {ours['prompt_tokens']:,.0f} |",
+        "",
+    ]
+    goal = ["14. documents x questions: service / raw `LLM.chat`", ">= 2.5x", f"{result['ratio']:.2f}x"]
+    return lines, [[*goal, _verdict(result["ratio"] >= 2.5)]]

@@ -69,8 +69,11 @@ def service_run(
     endpoint: str = "/v1/completions",
     pack_by_length: bool = False,
     batching: Literal["overlapped", "strict"] = "overlapped",
+    regroup: bool = False,
 ) -> dict[str, float]:
-    """Upload, create, run with the worker loop, finalize; timed from queued to completed."""
+    """Upload, create, run with the worker loop, finalize; timed from creation to completed.
+    `regroup`: the create call orders the lines by prompt prefix as the API does
+    (app.jobs.run_order, at the settings' regroup distance), inside the timed span."""
     from app.data.queue import JobQueue
     from app.jobs.create import JobSpec, Owner, create_job
     from app.jobs.uploads import UploadLimits, store_upload
@@ -91,7 +94,14 @@ def service_run(
     loop.register()
     started = time.perf_counter()
     spec = JobSpec(input_file_id=file.id, endpoint=endpoint, pack_by_length=pack_by_length, batching=batching)
-    batch = create_job(records, queue, settings, spec, Owner("bench", scope=None))
+    order = None
+    if regroup:
+        from app.jobs.run_order import write_run_input
+
+        def order(job_id: str, key: str, url: str, count: int) -> Any:
+            return write_run_input(store, job_id, key, url, count, settings.regroup_distance_lines)
+
+    batch = create_job(records, queue, settings, spec, Owner("bench", scope=None), order=order)
     while loop.run_once():
         pass
     wall = time.perf_counter() - started

