@@ -41,6 +41,7 @@ SCENARIOS = [
     "fleet",
     "rate_limits",
     "documents_questions",
+    "polls_at_start",
 ]
 ENGINE_SCENARIOS = {"static_vs_continuous", "service_overhead", "peer"}
 DEFAULT_PEER_BATCH_SIZE = None  # the service's defaults: fitted to the engine
@@ -208,6 +209,7 @@ def run_scenarios(config: BenchConfig, selected: set[str], args: argparse.Namesp
         ("fleet", lambda: run_module("fleet", "fleet", config)),
         ("rate_limits", lambda: run_module("rate_limits", "rate_limits", config)),
         ("documents_questions", lambda: run_module("documents_questions", "documents_questions", config)),
+        ("polls_at_start", lambda: run_module("polls_at_start", "polls_at_start", config)),
     ]
     for name, step in steps:
         if name in selected:

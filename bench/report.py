@@ -17,7 +17,13 @@ from bench.report_sections import (
     input_read_section,
     shared_prefix_section,
 )
-from bench.report_sharing import documents_questions_section, fleet_section, rate_limits_section, sharing_section
+from bench.report_sharing import (
+    documents_questions_section,
+    fleet_section,
+    polls_at_start_section,
+    rate_limits_section,
+    sharing_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -459,6 +465,7 @@ def write() -> Path:
         (fleet_section, "fleet"),
         (rate_limits_section, "rate_limits"),
         (documents_questions_section, "documents_questions"),
+        (polls_at_start_section, "polls_at_start"),
     ):
         result = read_result(name)
         lines, found = build(result)

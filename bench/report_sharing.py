@@ -143,3 +143,39 @@ def documents_questions_section(result: dict[str, Any] | None) -> tuple[list[str
     ]
     goal = ["14. documents x questions: service / raw `LLM.chat`", ">= 2.5x", f"{result['ratio']:.2f}x"]
     return lines, [[*goal, _verdict(result["ratio"] >= 2.5)]]
+
+
+def polls_at_start_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+    if not result:
+        return [], []
+    lines = [
+        "## 15. Polls while the service starts and shares",
+        "",
+        "`python -m bench.polls_at_start`: `make run` itself at its defaults (the launcher, its embedded Postgres, the "
+        "API, a generation and an embedding worker). From the moment `/readyz` first says ready, "
+        f"{result['start_clients']} clients poll a batch once a second for {result['start_seconds']:.0f} s; then a "
+        f"big chat batch runs, two 20-line batches (one a priority batch) join it in the engine, and "
+        f"{result['share_clients']} clients poll the big one once a second for {result['share_seconds']:.0f} s. "
+        f"{len(result['rounds'])} round(s); p99 is the median over rounds, max the worst.",
+        "",
+        "| phase | p99 | max |",
+        "| --- | --- | --- |",
+        f"| first {result['start_seconds']:.0f} s after ready, {result['start_clients']} clients | "
+        f"{result['start_p99_ms']} ms | {result['start_max_ms']} ms |",
+        f"| sharing, {result['share_clients']} clients | {result['sharing_p99_ms']} ms | "
+        f"{result['sharing_max_ms']} ms |",
+        "",
+    ]
+    goals = [
+        ["15. polls p99, first 30 s after ready", "< 100 ms", f"{result['start_p99_ms']} ms"],
+        ["15. polls p99 while sharing", "< 100 ms", f"{result['sharing_p99_ms']} ms"],
+        ["15. slowest poll while sharing", "< 1000 ms", f"{result['sharing_max_ms']} ms"],
+        ["15. poll errors", "0", str(result["errors"])],
+    ]
+    met = [
+        result["start_p99_ms"] < 100,
+        result["sharing_p99_ms"] < 100,
+        result["sharing_max_ms"] < 1000,
+        result["errors"] == 0,
+    ]
+    return lines, [[*goal, _verdict(ok)] for goal, ok in zip(goals, met, strict=True)]

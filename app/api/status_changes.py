@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import psycopg
 
-from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS
+from app.core.backoff import Backoff
 from app.data.models import STATUS_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,13 @@ class StatusChanges:
                 self._thread.start()
 
     def _listen(self) -> None:
-        delay = FIRST_BACKOFF_SECONDS
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {STATUS_CHANNEL}")
                     self.listening = True
-                    delay = FIRST_BACKOFF_SECONDS
+                    backoff.reset()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._wake(note.payload)
@@ -91,8 +91,7 @@ class StatusChanges:
                     log.warning("status notifications lost (%s); long polls read every %.0f s", exc, FALLBACK_SECONDS)
                 self.listening = False
                 self._wake_all()  # waiters fall back to reading on their own
-                self._stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                self._stop.wait(backoff.next())
         self.listening = False
 
     def _wake(self, job_id: str) -> None:

@@ -376,21 +376,22 @@ def read_lines(store: ObjectStore, key: str) -> Iterator[bytes]:
 def resilient_lines(store: ObjectStore, key: str, give_up_after_seconds: float, start: int = 0) -> Iterator[bytes]:
     """The object's lines from byte `start` (a line's first byte) on; a transient storage
     failure mid-read reopens the object there and carries on after the last line handed out."""
-    from app.core.backoff import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, is_transient
+    from app.core.backoff import Backoff, is_transient
 
     handed_out = 0
-    backoff = FIRST_BACKOFF_SECONDS
+    backoff = Backoff()
     deadline = time.monotonic() + give_up_after_seconds
     while True:
         try:
             for index, line in enumerate(iter_lines(store.read_chunks(key, start))):
                 if index >= handed_out:
                     handed_out += 1
-                    backoff, deadline = FIRST_BACKOFF_SECONDS, time.monotonic() + give_up_after_seconds
+                    deadline = time.monotonic() + give_up_after_seconds
+                    backoff.reset()
                     yield line
             return
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + backoff > deadline:
+            wait = backoff.next()
+            if not is_transient(exc) or time.monotonic() + wait > deadline:
                 raise
-            time.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            time.sleep(wait)

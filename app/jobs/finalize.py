@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 
-from app.core.backoff import is_transient, retry_transient
+from app.core.backoff import Backoff, is_transient, retry_transient
 from app.core.storage import Joined, ObjectStore, put_hashed
 from app.data.ids import new_id, now
 from app.data.models import FileRecord, JobStatus
@@ -35,7 +35,7 @@ from app.jobs.uploads import lines_from
 
 log = logging.getLogger(__name__)
 
-FINALIZE_RETRY_SECONDS = 5.0  # after a failed attempt, times the attempts so far
+FINALIZE_RETRY_SECONDS = 5.0  # after the first failed attempt, doubling after each (app.core.backoff)
 MAX_FINALIZE_RETRY_SECONDS = 60.0
 
 CANCELLED_REASON = ("batch_cancelled", "The batch was cancelled before this request ran.")
@@ -138,7 +138,7 @@ def finalize_next(
             log.warning("finalization of %s was taken over by another process", claim.job_id)
             return None
         except Exception as exc:
-            retry_after = min(FINALIZE_RETRY_SECONDS * claim.attempts, MAX_FINALIZE_RETRY_SECONDS)
+            retry_after = Backoff.after(claim.attempts, FINALIZE_RETRY_SECONDS, MAX_FINALIZE_RETRY_SECONDS)
             queue.release_finalization(
                 claim.job_id, finalizer_id, retry_after=retry_after, counted=not is_transient(exc)
             )

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from app.core.backoff import Backoff
 from app.core.settings import Settings
 from app.data.outbox import ClaimedDelivery, Outbox
 from app.data.webhook_endpoints import secret_key
@@ -51,11 +52,6 @@ def signed_headers(secret: str, event_id: str, body: str, timestamp: int | None 
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature(secret, event_id, timestamp, body),
     }
-
-
-def retry_delay(attempts: int, first_seconds: float, max_seconds: float) -> float:
-    """The wait after failed attempt number `attempts` (from 1): first, then doubling, capped."""
-    return min(first_seconds * 2 ** min(attempts - 1, 60), max_seconds)
 
 
 class WebhookSender:
@@ -172,7 +168,7 @@ class WebhookSender:
                 error = f"HTTP {status_code}: {_start_of(r)}"
         except (httpx.HTTPError, UnsafeWebhookUrl) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        delay = retry_delay(delivery.attempts, self.first_retry_seconds, self.max_retry_seconds)
+        delay = Backoff.after(delivery.attempts, self.first_retry_seconds, self.max_retry_seconds)
         outcome = self.outbox.retry(
             delivery,
             self.sender_id,

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.core.backoff import Backoff
 from app.core.embedded_postgres import database_url as embedded_or_configured
 from app.core.embedded_postgres import restart_if_down
 from app.core.migrations import upgrade
@@ -57,7 +58,7 @@ class Supervised:
 
     def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
         self.name, self.command, self.env = name, command, env
-        self.backoff = FIRST_RESTART_SECONDS
+        self.backoff = Backoff(FIRST_RESTART_SECONDS, MAX_RESTART_SECONDS)
         self.process = self._start()
         self.due: float | None = None  # when a dead child is started again
 
@@ -69,12 +70,12 @@ class Supervised:
         now = time.monotonic()
         if self.due is None and self.process.poll() is not None:
             if now - self.started > STAYED_UP_SECONDS:
-                self.backoff = FIRST_RESTART_SECONDS
+                self.backoff.reset()
             code = self.process.returncode
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
-            print(f"{self.name} exited ({why}); starting it again in {self.backoff:.0f} s", flush=True)
-            self.due = now + self.backoff
-            self.backoff = min(self.backoff * 2, MAX_RESTART_SECONDS)
+            wait = self.backoff.next()
+            print(f"{self.name} exited ({why}); starting it again in {wait:.0f} s", flush=True)
+            self.due = now + wait
         if self.due is not None and now >= self.due:
             self.due = None
             self.process = self._start()
@@ -84,7 +85,7 @@ class SupervisedPostgres:
     """The embedded Postgres of this process, started again when its postmaster dies."""
 
     def __init__(self) -> None:
-        self.backoff = FIRST_RESTART_SECONDS
+        self.backoff = Backoff(FIRST_RESTART_SECONDS, MAX_RESTART_SECONDS)
         self.due: float | None = None
 
     def check(self) -> None:
@@ -93,11 +94,12 @@ class SupervisedPostgres:
         try:
             if restart_if_down():
                 print("the embedded Postgres had stopped; it was started again", flush=True)
-            self.backoff, self.due = FIRST_RESTART_SECONDS, None
+            self.due = None
+            self.backoff.reset()
         except Exception as exc:  # e.g. its port or files still held: try again later
-            print(f"the embedded Postgres could not be started ({exc}); again in {self.backoff:.0f} s", flush=True)
-            self.due = time.monotonic() + self.backoff
-            self.backoff = min(self.backoff * 2, MAX_RESTART_SECONDS)
+            wait = self.backoff.next()
+            print(f"the embedded Postgres could not be started ({exc}); again in {wait:.0f} s", flush=True)
+            self.due = time.monotonic() + wait
 
 
 def _print_admin_key_if_none(database_url: str) -> None:

@@ -16,11 +16,12 @@ from openai.types.webhooks import (
     BatchFailedWebhookEvent,
 )
 
+from app.core.backoff import Backoff
 from app.core.errors import InvalidRequest
 from app.data.models import JobStatus
 from app.data.outbox import EVENT_TYPES, event_payload
 from app.data.webhook_endpoints import new_secret, secret_hint, secret_key
-from app.jobs.webhooks import retry_delay, signature, signed_headers
+from app.jobs.webhooks import signature, signed_headers
 
 SDK_TYPES = {
     JobStatus.COMPLETED: BatchCompletedWebhookEvent,
@@ -83,6 +84,6 @@ def test_a_made_secret_is_whsec_and_32_random_bytes_and_a_bad_one_is_refused() -
 
 
 def test_retries_wait_the_first_delay_then_double_up_to_the_cap() -> None:
-    assert [retry_delay(n, 5, 3600) for n in range(1, 6)] == [5, 10, 20, 40, 80]
-    assert retry_delay(11, 5, 3600) == 3600 and retry_delay(10_000, 5, 3600) == 3600
-    assert retry_delay(3, 0.2, 0.5) == 0.5
+    assert [Backoff.after(n, 5, 3600) for n in range(1, 6)] == [5, 10, 20, 40, 80]
+    assert Backoff.after(11, 5, 3600) == 3600 and Backoff.after(10_000, 5, 3600) == 3600
+    assert Backoff.after(3, 0.2, 0.5) == 0.5
