@@ -22,12 +22,18 @@ figures are medians of the rounds' ratios.
 
 Goals: generation tokens/s >= 0.97 of raw and end to end >= 0.93 on both workloads;
 overlapped >= 1.3x strict on the long tail.
+
+`--one-start` (bench/gpu.sh) runs both workloads on the long-tail Llama (the chat workload's
+lengths then are the model's, capped by its spread of `max_tokens`), so each side starts its
+engine once a round: the raw process runs every workload on one engine, and one API and
+worker run the service's jobs (each workload at the defaults, the long tail in strict mode too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, fresh_database, output_lengths, postgres, prompt_text, write_result
-from bench.deployed_shape import figures, run_job
+from bench.deployed_shape import figures, run_job, run_jobs
 
 CHAT_URL = "/v1/chat/completions"
 DEMO = Path("var/models/demo-llama")
@@ -53,17 +59,22 @@ def chat_row(index: int, model: str, max_tokens: int, **sampling: Any) -> dict[s
     return {"custom_id": f"r{index}", "method": "POST", "url": CHAT_URL, "body": body | sampling}
 
 
-def workload(name: str) -> tuple[Path, list[dict[str, Any]]]:
-    """The model folder and the lines of a workload."""
+def workload(name: str, one_model: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """The model folder and the lines of a workload (`one_model`: on the long-tail Llama);
+    CEILING_SCALE (a fraction, for a quick try of the harness) shortens both workloads."""
+    scale = float(os.environ.get("CEILING_SCALE", "1"))
     if name == "chat":
-        lengths = output_lengths(CHAT_LINES, CHAT_LONGEST, CHAT_SEED)
-        return DEMO, [chat_row(i, DEMO.name, lengths[i]) for i in range(CHAT_LINES)]
-    rows = [chat_row(i, LONG_TAIL.name, LONG_TAIL_MAX_TOKENS, temperature=0) for i in range(LONG_TAIL_LINES)]
-    return LONG_TAIL, rows
+        lines = max(WARM_UP_LINES, int(CHAT_LINES * scale))
+        lengths = output_lengths(lines, CHAT_LONGEST, CHAT_SEED)
+        model = LONG_TAIL if one_model else DEMO
+        return model, [chat_row(i, model.name, lengths[i]) for i in range(lines)]
+    lines, longest = max(WARM_UP_LINES, int(LONG_TAIL_LINES * scale)), max(16, int(LONG_TAIL_MAX_TOKENS * scale))
+    return LONG_TAIL, [chat_row(i, LONG_TAIL.name, longest, temperature=0) for i in range(lines)]
 
 
-def raw_side(name: str) -> dict[str, Any]:
-    """Runs in a child process: the worker's engine, one `LLM.generate` with every line."""
+def raw_side(names: list[str], one_model: bool = False) -> dict[str, dict[str, Any]]:
+    """Runs in a child process: the worker's engine, one `LLM.generate` with every line of
+    each workload in `names` (one engine for all of them: they share a model)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -71,8 +82,9 @@ def raw_side(name: str) -> dict[str, Any]:
     from app.jobs.lines import parse_line
     from worker.engine import VllmEngine
 
-    model, rows = workload(name)
-    engine = VllmEngine(Settings(model=str(model.resolve())))
+    models = {workload(name, one_model)[0] for name in names}
+    assert len(models) == 1, f"one engine runs one model, not {models}"
+    engine = VllmEngine(Settings(model=str(models.pop().resolve())))
     try:
 
         def call(part: list[dict[str, Any]]) -> tuple[int, float, float]:
@@ -88,14 +100,18 @@ def raw_side(name: str) -> dict[str, Any]:
             ended = time.perf_counter()
             return sum(len(o.outputs[0].token_ids) for o in outputs), ended - generating, ended - began
 
-        call(rows[:WARM_UP_LINES])
-        generated, seconds, wall = call(rows)
-        return {
-            "generated_tokens": generated,
-            "generate_seconds": seconds,
-            "tokens_per_second": generated / seconds,
-            "end_to_end_tokens_per_second": generated / wall,
-        }
+        found = {}
+        for name in names:
+            rows = workload(name, one_model)[1]
+            call(rows[:WARM_UP_LINES])
+            generated, seconds, wall = call(rows)
+            found[name] = {
+                "generated_tokens": generated,
+                "generate_seconds": seconds,
+                "tokens_per_second": generated / seconds,
+                "end_to_end_tokens_per_second": generated / wall,
+            }
+        return found
     finally:
         engine.shutdown()
 
@@ -162,18 +178,54 @@ def running_over_time(spans: list[tuple[float, float]]) -> list[list[float]]:
     return points
 
 
-def measure(server: str, runs_wanted: int, names: list[str], timeline: bool = True) -> dict[str, Any]:
+def raw_sides(names: list[str], one_model: bool) -> dict[str, dict[str, Any]]:
+    """The raw side of `names`, in a process of its own (one engine start)."""
+    command = [sys.executable, "-m", "bench.ceiling", "--raw", *names, *(["--one-start"] if one_model else [])]
+    # Its stderr (vLLM's log, a traceback) goes through: a failure shows why.
+    raw = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    found: dict[str, dict[str, Any]] = json.loads(raw.stdout.strip().splitlines()[-1])
+    return found
+
+
+def service_sides(server: str, names: list[str], run_number: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every workload through one API and worker (one engine start): {workload: {side: figures}}."""
+    jobs, labels = [], []
+    for name in names:
+        rows = workload(name, one_model=True)[1]
+        jobs.append((rows, {}))
+        labels.append((name, "service"))
+        if name == "long_tail":
+            jobs.append((rows, {"batching": "strict"}))  # the size its defaults choose on this engine
+            labels.append((name, "strict"))
+    model = str(LONG_TAIL.resolve())
+    warm_up = workload(names[0], one_model=True)[1][:WARM_UP_LINES]
+    with fresh_database(server, f"bench_ceiling_one_{run_number}") as url:
+        done = run_jobs(url, model, jobs, warm_up, CHAT_URL, long_poll=True)
+    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    for (name, side), batch in zip(labels, done, strict=True):
+        found[name][side] = (
+            figures(batch) | {"batch_size": batch["batch_size"]} | {"batch_size_basis": batch["batch_size_basis"]}
+        )
+    return found
+
+
+def measure(
+    server: str, runs_wanted: int, names: list[str], timeline: bool = True, one_start: bool = False
+) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for run_number in range(runs_wanted):
+        if one_start:
+            raw = raw_sides(names, one_model=True)
+            service = service_sides(server, names, run_number)
         for name in names:
-            raw = subprocess.run(  # its stderr (vLLM's log, a traceback) goes through: a failure shows why
-                [sys.executable, "-m", "bench.ceiling", "--raw", name], stdout=subprocess.PIPE, text=True, check=True
-            )
-            sides = {"raw": json.loads(raw.stdout.strip().splitlines()[-1])}
-            sides["service"] = service_side(server, name, run_number, {})
-            if name == "long_tail":
-                strict = {"batching": "strict", "batch_size": sides["service"]["batch_size"]}
-                sides["strict"] = service_side(server, name, run_number, strict)
+            if one_start:
+                sides = {"raw": raw[name], **service[name]}
+            else:
+                sides = {"raw": raw_sides([name], one_model=False)[name]}
+                sides["service"] = service_side(server, name, run_number, {})
+                if name == "long_tail":
+                    strict = {"batching": "strict", "batch_size": sides["service"]["batch_size"]}
+                    sides["strict"] = service_side(server, name, run_number, strict)
             rounds[name].append(sides)
             print(f"{name} round {run_number}: " + ", ".join(
                 f"{side} {figures['tokens_per_second']:.0f} tok/s ({figures['end_to_end_tokens_per_second']:.0f} e2e)"
@@ -207,18 +259,21 @@ def run(config: Any) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--raw", choices=["chat", "long_tail"], help="(internal) run one raw side and print it")
+    parser.add_argument("--raw", nargs="+", choices=["chat", "long_tail"], help="(internal) run raw sides, print them")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", choices=["chat", "long_tail"], default=["chat", "long_tail"])
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--json-lines", action="store_true", help="print one JSON line per figure (bench/gpu.sh)")
     parser.add_argument("--no-timelines", action="store_true", help="skip the running-sequence timelines (one start)")
+    parser.add_argument(
+        "--one-start", action="store_true", help="both workloads on the long-tail Llama: one engine start per side"
+    )
     args = parser.parse_args()
     if args.raw:
-        print(json.dumps(raw_side(args.raw)))
+        print(json.dumps(raw_side(args.raw, args.one_start)))
         return
     with postgres(args.database_url) as server:
-        result = measure(server, args.runs, args.workloads, timeline=not args.no_timelines)
+        result = measure(server, args.runs, args.workloads, not args.no_timelines, args.one_start)
     write_result("ceiling", result)
     if args.json_lines:
         for name, found in result["workloads"].items():

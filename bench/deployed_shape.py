@@ -84,6 +84,18 @@ def run_job(
     then `rows` uploaded, created with `options` and polled once a second over HTTP (with
     `long_poll`, as the CLI's `--wait` polls: `?wait=1`, answered when the status changes).
     The finished batch object, with `client_seconds` from the upload to seeing it completed."""
+    return run_jobs(database_url, model, [(rows, options)], warm_up, endpoint, long_poll)[0]
+
+
+def run_jobs(
+    database_url: str,
+    model: str,
+    jobs: list[tuple[list[dict[str, Any]], dict[str, Any]]],
+    warm_up: list[dict[str, Any]],
+    endpoint: str,
+    long_poll: bool = False,
+) -> list[dict[str, Any]]:
+    """As run_job, with one API and one worker (one engine start) for every job in turn."""
     from app.core.database import Database
     from app.data.keys import create_key
     from app.data.records import Records
@@ -113,10 +125,13 @@ def run_job(
             url = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
                 _wait_ready(http, worker)
-                _wait_done(http, _submit(http, warm_up, endpoint, options), long_poll)
-                started = time.perf_counter()
-                done = _wait_done(http, _submit(http, rows, endpoint, options), long_poll)
-                done["client_seconds"] = time.perf_counter() - started
+                _wait_done(http, _submit(http, warm_up, endpoint, jobs[0][1]), long_poll)
+                found = []
+                for rows, options in jobs:
+                    started = time.perf_counter()
+                    done = _wait_done(http, _submit(http, rows, endpoint, options), long_poll)
+                    done["client_seconds"] = time.perf_counter() - started
+                    found.append(done)
         finally:
             for process in (worker, api):
                 process.terminate()
@@ -125,7 +140,7 @@ def run_job(
                     process.wait(60)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    return done
+    return found
 
 
 def _wait_ready(http: httpx.Client, worker: subprocess.Popen[bytes]) -> None:
