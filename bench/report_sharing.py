@@ -161,15 +161,15 @@ def polls_at_start_section(result: dict[str, Any] | None) -> tuple[list[str], li
         "| phase | p99 | max |",
         "| --- | --- | --- |",
         f"| first {result['start_seconds']:.0f} s after ready, {result['start_clients']} clients | "
-        f"{result['start_p99_ms']} ms | {result['start_max_ms']} ms |",
+        f"{result['start_p99_ms']} ms | {result['start_max_ms']:.0f} ms |",
         f"| sharing, {result['share_clients']} clients | {result['sharing_p99_ms']} ms | "
-        f"{result['sharing_max_ms']} ms |",
+        f"{result['sharing_max_ms']:.0f} ms |",
         "",
     ]
     goals = [
         ["15. polls p99, first 30 s after ready", "< 100 ms", f"{result['start_p99_ms']} ms"],
         ["15. polls p99 while sharing", "< 100 ms", f"{result['sharing_p99_ms']} ms"],
-        ["15. slowest poll while sharing", "< 1000 ms", f"{result['sharing_max_ms']} ms"],
+        ["15. slowest poll while sharing", "< 1000 ms", f"{result['sharing_max_ms']:.0f} ms"],
         ["15. poll errors", "0", str(result["errors"])],
     ]
     met = [
