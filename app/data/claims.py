@@ -1,7 +1,8 @@
 """The claim statements, in one place: a shard for a worker, a job for a finalizer; and
 what a worker holds of a claimed shard and hands back for each window.
 
-Each is one round trip: commented CTEs pick the candidate with `FOR UPDATE SKIP LOCKED`
+Each is one statement (a shard's claim is preceded, in its transaction, by CLAIM_PLANNER_SQL's
+planner settings: two round trips): commented CTEs pick the candidate with `FOR UPDATE SKIP LOCKED`
 (many claimants at once never wait on each other nor take the same row), then take the
 lease. A lease that ran out is fair game, so a claimant that died is replaced.
 """
@@ -84,7 +85,7 @@ _RUNNABLE = f"(SELECT {_JOB_WANTED} AND (NOT :overlapped_only OR s.attempts <= 1
 # ANALYZE, the planner takes the queue for a handful of rows and chose exactly that.
 CLAIM_PLANNER_SQL = text("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off")
 
-# The claim, in one round trip.
+# The claim, in one statement (after CLAIM_PLANNER_SQL in the same transaction).
 CLAIM_SHARD_SQL = text(
     f"""
     WITH RECURSIVE stale AS (

@@ -136,7 +136,7 @@ def batch_error_line(custom_id: str, message: str, code: str) -> bytes:
 
 
 def part_key(job_id: str, shard_index: int, seq: int, kind: str) -> str:
-    """Where one static batch's results live; `kind` is `out` or `err`."""
+    """Where one window's results live (one or more static batches); `kind` is `out` or `err`."""
     return f"batches/{job_id}/parts/{shard_index:06d}-{seq:06d}.{kind}.jsonl"
 
 
