@@ -9,13 +9,14 @@ lease. A lease that ran out is fair game, so a claimant that died is replaced.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 
+from app.core.line_offsets import LineOffsets
 from app.data.models import JobStatus
 
 
@@ -33,12 +34,17 @@ class ClaimedShard:
     batch_size: int | None  # None: fitted to the claimant's engine (JobQueue.fit_batch_size)
     sampling_defaults: dict[str, Any]
     model: str
-    line_offsets: dict[str, Any] | None = None  # where every N-th input line starts (app.jobs.uploads)
+    line_offsets: LineOffsets | None = None  # where every N-th line of input_key starts
     # Its place in the order a worker's engine is shared in (worker.sharing): priority,
     # then deadline (the job's expires_at), then fair share between owners.
     priority: int = 0
     owner: str = ""
     expires_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, fields: Mapping[str, Any]) -> ClaimedShard:
+        """CLAIM_SHARD_SQL's row (its line offsets as stored JSON)."""
+        return cls(**{**fields, "line_offsets": LineOffsets.from_json(fields["line_offsets"])})
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class JobQueue:
         with self.db.engine.begin() as conn:  # a plain connection, not an ORM session: the hot path
             conn.execute(CLAIM_PLANNER_SQL)
             row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
-            return ClaimedShard(**row._asdict()) if row is not None else None
+            return ClaimedShard.from_row(row._asdict()) if row is not None else None
 
     def fit_batch_size(self, job_id: str, fit: Callable[[dict[str, Any] | None], tuple[int, str]]) -> int:
         """The job's batch size; when it has none yet, `fit(its estimate)` sets it, with its

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+from app.core.line_offsets import LineOffsets
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus, Shard, Window
 from app.jobs.finalize import unrun_reason
@@ -65,7 +65,7 @@ def results_page(
     input_key: str,
     after: int,
     limit: int,
-    line_offsets: dict[str, Any] | None = None,
+    line_offsets: LineOffsets | None = None,
 ) -> ResultsPage:
     """Up to `limit` finished lines from line `after` on (0-based), in input order."""
     stretches = _stretches(job, runs, shards)
@@ -82,7 +82,7 @@ def _lines(
     store: ObjectStore,
     job: Job,
     stretches: list[_Stretch],
-    source: tuple[str, dict[str, Any] | None],
+    source: tuple[str, LineOffsets | None],
     after: int,
     end: int,
 ) -> Iterator[bytes]:
@@ -115,9 +115,7 @@ def _run_lines(store: ObjectStore, job_id: str, run: Window) -> Iterator[bytes]:
         yield line
 
 
-def _unrun_lines(
-    store: ObjectStore, job: Job, source: tuple[str, dict[str, Any] | None], start: int
-) -> Iterator[bytes]:
+def _unrun_lines(store: ObjectStore, job: Job, source: tuple[str, LineOffsets | None], start: int) -> Iterator[bytes]:
     """The input file's lines from `start` on as "never ran" error lines (a ranged read from
     the recorded line nearest before `start`, so paging through them reads the file once)."""
     code, message = unrun_reason(JobStatus(job.status))

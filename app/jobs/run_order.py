@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.line_offsets import LineOffsets
 from app.core.storage import ObjectStore, put_hashed, read_lines
 from app.jobs.lines import parse_line
 
@@ -97,14 +98,16 @@ class RunInput:
 
     key: str
     order_key: str
-    line_offsets: dict[str, Any]
+    line_offsets: LineOffsets
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "order_key": self.order_key, "line_offsets": self.line_offsets}
+        return {"key": self.key, "order_key": self.order_key, "line_offsets": self.line_offsets.as_json()}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> RunInput:
-        return cls(str(value["key"]), str(value["order_key"]), dict(value["line_offsets"]))
+        offsets = LineOffsets.from_json(value["line_offsets"])
+        assert offsets is not None, "a run input records where its lines start"
+        return cls(str(value["key"]), str(value["order_key"]), offsets)
 
 
 def prompt_paths(lines: Iterable[bytes], endpoint: str) -> list[tuple[int, ...]]:
@@ -139,7 +142,7 @@ def write_run_input(
     run = RunInput(
         key=f"batches/{job_id}/run_input.jsonl",
         order_key=f"batches/{job_id}/run_order.u32",
-        line_offsets={"every": RUN_LINE_OFFSET_EVERY, "offsets": offsets},
+        line_offsets=LineOffsets.of(RUN_LINE_OFFSET_EVERY, offsets),
     )
     chunks = (b"".join(lines[i] + b"\n" for i in order[start : start + 4096]) for start in range(0, len(order), 4096))
     put_hashed(store, run.key, chunks)

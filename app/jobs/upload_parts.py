@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from app.core.errors import InvalidRequest, PayloadTooLarge
+from app.core.line_offsets import LineOffsets
 from app.core.storage import CHUNK_BYTES, ChunkReader, ObjectStore
 from app.data.ids import new_id, now
 from app.data.models import FileRecord, Upload, UploadPart, UploadStatus
@@ -173,7 +174,7 @@ def complete_upload(
 
 def _stored(file_id: str, reader: CheckingReader, check: FileCheck | None) -> StoredUpload:
     validation = (
-        {**check.summary(), "line_offsets": {"every": LINE_OFFSET_EVERY, "offsets": reader.line_offsets}}
+        {**check.summary(), "line_offsets": LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets).as_json()}
         if check
         else {}
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from app.core.errors import PayloadTooLarge, ServiceError
+from app.core.line_offsets import LineOffsets
 from app.core.storage import LineSplitter, ObjectStore, resilient_lines
 from app.data.ids import new_id, now
 from app.data.models import FileRecord
@@ -21,18 +22,14 @@ from app.jobs.upload_check import FileCheck
 LINE_OFFSET_EVERY = 10_000
 
 
-def line_start(line_offsets: dict[str, Any] | None, line: int) -> tuple[int, int]:
-    """(a line at or before `line`, its first byte) from an upload's recorded offsets; (0, 0)
+def line_start(line_offsets: LineOffsets | None, line: int) -> tuple[int, int]:
+    """(a line at or before `line`, its first byte) from a file's recorded offsets; (0, 0)
     for a file recorded without them."""
-    if not line_offsets or not line_offsets.get("offsets"):
-        return 0, 0
-    every, offsets = int(line_offsets["every"]), line_offsets["offsets"]
-    mark = min(line // every, len(offsets) - 1)
-    return mark * every, int(offsets[mark])
+    return line_offsets.start(line) if line_offsets is not None else (0, 0)
 
 
 def lines_from(
-    store: ObjectStore, key: str, line_offsets: dict[str, Any] | None, line: int, give_up_after_seconds: float = 0.0
+    store: ObjectStore, key: str, line_offsets: LineOffsets | None, line: int, give_up_after_seconds: float = 0.0
 ) -> Iterator[bytes]:
     """An uploaded file's lines from `line` on, read with a ranged read from the recorded
     line nearest before it; a transient storage failure within `give_up_after_seconds`
@@ -144,7 +141,7 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
         bytes=reader.bytes,
         sha256=reader.sha256.hexdigest(),
         line_count=check.lines if check else 0,
-        validation={**check.summary(), "line_offsets": {"every": LINE_OFFSET_EVERY, "offsets": reader.line_offsets}}
+        validation={**check.summary(), "line_offsets": LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets).as_json()}
         if check
         else {},
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.line_offsets import LineOffsets
 from app.core.storage import LocalStore
 from app.data.queue import JobQueue
 from app.data.records import Records
@@ -44,9 +45,10 @@ def test_every_shard_reads_only_its_own_lines_so_the_input_is_read_about_once(
     rows = [completion_line(f"r{i:03d}", f"line number {i} " + "x" * (i % 7)) for i in range(200)]
     file = upload(client, jsonl(rows))
     batch = create_batch(client, file["id"], batch_size=8)
-    offsets = records.get_file(file["id"]).validation["line_offsets"]
-    assert offsets["every"] == 10 and len(offsets["offsets"]) == 20
-    assert line_start(offsets, 57) == (50, offsets["offsets"][5])
+    offsets = LineOffsets.from_json(records.get_file(file["id"]).validation["line_offsets"])
+    assert offsets is not None
+    assert offsets.every == 10 and len(offsets.offsets) == 20
+    assert line_start(offsets, 57) == (50, offsets.offsets[5])
 
     counting = CountingStore(store.root)
     loop = WorkerLoop(FakeEngine(), records, queue, counting, lease_seconds=60, heartbeat_seconds=5, poll_seconds=0.1)
@@ -75,7 +77,14 @@ def test_a_page_of_a_cancelled_jobs_unrun_lines_reads_the_input_from_near_that_p
     counting = CountingStore(store.root)
     job = records.get_job(batch["id"])
     page = results_page(
-        counting, job, [], records.shards(batch["id"]), source.storage_key, 180, 20, source.validation["line_offsets"]
+        counting,
+        job,
+        [],
+        records.shards(batch["id"]),
+        source.storage_key,
+        180,
+        20,
+        LineOffsets.from_json(source.validation["line_offsets"]),
     )
     lines = list(page.lines)
     assert [json.loads(line)["custom_id"] for line in lines] == [f"r{i:03d}" for i in range(180, 200)]
