@@ -15,6 +15,8 @@ DEMO_MODEL_PATH = Path("var/models/demo-llama")  # written by `make model` (app.
 DEMO_EMBEDDING_MODEL_PATH = Path("var/models/demo-embed")  # likewise: a small BERT for /v1/embeddings
 DEMO_LORA_PATH = Path("var/models/demo-lora")  # likewise: a LoRA adapter for the demo Llama
 
+WorkerKind = Literal["generate", "embed"]  # what a worker holds: MODEL (generate) or EMBEDDING_MODEL (embed)
+
 
 class Settings(BaseSettings):
     """Every tunable of the service. Empty means the embedded default."""
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
     )
 
     # The embedding engine: what a worker of kind `embed` holds, for jobs on /v1/embeddings.
-    worker_kind: Literal["generate", "embed"] = Field(
+    worker_kind: WorkerKind = Field(
         default="generate",
         description="what `python -m worker` holds: MODEL (generate) or EMBEDDING_MODEL (embed); flag --kind",
     )

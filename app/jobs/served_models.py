@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
-from app.core.settings import Settings
+from app.core.settings import Settings, WorkerKind
 from app.data.models import Worker
 from app.data.records import Records
 from app.jobs.endpoints import worker_kinds
+
+ModelKind = Literal["generate", "embed", "lora"]  # a worker kind's model, or a LoRA adapter of a generate model
 
 
 @dataclass(frozen=True)
 class ServedModel:
     id: str
-    kind: str  # "generate", "embed" or "lora"
+    kind: ModelKind
     endpoints: list[str]
     ready_workers: int
     created: int  # when the longest-running of its workers started (unix seconds)
@@ -30,7 +33,7 @@ def served_models(records: Records, settings: Settings) -> list[ServedModel]:
         workers[worker.model].append(worker)
     served = []
     for model, held_by in sorted(workers.items()):
-        kind = "embed" if model == settings.embedding_model_name else "generate"
+        kind: WorkerKind = "embed" if model == settings.embedding_model_name else "generate"
         created = int(min(w.started_at for w in held_by).timestamp())
         served.append(ServedModel(model, kind, worker_kinds().get(kind, []), len(held_by), created))
     base = next((m for m in served if m.id == settings.model_name), None)

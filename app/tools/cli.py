@@ -18,9 +18,10 @@ from typing import IO, Any
 
 import httpx
 
+from app.data.models import TERMINAL_STATUSES
 from app.jobs.endpoints import ENDPOINTS
 
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
+TERMINAL = {status.value for status in TERMINAL_STATUSES}
 POLL_SECONDS = 1.0
 DEFAULT_URL = "http://127.0.0.1:8000"
 

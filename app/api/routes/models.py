@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import CallerDep, RecordsDep, SettingsDep
 from app.core.errors import NotFound
-from app.jobs.served_models import ServedModel, served_models
+from app.jobs.served_models import ModelKind, ServedModel, served_models
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -21,7 +21,7 @@ class ModelObject(BaseModel):
     created: int = Field(description="when the longest-running worker holding it started (unix seconds)")
     owned_by: str = "llm-batch"
     # This service's extras.
-    kind: Literal["generate", "embed", "lora"] = Field(
+    kind: ModelKind = Field(
         description="what holds it: a generation or embedding worker, or a LoRA adapter on the generation model"
     )
     endpoints: list[str] = Field(description="the batch endpoints whose lines it runs")

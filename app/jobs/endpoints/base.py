@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 
 from pydantic import BaseModel, ConfigDict
 
-from app.core.settings import Settings
+from app.core.settings import Settings, WorkerKind
 
 if TYPE_CHECKING:
     from app.jobs.lines import Request
 
-WorkerKind = Literal["generate", "embed"]  # which engine serves a kind: MODEL's, or EMBEDDING_MODEL's
 # The engine method a kind's lines run on: `generate` (or `enqueue`), `embed`, or `score`
 # (an embedding worker's `LLM.score`).
 EngineCall = Literal["generate", "embed", "score"]
