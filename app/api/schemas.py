@@ -16,7 +16,7 @@ from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate, deadline_at_risk
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
-from app.jobs.stats import cost, throughput
+from app.jobs.stats import Throughput, cost, throughput
 
 
 def unix(ts: datetime | None) -> int | None:
@@ -243,15 +243,9 @@ class BatchUsage(BaseModel):
     total_tokens: int
 
 
-class BatchThroughput(BaseModel):
+class BatchThroughput(Throughput):
     """The job's rates and timings (app.jobs.stats.throughput), plus who ran it."""
 
-    generate_seconds: float = Field(description="summed over its static batches' generate calls")
-    generation_tokens_per_second: float | None = Field(description="generated tokens per generate-second")
-    end_to_end_seconds: float | None = Field(description="from the first claim to the end, or to now while it runs")
-    end_to_end_tokens_per_second: float | None
-    queue_wait_seconds: float | None = Field(description="from creation to the first claim")
-    time_to_first_window_seconds: float | None = Field(description="from the first claim to the first window")
     tensor_parallel_size: int | None
     workers: int | None = Field(description="workers that ran its static batches (on a single batch's view)")
 
@@ -354,7 +348,7 @@ class BatchObject(BaseModel):
             priority=job.priority,
             queue_status=status.value,
             throughput=BatchThroughput(
-                **asdict(throughput(job)), tensor_parallel_size=job.tensor_parallel_size, workers=workers
+                **throughput(job).model_dump(), tensor_parallel_size=job.tensor_parallel_size, workers=workers
             ),
             estimate=JobEstimate.model_validate(job.estimate) if job.estimate else None,
             deadline_at_risk=deadline_at_risk(job),

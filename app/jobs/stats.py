@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from app.data.models import Job, Window
 from app.jobs.telemetry import EngineTelemetry, combine
 
@@ -31,16 +33,18 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return round(numerator / denominator, 1) if denominator else None
 
 
-@dataclass(frozen=True)
-class Throughput:
-    """A job's rates and timings, computed one way for the API, stats.json and the dashboard."""
+class Throughput(BaseModel):
+    """A job's rates and timings, computed one way for the API (whose batch object extends
+    this model), stats.json and the dashboard."""
 
-    generate_seconds: float  # summed over its static batches' generate calls
-    generation_tokens_per_second: float | None  # generated tokens per generate-second
-    end_to_end_seconds: float | None  # from the first claim to the end, or to now while it runs
+    model_config = ConfigDict(frozen=True)
+
+    generate_seconds: float = Field(description="summed over its static batches' generate calls")
+    generation_tokens_per_second: float | None = Field(description="generated tokens per generate-second")
+    end_to_end_seconds: float | None = Field(description="from the first claim to the end, or to now while it runs")
     end_to_end_tokens_per_second: float | None
-    queue_wait_seconds: float | None  # from creation to the first claim
-    time_to_first_window_seconds: float | None  # from the first claim to the first recorded window
+    queue_wait_seconds: float | None = Field(description="from creation to the first claim")
+    time_to_first_window_seconds: float | None = Field(description="from the first claim to the first window")
 
 
 def ended_at(job: Job) -> datetime | None:
@@ -100,7 +104,7 @@ def job_stats(job: Job, windows: list[Window], gpu_hour_price: float | None = No
         "prompts": sum(w.prompts for w in windows),
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
-        **asdict(throughput(job)),
+        **throughput(job).model_dump(),
         "engine": engine_totals(windows),
         **asdict(cost(job, gpu_hour_price)),
         "output_length_histogram": [
