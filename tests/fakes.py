@@ -44,6 +44,7 @@ class FakeEngine:
         # prompts are their UTF-8 bytes
         self.limits = ModelLimits(max_model_len=256, vocab_size=256, embedding_size=3 if kind == "embed" else None)
         self.calls: list[int] = []
+        self.priorities: list[int] = []  # each enqueue's priority
         self.max_tokens_per_call: list[list[int]] = []
 
     def prompt_token_ids(self, request: Request) -> list[int]:
@@ -96,8 +97,9 @@ class FakeEngine:
             raise RuntimeError("engine died")
         return [_echo(p) for p in prompts]
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         batch = len(self.calls)
+        self.priorities.append(priority)
         self.calls.append(len(prompts))
         self.prompts_per_call.append(prompts)
         if any(self.REFUSED in bytes(p) for p in prompts):

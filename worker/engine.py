@@ -80,10 +80,11 @@ class Engine(Protocol):
         """One static batch of score (or rerank) requests (each a list of text pairs): every
         pair of every request in one `score` call. RequestRejected when the engine refuses one."""
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         """Adds a static batch's requests to the running engine without waiting for them;
-        their request ids, in order. RequestRejected when the engine refuses one (it keeps
-        none of them then)."""
+        their request ids, in order. Waiting requests of a higher `priority` (a job's) are
+        scheduled first, equal ones first come first served. RequestRejected when the engine
+        refuses one (it keeps none of them then)."""
 
     def step(self) -> list[tuple[str, Generation]]:
         """One engine step: the requests that finished in it, by request id. Only called
@@ -283,14 +284,18 @@ class VllmEngine:
             )
         return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(line) for line in sampling]
         lora = lora_requests(self.adapters, sampling)
         with self._refusals():
             internal = self.llm.enqueue(
-                [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
+                [TokensPrompt(prompt_token_ids=ids) for ids in prompts],
+                params,
+                use_tqdm=False,
+                lora_request=lora,
+                priority=[-priority] * len(prompts),  # vLLM takes the lowest value first
             )
         # vLLM answers with its internal ids: the id `LLM` gave (a counter, digits only), a
         # dash and a random suffix. A finished request's output carries the id given.

@@ -50,6 +50,9 @@ def generation_kwargs(settings: Settings, cuda: bool) -> dict[str, Any]:
     kwargs["disable_log_stats"] = False  # per-request timings and preemptions, for app.jobs.telemetry
     # Lines that share a prefix (a system prompt, few-shot examples) compute it once.
     kwargs["enable_prefix_caching"] = settings.prefix_caching
+    # A sharing worker hands vLLM each job's priority: a priority job's waiting requests are
+    # scheduled before those already waiting (equal priorities stay first come, first served).
+    kwargs["scheduling_policy"] = "priority"
     kwargs.update(lora_engine_kwargs(settings.lora_modules, settings.max_lora_rank, cuda))
     # Structured outputs through llguidance: its JSON strings are JSON's. xgrammar's grammar
     # for a string with a maxLength lets raw control characters through, which strict JSON

@@ -54,6 +54,7 @@ class StaticBatchRun:
     lines: PreparedWindow
     results: list[Generation | None]
     key: object = None  # whose it is (a held shard): several shards' static batches share the engine
+    priority: int = 0  # its job's priority: vLLM's scheduler takes a higher one's waiting requests first
     refused: dict[int, RequestRejected] = field(default_factory=dict)
     waiting: int = 0  # requests enqueued and not yet finished
     seconds: float = 0.0  # its share of the engine's wall time (OverlappedEngine.step)
@@ -71,6 +72,7 @@ class WindowRun:
     batches: list[StaticBatchRun] = field(default_factory=list)
     all_admitted: bool = False  # every static batch of the window is in `batches`
     key: object = None  # whose it is (a held shard); each key's windows are handed back in order
+    priority: int = 0  # its job's priority
 
     @property
     def done(self) -> bool:
@@ -86,9 +88,12 @@ class StaticBatchSource:
     static batch, a packed window's static batches are planned one by one on the preparer.
     `ready()` says whether the next one can be taken without waiting for the preparer."""
 
-    def __init__(self, next_window: Callable[[], Future[PreparedWindow] | None], key: object = None) -> None:
+    def __init__(
+        self, next_window: Callable[[], Future[PreparedWindow] | None], key: object = None, priority: int = 0
+    ) -> None:
         self._next_window = next_window
         self.key = key  # its windows' key in the OverlappedEngine
+        self.priority = priority  # its job's
         self._pending = next_window()
         self._parts: deque[Future[PreparedWindow]] = deque()
         self._current: WindowRun | None = None
@@ -132,7 +137,7 @@ class StaticBatchSource:
             return None
         window = self._pending.result()
         self._pending = self._next_window()  # the next window is prepared while this one runs
-        run = WindowRun(window, key=self.key)
+        run = WindowRun(window, key=self.key, priority=self.priority)
         self._current = run
         if not window.planned:
             run.all_admitted = True
@@ -208,7 +213,7 @@ class OverlappedEngine:
         splitting the batch in halves, as strict mode does; it gets the engine's reason."""
         if new_window:
             self.windows.append(run)
-        batch = StaticBatchRun(lines, [None] * len(lines.prompts), key=run.key)
+        batch = StaticBatchRun(lines, [None] * len(lines.prompts), key=run.key, priority=run.priority)
         run.batches.append(batch)
         if self.idle:
             self._since = self.clock()
@@ -222,7 +227,8 @@ class OverlappedEngine:
             return
         lines = batch.lines
         try:
-            ids = self.engine.enqueue([lines.prompts[i] for i in positions], [lines.sampling[i] for i in positions])
+            prompts, sampling = [lines.prompts[i] for i in positions], [lines.sampling[i] for i in positions]
+            ids = self.engine.enqueue(prompts, sampling, priority=batch.priority)
         except RequestRejected as refusal:
             if len(positions) == 1:
                 batch.refused[positions[0]] = refusal

@@ -174,7 +174,7 @@ class SharedEngine:
                 self._alone = shard
                 return
             preparer = ThreadPoolExecutor(1, f"prepare-{shard.shard_id}")
-            source = StaticBatchSource(self.runner.windows_of(shard, preparer), key=shard.shard_id)
+            source = StaticBatchSource(self.runner.windows_of(shard, preparer), shard.shard_id, shard.priority)
         except Exception:
             log.exception("shard %s of %s could not start; it goes back after a pause", shard.shard_index, shard.job_id)
             if preparer is not None:

@@ -85,10 +85,10 @@ class FirstBatchFirst(FakeEngine):
         self.started.set()
         return super().generate(prompts, sampling)
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         self.events.append("generate")  # an overlapped static batch starts
         self.started.set()
-        return super().enqueue(prompts, sampling)
+        return super().enqueue(prompts, sampling, priority)
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

@@ -44,9 +44,9 @@ class SlowEngine(FakeEngine):
         super().__init__(max_num_seqs=max_num_seqs)
         self.enqueued: list[bytes] = []  # the first prompt of each static batch, in enqueue order
 
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[str]:
+    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         self.enqueued.append(bytes(prompts[0]))
-        return super().enqueue(prompts, sampling)
+        return super().enqueue(prompts, sampling, priority)
 
     def step(self) -> list[tuple[str, Generation]]:
         time.sleep(STEP_SECONDS)
@@ -119,7 +119,8 @@ def test_a_priority_batchs_static_batches_enter_before_a_lower_ones_queued_ones(
     client: TestClient, admin_client: TestClient, settings: Settings, store: ObjectStore
 ) -> None:
     engine = SlowEngine(max_num_seqs=8)  # room for a few static batches at once: the order shows
-    low = create_batch(client, upload(client, lines("low", 400, 8))["id"], batch_size=4, pack_by_length=False)
+    # Long enough to outlive the urgent batch on a slow machine; cancelled once that is seen.
+    low = create_batch(client, upload(client, lines("low", 4000, 8))["id"], batch_size=4, pack_by_length=False)
     with workers([engine], settings, store):
         wait_for(client, low["id"], windows_recorded)
         urgent = create_batch(
@@ -127,13 +128,18 @@ def test_a_priority_batchs_static_batches_enter_before_a_lower_ones_queued_ones(
         )
         wait_for(admin_client, urgent["id"], lambda b: b["status"] == "completed")
         low_then = client.get(f"/v1/batches/{low['id']}").json()
-        wait_for(client, low["id"], lambda b: b["status"] == "completed")
+        time.sleep(0.5)  # a few more of the low batch's static batches go in
+        client.post(f"/v1/batches/{low['id']}/cancel")
+        wait_for(client, low["id"], lambda b: b["status"] == "cancelled")
 
     assert low_then["status"] == "in_progress"
     order = ["urgent" if prompt.startswith(b"urgent") else "low" for prompt in engine.enqueued]
     first, last = order.index("urgent"), len(order) - 1 - order[::-1].index("urgent")
     assert order[first : last + 1] == ["urgent"] * 6, order  # no queued low static batch went in between
     assert "low" in order[last + 1 :]  # the low batch was still running after
+    # The engine is told each job's priority, so its scheduler takes the urgent requests first too.
+    given = {(job, priority) for job, priority in zip(order, engine.priorities, strict=True)}
+    assert given == {("low", 0), ("urgent", 50)}
 
 
 def test_two_workers_both_record_windows_of_one_job_at_the_defaults(

@@ -97,6 +97,10 @@ def test_the_engine_knobs_reach_llms_arguments_under_vllms_own_names() -> None:
     assert "kv_cache_memory_bytes" not in kwargs  # on CUDA the memory share sizes the cache
     unset = generation_kwargs(Settings(), cuda=True)
     assert not set(knobs) & set(unset)  # unset: vLLM's defaults
+    # Jobs' priorities reach vLLM's scheduler (OverlappedEngine passes them with each static batch).
+    assert unset["scheduling_policy"] == "priority" and "scheduling_policy" in {
+        field.name for field in dataclasses.fields(EngineArgs)
+    }
 
 
 def test_the_cpu_seed_plugin_stands_aside_off_the_cpu_platform(monkeypatch: pytest.MonkeyPatch) -> None:
