@@ -21,7 +21,7 @@ from app.data.records import Records
 from app.jobs.endpoints import endpoint_for, is_endpoint, listed
 from app.jobs.endpoints.base import JobDefaults
 from app.jobs.estimate import JobEstimate, estimate_job
-from app.jobs.quotas import check_open_batches, token_limit_error
+from app.jobs.quotas import check_open_batches, token_limit_error, use_and_limits
 from app.jobs.retention import retention_seconds
 from app.jobs.run_order import RunInput
 from app.jobs.upload_check import endpoint_mismatch
@@ -164,10 +164,11 @@ def create_job(
     `order`, when given, regroups a queued job's lines by prompt prefix (app.jobs.run_order)."""
     checked = check_spec(records, settings, spec, owner.scope)
     quotas = Quotas(records.db)
-    check_open_batches(quotas, settings, owner.name)
+    use, limits = use_and_limits(quotas, settings, owner.name)  # read once for both checks
+    check_open_batches(owner.name, use, limits)
     errors = checked.file_errors or None
     if not errors:  # OpenAI's queue limit: the batch fails at once, nothing queued
-        over = token_limit_error(quotas, settings, owner.name, checked.model, checked.source.bytes // 4)
+        over = token_limit_error(owner.name, use, limits, checked.model, checked.source.bytes // 4)
         errors = [over] if over is not None else None
     created, job_id = now(), new_id("batch_")
     run_input = None

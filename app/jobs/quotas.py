@@ -49,9 +49,9 @@ def check_storage(quotas: Quotas, settings: Settings, owner: str, adding: int) -
         )
 
 
-def check_open_batches(quotas: Quotas, settings: Settings, owner: str) -> None:
-    limit = limits_of(quotas, settings, owner).open_batches
-    used = quotas.use(owner).open_batches
+def check_open_batches(owner: str, use: OwnerUse, limits: OwnerLimits) -> None:
+    """Refuses one more batch when the owner's batches not yet ended are at the quota."""
+    limit, used = limits.open_batches, use.open_batches
     if used + 1 > limit:
         raise QuotaExceeded(
             f"Batch quota: {owner} may have {limit} batches not yet ended and has {used}. "
@@ -61,11 +61,10 @@ def check_open_batches(quotas: Quotas, settings: Settings, owner: str) -> None:
 
 
 def token_limit_error(
-    quotas: Quotas, settings: Settings, owner: str, model: str, adding: int
+    owner: str, use: OwnerUse, limits: OwnerLimits, model: str, adding: int
 ) -> dict[str, str | None] | None:
     """The `token_limit_exceeded` error a batch of `adding` prompt tokens fails with, or None."""
-    limit = limits_of(quotas, settings, owner).queued_prompt_tokens
-    queued = quotas.use(owner).queued_prompt_tokens.get(model, 0)
+    limit, queued = limits.queued_prompt_tokens, use.queued_prompt_tokens.get(model, 0)
     if queued + adding <= limit:
         return None
     return {
@@ -78,4 +77,5 @@ def token_limit_error(
 
 
 def use_and_limits(quotas: Quotas, settings: Settings, owner: str) -> tuple[OwnerUse, OwnerLimits]:
+    """The owner's use and limits, read once for every check of a request."""
     return quotas.use(owner), limits_of(quotas, settings, owner)
