@@ -26,7 +26,8 @@ from __future__ import annotations
 import array
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,22 +131,41 @@ def write_run_input(
     own order is kept (see grouped_order; `distance` 0 or over RUN_ORDER_MAX_LINES lines)."""
     if line_count > RUN_ORDER_MAX_LINES or line_count < 2 or distance <= 0:
         return None
-    order = grouped_order(prompt_paths(read_lines(store, input_key), endpoint), distance)
-    if order is None:
-        return None
-    lines = list(read_lines(store, input_key))  # held for the reordering: at most RUN_ORDER_MAX_LINES
-    offsets, position = [], 0
-    for run_position, index in enumerate(order):
-        if run_position % RUN_LINE_OFFSET_EVERY == 0:
-            offsets.append(position)
-        position += len(lines[index]) + 1
-    run = RunInput(
-        key=f"batches/{job_id}/run_input.jsonl",
-        order_key=f"batches/{job_id}/run_order.u32",
-        line_offsets=LineOffsets.of(RUN_LINE_OFFSET_EVERY, offsets),
-    )
-    chunks = (b"".join(lines[i] + b"\n" for i in order[start : start + 4096]) for start in range(0, len(order), 4096))
-    put_hashed(store, run.key, chunks)
+    # One read of the input: its lines go to a local copy (memory holds 12 bytes a line, not
+    # the lines) while their prompts are read; the run input is then written from the copy.
+    with tempfile.TemporaryFile(prefix=f"{job_id}-input-") as copy:
+        starts, lengths = array.array("q"), array.array("I")
+
+        def copied(lines: Iterable[bytes]) -> Iterator[bytes]:
+            for line in lines:
+                starts.append(copy.tell())
+                lengths.append(len(line))
+                copy.write(line)
+                yield line
+
+        order = grouped_order(prompt_paths(copied(read_lines(store, input_key)), endpoint), distance)
+        if order is None:
+            return None
+        offsets, position = [], 0
+        for run_position, index in enumerate(order):
+            if run_position % RUN_LINE_OFFSET_EVERY == 0:
+                offsets.append(position)
+            position += lengths[index] + 1
+        run = RunInput(
+            key=f"batches/{job_id}/run_input.jsonl",
+            order_key=f"batches/{job_id}/run_order.u32",
+            line_offsets=LineOffsets.of(RUN_LINE_OFFSET_EVERY, offsets),
+        )
+
+        def in_run_order() -> Iterator[bytes]:
+            for start in range(0, len(order), 4096):
+                chunk = []
+                for index in order[start : start + 4096]:
+                    copy.seek(starts[index])
+                    chunk.append(copy.read(lengths[index]) + b"\n")
+                yield b"".join(chunk)
+
+        put_hashed(store, run.key, in_run_order())
     store.put_bytes(run.order_key, order_bytes(order))
     log.info("job %s: %d lines regrouped by prompt prefix for the run", job_id, len(order))
     return run

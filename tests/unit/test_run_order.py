@@ -3,7 +3,12 @@ side by side across the whole job; a file already grouped keeps its order."""
 
 from __future__ import annotations
 
-from app.jobs.run_order import grouped_order, order_bytes, prefix_path
+import json
+from pathlib import Path
+
+from app.core.storage import LocalStore, read_lines
+from app.jobs.run_order import grouped_order, order_bytes, prefix_path, read_order, write_run_input
+from app.jobs.uploads import lines_from
 
 
 def _paths(prompts: list[str]) -> list[tuple[int, ...]]:
@@ -43,3 +48,21 @@ def test_prefixes_repeated_within_the_distance_keep_the_input_order() -> None:
     prompts = [f"{doc}\nQuestion {q}?" for q in range(2) for doc in documents]  # each document 3 lines apart
     assert grouped_order(_paths(prompts), distance=3) is None  # near enough for the prefix cache
     assert grouped_order(_paths(prompts), distance=2) == [0, 3, 1, 4, 2, 5]
+
+
+def test_the_run_input_holds_the_lines_byte_for_byte_in_run_order_and_the_order(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    documents = [f"Document {d}: " + "words " * 300 for d in range(3)]
+    lines = [
+        json.dumps({"custom_id": f"d{d}-q{q}", "prompt": f"{documents[d]}Q{q}?"}).encode()
+        for q in range(2)
+        for d in range(3)
+    ]
+    store.put_bytes("input.jsonl", b"\n".join(lines) + b"\n")
+    run = write_run_input(store, "batch_x", "input.jsonl", "/v1/completions", len(lines), distance=2)
+    assert run is not None
+    order = [0, 3, 1, 4, 2, 5]
+    assert list(read_order(store, run.order_key)) == order
+    assert list(read_lines(store, run.key)) == [lines[i] for i in order]
+    assert list(lines_from(store, run.key, run.line_offsets, 3)) == [lines[i] for i in order[3:]]
+    assert write_run_input(store, "batch_y", "input.jsonl", "/v1/completions", len(lines), distance=3) is None
