@@ -32,12 +32,13 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from bench.queued_jobs import insert_queued_jobs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "fleet-bench"
@@ -47,76 +48,12 @@ START_DELAY_SECONDS = 5.0
 
 def queue_fleet_jobs(url: str, jobs: int, owners: int, max_lines: int, shard_size: int, seed: int) -> dict[str, int]:
     """Jobs of log-uniform sizes, owners round-robin, their shards as the service cuts them; lines per job."""
-    from sqlalchemy import insert
-
-    from app.core.database import Database
-    from app.data.claims import deadline_hour
-    from app.data.ids import new_id
-    from app.data.models import FileRecord, Job, Shard
-
     chance = random.Random(seed)
-    db = Database(url)
-    now = datetime.now(UTC)
-    expires = now + timedelta(days=1)
-    sizes: dict[str, int] = {}
-    try:
-        with db.session() as session:
-            file_id = new_id("file-")
-            session.add(
-                FileRecord(
-                    id=file_id,
-                    owner="fleet",
-                    filename="f.jsonl",
-                    purpose="batch",
-                    bytes=1,
-                    sha256="0" * 64,
-                    line_count=1,
-                    storage_key=f"files/{file_id}",
-                )
-            )
-            session.flush()
-            job_rows, shard_rows = [], []
-            for number in range(jobs):
-                job_id = new_id("batch_")
-                owner = f"owner-{number % owners:03d}"
-                lines = int(math.exp(chance.uniform(math.log(10), math.log(max_lines))))
-                sizes[job_id] = lines
-                job_rows.append(
-                    {
-                        "id": job_id,
-                        "owner": owner,
-                        "input_file_id": file_id,
-                        "endpoint": "/v1/completions",
-                        "completion_window": "24h",
-                        "model": MODEL,
-                        "batch_size": 256,
-                        "status": "queued",
-                        "sampling_defaults": {"max_tokens": 16},
-                        "request_total": lines,
-                        "created_at": now,
-                        "expires_at": expires,
-                    }
-                )
-                for index, start in enumerate(range(0, lines, shard_size)):
-                    end = min(start + shard_size, lines)
-                    shard_rows.append(
-                        {
-                            "job_id": job_id,
-                            "index": index,
-                            "start_line": start,
-                            "end_line": end,
-                            "next_line": start,
-                            "owner": owner,
-                            "job_created_at": now,
-                            "deadline_at": deadline_hour(expires),
-                        }
-                    )
-            session.execute(insert(Job), job_rows)
-            for first in range(0, len(shard_rows), 5000):
-                session.execute(insert(Shard), shard_rows[first : first + 5000])
-    finally:
-        db.dispose()
-    return sizes
+    sized = [
+        (f"owner-{number % owners:03d}", int(math.exp(chance.uniform(math.log(10), math.log(max_lines)))))
+        for number in range(jobs)
+    ]
+    return insert_queued_jobs(url, sized, MODEL, batch_size=256, shard_size=shard_size)
 
 
 def run_workers(url: str, process: int, threads: int, args: dict[str, Any], start_at: float) -> dict[str, Any]:

@@ -11,80 +11,21 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from typing import Any
 
 from bench.common import BenchConfig, fresh_database, percentile
+from bench.queued_jobs import insert_queued_jobs
 
 MODEL = "queue-bench"
 LEASE_SECONDS = 3600.0  # longer than the run: a claimed shard is never re-claimable here
 START_DELAY_SECONDS = 3.0  # time for every process to start before they claim together
-INSERT_CHUNK = 2000
 
 
 def queue_jobs(database_url: str, jobs: int, owners: Sequence[str] = ("bench",), model: str = MODEL) -> None:
-    """`jobs` queued one-shard batches per owner for `model`, of one input file, inserted
-    in bulk (tests/integration/test_claims.py queues a deep queue with it too)."""
-    from app.core.database import Database
-    from app.data.ids import new_id
-    from app.data.models import FileRecord
-
-    db = Database(database_url)
-    expires = datetime.now(UTC) + timedelta(days=1)
-    try:
-        with db.session() as session:
-            file_id = new_id("file-")
-            session.add(
-                FileRecord(
-                    id=file_id,
-                    owner=owners[0],
-                    filename="q.jsonl",
-                    purpose="batch",
-                    bytes=1,
-                    sha256="0" * 64,
-                    line_count=1,
-                    storage_key=f"files/{file_id}",
-                )
-            )
-            session.flush()
-            for owner in owners:
-                _insert_jobs(session, file_id, owner, model, expires, jobs)
-    finally:
-        db.dispose()
-
-
-def _insert_jobs(session: Any, file_id: str, owner: str, model: str, expires: datetime, jobs: int) -> None:
-    from sqlalchemy import insert
-
-    from app.data.ids import new_id
-    from app.data.models import Job, Shard
-
-    ids = [new_id("batch_") for _ in range(jobs)]
-    for first in range(0, jobs, INSERT_CHUNK):
-        chunk = ids[first : first + INSERT_CHUNK]
-        batch_rows = [
-            {
-                "id": batch_id,
-                "owner": owner,
-                "input_file_id": file_id,
-                "endpoint": "/v1/completions",
-                "completion_window": "24h",
-                "model": model,
-                "batch_size": 64,
-                "status": "queued",
-                "sampling_defaults": {"max_tokens": 16},
-                "request_total": 1,
-                "expires_at": expires,
-            }
-            for batch_id in chunk
-        ]
-        session.execute(insert(Job), batch_rows)
-        shard_rows = [
-            {"job_id": batch_id, "index": 0, "start_line": 0, "end_line": 1, "next_line": 0, "owner": owner}
-            for batch_id in chunk
-        ]
-        session.execute(insert(Shard), shard_rows)
+    """`jobs` queued one-line, one-shard batches per owner for `model`, inserted in bulk
+    (tests/integration/test_claims.py queues a deep queue with it too)."""
+    insert_queued_jobs(database_url, [(owner, 1) for owner in owners for _ in range(jobs)], model, batch_size=64)
 
 
 def claim_all(database_url: str, worker_number: int, start_at: float) -> tuple[list[int], list[float]]:
