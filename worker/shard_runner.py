@@ -168,15 +168,19 @@ class ShardRunner:
             ) from refusal
         return plan
 
-    def _set_aside_when_planned(self, planned: Future[PreparedWindow], attempts: int) -> PreparedWindow:
-        return self._set_aside(planned.result(), attempts)
+    def _set_aside_when_planned(
+        self, planned: Future[PreparedWindow], attempts: int, regrouped: bool
+    ) -> PreparedWindow:
+        return self._set_aside(planned.result(), attempts, regrouped)
 
-    def _set_aside(self, window: PreparedWindow, attempts: int) -> PreparedWindow:
-        """A window that killed the engine on every try: its lines become error lines."""
+    def _set_aside(self, window: PreparedWindow, attempts: int, regrouped: bool = False) -> PreparedWindow:
+        """A window that killed the engine on every try: its lines become error lines. Their
+        line numbers are named unless the job ran regrouped (its lines' places then differ)."""
+        where = "" if regrouped else f" (lines {window.first_line + 1}-{window.next_line})"
         message = (
-            f"The engine failed {attempts - 1} times on the static batch holding this request "
-            "(lines {first}-{last}); the batch was set aside so the rest of the job could run."
-        ).format(first=window.first_line + 1, last=window.next_line)
+            f"The engine failed {attempts - 1} times on the static batch holding this request{where}; "
+            "the batch was set aside so the rest of the job could run."
+        )
         for request in window.runnable:
             window.errors[request.index] = request_error_line(request.custom_id, message, None, "engine_error")
         window.clear()
@@ -251,7 +255,7 @@ class ShardRunner:
                 return None
             prepared = preparer.submit(self._prepare, shard, defaults, next(seqs), chunk, batch_size, preparer)
             if first and shard.attempts > self.max_batch_attempts:
-                prepared = preparer.submit(self._set_aside_when_planned, prepared, shard.attempts)
+                prepared = preparer.submit(self._set_aside_when_planned, prepared, shard.attempts, shard.regrouped)
             first = False
             return prepared
 

@@ -41,6 +41,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ORPHAN_CHECK_SECONDS = 1.0
+REGROUP_WAIT_SECONDS = 60.0  # a create call waits this long for its lines' run order, then runs them as they are
 
 
 class HeavyWork:
@@ -70,9 +71,10 @@ class HeavyWork:
 
     def run_input(self, job_id: str, input_key: str, endpoint: str, line_count: int) -> RunInput | None:
         """A new job's lines regrouped by prompt prefix (app.jobs.run_order), in the tokenizing
-        process; blocks the calling thread (a request's worker thread, not the loop) until done."""
+        process; blocks the calling thread (a request's worker thread, not the loop) until done,
+        at most REGROUP_WAIT_SECONDS (then TimeoutError: the job runs in input order)."""
         found = submit_to_process(run_input_in_process, self._settings(), job_id, input_key, endpoint, line_count)
-        value = found.result()
+        value = found.result(timeout=REGROUP_WAIT_SECONDS)
         return RunInput.from_json(value) if value is not None else None
 
     def preload_model_files(self) -> Future[None]:

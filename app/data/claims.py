@@ -35,6 +35,7 @@ class ClaimedShard:
     sampling_defaults: dict[str, Any]
     model: str
     line_offsets: LineOffsets | None = None  # where every N-th line of input_key starts
+    regrouped: bool = False  # input_key is its job's run input (app.jobs.run_order): line numbers differ
     # Its place in the order a worker's engine is shared in (worker.sharing): priority,
     # then deadline (the job's expires_at), then fair share between owners.
     priority: int = 0
@@ -203,6 +204,7 @@ CLAIM_SHARD_SQL = text(
            claimed.end_line, claimed.windows_done, claimed.attempts, j.endpoint, j.batch_size, j.sampling_defaults,
            j.model, coalesce(j.run_input ->> 'key', f.storage_key) AS input_key,
            coalesce(j.run_input -> 'line_offsets', f.validation -> 'line_offsets') AS line_offsets,
+           j.run_input IS NOT NULL AS regrouped,
            claimed.priority, claimed.owner, j.expires_at
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id

@@ -68,10 +68,15 @@ class InInputOrder:
             order = read_order(self._store, self._run.order_key)
             for position, line, is_error in self._every_line():
                 self._note(order[position], line + b"\n", is_error)
+            missing = sum(1 for start in self._start if start < 0)
+            if missing:  # never write an output that silently lacks lines: finalization fails and is retried
+                raise RuntimeError(f"{missing} of {len(self._start)} lines of {self._job.id} have no answer")
         return self._spool
 
     def _note(self, index: int, line: bytes, is_error: bool) -> None:
         assert self._spool is not None
+        if self._start[index] >= 0:
+            raise RuntimeError(f"line {index + 1} of {self._job.id} was answered twice")
         self._start[index] = self._spool.tell()
         self._length[index] = len(line)
         self._error[index] = is_error

@@ -8,6 +8,9 @@ from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
+from app.data.queue import JobQueue
+from app.data.records import Records
+from app.jobs.create import JobSpec, Owner, create_job
 from tests.helpers import (
     completion_line,
     create_batch,
@@ -94,3 +97,16 @@ def test_input_order_asked_for_is_kept(
     run_worker_until_idle(engine, settings, store)
     wait_for_status(client, batch["id"], "completed")
     assert results_ids(client, batch["id"]) == [r["custom_id"] for r in rows]
+
+
+def test_a_regrouping_that_fails_leaves_the_batch_queued_in_input_order(
+    client: TestClient, records: Records, settings: Settings
+) -> None:
+    file = upload(client, jsonl(question_major()))
+
+    def broken(*_: object) -> None:
+        raise OSError("storage went away")
+
+    spec = JobSpec(input_file_id=file["id"], endpoint="/v1/completions")
+    job = create_job(records, JobQueue(records.db), settings, spec, Owner("alice", None), order=broken)
+    assert job.status == "queued" and job.run_input is None

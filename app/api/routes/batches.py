@@ -91,7 +91,12 @@ def stats(batch_id: str, caller: CallerDep, records: RecordsDep, settings: Setti
 @router.get(
     "/{batch_id}/results",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/jsonl": {}}, "description": "output and error lines in input order"}},
+    responses={
+        200: {
+            "content": {"application/jsonl": {}},
+            "description": "output and error lines in the order they ran (input order unless regrouped by prefix)",
+        }
+    },
 )
 def results(
     batch_id: str,
