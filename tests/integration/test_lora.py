@@ -95,9 +95,9 @@ def test_lines_for_different_adapters_share_a_static_batch_and_answer_as_each_ad
     calls: list[list[str | None]] = []
     enqueue = lora_engine.enqueue  # a static batch enters the engine (overlapped, the default)
 
-    def spy(prompts: list[list[int]], sampling: list[Sampling]) -> Any:
+    def spy(prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> Any:
         calls.append([line.lora_adapter for line in sampling])
-        return enqueue(prompts, sampling)
+        return enqueue(prompts, sampling, priority)
 
     monkeypatch.setattr(lora_engine, "enqueue", spy)
     out = run(client, settings, store, lora_engine, rows)
