@@ -10,7 +10,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,3 +164,17 @@ def postgres(database_url: str | None) -> Iterator[str]:
             yield url
         finally:
             server.cleanup()
+
+
+def run_alone(
+    name: str, run: Callable[[BenchConfig], dict[str, Any]], runs: int, model: str | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A scenario run on its own (`python -m bench.<name>`): the demo model unless `model`,
+    an embedded Postgres, the result written to bench/results/<name>.json and returned."""
+    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
+
+    chosen = model or str(ensure_demo_model(DEFAULT_OUTPUT))
+    with postgres(None) as server:
+        result = run(BenchConfig(model=chosen, runs=runs, database_url=server, extra=extra))
+    write_result(name, result)
+    return result

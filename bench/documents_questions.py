@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchConfig, fresh_database, medians, postgres, write_result
+from bench.common import BenchConfig, fresh_database, medians, run_alone
 
 CHAT_URL = "/v1/chat/completions"
 WORDS = ["the", "report", "model", "data", "result", "review", "budget", "plan", "team", "quarter", "risk", "growth"]
@@ -133,10 +133,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--model", default=None, help="default: the demo model")
     args = parser.parse_args()
-
-    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-
-    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
     extra = {
         "documents": args.documents,
         "questions": args.questions,
@@ -144,10 +140,7 @@ def main() -> None:
         "answer_tokens": args.answer_tokens,
         "kv_cache_mib": args.kv_cache_mib,
     }
-    with postgres(None) as server:
-        config = BenchConfig(model=model, runs=args.runs, database_url=server, extra=extra)
-        result = run(config)
-    write_result("documents_questions", result)
+    result = run_alone("documents_questions", run, args.runs, args.model, extra)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
     raw, ours = result["raw_chat_file_order"]["median"], result["service_defaults"]["median"]
     print(

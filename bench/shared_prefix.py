@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchConfig, fresh_database, medians, output_lengths, postgres, write_result
+from bench.common import BenchConfig, fresh_database, medians, output_lengths, run_alone
 
 CHAT_URL = "/v1/chat/completions"
 BATCH_SIZE = 256
@@ -150,20 +150,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--model", default=None, help="default: the demo model")
     args = parser.parse_args()
-
-    from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-
-    model = args.model or str(ensure_demo_model(DEFAULT_OUTPUT))
     extra = {
         "prefix_lines": args.lines,
         "system_prompts": args.system_prompts,
         "prefix_tokens": args.prefix_tokens,
         "prefix_max_tokens": args.max_tokens,
     }
-    with postgres(None) as server:
-        config = BenchConfig(model=model, runs=args.runs, database_url=server, extra=extra)
-        result = run(config)
-    write_result("shared_prefix", result)
+    result = run_alone("shared_prefix", run, args.runs, args.model, extra)
     sides = ("defaults", "input_order", "input_order_no_prefix_cache", "run_batch")
     print(json.dumps({k: v for k, v in result.items() if k not in sides}, indent=2))
     print(
