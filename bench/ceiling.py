@@ -1,4 +1,4 @@
-"""Scenario 8 (issue 19): the engine never waits. The service at its defaults against the
+"""ceiling (issue 19): the engine never waits. The service at its defaults against the
 best a vLLM user can do without it: one `LLM.generate` call with every line of the file.
 
     python -m bench.ceiling [--runs 3] [--workloads chat long_tail]

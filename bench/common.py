@@ -29,9 +29,9 @@ class BenchConfig:
     model: str
     tensor_parallel_size: int = 1
     runs: int = 3
-    prompts: int = 512  # scenario 1: prompts per run
+    prompts: int = 512  # static_vs_continuous: prompts per run
     max_tokens: int = 128  # the long end of the output-length spread
-    lines: int = 2048  # scenarios 2 and 3: lines per job
+    lines: int = 2048  # service_overhead and peer: lines per job
     seed: int = 1234
     ingest_bytes: int = 1 << 30
     poll_clients: int = 100
@@ -87,6 +87,15 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result | {"measured": stamp()}, indent=2) + "\n")
     return path
+
+
+def write_part(name: str, part: str, figures: dict[str, Any]) -> Path:
+    """One part of a scenario's result file, written by the script that measures it alone;
+    the file's other parts kept (the scale_out scenario's two)."""
+    found = read_result(name) or {}
+    found.pop("skipped", None)
+    found.pop("measured", None)
+    return write_result(name, found | {part: figures})
 
 
 def read_result(name: str) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""Scenario 10 (issue 20): the control plane stays responsive while the engine works.
+"""control_plane (issue 20): the control plane stays responsive while the engine works.
 
     python -m bench.control_plane [--runs 3] [--lines 8000] [--clients 20]
 

@@ -1,4 +1,4 @@
-"""The service as users run it against raw `LLM.generate`, interleaved.
+"""deployed_shape: the service as users run it against raw `LLM.generate`, interleaved.
 
 The service side is `make run`'s shape: the API (uvicorn) and one worker as separate
 processes on a Postgres server, the job uploaded, created and polled over HTTP once a

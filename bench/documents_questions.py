@@ -1,4 +1,4 @@
-"""Documents x questions, written question-major: every document with question 1, then every
+"""documents_questions, written question-major: every document with question 1, then every
 document with question 2, ... Each prompt is a long document (about `--document-tokens`)
 followed by a short question, so a document's prefix is shared by its questions but repeated
 a whole file apart, and the file's documents hold more prefix than the KV cache does.

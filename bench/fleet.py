@@ -1,4 +1,4 @@
-"""A fleet against one Postgres: many simulated workers claim, record and close shards
+"""fleet, a fleet against one Postgres: many simulated workers claim, record and close shards
 through the service's own queue statements (`JobQueue.claim_shard`, `record_window`,
 `finish_shard`), with an engine stand-in that takes a fixed time per static batch. Prints
 the figures and writes bench/results/fleet.json.

@@ -1,4 +1,4 @@
-"""Scenario 4: a generated JSONL file uploaded over HTTP (`POST /v1/files`, multipart,
+"""ingest: a generated JSONL file uploaded over HTTP (`POST /v1/files`, multipart,
 purpose=batch) to the running API: MB/s from the first byte sent to the response (the
 file is then validated and in storage), and the API process's peak RSS growth.
 """

@@ -1,4 +1,4 @@
-"""Input read once: a 1M-line job in 10 shards, each shard's lines read the way the worker's
+"""input_read: a 1M-line job in 10 shards, each shard's lines read the way the worker's
 shard runner reads them (`app.jobs.uploads.lines_from`: a ranged read from the recorded
 line offset nearest before the shard), counting the bytes read from storage. No engine:
 this measures the input path alone.

@@ -1,6 +1,7 @@
-"""The machine's own ceiling for scale-out: raw `LLM.generate` in one process pinned to
-one core, then in two such processes at once (no service, no database). The ratio of
-their times is the best the service's two workers could reach here.
+"""The machine's own ceiling for the scale_out scenario: raw `LLM.generate` in one process
+pinned to one core, then in two such processes at once (no service, no database). The ratio
+of their times is the best the service's two workers could reach here. Prints the figures
+and writes them into bench/results/scale_out.json (its part `machine_scaling`).
 
     python -m bench.machine_scaling [--prompts 2048] [--batch-size 256] [--max-tokens 32]
 """
@@ -13,9 +14,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import write_part
 
 
 def child(prompts: int, batch_size: int, max_tokens: int) -> None:
@@ -97,8 +97,7 @@ def main() -> None:
         "time_for_the_same_total_work_ratio": round(two / (2 * one), 3),
         "settings": vars(args),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "machine_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_part("scale_out", "machine_scaling", result)
     print(json.dumps(result, indent=2))
     print(
         f"two pinned engines do twice the work in {two / one:.2f}x the time: "

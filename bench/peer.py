@@ -1,4 +1,4 @@
-"""Scenario 3: one OpenAI batch file of chat lines through vLLM's own run-batch and
+"""peer: one OpenAI batch file of chat lines through vLLM's own run-batch and
 through the service's worker path, generated tokens/s compared.
 
 run-batch runs in a child process that loads the engine once and then calls vLLM's

@@ -1,4 +1,4 @@
-"""Scenario 5: many clients polling `GET /v1/batches/{id}` on the running API.
+"""polling: many clients polling `GET /v1/batches/{id}` on the running API.
 
 Paced: each client polls every `poll_interval` seconds (the CLI's `watch` polls once a
 second), the load the goal is about. Saturated: the same clients with no pause, for

@@ -1,4 +1,4 @@
-"""Polls while the service starts and while it shares its engine (issue 26).
+"""polls_at_start: polls while the service starts and while it shares its engine (issue 26).
 
     python -m bench.polls_at_start [--runs 1] [--start-clients 100] [--share-clients 20]
 

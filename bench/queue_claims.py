@@ -1,4 +1,4 @@
-"""Scenario 6: many queued jobs, several worker processes (each with its own connections)
+"""queue_claims: many queued jobs, several worker processes (each with its own connections)
 claiming shards through `JobQueue.claim_shard` as fast as they can until none is
 left. Each closes its shard (`finish_shard`, untimed) before the next claim, as a worker
 does, so at most one shard per worker runs at a time. Reports claim latency and how many

@@ -1,7 +1,7 @@
-"""A burst from one key against another key's polls: the API as a process, key B polling
-`GET /v1/batches` ten times a second, first alone, then while key A sends as fast as 8
-threads can (past its rate, answered 429 by the gate before any work). Prints B's latency
-both ways and A's answers; writes bench/results/rate_limits.json.
+"""rate_limits, a burst from one key against another key's polls: the API as a process, key
+B polling `GET /v1/batches` ten times a second, first alone, then while key A sends as fast
+as 8 threads can (past its rate, answered 429 by the gate before any work). Prints B's
+latency both ways and A's answers; writes bench/results/rate_limits.json.
 
     python -m bench.rate_limits [--seconds 10] [--rate 600]
 

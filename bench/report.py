@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from bench.common import read_result
 from bench.report_ceiling import ceiling_section
 from bench.report_control_plane import control_plane_section
 from bench.report_sections import (
+    Section,
     _n,
     _table,
     _verdict,
@@ -24,6 +26,7 @@ from bench.report_sharing import (
     rate_limits_section,
     sharing_section,
 )
+from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -81,9 +84,10 @@ def machine_section(harness: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def static_vs_continuous_section(static: dict[str, Any] | None, continuous: dict[str, Any] | None) -> list[str]:
-    if not static:
-        return []
+def static_vs_continuous_section(result: dict[str, Any] | None) -> Section:
+    if not result:
+        return [], []
+    static, continuous = result["static"], result.get("continuous")
     rows, labels, throughput = [], [], []
     for size, figures in static["by_batch_size"].items():
         label = f"static {size} ({static['prompts']})" if size == "all" else f"static {size}"
@@ -103,8 +107,6 @@ def static_vs_continuous_section(static: dict[str, Any] | None, continuous: dict
     chart = _chart("static_vs_continuous", _bars("Generated tokens/s", "tokens/s", labels, throughput))
     best_static = max(static["by_batch_size"].items(), key=lambda item: item[1]["tokens_per_second"])
     lines = [
-        "## 1. Static against continuous batching",
-        "",
         f"{static['prompts']} prompts, {static['output_tokens_requested']:,} output tokens in all (`ignore_eos`, "
         f"each output its drawn length {static['max_tokens_range'][0]}..{static['max_tokens_range'][1]}). Static: "
         "one `LLM.generate` call per batch, the next when it returns; a request's latency is its batch's call. "
@@ -125,7 +127,7 @@ def static_vs_continuous_section(static: dict[str, Any] | None, continuous: dict
             f"**{ratio:.2f}x** the generated tokens/s.",
             "",
         ]
-    return [*lines, chart, ""]
+    return [*lines, chart, ""], []
 
 
 def _figures(figures: dict[str, float]) -> list[str]:
@@ -137,7 +139,7 @@ def _figures(figures: dict[str, float]) -> list[str]:
     ]
 
 
-def service_overhead_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+def service_overhead_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     gen, e2e = result["generation_ratio"], result["end_to_end_ratio"]
@@ -157,8 +159,6 @@ def service_overhead_section(result: dict[str, Any] | None) -> tuple[list[str], 
         ),
     )
     lines = [
-        "## 2. Service overhead",
-        "",
         f"{sizes['lines']:,} prompts of {sizes['max_tokens']} tokens at batch size {sizes['batch_size']}, raw "
         "`LLM.generate` and the service's worker (storage, Postgres, parsing, tokenizing, writing) on one "
         "engine, runs interleaved. Tokens/s are medians; each ratio is the median of the service run's "
@@ -187,15 +187,13 @@ def service_overhead_section(result: dict[str, Any] | None) -> tuple[list[str], 
         "",
     ]
     goals = [
-        ["2. generation / raw", "≥ 0.97", f"{gen:.3f}", _verdict(gen >= 0.97)],
-        ["2. end to end / raw", "≥ 0.90", f"{e2e:.3f}", _verdict(e2e >= 0.90)],
+        ["generation / raw", "≥ 0.97", f"{gen:.3f}", _verdict(gen >= 0.97)],
+        ["end to end / raw", "≥ 0.90", f"{e2e:.3f}", _verdict(e2e >= 0.90)],
     ]
     return lines, goals
 
 
-def peer_section(
-    result: dict[str, Any] | None, ceiling: dict[str, Any] | None = None
-) -> tuple[list[str], list[list[str]]]:
+def peer_section(result: dict[str, Any] | None, ceiling: dict[str, Any] | None = None) -> Section:
     if not result:
         return [], []
     ours, theirs = result["service"], result["run_batch"]
@@ -214,8 +212,6 @@ def peer_section(
     )
     ratio = result["ratio_end_to_end"]
     lines = [
-        "## 3. Peer: vLLM run-batch",
-        "",
         f"{result['lines']:,} chat lines (`/v1/chat/completions`, seeded `max_tokens` spread) through vLLM's "
         f"run-batch (engine loaded once, its `run_batch` timed per run; loading took "
         f"{theirs['engine_load_seconds']:.0f} s more, which the CLI pays on every file) and through the "
@@ -250,12 +246,12 @@ def peer_section(
         chart,
         "",
     ]
-    return lines, [["3. service / run-batch tokens/s", "≥ 1.2x", f"{ratio:.2f}x", _verdict(ratio >= 1.2)]]
+    return lines, [["service / run-batch tokens/s", "≥ 1.2x", f"{ratio:.2f}x", _verdict(ratio >= 1.2)]]
 
 
 def _against_ceiling(result: dict[str, Any], ceiling: dict[str, Any] | None) -> list[str]:
-    """Run-batch beside scenario 9's ceiling (raw vLLM handed every line in one call), when
-    both come from the same commit: how far above run-batch any service on this engine can be."""
+    """Run-batch beside the `ceiling` scenario's raw side (raw vLLM handed every line in one call),
+    when both come from the same commit: how far above run-batch any service on this engine can be."""
     chat = (ceiling or {}).get("workloads", {}).get("chat")
     same_run = (ceiling or {}).get("measured", {}).get("git_commit") == result.get("measured", {}).get("git_commit")
     if not chat or not same_run:
@@ -263,7 +259,7 @@ def _against_ceiling(result: dict[str, Any], ceiling: dict[str, Any] | None) -> 
     raw = statistics.median(r["raw"]["tokens_per_second"] for r in chat["rounds"])
     peer = result["run_batch"]["median"]["tokens_per_second"]
     return [
-        f"The ceiling beside it (scenario 9, same run): raw vLLM given the 2,048 chat lines of scenario 9 (same "
+        f"The ceiling beside it (`ceiling`, same run): raw vLLM given that scenario's 2,048 chat lines (same "
         f"size and `max_tokens` spread, another seed) in one `generate` call ran at {_n(raw)} tokens/s, "
         f"**{raw / peer:.2f}x** run-batch. Where run-batch keeps the engine as full as that, a service on the "
         "same engine can pass run-batch only by what run-batch itself loses to the ceiling, and the goal's 1.2x "
@@ -280,14 +276,12 @@ def _cli_ratio(result: dict[str, Any]) -> float:
     )
 
 
-def ingest_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+def ingest_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     median = result["median"]
     speed, growth = median["mb_per_second"], median["rss_growth_mb"]
     lines = [
-        "## 4. Ingest",
-        "",
         f"A {result['bytes'] / (1 << 20):,.0f} MB JSONL file ({result['lines']:,} prompt lines) uploaded with "
         "`POST /v1/files` (multipart, purpose=batch) to the API process alone; timed from the first byte to "
         "the response (validated and in local storage). Peak RSS sampled every 20 ms with psutil.",
@@ -298,13 +292,13 @@ def ingest_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[
         ),
     ]
     goals = [
-        ["4. upload into storage", "≥ 50 MB/s", f"{speed:.1f} MB/s", _verdict(speed >= 50)],
-        ["4. API peak RSS growth", "≤ 100 MB", f"{growth:.0f} MB", _verdict(growth <= 100)],
+        ["upload into storage", "≥ 50 MB/s", f"{speed:.1f} MB/s", _verdict(speed >= 50)],
+        ["API peak RSS growth", "≤ 100 MB", f"{growth:.0f} MB", _verdict(growth <= 100)],
     ]
     return lines, goals
 
 
-def polling_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+def polling_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     paced, saturated = result["paced"], result["saturated"]
@@ -335,8 +329,6 @@ def polling_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
         ),
     )
     lines = [
-        "## 5. Polling",
-        "",
         f"Clients polling one batch on the API process ({result.get('load_generator', 'httpx, asyncio')}, on the "
         "same cores). Paced: each client polls once per interval (the CLI polls once a second). Saturated: no "
         "pause, the API's capacity; in a closed loop latency is clients / throughput.",
@@ -348,17 +340,15 @@ def polling_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
     p99, errors = paced["latency_p99_ms"], paced["errors"]
     rate = saturated["requests_per_second"]
     return lines, [
-        ["5. polling p99, no errors", "< 50 ms, 0", f"{p99:.1f} ms, {errors:.0f}", _verdict(p99 < 50 and not errors)],
-        ["5. polls/s saturated, one API process", "≥ 500", f"{rate:.0f}", _verdict(rate >= 500)],
+        ["p99, no errors", "< 50 ms, 0", f"{p99:.1f} ms, {errors:.0f}", _verdict(p99 < 50 and not errors)],
+        ["polls/s saturated, one API process", "≥ 500", f"{rate:.0f}", _verdict(rate >= 500)],
     ]
 
 
-def queue_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+def queue_claims_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     lines = [
-        "## 6. Queue",
-        "",
         f"{result['jobs']:,} queued one-shard jobs, {result['workers']} worker processes (own connections) "
         "calling `JobQueue.claim_shard` until the queue is empty, each closing its shard (untimed) before its "
         "next claim, as a worker does.",
@@ -379,22 +369,20 @@ def queue_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[s
     ]
     median, duplicates = result["claim_median_ms"], result["duplicates"]
     goals = [
-        ["6. claim median", "< 10 ms", f"{median:.1f} ms", _verdict(median < 10)],
-        ["6. jobs claimed twice", "0", f"{duplicates}", _verdict(duplicates == 0)],
+        ["claim median", "< 10 ms", f"{median:.1f} ms", _verdict(median < 10)],
+        ["jobs claimed twice", "0", f"{duplicates}", _verdict(duplicates == 0)],
     ]
     return lines, goals
 
 
-def scale_out_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
+def scale_out_section(result: dict[str, Any] | None) -> Section:
     if not result:
         return [], []
     if "skipped" in result:
-        return ["## 7. Scale-out", "", f"Skipped: {result['skipped']}.", ""], []
+        return [f"Skipped: {result['skipped']}.", ""], []
     machine, scale = result["machine_scaling"], result["scale_out"]
     one, two = scale["one_worker"], scale["two_workers"]
     lines = [
-        "## 7. Scale-out",
-        "",
         f"One job of {scale['settings']['lines']:,} lines ({scale['settings']['max_tokens']} tokens each, "
         f"shards of {scale['settings']['shard_size']:,}) on one worker, then on two, each pinned to its own core; "
         "one run each (slow). The machine's ceiling: raw engines pinned one per core, no service.",
@@ -415,9 +403,7 @@ def scale_out_section(result: dict[str, Any] | None) -> tuple[list[str], list[li
         f"engines reach {machine['time_for_the_same_total_work_ratio']:.2f} for the same total work here.",
         "",
     ]
-    return lines, [
-        ["7. two workers' time / one's", "≤ 0.60", f"{scale['ratio']:.2f}", _verdict(scale["ratio"] <= 0.60)]
-    ]
+    return lines, [["two workers' time / one's", "≤ 0.60", f"{scale['ratio']:.2f}", _verdict(scale["ratio"] <= 0.60)]]
 
 
 def provenance(result: dict[str, Any] | None, harness: dict[str, Any] | None) -> list[str]:
@@ -437,46 +423,46 @@ def provenance(result: dict[str, Any] | None, harness: dict[str, Any] | None) ->
     ]
 
 
-def _with_provenance(lines: list[str], result: dict[str, Any] | None, harness: dict[str, Any] | None) -> list[str]:
-    """`lines` (a section: heading, blank line, body) with its provenance under the heading."""
-    return [*lines[:2], *provenance(result, harness), *lines[2:]] if lines else lines
+SECTIONS: dict[str, Callable[[dict[str, Any] | None], Section]] = {
+    "static_vs_continuous": static_vs_continuous_section,
+    "service_overhead": service_overhead_section,
+    "deployed_shape": deployed_shape_section,
+    "peer": lambda result: peer_section(result, read_result("ceiling")),
+    "shared_prefix": shared_prefix_section,
+    "ingest": ingest_section,
+    "polling": polling_section,
+    "queue_claims": queue_claims_section,
+    "scale_out": scale_out_section,
+    "input_read": input_read_section,
+    "ceiling": ceiling_section,
+    "control_plane": control_plane_section,
+    "sharing": sharing_section,
+    "fleet": fleet_section,
+    "rate_limits": rate_limits_section,
+    "documents_questions": documents_questions_section,
+    "polls_at_start": polls_at_start_section,
+}  # one per scenario of bench/scenarios.py
 
 
 def write() -> Path:
+    """docs/benchmarks.md: a section per scenario with a result file, in the table's order,
+    headed with the scenario's name; its goals in the table at the top, named the same."""
     sections: list[str] = []
     goals: list[list[str]] = []
     harness = read_result("harness")
-    static = read_result("static_batches")
-    continuous = read_result("continuous_batching")
-    sections += _with_provenance(static_vs_continuous_section(static, continuous), static, harness)
-    for build, name in (
-        (service_overhead_section, "service_overhead"),
-        (deployed_shape_section, "deployed_shape"),
-        (lambda result: peer_section(result, read_result("ceiling")), "peer"),
-        (shared_prefix_section, "shared_prefix"),
-        (ingest_section, "ingest"),
-        (polling_section, "polling"),
-        (queue_section, "queue"),
-        (scale_out_section, "scale_out_summary"),
-        (input_read_section, "input_read"),
-        (ceiling_section, "ceiling"),
-        (control_plane_section, "control_plane"),
-        (sharing_section, "sharing"),
-        (fleet_section, "fleet"),
-        (rate_limits_section, "rate_limits"),
-        (documents_questions_section, "documents_questions"),
-        (polls_at_start_section, "polls_at_start"),
-    ):
-        result = read_result(name)
-        lines, found = build(result)
-        sections += _with_provenance(lines, result, harness)
-        goals += found
+    for scenario in SCENARIOS:
+        result = read_result(scenario.name)
+        lines, found = SECTIONS[scenario.name](result)
+        if lines:
+            sections += [scenario.heading, "", *provenance(result, harness), *lines]
+        goals += [[f"`{scenario.name}`: {goal}", *rest] for goal, *rest in found]
     page = [
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m bench`; `--help` for sizes, models, scenarios) from "
-        "`bench/results/*.json`. Figures are medians of several runs; each ratio compares figures from the "
-        "same harness run.",
+        "`bench/results/*.json`: each section below is one scenario, headed with its name, which "
+        "`python -m bench --only NAME` runs and whose result file is `bench/results/NAME.json`. Figures are "
+        "medians of several runs; each ratio compares figures from the same harness run.",
         "",
         "## Goals",
         "",

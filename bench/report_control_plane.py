@@ -1,5 +1,5 @@
-"""The report's section for scenario 10 (issue 20): polls and batch creation against `make
-run` while a job runs on the same cores, and the job's speed with the pollers."""
+"""The report's section for the control_plane scenario (issue 20): polls and batch creation
+against `make run` while a job runs on the same cores, and the job's speed with the pollers."""
 
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ def control_plane_section(result: dict[str, Any] | None) -> Section:
             ]
         )
     lines = [
-        "## 10. The control plane while the engine works",
-        "",
         f"`make run` itself (the launcher, its embedded Postgres, the API and a worker as processes) on this "
         f"machine's cores. A {result['lines']:,}-line chat job (max_tokens 4-{result['longest_max_tokens']}, "
         f"log-uniform) runs twice per round, interleaved: once with {result['clients']} clients polling it "
@@ -63,14 +61,14 @@ def control_plane_section(result: dict[str, Any] | None) -> Section:
             "",
         ]
     goals = [
-        ["10. polls p99 during a job", f"< {P99_GOAL_MS:.0f} ms", f"{result['latency_p99_ms']:.1f} ms",
+        ["polls p99 during a job", f"< {P99_GOAL_MS:.0f} ms", f"{result['latency_p99_ms']:.1f} ms",
          _verdict(result["latency_p99_ms"] < P99_GOAL_MS)],
-        ["10. slowest poll", f"< {MAX_GOAL_MS:.0f} ms", f"{result['latency_max_ms']:.1f} ms",
+        ["slowest poll", f"< {MAX_GOAL_MS:.0f} ms", f"{result['latency_max_ms']:.1f} ms",
          _verdict(result["latency_max_ms"] < MAX_GOAL_MS)],
-        ["10. poll errors", "0", str(result["errors"]), _verdict(result["errors"] == 0)],
-        ["10. batch creation during a job", f"< {CREATE_GOAL_SECONDS:.0f} s",
+        ["poll errors", "0", str(result["errors"]), _verdict(result["errors"] == 0)],
+        ["batch creation during a job", f"< {CREATE_GOAL_SECONDS:.0f} s",
          f"{result['create_seconds_max']:.3f} s", _verdict(result["create_seconds_max"] < CREATE_GOAL_SECONDS)],
-        ["10. job tokens/s, polled / quiet", f"≥ {SLOWDOWN_GOAL}", f"{result['polled_to_quiet']:.3f}",
+        ["job tokens/s, polled / quiet", f"≥ {SLOWDOWN_GOAL}", f"{result['polled_to_quiet']:.3f}",
          _verdict(result["polled_to_quiet"] >= SLOWDOWN_GOAL)],
     ]  # fmt: skip
     return lines, goals

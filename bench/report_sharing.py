@@ -1,4 +1,5 @@
-"""docs/benchmarks.md's section on sharing (bench.sharing: small batches behind a big one)."""
+"""docs/benchmarks.md's sections for sharing (small batches behind a big one), fleet,
+rate_limits, documents_questions and polls_at_start."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ def sharing_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
         result["big_rate_shared_over_alone"],
     )
     lines = [
-        "## 11. Sharing: small batches behind a big one",
-        "",
         f"One worker at the service's defaults. A {settings['big_lines']:,}-line batch (max_tokens "
         f"{settings['max_tokens']}) runs; once its first window is recorded, a {settings['small_lines']}-line batch "
         "of another owner and a priority-50 batch of the same size are created. Times are the database's "
@@ -46,8 +45,8 @@ def sharing_section(result: dict[str, Any] | None) -> tuple[list[str], list[list
     ]
     met = other <= goal and urgent <= goal
     return lines, [
-        ["11. small batch behind a big one", f"≤ {goal:.1f} s", f"{max(other, urgent):.2f} s", _verdict(met)],
-        ["11. big batch's rate, shared / alone", "≥ 0.95", f"{rate:.3f}", _verdict(rate >= 0.95)],
+        ["small batch behind a big one", f"≤ {goal:.1f} s", f"{max(other, urgent):.2f} s", _verdict(met)],
+        ["big batch's rate, shared / alone", "≥ 0.95", f"{rate:.3f}", _verdict(rate >= 0.95)],
     ]
 
 
@@ -56,8 +55,6 @@ def fleet_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[s
         return [], []
     s = result["settings"]
     lines = [
-        "## 12. A fleet against one Postgres",
-        "",
         f"{result['workers']} simulated workers ({result['processes']} processes of threads) claim, record and close "
         f"shards of {result['jobs']:,} jobs from {result['owners']} owners ({result['lines']:,} lines, sizes "
         f"log-uniform from 10 to {s['max_lines']:,}; {result['shards']:,} shards of {s['shard_size']:,}) through the "
@@ -81,18 +78,18 @@ def fleet_section(result: dict[str, Any] | None) -> tuple[list[str], list[list[s
     fair = result["owner_share_worst_deviation"] <= 0.10
     return lines, [
         [
-            "12. fleet: claims that collided",
+            "claims that collided",
             "0",
             str(result["duplicate_claims"]),
             _verdict(result["duplicate_claims"] == 0),
         ],
         [
-            "12. fleet: owners' share of the engine",
+            "owners' share of the engine",
             "within 10 % of fair",
             f"{result['owner_share_worst_deviation']:.0%} off",
             _verdict(fair),
         ],
-        ["12. fleet: claim p99", "< 50 ms", f"{result['claim_p99_ms']} ms", _verdict(result["claim_p99_ms"] < 50)],
+        ["claim p99", "< 50 ms", f"{result['claim_p99_ms']} ms", _verdict(result["claim_p99_ms"] < 50)],
     ]
 
 
@@ -101,8 +98,6 @@ def rate_limits_section(result: dict[str, Any] | None) -> tuple[list[str], list[
         return [], []
     alone, loaded = result["polls_alone"], result["polls_beside_the_burst"]
     lines = [
-        "## 13. One key's burst beside another key's polls",
-        "",
         f"The API as a process (`python -m bench.rate_limits`, RATE_LIMIT_REQUESTS_PER_MINUTE="
         f"{result['settings']['rate']}): key B polls ten times a second, alone, then while key A sends "
         f"{result['burst_requests_per_second']:,} requests a second from 8 threads (answers: "
@@ -122,8 +117,6 @@ def documents_questions_section(result: dict[str, Any] | None) -> tuple[list[str
         return [], []
     raw, ours = result["raw_chat_file_order"]["median"], result["service_defaults"]["median"]
     lines = [
-        "## 14. Documents x questions, written question-major",
-        "",
         f"`python -m bench.documents_questions`: {result['documents']:,} documents of about "
         f"{result['document_tokens']:,} tokens, {result['questions']} questions each, every document with question 1 "
         f"first, then with question 2, ... (answers up to {result['answer_tokens']} tokens); the documents hold "
@@ -141,7 +134,7 @@ def documents_questions_section(result: dict[str, Any] | None) -> tuple[list[str
         f"{ours['cached_prompt_tokens']:,.0f} of {ours['prompt_tokens']:,.0f} |",
         "",
     ]
-    goal = ["14. documents x questions: service / raw `LLM.chat`", ">= 2.5x", f"{result['ratio']:.2f}x"]
+    goal = ["service / raw `LLM.chat`", ">= 2.5x", f"{result['ratio']:.2f}x"]
     return lines, [[*goal, _verdict(result["ratio"] >= 2.5)]]
 
 
@@ -149,8 +142,6 @@ def polls_at_start_section(result: dict[str, Any] | None) -> tuple[list[str], li
     if not result:
         return [], []
     lines = [
-        "## 15. Polls while the service starts and shares",
-        "",
         "`python -m bench.polls_at_start`: `make run` itself at its defaults (the launcher, its embedded Postgres, the "
         "API, a generation and an embedding worker). From the moment `/readyz` first says ready, "
         f"{result['start_clients']} clients poll a batch once a second for {result['start_seconds']:.0f} s; then a "
@@ -167,10 +158,10 @@ def polls_at_start_section(result: dict[str, Any] | None) -> tuple[list[str], li
         "",
     ]
     goals = [
-        ["15. polls p99, first 30 s after ready", "< 100 ms", f"{result['start_p99_ms']} ms"],
-        ["15. polls p99 while sharing", "< 100 ms", f"{result['sharing_p99_ms']} ms"],
-        ["15. slowest poll while sharing", "< 1000 ms", f"{result['sharing_max_ms']:.0f} ms"],
-        ["15. poll errors", "0", str(result["errors"])],
+        ["polls p99, first 30 s after ready", "< 100 ms", f"{result['start_p99_ms']} ms"],
+        ["polls p99 while sharing", "< 100 ms", f"{result['sharing_p99_ms']} ms"],
+        ["slowest poll while sharing", "< 1000 ms", f"{result['sharing_max_ms']:.0f} ms"],
+        ["poll errors", "0", str(result["errors"])],
     ]
     met = [
         result["start_p99_ms"] < 100,

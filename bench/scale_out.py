@@ -1,9 +1,15 @@
-"""Scale-out: one job on one worker against the same job on two workers, each worker's
-engine pinned to its own core. Prints the figures and writes bench/results/scale_out.json.
+"""scale_out: one job on one worker against the same job on two workers, each worker's
+engine pinned to its own core, beside the machine's own ceiling for the same work (raw
+engines pinned one per core, `bench.machine_scaling`). Both parts write into
+bench/results/scale_out.json (`machine_scaling` and `scale_out`, the other part kept).
 
     python -m bench.scale_out [--lines 8000] [--max-tokens 32] [--batch-size N] [--shard-size N]
 
-At the service's defaults unless told (batch size fitted to the engine, SHARD_SIZE's default).
+runs the workers' part alone and prints it; at the service's defaults unless told (batch
+size fitted to the engine, SHARD_SIZE's default). `python -m bench --only scale_out` runs
+both parts as child processes (each starts its own engines). Both pin engines to CPU cores
+and use the demo model, so the harness runs them only on the CPU engine with the demo
+model; elsewhere the result records why it was skipped.
 
 Uses DATABASE_URL if set, else an embedded Postgres under a temporary folder.
 """
@@ -19,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.core.database import Database
 from app.core.migrations import upgrade
@@ -29,11 +36,19 @@ from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, create_job
 from app.jobs.uploads import UploadLimits, store_upload
 from app.tools.demo_model import DEFAULT_OUTPUT, ensure_demo_model
-from bench.common import postgres
+from bench.common import (
+    LOGS,
+    BenchConfig,
+    child_env,
+    fresh_database,
+    log_file,
+    postgres,
+    read_result,
+    write_part,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-LOGS = RESULTS / "logs"
 READY_TIMEOUT_SECONDS = 300
+MIN_CORES = 2
 
 
 def make_job(records: Records, store: LocalStore, settings: Settings, lines: int, max_tokens: int) -> str:
@@ -62,7 +77,7 @@ def pin_to(core: int) -> Callable[[], None]:
     return lambda: os.sched_setaffinity(0, {core})
 
 
-def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path) -> dict[str, float]:
+def run_workers(workers: int, args: argparse.Namespace, database_url: str, storage: Path) -> dict[str, float]:
     settings = Settings(
         database_url=database_url,
         storage_url=f"file://{storage}",
@@ -117,6 +132,35 @@ def run(workers: int, args: argparse.Namespace, database_url: str, storage: Path
         db.dispose()
 
 
+def _skip_reason(config: BenchConfig) -> str | None:
+    from worker.engine import has_cuda
+
+    if has_cuda():
+        return "pins engines to CPU cores; not meaningful on a GPU machine"
+    if Path(config.model).resolve() != DEFAULT_OUTPUT.resolve():
+        return "runs on the demo model only"
+    if (os.cpu_count() or 1) < MIN_CORES:
+        return "needs two cores"
+    return None
+
+
+def _child(module: str, args: list[str], env: dict[str, str]) -> None:
+    command = [sys.executable, "-m", f"bench.{module}", *args]
+    subprocess.run(command, env=env, stdout=log_file(module), stderr=subprocess.STDOUT, check=True)
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    """The scenario as `python -m bench` runs it: both parts as child processes."""
+    reason = _skip_reason(config)
+    if reason:
+        return {"skipped": reason}
+    _child("machine_scaling", [], child_env())
+    with fresh_database(config.database_url, "bench_scale_out") as url:
+        _child("scale_out", ["--lines", str(config.scale_out_lines)], child_env(DATABASE_URL=url))
+    result = read_result("scale_out") or {}
+    return {"machine_scaling": result["machine_scaling"], "scale_out": result["scale_out"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=8000)
@@ -129,16 +173,15 @@ def main() -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     with postgres(None) as database_url, tempfile.TemporaryDirectory() as tmp:
         upgrade(database_url)
-        one = run(1, args, database_url, Path(tmp) / "one")
-        two = run(2, args, database_url, Path(tmp) / "two")
+        one = run_workers(1, args, database_url, Path(tmp) / "one")
+        two = run_workers(2, args, database_url, Path(tmp) / "two")
     result = {
         "one_worker": one,
         "two_workers": two,
         "ratio": round(two["seconds"] / one["seconds"], 3),
         "settings": vars(args),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale_out.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_part("scale_out", "scale_out", result)
     print(json.dumps(result, indent=2))
     print(f"two workers took {result['ratio']:.2f} of one worker's time (goal: at most 0.60)")
 

@@ -1,4 +1,4 @@
-"""Service overhead: the same prompts through raw `LLM.generate` at a batch size and as
+"""service_overhead: the same prompts through raw `LLM.generate` at a batch size and as
 a job through the service's worker (storage, Postgres, parsing, tokenizing, writing),
 with one engine in one process, so the ratio is the service's own cost.
 

@@ -1,11 +1,11 @@
-"""Shared prefixes: chat lines that repeat long system prompts, through the service at its
+"""shared_prefix: chat lines that repeat long system prompts, through the service at its
 defaults (vLLM's prefix cache on, each packing window ordered by worker.packing), through
 the service in input order (`pack_by_length: false`: the same engine, prefix cache on, but
 lines run as they come; vLLM 0.32 turns prefix caching on by default, so this is the
 service as it was before issue 14), through the service in input order on a second engine
 with PREFIX_CACHING off (what the prefix cache itself is worth), and through vLLM's
 run-batch on the same file (its own defaults, prefix caching on, the engine loaded once and
-timed per run as in scenario 3).
+timed per run as in the peer scenario).
 
     python -m bench.shared_prefix [--lines 2048] [--system-prompts 16] [--prefix-tokens 1000] [--runs 2]
 

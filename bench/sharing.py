@@ -1,7 +1,7 @@
-"""Small behind big: while one big batch runs on a worker, a 20-line batch of another owner
-and a 20-line priority batch are created; how long each takes against its time alone, and
-the big batch's tokens/s against its rate alone. Prints the figures and writes
-bench/results/sharing.json.
+"""sharing, small batches behind a big one: while one big batch runs on a worker, a 20-line
+batch of another owner and a 20-line priority batch are created; how long each takes against
+its time alone, and the big batch's tokens/s against its rate alone. Prints the figures and
+writes bench/results/sharing.json.
 
     python -m bench.sharing [--big-lines 24000] [--max-tokens 32] [--small-lines 20] [--rounds 2]
 

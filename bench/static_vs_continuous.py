@@ -1,19 +1,34 @@
-"""Scenario 1a: the prompts as static batches through `LLM.generate`, one call per batch,
-the next call only when the last returns (what the service's worker does).
+"""static_vs_continuous: the same prompts and drawn output lengths as static batches through
+`LLM.generate` and through vLLM's OpenAI server (continuous batching).
 
-A request's latency runs from the start of its batch's `generate` call to its end: the
-moment its result exists. Outputs ignore EOS, so each reaches its drawn length.
+- Static (`run_static`, on the harness's in-process engine): one `generate` call per batch,
+  the next only when the last returns; a request's latency runs from the start of its
+  batch's call to its end, the moment its result exists. Overlapped: the same static
+  batches entering the running engine as it frees slots (worker.overlap, the service's
+  default).
+- Continuous (`run_continuous`, after that engine is unloaded): vLLM's OpenAI server, sent
+  the prompts by a fixed number of concurrent clients; a request's latency runs from
+  sending it to its response.
+
+Outputs ignore EOS (`ignore_eos`, a vLLM extra field over HTTP), so each reaches its drawn
+length on both sides.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import httpx
+
 from bench.common import BenchConfig, medians, output_lengths, percentile, prompt_text
+from bench.engines import SERVED_NAME, openai_server
 
 BATCH_SIZES = [1, 8, 32, 128, 512]
 ALL_AT_ONCE = "all"
+CONCURRENCY = [8, 32, 128]
+REQUEST_TIMEOUT_SECONDS = 3600
 
 
 def batch_sizes(prompts: int) -> list[int | str]:
@@ -21,7 +36,7 @@ def batch_sizes(prompts: int) -> list[int | str]:
 
 
 def pass_figures(generated: int, seconds: float, latencies: list[float]) -> dict[str, float]:
-    """One pass's figures: what scenario 1 compares across modes."""
+    """One pass's figures: what the scenario compares across modes."""
     return {
         "generated_tokens": generated,
         "seconds": seconds,
@@ -54,7 +69,7 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
     static batch entering the engine to its window being handed back."""
     from concurrent.futures import Future
 
-    from app.jobs.endpoints.base import Sampling
+    from app.jobs.endpoints.generate_call import Sampling
     from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows
     from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT
     from worker.windows import PreparedWindow
@@ -89,7 +104,7 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
     return pass_figures(sum(lengths), time.perf_counter() - started, latencies)
 
 
-def run(engine: Any, config: BenchConfig) -> dict[str, Any]:
+def run_static(engine: Any, config: BenchConfig) -> dict[str, Any]:
     texts = [prompt_text(i) for i in range(config.prompts)]
     lengths = output_lengths(config.prompts, config.max_tokens, config.seed)
     sizes = batch_sizes(config.prompts)
@@ -107,5 +122,66 @@ def run(engine: Any, config: BenchConfig) -> dict[str, Any]:
         "output_tokens_requested": sum(lengths),
         "max_tokens_range": [min(lengths), max(lengths)],
         "by_batch_size": {size: medians(per_run) for size, per_run in runs.items()},
+        "runs": runs,
+    }
+
+
+async def _http_pass(url: str, texts: list[str], lengths: list[int], concurrency: int) -> dict[str, float]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(texts)):
+        queue.put_nowait(index)
+    latencies: list[float] = []
+    generated = 0
+    errors = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal generated, errors
+        while not queue.empty():
+            index = queue.get_nowait()
+            body = {
+                "model": SERVED_NAME,
+                "prompt": texts[index],
+                "max_tokens": lengths[index],
+                "min_tokens": lengths[index],
+                "ignore_eos": True,
+            }
+            began = time.perf_counter()
+            response = await http.post("/v1/completions", json=body)
+            latencies.append(time.perf_counter() - began)
+            if response.status_code != 200:
+                errors += 1
+                continue
+            generated += int(response.json()["usage"]["completion_tokens"])
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        total = time.perf_counter() - started
+    return {
+        "generated_tokens": generated,
+        "seconds": total,
+        "tokens_per_second": generated / total,
+        "latency_p50_seconds": percentile(latencies, 0.50),
+        "latency_p99_seconds": percentile(latencies, 0.99),
+        "errors": errors,
+    }
+
+
+def run_continuous(config: BenchConfig, num_seqs: int | None) -> dict[str, Any]:
+    texts = [prompt_text(i) for i in range(config.prompts)]
+    lengths = output_lengths(config.prompts, config.max_tokens, config.seed)
+    levels = [c for c in CONCURRENCY if c <= config.prompts] or [config.prompts]
+    runs: dict[str, list[dict[str, float]]] = {str(c): [] for c in levels}
+    with openai_server(config, num_seqs) as url:
+        asyncio.run(_http_pass(url, texts[:64], lengths[:64], 8))  # warm-up
+        for _ in range(config.runs):
+            for level in levels:
+                runs[str(level)].append(asyncio.run(_http_pass(url, texts, lengths, level)))
+    return {
+        "prompts": config.prompts,
+        "output_tokens_requested": sum(lengths),
+        "max_num_seqs": num_seqs,
+        "by_concurrency": {level: medians(per_run) for level, per_run in runs.items()},
         "runs": runs,
     }
