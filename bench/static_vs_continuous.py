@@ -69,7 +69,9 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
     static batch entering the engine to its window being handed back."""
     from concurrent.futures import Future
 
-    from app.jobs.endpoints.generate_call import Sampling
+    from app.jobs.endpoints.completions import CompletionBody
+    from app.jobs.endpoints.generate_call import GENERATE, GenerationPlan, Sampling
+    from app.jobs.lines import Request
     from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows
     from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT
     from worker.windows import PreparedWindow
@@ -83,16 +85,18 @@ def overlapped_pass(engine: Any, texts: list[str], lengths: list[int], batch_siz
         if first is None:
             return None
         chunk = slice(first, first + batch_size)
-        window = PreparedWindow(seq=first, first_line=first, next_line=first + len(texts[chunk]))
-        window.prompts = [engine.tokenizer.encode(text) for text in texts[chunk]]
-        window.sampling = [Sampling(max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths[chunk]]
+        window = PreparedWindow(seq=first, first_line=first, next_line=first + len(texts[chunk]), call=GENERATE)
+        for index, text, n in zip(range(first, first + batch_size), texts[chunk], lengths[chunk], strict=False):
+            request = Request(index, f"line-{index}", "/v1/completions", CompletionBody(prompt=text), plain=False)
+            sampling = Sampling(max_tokens=n, min_tokens=n, ignore_eos=True)
+            window.add(GenerationPlan(request, engine.tokenizer.encode(text), sampling))
         taken[first] = time.perf_counter()
         ready: Future[PreparedWindow] = Future()
         ready.set_result(window)
         return ready
 
     def record(run: WindowRun) -> Future[None]:
-        latencies.extend([time.perf_counter() - taken[run.window.seq]] * len(run.window.prompts))
+        latencies.extend([time.perf_counter() - taken[run.window.seq]] * len(run.window.plans))
         done: Future[None] = Future()
         done.set_result(None)
         return done

@@ -6,12 +6,14 @@ import itertools
 from collections.abc import Callable
 from typing import Literal
 
-from app.jobs.endpoints.base import ModelLimits, Pooling, Sampling, ServedModels
+from app.jobs.endpoints.base import ModelLimits, ServedModels
 from app.jobs.endpoints.chat import ChatBody
 from app.jobs.endpoints.completions import CompletionBody
+from app.jobs.endpoints.embed_call import Embeddings, Pooling
 from app.jobs.endpoints.embeddings import EmbeddingBody
+from app.jobs.endpoints.generate_call import Choice, Generation, Sampling
+from app.jobs.endpoints.score_call import Scores
 from app.jobs.lines import Request
-from app.jobs.output_lines import Choice, Embeddings, Generation, Scores
 from worker.engine import RequestRejected
 
 

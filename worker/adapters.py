@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.jobs.endpoints.base import Sampling
+from app.jobs.endpoints.generate_call import Sampling
 
 
 def lora_engine_kwargs(adapters: Mapping[str, str], max_lora_rank: int, cuda: bool) -> dict[str, Any]:

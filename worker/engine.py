@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from app.core.settings import Settings
-from app.jobs.endpoints.base import ModelLimits, Pooling, Sampling, ServedModels, WorkerKind
+from app.jobs.endpoints.base import ModelLimits, ServedModels, WorkerKind
+from app.jobs.endpoints.embed_call import Embeddings, Pooling
+from app.jobs.endpoints.generate_call import Generation, Sampling
+from app.jobs.endpoints.score_call import Scores
 from app.jobs.lines import Request
-from app.jobs.output_lines import Embeddings, Generation, Scores
 from app.jobs.planning import ModelTokens
 from worker.adapters import load_adapters, lora_requests
 from worker.engine_args import embedding_kwargs, generation_kwargs, has_cuda
@@ -62,33 +64,14 @@ class Engine(Protocol):
     def input_token_ids(self, request: Request) -> list[list[int]]:
         """An embeddings request's inputs as the model sees them, one list per input."""
 
-    def check(self, sampling: Sampling) -> None:
-        """Raises RequestRejected for sampling parameters the engine would refuse."""
+    # The engine calls' methods (`generate`, `enqueue`, `embed`, `score`, and their checks)
+    # are each call's to name (app.jobs.endpoints: a call's module declares the engine surface
+    # it runs on); the worker hands the engine to the call.
 
-    def check_pooling(self, pooling: Pooling) -> None:
-        """Raises RequestRejected for pooling parameters the engine would refuse."""
-
-    def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
-        """One static batch: every prompt in one `generate` call. RequestRejected when the
-        engine refuses one of them (it runs none then)."""
-
-    def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
-        """One static batch of embeddings requests (each a list of inputs): every input of
-        every request in one `embed` call. RequestRejected when the engine refuses one."""
-
-    def score(self, pairs: list[list[tuple[str, str]]]) -> list[Scores]:
-        """One static batch of score (or rerank) requests (each a list of text pairs): every
-        pair of every request in one `score` call. RequestRejected when the engine refuses one."""
-
-    def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
-        """Adds a static batch's requests to the running engine without waiting for them;
-        their request ids, in order. Waiting requests of a higher `priority` (a job's) are
-        scheduled first, equal ones first come first served. RequestRejected when the engine
-        refuses one (it keeps none of them then)."""
-
-    def step(self) -> list[tuple[str, Generation]]:
-        """One engine step: the requests that finished in it, by request id. Only called
-        while `unfinished()` is above 0."""
+    def step(self) -> list[tuple[str, Any]]:
+        """One engine step: the requests enqueued (by an overlapping call) that finished in
+        it, by request id, each as its call's result. Only called while `unfinished()` is
+        above 0."""
 
     def unfinished(self) -> int:
         """Requests enqueued and not yet returned by `step`."""
@@ -176,6 +159,8 @@ class VllmEngine:
             raise RequestRejected.of(exc) from exc
 
     def embed(self, inputs: list[list[list[int]]], pooling: list[Pooling]) -> list[Embeddings]:
+        """One static batch of embeddings requests (each a list of inputs): every input of
+        every request in one `embed` call. RequestRejected when the engine refuses one."""
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
@@ -274,6 +259,8 @@ class VllmEngine:
             raise RequestRejected.of(exc) from exc
 
     def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
+        """One static batch: every prompt in one `generate` call. RequestRejected when the
+        engine refuses one of them (it runs none then)."""
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(line) for line in sampling]
@@ -285,6 +272,10 @@ class VllmEngine:
         return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
     def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
+        """Adds a static batch's requests to the running engine without waiting for them;
+        their request ids, in order. Waiting requests of a higher `priority` (a job's) are
+        scheduled first, equal ones first come first served. RequestRejected when the engine
+        refuses one (it keeps none of them then)."""
         from vllm.inputs import TokensPrompt
 
         params = [self._sampling_params(line) for line in sampling]

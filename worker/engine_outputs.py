@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.jobs.output_lines import Choice, Generation, RequestTiming, TokenLogprob
+from app.jobs.endpoints.generate_call import Choice, Generation, RequestTiming, TokenLogprob
 
 
 def generation(out: Any, top_logprobs: int | None, tokenizer: Any) -> Generation:

@@ -17,6 +17,7 @@ from app.data.claims import ClaimedShard
 from app.data.models import Worker
 from app.data.queue import JobQueue
 from app.data.records import Records
+from app.jobs.endpoints import endpoint_for
 from app.jobs.finalize import finalize_next
 from worker.engine import Engine, EngineFailed
 from worker.shard_runner import DEFAULT_STATIC_BATCHES_IN_FLIGHT, ShardRunner, ShutdownRequested
@@ -118,16 +119,16 @@ class WorkerLoop:
                 log.exception("heartbeat failed")
 
     def run_once(self) -> bool:
-        """Finalizes a job that waits for it, or claims a shard and runs it: a generation
-        engine shares itself with every shard it claims beside it (worker.sharing) until
-        it holds none; an embedding engine runs one shard at a time. False when there was
-        nothing to do."""
+        """Finalizes a job that waits for it, or claims a shard and runs it: a shard whose
+        engine call overlaps (generation's) shares the engine with every shard claimed beside
+        it (worker.sharing) until none is held; any other shard runs alone, one at a time.
+        False when there was nothing to do."""
         if self._finalize() is not None:
             return True
         shard = self.queue.claim_shard(self.worker_id, self.engine.model_name, self.lease_seconds)
         if shard is None:
             return False
-        if self.engine.kind == "generate":
+        if endpoint_for(shard.endpoint).call.overlaps:
             self.sharing.serve(shard)
         else:
             self.run_alone(self.prepared(shard))

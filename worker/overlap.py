@@ -26,8 +26,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.jobs.output_lines import EngineResult, Generation
-from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from app.jobs.telemetry import EngineTelemetry, combine
 from worker.engine import Engine, EngineFailed, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
 
@@ -52,7 +51,7 @@ class StaticBatchRun:
     """One static batch in the engine: its planned lines and what came back so far."""
 
     lines: PreparedWindow
-    results: list[Generation | None]
+    results: list[Any]  # the call's result of each line, None until it ends
     key: object = None  # whose it is (a held shard): several shards' static batches share the engine
     priority: int = 0  # its job's priority: vLLM's scheduler takes a higher one's waiting requests first
     refused: dict[int, RequestRejected] = field(default_factory=dict)
@@ -213,12 +212,12 @@ class OverlappedEngine:
         splitting the batch in halves, as strict mode does; it gets the engine's reason."""
         if new_window:
             self.windows.append(run)
-        batch = StaticBatchRun(lines, [None] * len(lines.prompts), key=run.key, priority=run.priority)
+        batch = StaticBatchRun(lines, [None] * len(lines.plans), key=run.key, priority=run.priority)
         run.batches.append(batch)
         if self.idle:
             self._since = self.clock()
         self._unrecorded[run.key] += 1
-        self._enqueue(batch, list(range(len(lines.prompts))))
+        self._enqueue(batch, list(range(len(lines.plans))))
         if batch.waiting:
             self._in_engine.append(batch)
 
@@ -227,8 +226,7 @@ class OverlappedEngine:
             return
         lines = batch.lines
         try:
-            prompts, sampling = [lines.prompts[i] for i in positions], [lines.sampling[i] for i in positions]
-            ids = self.engine.enqueue(prompts, sampling, priority=batch.priority)
+            ids = lines.call.enqueue(self.engine, [lines.plans[i] for i in positions], batch.priority)
         except RequestRejected as refusal:
             if len(positions) == 1:
                 batch.refused[positions[0]] = refusal
@@ -241,7 +239,7 @@ class OverlappedEngine:
             raise EngineFailed(f"the engine failed adding lines {lines.first_line + 1}-{lines.next_line}") from exc
         for request_id, position in zip(ids, positions, strict=True):
             self._requests[request_id] = (batch, position)
-            self._blocks.update(prefix_blocks(lines.prompts[position]))
+            self._blocks.update(prefix_blocks(lines.call.prefix(lines.plans[position])))
         batch.waiting += len(ids)
         self._waiting[batch.key] += len(ids)
 
@@ -272,7 +270,8 @@ class OverlappedEngine:
         """A request of `batch` left the engine (it ended, or was aborted)."""
         batch.waiting -= 1
         self._waiting[batch.key] -= 1
-        for block in prefix_blocks(batch.lines.prompts[position]):
+        lines = batch.lines
+        for block in prefix_blocks(lines.call.prefix(lines.plans[position])):
             self._blocks[block] -= 1
             if self._blocks[block] <= 0:  # a long shard's blocks must not pile up
                 del self._blocks[block]
@@ -281,8 +280,8 @@ class OverlappedEngine:
         """Prefix-cache blocks the static batch's prompts share with the requests in the
         engine: the blocks the prefix cache most likely still holds for it."""
         total = 0
-        for prompt in lines.prompts:
-            for block in prefix_blocks(prompt):
+        for plan in lines.plans:
+            for block in prefix_blocks(lines.call.prefix(plan)):
                 if block not in self._blocks:
                     break
                 total += 1
@@ -383,11 +382,11 @@ def run_windows(
 def window_result(run: WindowRun, kv_cache_tokens: int | None) -> Generated:
     """A window whose static batches ran overlapped: the engine's refusals moved to its
     error lines, its lines and generations in input order."""
-    parts: list[tuple[PreparedWindow, list[EngineResult]]] = []
+    parts: list[tuple[PreparedWindow, list[Any]]] = []
     telemetry: list[EngineTelemetry | None] = []
     for batch in run.batches:
-        generations = [g for i, g in enumerate(batch.results) if i not in batch.refused and g is not None]
+        results = [g for i, g in enumerate(batch.results) if i not in batch.refused and g is not None]
         set_refused_aside(batch.lines, batch.refused)
-        parts.append((batch.lines, list(generations)))
-        telemetry.append(batch_telemetry(generations, kv_cache_tokens) if generations else None)
+        parts.append((batch.lines, results))
+        telemetry.append(batch.lines.call.telemetry(results, kv_cache_tokens))
     return Generated(merge_parts(run.window, parts), combine(telemetry), len(run.batches))

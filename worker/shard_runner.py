@@ -30,9 +30,10 @@ from app.data.claims import ClaimedShard, WindowResult
 from app.data.models import JobStatus
 from app.data.queue import JobQueue
 from app.jobs.endpoints import endpoint_for
-from app.jobs.endpoints.base import GenerationPlan, JobDefaults, Plan, PlanContext, PoolingPlan, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, PlanContext, UnsupportedRequest
+from app.jobs.endpoints.call import LinePlan
 from app.jobs.lines import LineError, Request, parse_line
-from app.jobs.output_lines import Generation, custom_id_of, part_key, request_error_line
+from app.jobs.output_lines import custom_id_of, part_key, request_error_line
 from app.jobs.planning import line_param, plan_parsed
 from app.jobs.stats import length_histogram
 from app.jobs.uploads import lines_from
@@ -101,9 +102,9 @@ class ShardRunner:
         """A window of lines planned for the engine. A packed generation window (more lines
         than one static batch) is only parsed and ordered here; its static batches are queued
         on `preparer` to be tokenized one by one (before any later window)."""
-        call = endpoint_for(shard.endpoint).engine_call()
+        call = endpoint_for(shard.endpoint).call
         window = PreparedWindow(seq=seq, first_line=chunk[0][0], next_line=chunk[-1][0] + 1, call=call)
-        if call != "generate" or len(chunk) <= batch_size:
+        if not call.packs_parsed_lines or len(chunk) <= batch_size:
             self._plan_lines(shard, defaults, window, [(index, raw, None) for index, raw in chunk])
             return window
         parsed: list[tuple[int, bytes, Request]] = []
@@ -115,7 +116,7 @@ class ShardRunner:
         facts = [line_facts(request, defaults) for _, _, request in parsed]
         order = packing_order(facts, self.engine.kv_cache_tokens)
         for start in range(0, len(order), batch_size):
-            part = PreparedWindow(seq=seq, first_line=window.first_line, next_line=window.next_line)
+            part = PreparedWindow(seq=seq, first_line=window.first_line, next_line=window.next_line, call=call)
             lines = [parsed[i] for i in order[start : start + batch_size]]
             window.planned.append(preparer.submit(self._plan_lines, shard, defaults, part, lines))
         return window
@@ -150,7 +151,7 @@ class ShardRunner:
 
     def _plan(
         self, shard: ClaimedShard, defaults: JobDefaults, index: int, raw: bytes, request: Request | None
-    ) -> Plan:
+    ) -> LinePlan:
         """One line planned by its kind and checked by the engine. A request the engine
         refuses is an UnsupportedRequest naming the line's field."""
         engine = self.engine
@@ -158,10 +159,7 @@ class ShardRunner:
         models = engine.models if request.kind.accepts_adapters() else None
         plan = plan_parsed(request, PlanContext(defaults, engine.limits, engine, models))
         try:
-            if isinstance(plan, GenerationPlan):
-                engine.check(plan.sampling)
-            elif isinstance(plan, PoolingPlan):
-                engine.check_pooling(plan.pooling)
+            request.kind.call.check(engine, plan)
         except RequestRejected as refusal:
             raise UnsupportedRequest(
                 f"The engine refuses this request: {refusal}", line_param(request, refusal.field)
@@ -195,6 +193,7 @@ class ShardRunner:
     ) -> JobStatus:
         """Stores the window's results, then records its progress in one transaction."""
         generations = generated.generations
+        call = window.call
         model = self.engine.model_name
         out = [
             request.answer(generation, model) for request, generation in zip(window.runnable, generations, strict=True)
@@ -216,11 +215,11 @@ class ShardRunner:
             completed=len(out),
             failed=len(err),
             prompt_tokens=sum(g.prompt_tokens for g in generations),
-            cached_tokens=sum(g.cached_tokens for g in generations if isinstance(g, Generation)),
+            cached_tokens=sum(g.cached_tokens for g in generations),
             completion_tokens=sum(g.completion_tokens for g in generations),
             generate_seconds=seconds,
             accelerator_seconds=seconds * self.engine.tensor_parallel_size,
-            output_lengths=length_histogram(g.completion_tokens for g in generations if isinstance(g, Generation)),
+            output_lengths=length_histogram(call.output_lengths(generations)),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
             static_batches=generated.static_batches,
             engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
@@ -240,7 +239,7 @@ class ShardRunner:
         at a time: the one that kills the engine is then found (and set aside) alone, not
         with its whole window or the static batches overlapping it."""
         batch_size = shard.batch_size or self.engine.max_num_seqs  # the worker fits it at claim
-        defaults = JobDefaults.model_validate(shard.sampling_defaults)
+        defaults = shard.sampling_defaults
         packed = defaults.pack_window is not None and not self.retrying(shard)
         window_lines = batch_size * ((defaults.pack_window or 1) if packed else 1)
         lines = self._input_lines(shard)
@@ -266,19 +265,24 @@ class ShardRunner:
         """The shard's last claim died without progress: its windows run alone, one static batch each."""
         return shard.attempts > 1
 
+    @staticmethod
+    def overlaps(shard: ClaimedShard) -> bool:
+        """Whether the shard's static batches overlap in the engine: its engine call lets
+        them (`EngineCall.overlaps`) and its job did not ask for strict static batches."""
+        defaults = shard.sampling_defaults
+        return endpoint_for(shard.endpoint).call.overlaps and defaults.batching == "overlapped"
+
     def shares_the_engine(self, shard: ClaimedShard) -> bool:
         """Whether the shard's static batches may share the engine with other shards'
-        (worker.sharing): overlapped generation that is not retrying a crash."""
-        defaults = JobDefaults.model_validate(shard.sampling_defaults)
-        return self.engine.kind == "generate" and defaults.batching == "overlapped" and not self.retrying(shard)
+        (worker.sharing): overlapped, and not retrying a crash."""
+        return self.overlaps(shard) and not self.retrying(shard)
 
     def run(self, shard: ClaimedShard) -> ShardOutcome:
         """Runs the shard alone in the engine, to its end (or a stop)."""
         batch_size = shard.batch_size or self.engine.max_num_seqs
-        defaults = JobDefaults.model_validate(shard.sampling_defaults)
         with ThreadPoolExecutor(1, "prepare") as preparer, ThreadPoolExecutor(1, "write") as writer:
             prepare_next = self.windows_of(shard, preparer)
-            if self.engine.kind == "generate" and defaults.batching == "overlapped":
+            if self.overlaps(shard):
                 in_flight = 1 if self.retrying(shard) else self.max_static_batches_in_flight
                 return self._run_overlapped(shard, prepare_next, writer, in_flight)
             return self._run_strict(shard, prepare_next, writer, batch_size)

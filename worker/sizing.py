@@ -11,22 +11,19 @@ most end sooner: the KV cut errs on the side of smaller static batches, which ov
 
 from __future__ import annotations
 
-from typing import Any
-
+from app.data.json_values import JobEstimate
 from worker.engine import Engine
 
 
-def fit_batch_size(engine: Engine, estimate: dict[str, Any] | None) -> tuple[int, str]:
+def fit_batch_size(engine: Engine, estimate: JobEstimate | None) -> tuple[int, str]:
     """(the batch size, why), for a job with `estimate` (None while it is not counted yet)."""
     slots = engine.max_num_seqs
     basis = f"the engine's max_num_seqs ({slots})"
-    counts = estimate or {}
-    lines = int(counts.get("runnable_lines") or 0)
     if not engine.kv_cache_tokens:
         return slots, basis + "; the engine reports no KV cache size"
-    if not lines:
+    if estimate is None or not estimate.runnable_lines:
         return slots, basis + "; the job's lengths are not counted yet"
-    per_line = (int(counts.get("prompt_tokens") or 0) + int(counts.get("requested_output_tokens") or 0)) / lines
+    per_line = (estimate.prompt_tokens + estimate.requested_output_tokens) / estimate.runnable_lines
     fits = max(1, int(engine.kv_cache_tokens // max(per_line, 1.0)))
     if fits >= slots:
         return slots, f"{basis}; its KV cache ({engine.kv_cache_tokens:,} tokens) holds {fits:,} lines of this job"

@@ -1,4 +1,4 @@
-"""Strict static batches: one blocking `generate` (or `embed`, or `score`) call per static batch.
+"""Strict static batches: one blocking engine call (the window's `call.run`) per static batch.
 
 Each call waits for its slowest answer before the next static batch starts: the seed's
 static batching, kept as `batching: "strict"` and as the embeddings (and scoring) path (vLLM's
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-from app.jobs.output_lines import EngineResult, Generation
-from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
+from app.jobs.telemetry import EngineTelemetry, combine
 from worker.engine import Engine, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
 
@@ -29,7 +29,7 @@ class StrictBatches:
         not wait for long ones; the generations come back in input order."""
         if window.planned:
             return self._generate_planned(window)
-        count = len(window.runnable)
+        count = len(window.plans)
         if count <= batch_size:
             groups = [list(range(count))] if count else []
         else:  # an embeddings window, by its inputs' tokens
@@ -41,11 +41,11 @@ class StrictBatches:
     def _generate_planned(self, window: PreparedWindow) -> Generated:
         """Runs a packed window's static batches as each is planned, then puts the window's
         runnable lines and their generations back in input order."""
-        parts: list[tuple[PreparedWindow, list[EngineResult]]] = []
+        parts: list[tuple[PreparedWindow, list[Any]]] = []
         telemetry: list[EngineTelemetry | None] = []
         for planned in window.planned:
             part = planned.result()
-            generations, part_telemetry = self._run_groups(part, [list(range(len(part.runnable)))])
+            generations, part_telemetry = self._run_groups(part, [list(range(len(part.plans)))])
             parts.append((part, generations))
             telemetry += part_telemetry
         window.planned = []
@@ -53,10 +53,10 @@ class StrictBatches:
 
     def _run_groups(
         self, window: PreparedWindow, groups: list[list[int]]
-    ) -> tuple[list[EngineResult], list[EngineTelemetry | None]]:
+    ) -> tuple[list[Any], list[EngineTelemetry | None]]:
         """Runs each group of the window's positions as a static batch: the generations in the
         window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
-        in_order: list[EngineResult | None] = [None] * len(window.runnable)
+        in_order: list[Any] = [None] * len(window.plans)
         refused: dict[int, RequestRejected] = {}
         telemetry: list[EngineTelemetry | None] = []
         for group in groups:
@@ -64,25 +64,20 @@ class StrictBatches:
                 if isinstance(outcome, RequestRejected):
                     refused[positions[0]] = outcome
                     continue
-                results: list[EngineResult] = list(outcome)
+                results = list(outcome)
                 for position, result in zip(positions, results, strict=True):
                     in_order[position] = result
-                generations = [g for g in results if isinstance(g, Generation)]
-                telemetry.append(batch_telemetry(generations, self.engine.kv_cache_tokens) if generations else None)
+                telemetry.append(window.call.telemetry(results, self.engine.kv_cache_tokens))
         set_refused_aside(window, refused)
         return [g for g in in_order if g is not None], telemetry
 
-    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> Sequence[EngineResult]:
-        """One `generate` (or `embed`, or `score`) call for the window's requests at `positions`."""
-        if window.call == "score":
-            return self.engine.score([window.pairs[i] for i in positions])
-        if window.call == "embed":
-            return self.engine.embed([window.inputs[i] for i in positions], [window.pooling[i] for i in positions])
-        return self.engine.generate([window.prompts[i] for i in positions], [window.sampling[i] for i in positions])
+    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> Sequence[Any]:
+        """One engine call for the window's requests at `positions`."""
+        return window.call.run(self.engine, [window.plans[i] for i in positions])
 
     def _static_batches(
         self, window: PreparedWindow, positions: list[int]
-    ) -> Iterator[tuple[list[int], Sequence[EngineResult] | RequestRejected]]:
+    ) -> Iterator[tuple[list[int], Sequence[Any] | RequestRejected]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the
         refused request stands alone: it gets the engine's reason, the rest run."""

@@ -32,10 +32,11 @@ from fastapi import Request
 from app.core.priority import LOWEST, lower_thread_priority
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, open_store
+from app.data.json_values import RunInput
 from app.data.records import Records
 from app.jobs.create import DryRun, JobSpec, dry_run, record_estimate
 from app.jobs.estimate import preload_model_files
-from app.jobs.run_order import RunInput, write_run_input
+from app.jobs.run_order import write_run_input
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -74,8 +75,7 @@ class HeavyWork:
         process; blocks the calling thread (a request's worker thread, not the loop) until done,
         at most REGROUP_WAIT_SECONDS (then TimeoutError: the job runs in input order)."""
         found = submit_to_process(run_input_in_process, self._settings(), job_id, input_key, endpoint, line_count)
-        value = found.result(timeout=REGROUP_WAIT_SECONDS)
-        return RunInput.from_json(value) if value is not None else None
+        return found.result(timeout=REGROUP_WAIT_SECONDS)
 
     def preload_model_files(self) -> Future[None]:
         """The served models' tokenizers and configs, loaded in the tokenizing process now."""
@@ -176,10 +176,9 @@ def record_estimate_in_process(settings: Settings, job_id: str) -> None:
 
 def run_input_in_process(
     settings: Settings, job_id: str, input_key: str, endpoint: str, line_count: int
-) -> dict[str, Any] | None:
+) -> RunInput | None:
     _, store = context_in_process(settings)
-    run = write_run_input(store, job_id, input_key, endpoint, line_count, settings.regroup_distance_lines)
-    return run.as_json() if run is not None else None
+    return write_run_input(store, job_id, input_key, endpoint, line_count, settings.regroup_distance_lines)
 
 
 def preload_in_process(settings: Settings) -> None:

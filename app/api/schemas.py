@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.text import unstorable
+from app.data.json_values import JobError, JobEstimate
 from app.data.models import FileRecord, Job, JobStatus
 from app.jobs.create import DryRun, JobSpec, completion_window_length
 from app.jobs.endpoints import listed
-from app.jobs.endpoints.base import JobDefaults
-from app.jobs.estimate import JobEstimate, deadline_at_risk
+from app.jobs.estimate import deadline_at_risk
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from app.jobs.retries import RetryOverrides
 from app.jobs.stats import Throughput, cost, throughput
@@ -336,7 +336,7 @@ class BatchObject(BaseModel):
             model=job.model,
             batch_size=job.batch_size,
             batch_size_basis=job.batch_size_basis,
-            batching=JobDefaults.model_validate(job.sampling_defaults).batching,
+            batching=job.sampling_defaults.batching,
             cost=BatchCost(**asdict(cost(job, gpu_hour_price))),
             usage=BatchUsage(
                 input_tokens=job.prompt_tokens,
@@ -350,7 +350,7 @@ class BatchObject(BaseModel):
             throughput=BatchThroughput(
                 **throughput(job).model_dump(), tensor_parallel_size=job.tensor_parallel_size, workers=workers
             ),
-            estimate=JobEstimate.model_validate(job.estimate) if job.estimate else None,
+            estimate=job.estimate,
             deadline_at_risk=deadline_at_risk(job),
             parent_batch_id=job.parent_job_id,
             child_batch_ids=children,
@@ -365,7 +365,7 @@ class BatchEstimate(JobEstimate):
     endpoint: str
     model: str
     would_fail: bool = Field(description="the file breaks the input format, so the batch would fail as a whole")
-    file_errors: list[dict[str, Any]]
+    file_errors: list[JobError]
 
     @classmethod
     def of(cls, run: DryRun) -> BatchEstimate:

@@ -9,7 +9,7 @@ lease. A lease that ran out is fair game, so a claimant that died is replaced.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.core.line_offsets import LineOffsets
+from app.data.json_values import JobDefaults, JobEstimate
 from app.data.models import JobStatus
 
 
@@ -32,7 +33,7 @@ class ClaimedShard:
     input_key: str  # its job's run input (app.jobs.run_order) or input file: lines are counted in it
     endpoint: str
     batch_size: int | None  # None: fitted to the claimant's engine (JobQueue.fit_batch_size)
-    sampling_defaults: dict[str, Any]
+    sampling_defaults: JobDefaults
     model: str
     line_offsets: LineOffsets | None = None  # where every N-th line of input_key starts
     regrouped: bool = False  # input_key is its job's run input (app.jobs.run_order): line numbers differ
@@ -44,8 +45,19 @@ class ClaimedShard:
 
     @classmethod
     def from_row(cls, fields: Mapping[str, Any]) -> ClaimedShard:
-        """CLAIM_SHARD_SQL's row (its line offsets as stored JSON)."""
-        return cls(**{**fields, "line_offsets": LineOffsets.from_json(fields["line_offsets"])})
+        """CLAIM_SHARD_SQL's row (its defaults and line offsets as stored JSON)."""
+        return cls(
+            **{
+                **fields,
+                "sampling_defaults": JobDefaults.model_validate(fields["sampling_defaults"]),
+                "line_offsets": LineOffsets.from_json(fields["line_offsets"]),
+            }
+        )
+
+
+# How a claimant fits a job's batch size to its engine (worker.sizing), from the job's
+# estimate (None while it is not counted yet): (the size, why). See JobQueue.fit_batch_size.
+BatchSizeFit = Callable[[JobEstimate | None], tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -200,11 +212,13 @@ CLAIM_SHARD_SQL = text(
         ON CONFLICT (owner) DO UPDATE SET last_claimed_at = excluded.last_claimed_at
         RETURNING owner
     )
+    -- A job with no run input has SQL NULL there, or JSON null if written before the
+    -- column was typed (app.core.json_column): neither is regrouped.
     SELECT claimed.id AS shard_id, claimed.job_id, claimed.index AS shard_index, claimed.next_line,
            claimed.end_line, claimed.windows_done, claimed.attempts, j.endpoint, j.batch_size, j.sampling_defaults,
            j.model, coalesce(j.run_input ->> 'key', f.storage_key) AS input_key,
            coalesce(j.run_input -> 'line_offsets', f.validation -> 'line_offsets') AS line_offsets,
-           j.run_input IS NOT NULL AS regrouped,
+           (j.run_input ->> 'key') IS NOT NULL AS regrouped,
            claimed.priority, claimed.owner, j.expires_at
     FROM claimed
     JOIN jobs j ON j.id = claimed.job_id

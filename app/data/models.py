@@ -17,6 +17,9 @@ from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, 
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.core.json_column import PydanticJSON
+from app.data.json_values import JobDefaults, JobEstimate, RunInput, UploadCheck
+
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB, datetime: DateTime(timezone=True)}
@@ -78,8 +81,9 @@ class FileRecord(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     line_count: Mapped[int] = mapped_column(Integer, default=0)
     storage_key: Mapped[str] = mapped_column(Text)
-    # For batch input: line errors found at upload, and the first line of each url seen.
-    validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # For batch input: line errors found at upload, the first line of each url seen, and
+    # where every N-th line starts; {} for a file not checked.
+    validation: Mapped[UploadCheck] = mapped_column(PydanticJSON(UploadCheck, exclude_unset=True), default=UploadCheck)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # When the sweeper deletes it (app.jobs.retention); None: kept until deleted.
@@ -110,14 +114,14 @@ class Job(Base):
     batch_size_basis: Mapped[str | None] = mapped_column(Text, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    sampling_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, nullable=True)
+    sampling_defaults: Mapped[JobDefaults] = mapped_column(PydanticJSON(JobDefaults, exclude_defaults=True))
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONB, nullable=True)
     errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
     # Lines, prompt tokens, requested output tokens and ETA (app.jobs.estimate), while queued.
-    estimate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
-    # Where its lines run from when regrouped by prompt prefix (app.jobs.run_order.RunInput);
-    # null: from its input file, in input order.
-    run_input: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    estimate: Mapped[JobEstimate | None] = mapped_column(PydanticJSON(JobEstimate), nullable=True)
+    # Where its lines run from when regrouped by prompt prefix (app.jobs.run_order); null:
+    # from its input file, in input order.
+    run_input: Mapped[RunInput | None] = mapped_column(PydanticJSON(RunInput), nullable=True)
     # A retry's parent: the job whose failed lines this one runs again.
     parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
 

@@ -9,7 +9,6 @@ transaction that ends it. Reads live in `app.data.records`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from app.data.claims import (
     FINALIZING_STATUSES,
     STOP_ABANDONED_SHARDS_SQL,
     WORK_CHANNEL,
+    BatchSizeFit,
     ClaimedShard,
     Finalization,
     WindowResult,
@@ -204,7 +204,7 @@ class JobQueue:
             row = conn.execute(CLAIM_SHARD_SQL, params).one_or_none()
             return ClaimedShard.from_row(row._asdict()) if row is not None else None
 
-    def fit_batch_size(self, job_id: str, fit: Callable[[dict[str, Any] | None], tuple[int, str]]) -> int:
+    def fit_batch_size(self, job_id: str, fit: BatchSizeFit) -> int:
         """The job's batch size; when it has none yet, `fit(its estimate)` sets it, with its
         basis, under the job's row lock: every shard of a job runs the first claimant's size."""
         with self.db.session() as session:

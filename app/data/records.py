@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 from app.core.database import Database
 from app.core.errors import Conflict, NotFound
 from app.data.ids import now
+from app.data.json_values import JobEstimate
 from app.data.models import (
     TERMINAL_STATUSES,
     ApiKey,
@@ -176,7 +177,7 @@ class Records:
             ).one()
         return (float(tokens) / float(seconds), int(count)) if seconds else None
 
-    def set_estimate(self, job_id: str, estimate: dict[str, Any]) -> None:
+    def set_estimate(self, job_id: str, estimate: JobEstimate) -> None:
         with self.db.session() as session:
             session.execute(update(Job).where(Job.id == job_id).values(estimate=estimate))
 

@@ -8,22 +8,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.core.storage import ObjectStore, read_lines
 from app.data.ids import new_id, now
+from app.data.json_values import JobDefaults, JobError, JobEstimate, RunInput
 from app.data.models import FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.quotas import Quotas
 from app.data.records import Records
 from app.jobs.endpoints import endpoint_for, is_endpoint, listed
-from app.jobs.endpoints.base import JobDefaults
-from app.jobs.estimate import JobEstimate, estimate_job
+from app.jobs.estimate import estimate_job
 from app.jobs.quotas import check_open_batches, token_limit_error, use_and_limits
 from app.jobs.retention import retention_seconds
-from app.jobs.run_order import RunInput
 from app.jobs.upload_check import endpoint_mismatch
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class DryRun:
     input_file_id: str
     endpoint: str
     model: str
-    file_errors: list[dict[str, Any]]  # the file breaks the format: the job would fail as a whole
+    file_errors: list[JobError]  # the file breaks the format: the job would fail as a whole
     estimate: JobEstimate
 
 
@@ -94,7 +93,7 @@ class CheckedSpec:
     model: str
     batch_size: int | None  # None: the first claimant fits it to its engine
     defaults: JobDefaults
-    file_errors: list[dict[str, Any]] = field(default_factory=list)  # line-numbered: the job fails as a whole
+    file_errors: list[JobError] = field(default_factory=list)  # line-numbered: the job fails as a whole
 
 
 def check_priority(priority: int | None, scope: str | None) -> None:
@@ -127,13 +126,13 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id")
 
-    errors = list(source.validation.get("errors", []))
+    errors = list(source.validation.errors)
     mismatch = endpoint_mismatch(source.validation, spec.endpoint)
     if mismatch is not None and len(errors) < settings.max_reported_errors:
         errors.append(mismatch.as_error())
     errors.sort(key=lambda e: e.get("line") or 0)
     if source.line_count == 0:
-        errors = [{"code": "empty_file", "message": "The input file has no lines.", "param": "input_file_id"}]
+        errors = [JobError(code="empty_file", message="The input file has no lines.", param="input_file_id")]
     defaults = JobDefaults(
         max_tokens=spec.max_tokens or settings.default_max_tokens,
         truncate_prompts=spec.truncate_prompts,
@@ -179,7 +178,7 @@ def create_job(
             log.warning("job %s: regrouping its lines by prefix failed; they run in input order", job_id, exc_info=True)
     job = Job(
         id=job_id,
-        run_input=run_input.as_json() if run_input is not None else None,
+        run_input=run_input,
         owner=owner.name,
         priority=spec.priority,
         input_file_id=checked.source.id,
@@ -188,7 +187,7 @@ def create_job(
         model=checked.model,
         batch_size=checked.batch_size,
         status=JobStatus.FAILED if errors else JobStatus.QUEUED,
-        sampling_defaults=checked.defaults.as_json(),
+        sampling_defaults=checked.defaults,
         metadata_=spec.metadata,
         errors=errors,
         request_total=checked.source.line_count,
@@ -241,8 +240,8 @@ def record_estimate(records: Records, store: ObjectStore, settings: Settings, jo
     try:
         job = records.get_job(job_id)
         source = records.get_file(job.input_file_id)
-        checked = CheckedSpec(source, job.model, job.batch_size, JobDefaults.model_validate(job.sampling_defaults))
+        checked = CheckedSpec(source, job.model, job.batch_size, job.sampling_defaults)
         estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_max_lines)
-        records.set_estimate(job_id, estimate.model_dump(mode="json"))
+        records.set_estimate(job_id, estimate)
     except Exception:  # an estimate is a courtesy; the job runs without one
         log.exception("could not estimate %s", job_id)

@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from app.core.settings import Settings
+from app.data.json_values import Eta, FailingLine, JobDefaults, JobEstimate, LineCounts
 from app.data.models import Job, JobStatus
 from app.data.records import Records
 from app.jobs.endpoints import endpoint_for
-from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, ServedModels, UnsupportedRequest
+from app.jobs.endpoints.base import ModelLimits, PlanContext, ServedModels, UnsupportedRequest
 from app.jobs.lines import LineError
 from app.jobs.output_lines import custom_id_of
 from app.jobs.planning import ModelTokens, plan_request
@@ -81,40 +80,6 @@ def preload_model_files(settings: Settings) -> None:
             model_limits(model, context)
         except Exception as exc:  # an estimate that needs the model says what is wrong
             log.info("model files of %s not loaded at start-up: %s", model, exc)
-
-
-class FailingLine(BaseModel):
-    """A line that would go to the error file, and why."""
-
-    line: int
-    custom_id: str
-    code: str
-    param: str | None
-    message: str
-
-
-class LineCounts(BaseModel):
-    lines: int = 0
-    runnable_lines: int = 0
-    prompt_tokens: int = Field(default=0, description="counted with the model's tokenizer, chat template applied")
-    requested_output_tokens: int = Field(default=0, description="the sum of every runnable line's max_tokens times n")
-    failing_lines: int = Field(default=0, description="lines that would go to the error file")
-    failing: list[FailingLine] = Field(default_factory=list, description="the first of them, with the reason")
-    context_length: int = 0
-    sampled_lines: int | None = Field(default=None, description="set when the counts were scaled up from this many")
-
-
-class Eta(BaseModel):
-    eta_seconds: float | None = Field(description="null when no worker has measured this model at this batch size")
-    basis: str = Field(description="where the ETA comes from")
-    tokens_per_second_per_worker: float | None = None
-    ready_workers: int
-
-
-class JobEstimate(LineCounts, Eta):
-    """Lines, prompt tokens, requested output tokens, failing lines and an ETA."""
-
-    batch_size: int | None = Field(description="null: fitted to the engine that runs the batch")
 
 
 def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
@@ -215,9 +180,9 @@ def deadline_at_risk(job: Job) -> bool | None:
     the rate workers measured: its ETA (the estimate's, for the whole batch) scaled to the
     lines not yet done, against the time left. None when it has ended, or when no worker
     has measured the rate yet. Other batches ahead of it in the queue are not counted."""
-    if job.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS) or not job.estimate:
+    if job.status not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS) or job.estimate is None:
         return None
-    eta_seconds = job.estimate.get("eta_seconds")
+    eta_seconds = job.estimate.eta_seconds
     if eta_seconds is None or job.request_total <= 0:
         return None
     left = 1 - (job.request_completed + job.request_failed) / job.request_total

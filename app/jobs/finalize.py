@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 from app.core.backoff import Backoff, is_transient, retry_transient
-from app.core.line_offsets import LineOffsets
 from app.core.storage import Joined, ObjectStore, put_hashed
 from app.data.ids import new_id, now
+from app.data.json_values import UploadCheck
 from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
@@ -73,7 +73,7 @@ def finalize_job(
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         code, message = unrun_reason(JobStatus(job.status))
-        offsets = LineOffsets.from_json(input_file.validation.get("line_offsets"))
+        offsets = input_file.validation.line_offsets
         for shard in shards:
             for key in part_keys("err", shard.index):
                 yield from store.read_chunks(key)
@@ -193,7 +193,7 @@ def _write_file(
         sha256=joined.sha256 or "",
         line_count=lines,
         storage_key=key,
-        validation={},
+        validation=UploadCheck(),
         created_at=created,
         expires_at=expiry(created, keep_seconds),
     )

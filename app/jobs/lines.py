@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from app.data.json_values import JobError
 from app.jobs.endpoints import PLAIN_FIELDS, Endpoint, endpoint_for, is_endpoint, listed, plain_line_endpoints
 
 MAX_CUSTOM_ID_CHARS = 512
@@ -39,7 +40,7 @@ class LineError(ValueError):
         self.message = message
         self.param = param
 
-    def as_error(self) -> dict[str, Any]:
+    def as_error(self) -> JobError:
         """The entry in a batch's `errors.data` (OpenAI's shape), storable in Postgres
         whatever the line held."""
         param = _storable(self.param) if self.param is not None else None

@@ -1,75 +1,13 @@
-"""The output and error lines, in OpenAI's batch output shape, and what the engine made of a
-line (`Generation`, `Embeddings`, `Scores`). The body of an answer is its endpoint's
-(`Endpoint.output_line` in `app.jobs.endpoints`); this module holds what every answer shares."""
+"""The output and error lines, in OpenAI's batch output shape. The body of an answer is its
+endpoint's (`Endpoint.output_line` in `app.jobs.endpoints`), from what its engine call made of
+the line (the call's result type); this module holds what every answer shares."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 
 from pydantic import BaseModel, SerializeAsAny
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: list[tuple[str, float]]  # the most likely tokens at this position, best first
-
-
-@dataclass(frozen=True)
-class Choice:
-    text: str
-    completion_tokens: int
-    finish_reason: str
-    logprobs: list[TokenLogprob] | None = None
-
-
-@dataclass(frozen=True)
-class RequestTiming:
-    """When the engine scheduled a request and produced its first and last tokens
-    (the engine's monotonic clock, seconds), and how often it was preempted."""
-
-    scheduled: float
-    first_token: float
-    last_token: float
-    preemptions: int = 0
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What the engine made of one request: `n` choices."""
-
-    prompt_tokens: int
-    choices: list[Choice]
-    timing: RequestTiming | None = None
-    cached_tokens: int = 0  # prompt tokens found in the engine's prefix cache
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(choice.completion_tokens for choice in self.choices)
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """What the engine made of one embeddings request: one vector per input, in order."""
-
-    prompt_tokens: int  # over all its inputs
-    vectors: list[list[float]]
-    completion_tokens: int = 0  # nothing is generated
-
-
-@dataclass(frozen=True)
-class Scores:
-    """What the engine made of one score or rerank request: one score per pair, in order."""
-
-    prompt_tokens: int  # over all its pairs
-    scores: list[float]
-    completion_tokens: int = 0  # nothing is generated
-
-
-EngineResult = Generation | Embeddings | Scores  # what the engine made of one line
 
 
 class PromptTokensDetails(BaseModel):

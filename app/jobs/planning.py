@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.jobs.endpoints.base import Plan, PlanContext
+from app.jobs.endpoints.base import PlanContext
+from app.jobs.endpoints.call import LinePlan
 from app.jobs.lines import Request, parse_line
 
 
@@ -31,13 +32,13 @@ class ModelTokens:
         return request.kind.input_token_ids(self.tokenizer, request.body)
 
 
-def plan_request(raw: bytes, index: int, endpoint: str, ctx: PlanContext) -> Plan:
+def plan_request(raw: bytes, index: int, endpoint: str, ctx: PlanContext) -> LinePlan:
     """Raises LineError for a line that breaks the format, UnsupportedRequest for one the
     model cannot serve (each kind's `plan` says what it refuses)."""
     return plan_parsed(parse_line(raw, index, endpoint), ctx)
 
 
-def plan_parsed(request: Request, ctx: PlanContext) -> Plan:
+def plan_parsed(request: Request, ctx: PlanContext) -> LinePlan:
     """`plan_request` for a line already parsed (the worker parses a packed window's lines
     first, to order them before tokenizing)."""
     return request.kind.plan(request, ctx)

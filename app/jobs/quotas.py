@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from app.core.errors import QuotaExceeded
 from app.core.settings import Settings
+from app.data.json_values import JobError
 from app.data.quotas import OwnerUse, Quotas
 
 
@@ -60,20 +61,18 @@ def check_open_batches(owner: str, use: OwnerUse, limits: OwnerLimits) -> None:
         )
 
 
-def token_limit_error(
-    owner: str, use: OwnerUse, limits: OwnerLimits, model: str, adding: int
-) -> dict[str, str | None] | None:
+def token_limit_error(owner: str, use: OwnerUse, limits: OwnerLimits, model: str, adding: int) -> JobError | None:
     """The `token_limit_exceeded` error a batch of `adding` prompt tokens fails with, or None."""
     limit, queued = limits.queued_prompt_tokens, use.queued_prompt_tokens.get(model, 0)
     if queued + adding <= limit:
         return None
-    return {
-        "code": "token_limit_exceeded",
-        "message": f"Enqueued token limit reached for {model}: {owner} may have {limit} prompt tokens queued and has "
+    return JobError(
+        code="token_limit_exceeded",
+        message=f"Enqueued token limit reached for {model}: {owner} may have {limit} prompt tokens queued and has "
         f"{queued}; this batch adds about {adding}. Try again once queued batches have run, or ask an admin to raise "
         "the quota.",
-        "param": None,
-    }
+        param=None,
+    )
 
 
 def use_and_limits(quotas: Quotas, settings: Settings, owner: str) -> tuple[OwnerUse, OwnerLimits]:

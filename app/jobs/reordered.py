@@ -19,7 +19,7 @@ from typing import IO
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import Job, Shard, Window
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
-from app.jobs.run_order import RunInput, read_order
+from app.jobs.run_order import read_order
 from app.jobs.uploads import lines_from
 
 CHUNK_BYTES = 1 << 20  # what is handed to the store at a time
@@ -33,7 +33,7 @@ class InInputOrder:
     ) -> None:
         assert job.run_input is not None
         self._store, self._job, self._runs, self._shards = store, job, runs, shards
-        self._run = RunInput.from_json(job.run_input)
+        self._run = job.run_input
         self._unrun_reason = unrun_reason
         self._spool: IO[bytes] | None = None
         total = job.request_total

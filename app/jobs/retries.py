@@ -23,7 +23,6 @@ from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, check_priority, create_job
 from app.jobs.endpoints import endpoint_for
-from app.jobs.endpoints.base import JobDefaults
 from app.jobs.output_lines import custom_id_of
 from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
@@ -95,7 +94,7 @@ def retry_failed(
         limits=UploadLimits(settings.max_upload_bytes, settings.max_upload_lines, settings.max_reported_errors),
         keep_seconds=retention_seconds(None, settings.file_retention_days),
     )
-    defaults = JobDefaults.model_validate(parent.sampling_defaults)
+    defaults = parent.sampling_defaults
     spec = JobSpec(
         input_file_id=retry_file.id,
         endpoint=parent.endpoint,

@@ -28,11 +28,10 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from app.core.line_offsets import LineOffsets
 from app.core.storage import ObjectStore, put_hashed, read_lines
+from app.data.json_values import RunInput
 from app.jobs.lines import parse_line
 
 log = logging.getLogger(__name__)
@@ -90,25 +89,6 @@ def _far_from_their_prefix(paths: Sequence[tuple[int, ...]], distance: int) -> b
         for level in range(1, len(path) + 1):
             last_seen[path[:level]] = index
     return far * 100 > len(paths)
-
-
-@dataclass(frozen=True)
-class RunInput:
-    """Where a regrouped job's lines are read from: `key` holds them in run order, `order_key`
-    the input index of each (little-endian uint32), `line_offsets` where every N-th starts."""
-
-    key: str
-    order_key: str
-    line_offsets: LineOffsets
-
-    def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "order_key": self.order_key, "line_offsets": self.line_offsets.as_json()}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> RunInput:
-        offsets = LineOffsets.from_json(value["line_offsets"])
-        assert offsets is not None, "a run input records where its lines start"
-        return cls(str(value["key"]), str(value["order_key"]), offsets)
 
 
 def prompt_paths(lines: Iterable[bytes], endpoint: str) -> list[tuple[int, ...]]:

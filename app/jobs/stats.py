@@ -97,7 +97,7 @@ def job_stats(job: Job, windows: list[Window], gpu_hour_price: float | None = No
         "model": job.model,
         "batch_size": job.batch_size,
         "batch_size_basis": job.batch_size_basis,
-        "batching": job.sampling_defaults.get("batching", "overlapped"),
+        "batching": job.sampling_defaults.batching,
         "tensor_parallel_size": job.tensor_parallel_size,
         "workers": len({w.worker_id for w in windows}),
         "static_batches": sum(w.static_batches for w in windows),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from app.jobs.output_lines import Generation
+from app.jobs.endpoints.generate_call import Generation
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
+from app.core.line_offsets import LineOffsets
+from app.data.json_values import JobError, UploadCheck
 from app.jobs.endpoints import ENDPOINTS, PLAIN_FIELDS, Endpoint, plain_line_endpoints, plain_runs_on
 from app.jobs.lines import MAX_CUSTOM_ID_CHARS, LineError, parse_line
 
@@ -191,7 +193,7 @@ class FileCheck:
     max_errors: int
     lines: int = 0
     error_count: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[JobError] = field(default_factory=list)
     # endpoint, or "plain:<field>" for plain lines -> the first line using it
     first_line_of: dict[str, int] = field(default_factory=dict)
     _ids: _DuplicateIds = field(default_factory=_DuplicateIds)
@@ -255,23 +257,25 @@ class FileCheck:
             self.first_line_of[used] = index + 1
         return custom_id
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, line_offsets: LineOffsets | None = None) -> UploadCheck:
+        """What the check found, stored on the file with `line_offsets` (where its lines start)."""
         if not self._finished:
             self._finished = True
             count, duplicates = self._ids.duplicates(self.max_errors)
             self.error_count += count
             merged = self.errors + [err.as_error() for err in duplicates]
             self.errors = sorted(merged, key=lambda e: e["line"])[: self.max_errors]
-        return {"errors": self.errors, "error_count": self.error_count, "first_line_of": self.first_line_of}
+        checked = UploadCheck(errors=self.errors, error_count=self.error_count, first_line_of=self.first_line_of)
+        return checked if line_offsets is None else checked.model_copy(update={"line_offsets": line_offsets})
 
 
 _HOT_PLAIN = _plain_line(HOT_PLAIN_FIELD)
 _HOT_USED = f"plain:{HOT_PLAIN_FIELD}"
 
 
-def endpoint_mismatch(validation: dict[str, Any], endpoint: str) -> LineError | None:
+def endpoint_mismatch(validation: UploadCheck, endpoint: str) -> LineError | None:
     """The first line of an uploaded file that cannot run on `endpoint`, if any."""
-    for used, line in sorted(validation.get("first_line_of", {}).items(), key=lambda kv: kv[1]):
+    for used, line in sorted(validation.first_line_of.items(), key=lambda kv: kv[1]):
         if used.startswith("plain:"):
             given = used.removeprefix("plain:")
             if endpoint not in plain_runs_on(given):

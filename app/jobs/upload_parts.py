@@ -23,6 +23,7 @@ from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.core.line_offsets import LineOffsets
 from app.core.storage import CHUNK_BYTES, ChunkReader, ObjectStore
 from app.data.ids import new_id, now
+from app.data.json_values import UploadCheck
 from app.data.models import FileRecord, Upload, UploadPart, UploadStatus
 from app.data.uploads import Uploads
 from app.jobs.retention import expiry
@@ -173,11 +174,7 @@ def complete_upload(
 
 
 def _stored(file_id: str, reader: CheckingReader, check: FileCheck | None) -> StoredUpload:
-    validation = (
-        {**check.summary(), "line_offsets": LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets).as_json()}
-        if check
-        else {}
-    )
+    validation = check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets)) if check else UploadCheck()
     return StoredUpload(
         file_id=file_id,
         storage_key=f"files/{file_id}",

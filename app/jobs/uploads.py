@@ -6,12 +6,13 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.line_offsets import LineOffsets
 from app.core.storage import LineSplitter, ObjectStore, resilient_lines
 from app.data.ids import new_id, now
+from app.data.json_values import UploadCheck
 from app.data.models import FileRecord
 from app.data.records import Records
 from app.jobs.retention import expiry
@@ -120,7 +121,7 @@ class StoredUpload:
     bytes: int
     sha256: str
     line_count: int
-    validation: dict[str, Any]
+    validation: UploadCheck  # empty for a file not checked (not batch input)
 
 
 def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits: UploadLimits) -> StoredUpload:
@@ -141,9 +142,7 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
         bytes=reader.bytes,
         sha256=reader.sha256.hexdigest(),
         line_count=check.lines if check else 0,
-        validation={**check.summary(), "line_offsets": LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets).as_json()}
-        if check
-        else {},
+        validation=check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets)) if check else UploadCheck(),
     )
 
 

@@ -20,6 +20,7 @@ from app.core.errors import NotFound
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.ids import new_id, now
+from app.data.json_values import JobDefaults
 from app.data.keys import create_key
 from app.data.models import Job, JobStatus
 from app.data.queue import JobQueue
@@ -329,6 +330,7 @@ def test_a_job_is_never_created_on_a_file_a_sweep_deleted_meanwhile(
         model="demo-llama",
         batch_size=1,
         status=JobStatus.QUEUED,
+        sampling_defaults=JobDefaults(max_tokens=16),
         request_total=1,
         created_at=created,
         expires_at=created,

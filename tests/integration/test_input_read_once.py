@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.line_offsets import LineOffsets
 from app.core.storage import LocalStore
 from app.data.queue import JobQueue
 from app.data.records import Records
@@ -45,7 +44,7 @@ def test_every_shard_reads_only_its_own_lines_so_the_input_is_read_about_once(
     rows = [completion_line(f"r{i:03d}", f"line number {i} " + "x" * (i % 7)) for i in range(200)]
     file = upload(client, jsonl(rows))
     batch = create_batch(client, file["id"], batch_size=8)
-    offsets = LineOffsets.from_json(records.get_file(file["id"]).validation["line_offsets"])
+    offsets = records.get_file(file["id"]).validation.line_offsets
     assert offsets is not None
     assert offsets.every == 10 and len(offsets.offsets) == 20
     assert line_start(offsets, 57) == (50, offsets.offsets[5])
@@ -84,7 +83,7 @@ def test_a_page_of_a_cancelled_jobs_unrun_lines_reads_the_input_from_near_that_p
         source.storage_key,
         180,
         20,
-        LineOffsets.from_json(source.validation["line_offsets"]),
+        source.validation.line_offsets,
     )
     lines = list(page.lines)
     assert [json.loads(line)["custom_id"] for line in lines] == [f"r{i:03d}" for i in range(180, 200)]

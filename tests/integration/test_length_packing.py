@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.records import Records
-from app.jobs.endpoints.base import Sampling
+from app.jobs.endpoints.generate_call import Sampling
 from app.jobs.lines import Request
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
@@ -47,7 +47,7 @@ def test_a_batch_created_without_pack_by_length_is_packed_in_windows_of_packing_
 ) -> None:
     client.app.state.settings.packing_window_batches = 2  # type: ignore[attr-defined]
     packed = create_batch(client, upload(client, jsonl(alternating_rows(16)))["id"], batch_size=4)
-    assert records.get_job(packed["id"]).sampling_defaults["pack_window"] == 2
+    assert records.get_job(packed["id"]).sampling_defaults.pack_window == 2
     engine = FakeEngine()
     run_worker_until_idle(engine, settings, store)
     assert engine.max_tokens_per_call == [[SHORT] * 4, [LONG] * 4] * 2  # two windows of 2 static batches
@@ -55,7 +55,7 @@ def test_a_batch_created_without_pack_by_length_is_packed_in_windows_of_packing_
     unpacked = create_batch(
         client, upload(client, jsonl(alternating_rows(8)))["id"], batch_size=4, pack_by_length=False
     )
-    assert "pack_window" not in records.get_job(unpacked["id"]).sampling_defaults
+    assert records.get_job(unpacked["id"]).sampling_defaults.pack_window is None
     engine = FakeEngine()
     run_worker_until_idle(engine, settings, store)
     assert engine.max_tokens_per_call == [[SHORT, LONG] * 2] * 2  # consecutive lines

@@ -18,7 +18,7 @@ from openai.types.responses import Response as SdkResponse
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from app.jobs.endpoints.base import Sampling
+from app.jobs.endpoints.generate_call import Sampling
 from app.jobs.lines import parse_line
 from tests.helpers import create_batch, download, jsonl, run_worker_until_idle, upload
 from tests.integration.conftest import make_settings

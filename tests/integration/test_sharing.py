@@ -26,8 +26,7 @@ from app.core.storage import LocalStore, ObjectStore
 from app.data.keys import create_key
 from app.data.queue import JobQueue
 from app.data.records import Records
-from app.jobs.endpoints.base import Sampling
-from app.jobs.output_lines import Generation
+from app.jobs.endpoints.generate_call import Generation, Sampling
 from tests.fakes import FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, upload
 from tests.integration.test_admin import login

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 import app.data.queue as queue_module
 from app.core.database import Database
 from app.data.ids import new_id, now
+from app.data.json_values import JobDefaults
 from app.data.models import FileRecord, Job, JobStatus, WebhookDelivery
 from app.data.outbox import BATCH_EVENT_TYPES, Outbox, record_event
 from app.data.queue import FinalizationLost, JobQueue
@@ -48,6 +49,7 @@ def add_job(records: Records, queue: JobQueue, owner: str = "alice", failed: boo
         model="demo-llama",
         batch_size=2,
         status=JobStatus.FAILED if failed else JobStatus.QUEUED,
+        sampling_defaults=JobDefaults(max_tokens=16),
         request_total=2,
         created_at=created,
         expires_at=created + timedelta(days=1),

@@ -11,10 +11,10 @@ import pytest
 
 from app.core.settings import Settings
 from app.jobs.endpoints import COMPLETIONS, EMBEDDINGS
-from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, Pooling, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
+from app.jobs.endpoints.embed_call import Embeddings, Pooling
 from app.jobs.endpoints.embeddings import EmbeddingBody, base64_vector
 from app.jobs.lines import LineError, parse_line
-from app.jobs.output_lines import Embeddings
 from app.jobs.planning import ModelTokens, plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 
@@ -91,7 +91,7 @@ def test_the_upload_check_accepts_embeddings_lines_and_an_embeddings_batch_refus
     check = FileCheck(max_errors=10)
     check.check_lines([openai_line("a", input="x"), line({"custom_id": "b", "input": [[1, 2], [3]]})])
     summary = check.summary()
-    assert summary["errors"] == [] and summary["first_line_of"] == {EMBEDDINGS: 1, "plain:input": 2}
+    assert summary.errors == [] and summary.first_line_of == {EMBEDDINGS: 1, "plain:input": 2}
     assert endpoint_mismatch(summary, EMBEDDINGS) is None
     mismatch = endpoint_mismatch(summary, COMPLETIONS)
     assert mismatch is not None and (mismatch.line, mismatch.param) == (1, "url")

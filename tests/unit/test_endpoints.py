@@ -1,6 +1,7 @@
 """The endpoint registry: each kind's body model round-trips its documented example, plain
 lines map as documented, and no module outside `app/jobs/endpoints/` compares endpoint URLs
-or body classes (read from the source with `ast`)."""
+or body classes, or dispatches on an engine call, its plan type or its result type (read from
+the source with `ast`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from app.data.json_values import UploadCheck
 from app.jobs.endpoints import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
@@ -32,6 +34,8 @@ REGISTRY = ROOT / "app" / "jobs" / "endpoints"
 CHECKED = ("app", "worker")
 ENDPOINT_NAMES = {"COMPLETIONS", "CHAT_COMPLETIONS", "EMBEDDINGS", "RESPONSES", "SCORE", "RERANK", "ENDPOINTS"}
 BODY_CLASSES = {endpoint.body_model.__name__ for endpoint in ENDPOINTS.values()}
+CALL_TYPES = {t.__name__ for kind in ENDPOINTS.values() for t in (kind.call.plan_type, kind.call.result_type)}
+CALL_NAMES = {kind.call.name for kind in ENDPOINTS.values()}
 
 
 # The registry
@@ -54,7 +58,7 @@ def test_an_openai_line_of_the_example_parses_and_passes_the_upload_check_as_its
     assert request.body == endpoint_for(url).body_model.model_validate(endpoint_for(url).example)
     check = FileCheck(max_errors=10)
     check.check(raw)
-    assert check.summary() == {"errors": [], "error_count": 0, "first_line_of": {url: 1}}
+    assert check.summary() == UploadCheck(errors=[], error_count=0, first_line_of={url: 1})
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -145,7 +149,7 @@ def test_the_registry_says_where_plain_lines_run_and_which_worker_serves_each_ki
         "embed": [EMBEDDINGS, SCORE, RERANK],
     }
     assert [kind.generates for kind in ENDPOINTS.values()] == [True, True, False, True, False, False]
-    assert [kind.engine_call() for kind in ENDPOINTS.values()] == [
+    assert [kind.call.name for kind in ENDPOINTS.values()] == [
         "generate",
         "generate",
         "embed",
@@ -168,11 +172,18 @@ def _names_an_endpoint(node: ast.AST) -> bool:
     return False
 
 
-def _names_a_body_class(node: ast.AST) -> bool:
+def _names_one_of(node: ast.AST, names: set[str]) -> bool:
     return any(
-        (isinstance(n, ast.Name) and n.id in BODY_CLASSES) or (isinstance(n, ast.Attribute) and n.attr in BODY_CLASSES)
+        (isinstance(n, ast.Name) and n.id in names) or (isinstance(n, ast.Attribute) and n.attr in names)
         for n in ast.walk(node)
     )
+
+
+def _compares_a_call(node: ast.Compare) -> bool:
+    """A comparison of an engine call (`x.call`, `call`, `engine_call()`) with a call's name."""
+    sides = [node.left, *node.comparators]
+    named = any(isinstance(side, ast.Constant) and side.value in CALL_NAMES for side in sides)
+    return named and any(_names_one_of(side, {"call", "engine_call"}) for side in sides)
 
 
 def endpoint_dispatch(source: str, path: str) -> list[str]:
@@ -186,14 +197,18 @@ def endpoint_dispatch(source: str, path: str) -> list[str]:
             found.append(f"{path}:{node.lineno}: looks an endpoint up")
         elif isinstance(node, ast.Dict) and any(key is not None and _names_an_endpoint(key) for key in node.keys):
             found.append(f"{path}:{node.lineno}: keys a dict by endpoint")
+        elif isinstance(node, ast.Compare) and _compares_a_call(node):
+            found.append(f"{path}:{node.lineno}: compares an engine call")
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
             and node.func.id == "isinstance"
             and len(node.args) == 2
-            and _names_a_body_class(node.args[1])
         ):
-            found.append(f"{path}:{node.lineno}: isinstance against a body class")
+            if _names_one_of(node.args[1], BODY_CLASSES):
+                found.append(f"{path}:{node.lineno}: isinstance against a body class")
+            elif _names_one_of(node.args[1], CALL_TYPES):
+                found.append(f"{path}:{node.lineno}: isinstance against an engine call's plan or result type")
     return found
 
 
@@ -205,13 +220,23 @@ def test_the_scan_catches_comparisons_lookups_keys_and_isinstance() -> None:
         'z = table["/v1/chat/completions"]\n'
         "ok = isinstance(body, ChatBody | ResponsesBody)\n"
         'fine = url == "/v1/files" or isinstance(x, int) or kind.generates\n'
+        "if isinstance(plan, GenerationPlan): pass\n"
+        "ok = [g for g in results if isinstance(g, Embeddings | Scores)]\n"
+        'if window.call == "embed": pass\n'
+        'if endpoint_for(url).engine_call() != "generate": pass\n'
+        'also_fine = engine.kind == "embed" or call.overlaps\n'
     )
-    assert [line.split(": ", 1)[0] for line in endpoint_dispatch(source, "x.py")] == [
+    found = [line.split(": ", 1)[0] for line in endpoint_dispatch(source, "x.py")]
+    assert sorted(found, key=lambda where: int(where.split(":")[1])) == [
         "x.py:1",
         "x.py:2",
         "x.py:3",
         "x.py:4",
         "x.py:5",
+        "x.py:7",
+        "x.py:8",
+        "x.py:9",
+        "x.py:10",
     ]
 
 
@@ -221,4 +246,4 @@ def test_no_module_outside_the_registry_compares_an_endpoint() -> None:
         if REGISTRY in path.parents:
             continue
         found += endpoint_dispatch(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
-    assert not found, "endpoint dispatch outside app/jobs/endpoints/ (ask the registry):\n" + "\n".join(found)
+    assert not found, "dispatch outside app/jobs/endpoints/ (ask the kind or its call):\n" + "\n".join(found)

@@ -13,15 +13,8 @@ from safetensors.numpy import load_file
 
 from app.core.settings import Settings, parse_lora_modules
 from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, RESPONSES
-from app.jobs.endpoints.base import (
-    GenerationPlan,
-    JobDefaults,
-    ModelLimits,
-    PlanContext,
-    Sampling,
-    ServedModels,
-    UnsupportedRequest,
-)
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, ServedModels, UnsupportedRequest
+from app.jobs.endpoints.generate_call import GenerationPlan, Sampling
 from app.jobs.planning import plan_request
 from app.tools.demo_model import HIDDEN_SIZE, LORA_RANK, NUM_LAYERS, build_lora
 from tests.fakes import Tokens

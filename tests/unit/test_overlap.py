@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from app.jobs.endpoints.base import Sampling
 from app.jobs.endpoints.completions import CompletionBody
+from app.jobs.endpoints.generate_call import GENERATE, GenerationPlan, Sampling
 from app.jobs.lines import Request
 from tests.fakes import FakeEngine
 from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows, window_result
@@ -17,14 +17,17 @@ from worker.windows import PreparedWindow
 def window(seq: int, lengths: list[int]) -> PreparedWindow:
     """A planned window of one static batch whose lines ask for `lengths` tokens."""
     first = seq * 100
-    prepared = PreparedWindow(seq=seq, first_line=first, next_line=first + len(lengths))
+    prepared = PreparedWindow(seq=seq, first_line=first, next_line=first + len(lengths), call=GENERATE)
     for offset, length in enumerate(lengths):
         index = first + offset
         body = CompletionBody(prompt=f"line {index}", max_tokens=length)
-        prepared.runnable.append(Request(index, f"c{index}", "/v1/completions", body, plain=False))
-        prepared.prompts.append(list(f"line {index}".encode()))
-        prepared.sampling.append(Sampling(max_tokens=length))
+        request = Request(index, f"c{index}", "/v1/completions", body, plain=False)
+        prepared.add(GenerationPlan(request, list(f"line {index}".encode()), Sampling(max_tokens=length)))
     return prepared
+
+
+def with_prompt(plan: GenerationPlan, prompt: list[int]) -> GenerationPlan:
+    return GenerationPlan(plan.request, prompt, plan.sampling)
 
 
 def source_of(windows: list[PreparedWindow]) -> StaticBatchSource:
@@ -97,7 +100,7 @@ def test_no_more_static_batches_than_the_bound_are_ever_unrecorded() -> None:
 
 def test_a_window_that_needs_nothing_from_the_engine_is_handed_back_in_its_turn() -> None:
     engine = FakeEngine(max_num_seqs=4)
-    empty = PreparedWindow(seq=1, first_line=100, next_line=102, errors={100: b"e\n", 101: b"e\n"})
+    empty = PreparedWindow(seq=1, first_line=100, next_line=102, call=GENERATE, errors={100: b"e\n", 101: b"e\n"})
     handed, _ = run(engine, [window(0, [5, 5]), empty, window(2, [1])], 8)
     assert [w.window.seq for w in handed] == [0, 1, 2]
 
@@ -105,7 +108,7 @@ def test_a_window_that_needs_nothing_from_the_engine_is_handed_back_in_its_turn(
 def test_a_refused_request_is_split_out_and_the_rest_of_its_static_batch_runs() -> None:
     engine = FakeEngine(max_num_seqs=8)
     batch = window(0, [3, 3, 3, 3])
-    batch.prompts[2] = list(b"REFUSED")
+    batch.plans[2] = with_prompt(batch.plans[2], list(b"REFUSED"))
     [handed], _ = run(engine, [batch], 8)
     result = window_result(handed, None)
     assert [r.custom_id for r in handed.window.runnable] == ["c0", "c1", "c3"]
@@ -128,7 +131,7 @@ def test_the_windows_share_the_engines_wall_time_by_their_unfinished_requests() 
 
 def packed_window(seq: int, parts: list[PreparedWindow]) -> PreparedWindow:
     """A packed window whose static batches are all planned already."""
-    whole = PreparedWindow(seq=seq, first_line=parts[0].first_line, next_line=parts[-1].next_line)
+    whole = PreparedWindow(seq=seq, first_line=parts[0].first_line, next_line=parts[-1].next_line, call=GENERATE)
     for part in parts:
         done: Future[PreparedWindow] = Future()
         done.set_result(part)
@@ -141,7 +144,7 @@ def test_the_static_batch_sharing_the_most_prefix_blocks_with_what_runs_enters_n
 
     def part(first: int, system: list[int], length: int) -> PreparedWindow:
         lines = window(first, [length, length])
-        lines.prompts = [[*system, first, i] for i in range(2)]
+        lines.plans = [with_prompt(plan, [*system, first, i]) for i, plan in enumerate(lines.plans)]
         return lines
 
     # Batches of system prompt A, B, A: once the first (A) runs, the second A goes before B.

@@ -11,12 +11,13 @@ import pytest
 from openai.types.responses import Response as SdkResponse
 from pydantic import BaseModel
 
+from app.data.json_values import UploadCheck
 from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES
 from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest
 from app.jobs.endpoints.embeddings import EmbeddingBody
+from app.jobs.endpoints.generate_call import Choice, Generation
 from app.jobs.endpoints.responses import Responses, ResponsesBody
 from app.jobs.lines import LineError, parse_line
-from app.jobs.output_lines import Choice, Generation
 from app.jobs.planning import ModelTokens
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from app.tools.cli import _guess_endpoint
@@ -265,17 +266,17 @@ def test_the_upload_check_records_what_a_responses_line_needs(raw: bytes, used: 
     check = FileCheck(max_errors=10)
     check.check(raw)
     summary = check.summary()
-    assert summary["errors"] == [] and summary["first_line_of"] == used
+    assert summary.errors == [] and summary.first_line_of == used
 
 
 def test_a_file_of_plain_input_lines_runs_on_responses_and_embeddings_only() -> None:
-    validation = {"first_line_of": {"plain:input": 3}}
+    validation = UploadCheck(first_line_of={"plain:input": 3})
     assert endpoint_mismatch(validation, RESPONSES) is None
     assert endpoint_mismatch(validation, EMBEDDINGS) is None
-    assert endpoint_mismatch({"first_line_of": {"plain:prompt": 1}}, RESPONSES) is None
+    assert endpoint_mismatch(UploadCheck(first_line_of={"plain:prompt": 1}), RESPONSES) is None
     refused = endpoint_mismatch(validation, CHAT_COMPLETIONS)
     assert refused is not None and (refused.line, refused.param) == (3, "input")
-    messages = endpoint_mismatch({"first_line_of": {"plain:messages": 1}}, RESPONSES)
+    messages = endpoint_mismatch(UploadCheck(first_line_of={"plain:messages": 1}), RESPONSES)
     assert messages is not None and messages.param == "messages"
 
 

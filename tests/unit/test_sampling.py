@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from app.jobs.endpoints import CHAT_COMPLETIONS, COMPLETIONS, RESPONSES, endpoint_for
-from app.jobs.endpoints.base import GenerationPlan, JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
+from app.jobs.endpoints.generate_call import GenerationPlan
 from app.jobs.json_schemas import MAX_SCHEMA_NESTING
 from app.jobs.lines import parse_line
 from app.jobs.planning import line_param, plan_request

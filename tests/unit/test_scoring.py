@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from app.jobs.endpoints import EMBEDDINGS, RERANK, SCORE
-from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, ScoringPlan, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
 from app.jobs.endpoints.rerank import RerankBody
 from app.jobs.endpoints.score import ScoreBody
+from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
 from app.jobs.lines import LineError, parse_line
-from app.jobs.output_lines import Scores
 from app.jobs.planning import ModelTokens, plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from tests.fakes import FakeEngine
@@ -61,7 +61,7 @@ def test_a_score_body_pairs_its_texts_1_to_1_1_to_n_or_n_to_n(body: dict[str, An
         assert planned.prompt_tokens == 3 * 2 * len(pairs)  # each text: start, one word, end
     check = FileCheck(max_errors=10)
     check.check(openai_line("s", SCORE, **body))
-    assert check.summary()["errors"] == []
+    assert check.summary().errors == []
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_plain_scoring_lines_pass_the_upload_check_as_their_kind_and_only_run_on
     check.check(line({"custom_id": "r", "query": "q", "documents": ["a", "b"], "top_n": 1}))
     check.check(line({"custom_id": "s", "text_1": "q", "text_2": ["a"]}))
     summary = check.summary()
-    assert summary["errors"] == [] and summary["first_line_of"] == {"plain:query": 1, "plain:text_1": 2}
+    assert summary.errors == [] and summary.first_line_of == {"plain:query": 1, "plain:text_1": 2}
     assert endpoint_mismatch(summary, SCORE) is not None and endpoint_mismatch(summary, RERANK) is not None
     only_rerank = FileCheck(max_errors=10)
     only_rerank.check(line({"custom_id": "r", "query": "q", "documents": ["a"]}))
@@ -166,11 +166,11 @@ def test_a_strict_window_of_scoring_lines_runs_in_one_score_call_and_splits_out_
         openai_line("b", RERANK, query="REFUSED", documents=["x"]),
         openai_line("c", RERANK, query="ab", documents=["b"]),
     ]
-    window = PreparedWindow(seq=0, first_line=0, next_line=3, call="score")
+    window = PreparedWindow(seq=0, first_line=0, next_line=3, call=SCORE_CALL)
     for index, raw in enumerate(raws):
         request = parse_line(raw, index, RERANK)
         window.add(request.kind.plan(request, PlanContext(DEFAULTS, engine.limits, engine)))
-    assert window.pair_tokens == [12, 8, 3]
+    assert [plan.prompt_tokens for plan in window.plans] == [12, 8, 3]
     generated = StrictBatches(engine).generate(window, batch_size=8)
     assert engine.calls[0] == 3  # all three lines in one call, then split to find the refused one
     assert [request.custom_id for request in window.runnable] == ["a", "c"] and list(window.errors) == [1]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from app.data.json_values import JobEstimate
 from tests.fakes import FakeEngine
 from worker.sizing import fit_batch_size
 
 
-def estimate(lines: int, prompt_tokens: int, requested_output_tokens: int) -> dict[str, int]:
-    return {"runnable_lines": lines, "prompt_tokens": prompt_tokens, "requested_output_tokens": requested_output_tokens}
+def estimate(lines: int, prompt_tokens: int, requested_output_tokens: int) -> JobEstimate:
+    return JobEstimate(
+        lines=lines,
+        runnable_lines=lines,
+        prompt_tokens=prompt_tokens,
+        requested_output_tokens=requested_output_tokens,
+        eta_seconds=None,
+        basis="no history",
+        ready_workers=0,
+        batch_size=None,
+    )
 
 
 def test_short_lines_fill_the_engines_sequence_slots() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.jobs.output_lines import Choice, Generation, RequestTiming
+from app.jobs.endpoints.generate_call import Choice, Generation, RequestTiming
 from app.jobs.telemetry import EngineTelemetry, batch_telemetry, combine
 
 

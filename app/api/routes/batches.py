@@ -11,12 +11,10 @@ from fastapi.responses import Response, StreamingResponse
 from app.api.deps import BatchViewsDep, CallerDep, QueueDep, RecordsDep, SettingsDep, StoreDep, SweeperDep
 from app.api.heavy_work import HeavyWork, get_heavy_work
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
-from app.core.line_offsets import LineOffsets
 from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
-from app.jobs.run_order import RunInput
 from app.jobs.stats import job_stats, window_series
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -118,10 +116,9 @@ def results(
     source = records.get_file(job.input_file_id)
     if job.output_file_id is not None:
         records.get_file(job.output_file_id)  # 404 once it expired or was deleted: its parts went with it
-    input_key, line_offsets = source.storage_key, LineOffsets.from_json(source.validation.get("line_offsets"))
+    input_key, line_offsets = source.storage_key, source.validation.line_offsets
     if job.run_input is not None:
-        run = RunInput.from_json(job.run_input)
-        input_key, line_offsets = run.key, run.line_offsets
+        input_key, line_offsets = job.run_input.key, job.run_input.line_offsets
     page = results_page(
         store, job, records.windows(batch_id), records.shards(batch_id), input_key, after, limit, line_offsets
     )

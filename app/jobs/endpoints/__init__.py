@@ -4,12 +4,16 @@ Each kind (`Endpoint`, in `base`) says its body model, how a plain line maps to 
 is planned (into a typed `GenerationPlan`, `PoolingPlan` or `ScoringPlan`), which worker kind and engine call
 serve it, how its output line is built and how its tokens count in an estimate. Every other
 module asks the registry (`endpoint_for`, `ENDPOINTS`) and compares no endpoint URL;
-`tests/unit/test_endpoints.py` says so. Adding a kind: a module here and an entry in
-`ENDPOINTS` (docs/architecture.md has the recipe).
+`tests/unit/test_endpoints.py` says so. Adding a kind: a module here, found when the package
+is imported (docs/architecture.md has the recipe); a kind on a new engine call defines the call
+in its module too (app.jobs.endpoints.call).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any
 
 from app.jobs.endpoints.base import Endpoint
@@ -20,18 +24,26 @@ from app.jobs.endpoints.rerank import RerankEndpoint
 from app.jobs.endpoints.responses import Responses
 from app.jobs.endpoints.score import ScoreEndpoint
 
+
+def _discovered() -> list[Endpoint[Any]]:
+    """One instance of every concrete Endpoint class defined in a module of this package, in
+    `listing_order`: a new kind is a module here, nothing to add elsewhere."""
+    kinds: list[Endpoint[Any]] = []
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, Endpoint)
+                and value.__module__ == module.__name__
+                and not inspect.isabstract(value)
+            ):
+                kinds.append(value())
+    return sorted(kinds, key=lambda kind: (kind.listing_order, kind.url))
+
+
 # URL -> its kind, in the order errors list them.
-ENDPOINTS: dict[str, Endpoint[Any]] = {
-    endpoint.url: endpoint
-    for endpoint in (
-        Completions(),
-        ChatCompletions(),
-        EmbeddingsEndpoint(),
-        Responses(),
-        ScoreEndpoint(),
-        RerankEndpoint(),
-    )
-}
+ENDPOINTS: dict[str, Endpoint[Any]] = {endpoint.url: endpoint for endpoint in _discovered()}
 COMPLETIONS = Completions.url
 CHAT_COMPLETIONS = ChatCompletions.url
 EMBEDDINGS = EmbeddingsEndpoint.url

@@ -1,27 +1,24 @@
-"""What every endpoint kind implements (`Endpoint`), and the typed values planning hands the
-engine: `Sampling` (a generation line's `SamplingParams`, with its LoRA adapter beside them)
-and `Pooling` (an embeddings line's `PoolingParams`), inside a `GenerationPlan` or a
-`PoolingPlan`; a score or rerank line's text pairs in a `ScoringPlan`. Also the limits and
-defaults a line is planned against, and the refusal (`UnsupportedRequest`) that makes a line
-one error line.
+"""What every endpoint kind implements (`Endpoint`): its body, how a line of it is planned
+for its engine call (`Endpoint.call`, app.jobs.endpoints.call) and how its answer is written.
+Also the limits and defaults a line is planned against, and the refusal (`UnsupportedRequest`)
+that makes a line one error line.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from app.core.settings import Settings, WorkerKind
+from app.data.json_values import JobDefaults
+from app.jobs.endpoints.call import AnyCall, LinePlan
 
 if TYPE_CHECKING:
     from app.jobs.lines import Request
 
-# The engine method a kind's lines run on: `generate` (or `enqueue`), `embed`, or `score`
-# (an embedding worker's `LLM.score`).
-EngineCall = Literal["generate", "embed", "score"]
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64; a larger seed crashes the engine's random generator
 # Fields that change nothing in an offline batch, accepted with these values (None: any value).
 TOLERATED: dict[str, tuple[Any, ...] | None] = {
@@ -40,21 +37,6 @@ class UnsupportedRequest(ValueError):
         self.message = message
         self.param = param
         self.code = code
-
-
-class JobDefaults(BaseModel):
-    """What a job sets for all its lines (stored on the job as `sampling_defaults`)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    max_tokens: int  # for lines that give none
-    truncate_prompts: bool = False  # keep a too-long prompt's end instead of failing the line
-    pack_window: int | None = None  # length-aware packing: static batches per window
-    # overlapped (worker.overlap), or strict: one blocking generate per static batch.
-    batching: Literal["overlapped", "strict"] = "overlapped"
-
-    def as_json(self) -> dict[str, Any]:
-        return self.model_dump(exclude_defaults=True) | {"max_tokens": self.max_tokens}
 
 
 @dataclass(frozen=True)
@@ -96,91 +78,6 @@ class ServedModels:
             param="model",
             code="model_not_found",
         )
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """A generation line's sampling: vLLM `SamplingParams` fields (None: vLLM's default), and
-    the LoRA adapter the engine applies (not a `SamplingParams` field)."""
-
-    max_tokens: int  # per choice
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: int | None = None  # top log probabilities per token (None: none)
-    stop: list[str] | None = None
-    structured_outputs: dict[str, Any] | None = None  # `StructuredOutputsParams` keyword arguments
-    min_tokens: int | None = None
-    ignore_eos: bool = False
-    lora_adapter: str | None = None
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        """`SamplingParams` keyword arguments, the fields left at vLLM's default left out."""
-        kwargs: dict[str, Any] = {"max_tokens": self.max_tokens, "n": self.n}
-        optional = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "logprobs": self.logprobs,
-            "stop": self.stop,
-            "structured_outputs": self.structured_outputs,
-            "min_tokens": self.min_tokens,
-            "ignore_eos": self.ignore_eos or None,
-        }
-        kwargs.update({name: value for name, value in optional.items() if value is not None})
-        return kwargs
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """An embeddings line's `PoolingParams` fields (None: the model's default)."""
-
-    dimensions: int | None = None
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        return {} if self.dimensions is None else {"dimensions": self.dimensions}
-
-
-@dataclass(frozen=True)
-class GenerationPlan:
-    """A line the engine generates for: its prompt as token ids (chat template applied,
-    truncated if the batch asks) and its sampling."""
-
-    request: Request
-    prompt: list[int]
-    sampling: Sampling
-
-    @property
-    def max_tokens(self) -> int:
-        return self.sampling.max_tokens
-
-
-@dataclass(frozen=True)
-class PoolingPlan:
-    """A line the engine pools: one token-id list per input (truncated if the batch asks),
-    and the pooling parameters every input shares."""
-
-    request: Request
-    inputs: list[list[int]]
-    pooling: Pooling = field(default_factory=Pooling)
-
-
-@dataclass(frozen=True)
-class ScoringPlan:
-    """A line the engine scores: its (text_1, text_2) pairs, 1 -> N expanded to N -> N, and
-    the tokens the model reads for them (both texts of every pair)."""
-
-    request: Request
-    pairs: list[tuple[str, str]]
-    prompt_tokens: int
-
-
-Plan = GenerationPlan | PoolingPlan | ScoringPlan
 
 
 class Tokenizer(Protocol):
@@ -234,6 +131,7 @@ class Endpoint(ABC, Generic[B]):
     package compares endpoint URLs or body classes."""
 
     url: ClassVar[str]
+    listing_order: ClassVar[int] = 100  # where the registry (and errors) list it
     body_model: type[B]  # the one definition of its body: upload check, dry run, estimate and worker
     # The field a body must have, and the fields a plain line (no url and body) of this kind
     # may give in its stead, its own first (a plain prompt is a chat's one user message).
@@ -241,6 +139,7 @@ class Endpoint(ABC, Generic[B]):
     required_aliases: ClassVar[tuple[str, ...]] = ()  # other names the body may give it by
     plain_fields: ClassVar[tuple[str, ...]]
     worker_kind: ClassVar[WorkerKind]  # which worker's engine serves it (`Settings.worker_kind`)
+    call: ClassVar[AnyCall]  # the engine call its lines run on
     generates: ClassVar[bool]  # its lines ask for output tokens (`max_tokens`); False: input is only read
     example: ClassVar[dict[str, Any]]  # a documented body, as the README shows it
 
@@ -258,10 +157,6 @@ class Endpoint(ABC, Generic[B]):
         """At upload, for a plain line that no kind sharing its field parses: whether it
         looks meant for this kind (the kind whose error names the line's mistake)."""
         return False
-
-    def engine_call(self) -> EngineCall:
-        """The engine method its lines run on (`worker.windows.PreparedWindow.call`)."""
-        return self.worker_kind
 
     def served_model(self, settings: Settings) -> str:
         """The model name a job of this kind runs on: what its worker kind holds."""
@@ -286,16 +181,12 @@ class Endpoint(ABC, Generic[B]):
         raise UnsupportedRequest(f"A {self.url} request has no inputs to pool.", self.required_field)
 
     @abstractmethod
-    def plan(self, request: Request, ctx: PlanContext) -> Plan:
+    def plan(self, request: Request, ctx: PlanContext) -> LinePlan:
         """The line as the engine runs it; UnsupportedRequest for what the model cannot serve."""
 
-    def token_counts(self, plan: Plan) -> tuple[int, int]:
+    def token_counts(self, plan: LinePlan) -> tuple[int, int]:
         """(prompt tokens, requested output tokens) of a planned line, for the estimate."""
-        if isinstance(plan, PoolingPlan):
-            return sum(len(ids) for ids in plan.inputs), 0
-        if isinstance(plan, ScoringPlan):
-            return plan.prompt_tokens, 0
-        return len(plan.prompt), plan.sampling.max_tokens * plan.sampling.n
+        return self.call.token_counts(plan)
 
     def line_param(self, body: B, engine_field: str | None) -> str | None:
         """The body field an engine parameter (a `SamplingParams` or `PoolingParams` field,
@@ -320,5 +211,5 @@ class Endpoint(ABC, Generic[B]):
 
     @abstractmethod
     def output_line(self, custom_id: str, body: B, result: Any, model: str) -> bytes:
-        """The output line of a line that ran; `result` is the engine's `Generation` (or
-        `Embeddings`, or `Scores`), `model` the served model's name."""
+        """The output line of a line that ran; `result` is what its call's engine method made
+        of it (the call's `result_type`), `model` the served model's name."""

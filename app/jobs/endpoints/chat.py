@@ -13,9 +13,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.jobs.endpoints.base import JobDefaults, Sampling, UnsupportedRequest, refuse_unknown
+from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest, refuse_unknown
+from app.jobs.endpoints.generate_call import Generation, Sampling, TokenLogprob
 from app.jobs.endpoints.generation import GenerationEndpoint, SampledBody, body_sampling, usage
-from app.jobs.output_lines import Generation, TokenLogprob, Usage, answer_line
+from app.jobs.output_lines import Usage, answer_line
 
 
 class ChatMessage(BaseModel):
@@ -69,6 +70,7 @@ def _chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
 
 class ChatCompletions(GenerationEndpoint[ChatBody]):
     url: ClassVar[str] = "/v1/chat/completions"
+    listing_order: ClassVar[int] = 20
     body_model = ChatBody
     required_field: ClassVar[str] = "messages"
     plain_fields: ClassVar[tuple[str, ...]] = ("messages", "prompt")

@@ -11,9 +11,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from app.jobs.endpoints.base import JobDefaults, Sampling, refuse_unknown
+from app.jobs.endpoints.base import JobDefaults, refuse_unknown
+from app.jobs.endpoints.generate_call import Generation, Sampling, TokenLogprob
 from app.jobs.endpoints.generation import GenerationEndpoint, SampledBody, body_sampling, usage
-from app.jobs.output_lines import Generation, TokenLogprob, Usage, answer_line
+from app.jobs.output_lines import Usage, answer_line
 
 
 class CompletionBody(SampledBody):
@@ -55,6 +56,7 @@ def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
 
 class Completions(GenerationEndpoint[CompletionBody]):
     url: ClassVar[str] = "/v1/completions"
+    listing_order: ClassVar[int] = 10
     body_model = CompletionBody
     required_field: ClassVar[str] = "prompt"
     plain_fields: ClassVar[tuple[str, ...]] = ("prompt",)

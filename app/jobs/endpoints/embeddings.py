@@ -17,13 +17,13 @@ from app.jobs.endpoints.base import (
     Endpoint,
     ModelLimits,
     PlanContext,
-    Pooling,
-    PoolingPlan,
     UnsupportedRequest,
     check_vocabulary,
     refuse_unknown,
 )
-from app.jobs.output_lines import Embeddings as EngineEmbeddings
+from app.jobs.endpoints.call import AnyCall
+from app.jobs.endpoints.embed_call import EMBED, Pooling, PoolingPlan
+from app.jobs.endpoints.embed_call import Embeddings as EngineEmbeddings
 from app.jobs.output_lines import answer_line
 
 if TYPE_CHECKING:
@@ -130,10 +130,12 @@ def pooling(body: EmbeddingBody, limits: ModelLimits) -> Pooling:
 
 class EmbeddingsEndpoint(Endpoint[EmbeddingBody]):
     url: ClassVar[str] = "/v1/embeddings"
+    listing_order: ClassVar[int] = 30
     body_model = EmbeddingBody
     required_field: ClassVar[str] = "input"
     plain_fields: ClassVar[tuple[str, ...]] = ("input",)
     worker_kind: ClassVar = "embed"
+    call: ClassVar[AnyCall] = EMBED
     generates: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]] = {"model": "demo-embed", "input": ["first text", "second text"]}
 

@@ -17,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.jobs.endpoints.base import (
     SEED_RANGE,
     Endpoint,
-    GenerationPlan,
     JobDefaults,
     PlanContext,
-    Sampling,
     UnsupportedRequest,
     check_vocabulary,
 )
+from app.jobs.endpoints.call import AnyCall
+from app.jobs.endpoints.generate_call import GENERATE, Generation, GenerationPlan, Sampling
 from app.jobs.json_schemas import json_schema_problem
-from app.jobs.output_lines import Generation, PromptTokensDetails, Usage
+from app.jobs.output_lines import PromptTokensDetails, Usage
 
 if TYPE_CHECKING:
     from app.jobs.lines import Request
@@ -107,6 +107,7 @@ class GenerationEndpoint(Endpoint[G]):
     """A kind the generation engine serves with `generate` (or `enqueue`), one prompt a line."""
 
     worker_kind: ClassVar = "generate"
+    call: ClassVar[AnyCall] = GENERATE
     generates: ClassVar[bool] = True
 
     @abstractmethod

@@ -8,14 +8,16 @@ all) and `return_documents` (default true). Plain line: `{"custom_id", "query", 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
-from app.jobs.endpoints.base import Endpoint, PlanContext, ScoringPlan
+from app.jobs.endpoints.base import Endpoint, PlanContext
+from app.jobs.endpoints.call import AnyCall
 from app.jobs.endpoints.score import MAX_SCORE_TEXTS, ScoreUsage, plan_pairs, texts_token_ids
-from app.jobs.output_lines import Scores, answer_line
+from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
+from app.jobs.output_lines import answer_line
 
 if TYPE_CHECKING:
     from app.jobs.lines import Request
@@ -71,10 +73,12 @@ class RerankResponse(BaseModel):
 
 class RerankEndpoint(Endpoint[RerankBody]):
     url: ClassVar[str] = "/v1/rerank"
+    listing_order: ClassVar[int] = 60
     body_model = RerankBody
     required_field: ClassVar[str] = "query"
     plain_fields: ClassVar[tuple[str, ...]] = ("query",)
     worker_kind: ClassVar = "embed"
+    call: ClassVar[AnyCall] = SCORE_CALL
     generates: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]] = {
         "model": "demo-embed",
@@ -82,9 +86,6 @@ class RerankEndpoint(Endpoint[RerankBody]):
         "documents": ["The Nile is a river.", "Paris is the capital of France."],
         "top_n": 1,
     }
-
-    def engine_call(self) -> Literal["score"]:
-        return "score"
 
     def input_token_ids(self, tokenizer: Any, body: RerankBody) -> list[list[int]]:
         return texts_token_ids(tokenizer, [body.query], body.documents)

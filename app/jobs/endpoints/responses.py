@@ -21,9 +21,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.jobs.endpoints.base import JobDefaults, Sampling, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest
+from app.jobs.endpoints.generate_call import Generation, Sampling
 from app.jobs.endpoints.generation import GenerationEndpoint, structured_output
-from app.jobs.output_lines import Generation, answer_line
+from app.jobs.output_lines import answer_line
 
 TEXT_PART_TYPES = ("input_text", "output_text")  # output_text: an earlier assistant turn, as the API returns it
 
@@ -261,6 +262,7 @@ class Responses(GenerationEndpoint[ResponsesBody]):
     """Planned as a chat: the same chat template, sampling and checks."""
 
     url: ClassVar[str] = "/v1/responses"
+    listing_order: ClassVar[int] = 40
     body_model = ResponsesBody
     required_field: ClassVar[str] = "input"
     plain_fields: ClassVar[tuple[str, ...]] = ("input", "prompt")

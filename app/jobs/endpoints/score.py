@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.jobs.endpoints.base import Endpoint, PlanContext, ScoringPlan, UnsupportedRequest, refuse_unknown
-from app.jobs.output_lines import Scores, answer_line
+from app.jobs.endpoints.base import Endpoint, PlanContext, UnsupportedRequest, refuse_unknown
+from app.jobs.endpoints.call import AnyCall
+from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
+from app.jobs.output_lines import answer_line
 
 if TYPE_CHECKING:
     from app.jobs.lines import Request
@@ -133,20 +135,19 @@ def plan_pairs(
 
 class ScoreEndpoint(Endpoint[ScoreBody]):
     url: ClassVar[str] = "/v1/score"
+    listing_order: ClassVar[int] = 50
     body_model = ScoreBody
     required_field: ClassVar[str] = "text_1"
     required_aliases: ClassVar[tuple[str, ...]] = ("queries",)
     plain_fields: ClassVar[tuple[str, ...]] = ("text_1",)
     worker_kind: ClassVar = "embed"
+    call: ClassVar[AnyCall] = SCORE_CALL
     generates: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]] = {
         "model": "demo-embed",
         "text_1": "What is the capital of France?",
         "text_2": ["Paris is the capital of France.", "The Nile is a river."],
     }
-
-    def engine_call(self) -> Literal["score"]:
-        return "score"
 
     def input_token_ids(self, tokenizer: Any, body: ScoreBody) -> list[list[int]]:
         return texts_token_ids(tokenizer, *body.texts())
