@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import text
 
@@ -227,17 +227,27 @@ CLAIM_SHARD_SQL = text(
 )
 
 
+class ClaimParameters(TypedDict):
+    """CLAIM_SHARD_SQL's bound parameters."""
+
+    worker_id: str
+    model: str
+    lease_seconds: float
+    exclude_jobs: list[str]  # the jobs the claimant holds already (worker.sharing)
+    overlapped_only: bool  # only a job whose static batches may overlap others' in the engine
+
+
 def claim_parameters(
     worker_id: str, model: str, lease_seconds: float, beside: Collection[str] = (), overlapped_only: bool = False
-) -> dict[str, Any]:
+) -> ClaimParameters:
     """CLAIM_SHARD_SQL's parameters."""
-    return {
-        "worker_id": worker_id,
-        "model": model,
-        "lease_seconds": lease_seconds,
-        "exclude_jobs": list(beside),
-        "overlapped_only": overlapped_only,
-    }
+    return ClaimParameters(
+        worker_id=worker_id,
+        model=model,
+        lease_seconds=lease_seconds,
+        exclude_jobs=list(beside),
+        overlapped_only=overlapped_only,
+    )
 
 
 def deadline_hour(expires_at: datetime) -> datetime:

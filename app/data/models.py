@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.json_column import PydanticJSON
-from app.data.json_values import JobDefaults, JobEstimate, RunInput, UploadCheck
+from app.data.json_values import JobDefaults, JobError, JobEstimate, RunInput, UploadCheck
 
 
 class Base(DeclarativeBase):
@@ -116,7 +116,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     sampling_defaults: Mapped[JobDefaults] = mapped_column(PydanticJSON(JobDefaults, exclude_defaults=True))
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONB, nullable=True)
-    errors: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
+    errors: Mapped[list[JobError] | None] = mapped_column(JSONB, nullable=True)  # OpenAI's errors.data
     # Lines, prompt tokens, requested output tokens and ETA (app.jobs.estimate), while queued.
     estimate: Mapped[JobEstimate | None] = mapped_column(PydanticJSON(JobEstimate), nullable=True)
     # Where its lines run from when regrouped by prompt prefix (app.jobs.run_order); null:
