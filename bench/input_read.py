@@ -50,7 +50,6 @@ def input_file(lines: int) -> bytes:
 
 def run(config: BenchConfig) -> dict[str, Any]:
     from app.core.database import Database
-    from app.core.line_offsets import LineOffsets
     from app.data.records import Records
     from app.jobs.uploads import UploadLimits, lines_from, store_upload
 
@@ -72,7 +71,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 limits=UploadLimits(10**11, 10**9, 10),
             )
             upload_seconds = time.perf_counter() - began
-            offsets = LineOffsets.from_json(file.validation.get("line_offsets"))
+            offsets = file.validation.line_offsets
             shard_size = -(-lines // shards)
             store.bytes_read = 0
             began = time.perf_counter()

@@ -52,8 +52,11 @@ SCORE = ScoreEndpoint.url
 RERANK = RerankEndpoint.url
 
 # The fields that make a line plain (no url and body), the most telling first: a line with
-# messages is a chat line whatever else it holds. Each is some kind's `required_field`.
-PLAIN_FIELDS = ("messages", "prompt", "input", "query", "text_1")
+# messages is a chat line whatever else it holds. Each is some kind's `required_field` (a kind
+# added later is told by its own, after these).
+PLAIN_FIELDS = tuple(
+    dict.fromkeys(["messages", "prompt", "input", "query", "text_1", *(e.required_field for e in ENDPOINTS.values())])
+)
 
 
 class UnknownEndpoint(KeyError):
