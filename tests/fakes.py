@@ -90,6 +90,13 @@ class FakeEngine:
             for request in pairs
         ]
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[tuple[float, bool]]]:
+        """Each token after the first scores -(its id mod 5) / 10, the most likely when that is 0."""
+        self.calls.append(len(prompts))
+        if any(self.REFUSED in bytes(p) for p in prompts):
+            raise RequestRejected("a request the engine refuses")
+        return [[(-(token % 5) / 10, token % 5 == 0) for token in prompt[1:]] for prompt in prompts]
+
     def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
         self.calls.append(len(prompts))
         if any(self.REFUSED in bytes(p) for p in prompts):
@@ -139,7 +146,7 @@ class FakeEngine:
 class _Bytes:
     """A tokenizer whose tokens are a text's UTF-8 bytes."""
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
 
 

@@ -271,6 +271,27 @@ class VllmEngine:
             )
         return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[tuple[float, bool]]]:
+        """One static batch read, not generated (vLLM's `prompt_logprobs`; one token is drawn
+        and dropped): each prompt's tokens after its first, as (log probability, whether it
+        is the model's most likely token there). RequestRejected when the engine refuses one."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1)
+        with self._refusals():
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        scored = []
+        for ids, out in zip(prompts, outputs, strict=True):
+            entries = out.prompt_logprobs or [None]
+            tokens = []
+            for token, entry in zip(ids[1:], entries[1:], strict=True):
+                assert entry is not None  # only the first prompt token has none
+                chosen = entry[token]
+                tokens.append((float(chosen.logprob), chosen.rank == 1))  # ranks count from 1
+            scored.append(tokens)
+        return scored
+
     def enqueue(self, prompts: list[list[int]], sampling: list[Sampling], priority: int = 0) -> list[str]:
         """Adds a static batch's requests to the running engine without waiting for them;
         their request ids, in order. Waiting requests of a higher `priority` (a job's) are

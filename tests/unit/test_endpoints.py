@@ -32,6 +32,7 @@ from app.jobs.upload_check import FileCheck
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "app" / "jobs" / "endpoints"
 CHECKED = ("app", "worker")
+LOGLIKELIHOOD = "/v1/loglikelihood"
 ENDPOINT_NAMES = {"COMPLETIONS", "CHAT_COMPLETIONS", "EMBEDDINGS", "RESPONSES", "SCORE", "RERANK", "ENDPOINTS"}
 BODY_CLASSES = {endpoint.body_model.__name__ for endpoint in ENDPOINTS.values()}
 CALL_TYPES = {t.__name__ for kind in ENDPOINTS.values() for t in (kind.call.plan_type, kind.call.result_type)}
@@ -145,10 +146,10 @@ def test_the_registry_says_where_plain_lines_run_and_which_worker_serves_each_ki
     assert plain_runs_on("query") == {RERANK} and plain_runs_on("text_1") == {SCORE}
     assert set(PLAIN_FIELDS) == {kind.required_field for kind in ENDPOINTS.values()}
     assert worker_kinds() == {
-        "generate": [COMPLETIONS, CHAT_COMPLETIONS, RESPONSES],
+        "generate": [COMPLETIONS, CHAT_COMPLETIONS, RESPONSES, LOGLIKELIHOOD],
         "embed": [EMBEDDINGS, SCORE, RERANK],
     }
-    assert [kind.generates for kind in ENDPOINTS.values()] == [True, True, False, True, False, False]
+    assert [kind.generates for kind in ENDPOINTS.values()] == [True, True, False, True, False, False, False]
     assert [kind.call.name for kind in ENDPOINTS.values()] == [
         "generate",
         "generate",
@@ -156,6 +157,7 @@ def test_the_registry_says_where_plain_lines_run_and_which_worker_serves_each_ki
         "generate",
         "score",
         "score",
+        "prompt_logprobs",
     ]
 
 
