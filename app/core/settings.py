@@ -225,8 +225,10 @@ class Settings(BaseSettings):
     packing_window_batches: int = Field(
         default=8, ge=2, description="static batches per window that length-aware packing sorts (pack_by_length)"
     )
-    estimate_max_lines: int = Field(
-        default=200_000, ge=1, description="a queued batch's estimate reads this many lines and scales up"
+    estimate_sample_lines: int = Field(
+        default=4_000,
+        ge=1,
+        description="a queued batch's estimate plans (tokenizes) this many lines spread over its file and scales up",
     )
     key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long the API trusts a verified key (a revoked key works this much longer)"

@@ -3,7 +3,6 @@ without running it (a dry run)."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from app.data.queue import JobQueue
 from app.data.quotas import Quotas
 from app.data.records import Records
 from app.jobs.endpoints import endpoint_for, is_endpoint, listed
-from app.jobs.estimate import estimate_job
+from app.jobs.estimate import estimate_job, spread_sample
 from app.jobs.quotas import check_open_batches, token_limit_error, use_and_limits
 from app.jobs.retention import retention_seconds
 from app.jobs.upload_check import endpoint_mismatch
@@ -219,13 +218,15 @@ def _estimate(
     settings: Settings,
     checked: CheckedSpec,
     endpoint: str,
-    max_lines: int | None = None,
+    sample_lines: int | None = None,
 ) -> JobEstimate:
+    """Every line planned, or (`sample_lines`) an even sample of them, scaled up."""
     lines = read_lines(store, checked.source.storage_key)
+    total = checked.source.line_count
     return estimate_job(
         records,
         settings,
-        itertools.islice(lines, max_lines) if max_lines else lines,
+        spread_sample(lines, total, sample_lines) if sample_lines else enumerate(lines),
         endpoint=endpoint,
         defaults=checked.defaults,
         model=checked.model,
@@ -235,13 +236,14 @@ def _estimate(
 
 
 def record_estimate(records: Records, store: ObjectStore, settings: Settings, job_id: str) -> None:
-    """Counts a queued job's tokens and ETA after it is created (it shows on the batch).
-    Past ESTIMATE_MAX_LINES lines the figures are scaled up from the first lines."""
+    """Counts a queued job's tokens and ETA after it is created (it shows on the batch), from
+    ESTIMATE_SAMPLE_LINES lines spread over its file (the worker tokenizes every line; this
+    does not do it a second time)."""
     try:
         job = records.get_job(job_id)
         source = records.get_file(job.input_file_id)
         checked = CheckedSpec(source, job.model, job.batch_size, job.sampling_defaults)
-        estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_max_lines)
+        estimate = _estimate(records, store, settings, checked, job.endpoint, settings.estimate_sample_lines)
         records.set_estimate(job_id, estimate)
     except Exception:  # an estimate is a courtesy; the job runs without one
         log.exception("could not estimate %s", job_id)

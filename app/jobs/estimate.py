@@ -1,5 +1,7 @@
-"""Pricing a job before it runs: every line planned as the worker would plan it, tokens
-counted with the model's own tokenizer, and an ETA from what workers measured.
+"""Pricing a job before it runs: lines planned as the worker would plan them, tokens
+counted with the model's own tokenizer, and an ETA from what workers measured. A dry run
+plans every line; a queued job's estimate plans an even sample of its lines (one in every
+k, `spread_sample`) and scales the counts up, so the file is tokenized once, by the worker.
 
 The ETA divides the requested output tokens (every line's `max_tokens` times `n`,
 an upper bound: lines may stop early) by the generation rate that workers holding
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,9 +85,19 @@ def preload_model_files(settings: Settings) -> None:
             log.info("model files of %s not loaded at start-up: %s", model, exc)
 
 
-def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, settings: Settings) -> LineCounts:
-    """Plans every line; returns the counts and the lines that would fail, and why. Each
-    kind counts its own tokens (an embeddings line: all its inputs' tokens, no output)."""
+def spread_sample(lines: Iterable[bytes], total_lines: int, sample_lines: int) -> Iterator[tuple[int, bytes]]:
+    """(index, line) of one line in every k, k chosen so about `sample_lines` of `total_lines`
+    are taken, from the first; every line when the file is no larger. The others are read,
+    not parsed."""
+    every = max(1, math.ceil(total_lines / max(sample_lines, 1)))
+    return ((index, raw) for index, raw in enumerate(lines) if index % every == 0)
+
+
+def count_lines(
+    lines: Iterable[tuple[int, bytes]], endpoint: str, defaults: JobDefaults, settings: Settings
+) -> LineCounts:
+    """Plans each (index, line); returns the counts and the lines that would fail, and why.
+    Each kind counts its own tokens (an embeddings line: all its inputs' tokens, no output)."""
     kind = endpoint_for(endpoint)
     model, context = kind.model_files(settings)
     limits = model_limits(model, context)
@@ -96,7 +109,7 @@ def count_lines(lines: Iterable[bytes], endpoint: str, defaults: JobDefaults, se
         return kind.token_counts(plan_request(raw, index, endpoint, ctx))
 
     counts = LineCounts(context_length=limits.max_model_len)
-    for index, raw in enumerate(lines):
+    for index, raw in lines:
         counts.lines += 1
         try:
             prompt_tokens, output_tokens = tokens_of(index, raw)
@@ -150,7 +163,7 @@ def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, re
 def estimate_job(
     records: Records,
     settings: Settings,
-    lines: Iterable[bytes],
+    lines: Iterable[tuple[int, bytes]],
     *,
     endpoint: str,
     defaults: JobDefaults,
@@ -158,9 +171,9 @@ def estimate_job(
     batch_size: int | None,
     total_lines: int | None = None,
 ) -> JobEstimate:
-    """The whole estimate: counts, failing lines and the ETA. When `lines` is the start of
-    a file of `total_lines`, the counts are scaled up to the whole file (`sampled_lines`
-    says how many were read)."""
+    """The whole estimate: counts, failing lines and the ETA, from (index, line) pairs. When
+    they are a sample of a file of `total_lines`, the counts are scaled up to the whole file
+    (`sampled_lines` says how many were planned)."""
     counted = count_lines(lines, endpoint, defaults, settings)
     read = counted.lines
     if total_lines and 0 < read < total_lines:

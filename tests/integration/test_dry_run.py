@@ -80,14 +80,18 @@ def test_the_eta_comes_from_what_workers_measured_at_that_batch_size(
     assert dry_run(client, file["id"], batch_size=3)["eta_seconds"] is None
 
 
-def test_a_large_queued_batch_is_estimated_from_its_first_lines(settings: Settings, records: Records) -> None:
+def test_a_large_queued_batch_is_estimated_from_a_sample_spread_over_its_file(
+    settings: Settings, records: Records
+) -> None:
     from app.api.main import create_app
 
-    with TestClient(create_app(settings.model_copy(update={"estimate_max_lines": 4}))) as app_client:
+    with TestClient(create_app(settings.model_copy(update={"estimate_sample_lines": 4}))) as app_client:
         _, secret = create_key(records, "alice")
         app_client.headers["Authorization"] = f"Bearer {secret}"
-        rows = [chat_line(f"s{i}", f"sample {i}", max_tokens=8) for i in range(16)]
+        # The first four lines ask for 8 tokens, the rest for 24: a sample of the file's start
+        # would say 128 tokens; lines 1, 5, 9 and 13 say the whole file's 320.
+        rows = [chat_line(f"s{i}", f"sample {i}", max_tokens=8 if i < 4 else 24) for i in range(16)]
         queued = create_batch(app_client, upload(app_client, jsonl(rows))["id"], endpoint=CHAT)
         estimate = wait_for_estimate(app_client, queued["id"])
     assert estimate["sampled_lines"] == 4
-    assert estimate["lines"] == 16 and estimate["requested_output_tokens"] == 128
+    assert estimate["lines"] == 16 and estimate["requested_output_tokens"] == 4 * 8 + 12 * 24
