@@ -26,7 +26,8 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.jobs.telemetry import EngineTelemetry, combine
+from app.data.json_values import EngineTelemetry
+from app.jobs.telemetry import combine
 from worker.engine import Engine, EngineFailed, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
 

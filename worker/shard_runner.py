@@ -222,7 +222,7 @@ class ShardRunner:
             output_lengths=length_histogram(call.output_lengths(generations)),
             error_lines=[index - window.first_line for index in sorted(window.errors)],
             static_batches=generated.static_batches,
-            engine_stats=generated.telemetry.as_json() if generated.telemetry else None,
+            engine_stats=generated.telemetry,
         )
         return retry_transient(
             lambda: self.queue.record_window(shard, window.seq, self.worker_id, result, self.lease_seconds),

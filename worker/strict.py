@@ -12,7 +12,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from app.jobs.telemetry import EngineTelemetry, combine
+from app.data.json_values import EngineTelemetry
+from app.jobs.telemetry import combine
 from worker.engine import Engine, RequestRejected
 from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
 

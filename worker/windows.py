@@ -11,11 +11,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.data.json_values import EngineTelemetry
 from app.jobs.endpoints.call import AnyCall
 from app.jobs.lines import Request
 from app.jobs.output_lines import request_error_line
 from app.jobs.planning import line_param
-from app.jobs.telemetry import EngineTelemetry
 from worker.engine import RequestRejected
 
 

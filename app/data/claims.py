@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from sqlalchemy import text
 
 from app.core.line_offsets import LineOffsets
-from app.data.json_values import JobDefaults, JobEstimate
+from app.data.json_values import EngineTelemetry, JobDefaults, JobEstimate
 from app.data.models import JobStatus
 
 
@@ -76,7 +76,7 @@ class WindowResult:
     error_lines: list[int] | None = None  # offsets from first_line of the lines in the error part
     static_batches: int = 1  # generate calls in this window
     cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
-    engine_stats: dict[str, Any] | None = None  # app.jobs.telemetry.EngineTelemetry, as JSON
+    engine_stats: EngineTelemetry | None = None  # what the engine said of the window (app.jobs.telemetry)
     accelerator_seconds: float = 0.0  # generate_seconds x the accelerators the engine holds
 
 

@@ -1,6 +1,7 @@
 """What the tables hold as JSON, as pydantic types: a job's defaults (`JobDefaults`), its
 estimate (`JobEstimate`) and its run input (`RunInput`), a file's upload check
-(`UploadCheck`), and the entries a batch's errors list (`JobError`). The columns read and
+(`UploadCheck`), the entries a batch's errors list (`JobError`), and what the engine said of
+a window (`EngineTelemetry`). The columns read and
 write them through `app.core.json_column.PydanticJSON`; each keeps the JSON shape the
 column held before it was typed, so rows written before read back unchanged."""
 
@@ -48,6 +49,9 @@ class UploadCheck(BaseModel):
     error_count: int = 0  # every line error, those past the first included
     first_line_of: dict[str, int] = Field(default_factory=dict)  # endpoint, or "plain:<field>" -> its first line
     line_offsets: LineOffsets | None = None  # where every N-th line starts
+    # where every N-th entry of the file's line index (app.jobs.line_index: every line's
+    # custom_id, stored beside the file) starts; None: no index (uploaded before there was one)
+    custom_ids: LineOffsets | None = None
 
 
 class RunInput(BaseModel):
@@ -97,3 +101,21 @@ class JobEstimate(LineCounts, Eta):
     """Lines, prompt tokens, requested output tokens, failing lines and an ETA."""
 
     batch_size: int | None = Field(description="null: fitted to the engine that runs the batch")
+
+
+class EngineTelemetry(BaseModel):
+    """What the engine's timings say about one static batch, or several combined
+    (app.jobs.telemetry computes it; a window stores it as `engine_stats`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)  # a field dropped since is ignored
+
+    prefill_seconds: float
+    prefill_tokens_per_second: float | None
+    decode_seconds: float
+    decode_tokens_per_second: float | None
+    idle_tail_seconds: float
+    idle_tail_fraction: float
+    preemptions: int
+    kv_cache_demand: float | None
+    static_batches: int = 1
+    cached_prompt_tokens: int = 0  # prefix cache hits: prompt tokens not computed again

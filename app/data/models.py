@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.json_column import PydanticJSON
-from app.data.json_values import JobDefaults, JobError, JobEstimate, RunInput, UploadCheck
+from app.data.json_values import EngineTelemetry, JobDefaults, JobError, JobEstimate, RunInput, UploadCheck
 
 
 class Base(DeclarativeBase):
@@ -251,7 +251,7 @@ class Window(Base):
     error_lines: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
     # What the engine reported about this window (app.jobs.telemetry): prefill and decode
     # rates, KV-cache use, preemptions, the idle tail.
-    engine_stats: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    engine_stats: Mapped[EngineTelemetry | None] = mapped_column(PydanticJSON(EngineTelemetry), nullable=True)
     worker_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.data.models import Job, Window
-from app.jobs.telemetry import EngineTelemetry, combine
+from app.jobs.telemetry import combine
 
 # Output-length histogram buckets: [1, 2), [2, 4), [4, 8), … generated tokens per line.
 # A wide spread inside a static batch means idle slots: short answers wait for long ones.
@@ -133,7 +133,7 @@ def window_series(windows: list[Window]) -> list[dict[str, Any]]:
             "tokens_per_second": round(w.tokens_per_second, 1),
             "worker_id": w.worker_id,
             "recorded_at": w.created_at.isoformat(),
-            "engine": w.engine_stats,
+            "engine": w.engine_stats.model_dump() if w.engine_stats else None,
         }
         for w in sorted(windows, key=lambda w: w.created_at)
     ]
@@ -141,7 +141,7 @@ def window_series(windows: list[Window]) -> list[dict[str, Any]]:
 
 def engine_totals(windows: list[Window]) -> dict[str, Any] | None:
     """The engine's telemetry over all of a job's static batches."""
-    combined = combine([EngineTelemetry.from_json(w.engine_stats) for w in windows])
+    combined = combine([w.engine_stats for w in windows])
     if combined is None:
         return None
     generate = sum(w.generate_seconds for w in windows if w.engine_stats)

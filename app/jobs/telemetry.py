@@ -15,36 +15,8 @@ From each request's scheduled, first-token and last-token times:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-
+from app.data.json_values import EngineTelemetry
 from app.jobs.endpoints.generate_call import Generation
-
-
-@dataclass(frozen=True)
-class EngineTelemetry:
-    """What the engine's timings say about one static batch, or several combined."""
-
-    prefill_seconds: float
-    prefill_tokens_per_second: float | None
-    decode_seconds: float
-    decode_tokens_per_second: float | None
-    idle_tail_seconds: float
-    idle_tail_fraction: float
-    preemptions: int
-    kv_cache_demand: float | None
-    static_batches: int = 1
-    cached_prompt_tokens: int = 0  # prefix cache hits: prompt tokens not computed again
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> EngineTelemetry | None:
-        if not data:
-            return None
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _rate(tokens: int, seconds: float) -> float | None:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from app.data.json_values import EngineTelemetry
     from app.jobs.lines import Request
-    from app.jobs.telemetry import EngineTelemetry
 
 
 class LinePlan(Protocol):

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from app.jobs.endpoints.call import EngineCall
 
 if TYPE_CHECKING:
+    from app.data.json_values import EngineTelemetry
     from app.jobs.lines import Request
-    from app.jobs.telemetry import EngineTelemetry
 
 
 @dataclass(frozen=True)
