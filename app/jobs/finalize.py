@@ -15,7 +15,6 @@ starts over; only the holder of the lease may end the job, so a late one changes
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ from app.data.records import Records
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.reordered import InInputOrder
 from app.jobs.retention import expiry
-from app.jobs.stats import job_stats, window_series
+from app.jobs.stats import batch_stats
 from app.jobs.uploads import lines_from
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def finalize_job(
             regrouped.close()
     store.put_bytes(
         f"batches/{job_id}/stats.json",
-        json.dumps({**job_stats(job, runs, gpu_hour_price), "windows": window_series(runs)}, indent=2).encode(),
+        batch_stats(job, runs, gpu_hour_price).model_dump_json(indent=2).encode(),
     )
     queue.complete_job(job_id, finalizer_id, output, errors, unrun)
 

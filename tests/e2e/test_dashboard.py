@@ -135,9 +135,9 @@ def browse_as_admin(service: Service, browser: Browser, records: Records, finish
     page.goto(f"{service.url}/admin/batches/{finished}")
     runs = records.windows(finished)
     stats = job_stats(done, runs)
-    assert int(page.inner_text("#tokens")) == stats["completion_tokens"]
+    assert int(page.inner_text("#tokens")) == stats.completion_tokens
     assert int(page.inner_text("#static-batches")) == sum(r.static_batches for r in runs) == 8  # 1 packed window
-    assert float(page.inner_text("#gen-tps")) == stats["generation_tokens_per_second"]
+    assert float(page.inner_text("#gen-tps")) == stats.generation_tokens_per_second
     points = page.evaluate("Chart.getChart('per-window').data.datasets[0].data")
     assert points == [pytest.approx(round(r.tokens_per_second, 1)) for r in sorted(runs, key=lambda r: r.created_at)]
     assert page.evaluate("Chart.getChart('lengths').data.datasets[0].data.reduce((a, b) => a + b, 0)") == 120

@@ -168,7 +168,7 @@ def jobs(
 def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep, settings: SettingsDep) -> HTMLResponse:
     job = records.get_job(job_id)
     runs = records.windows(job_id)
-    series = window_series(runs)
+    series = [point.model_dump() for point in window_series(runs)]
     cumulative, total = [], 0
     for point in series:
         total += point["completion_tokens"]
@@ -178,7 +178,7 @@ def job(request: Request, job_id: str, caller: AdminPage, records: RecordsDep, s
         "job.html",
         caller,
         row=_row(job),
-        stats=job_stats(job, runs, settings.gpu_hour_price),
+        stats=job_stats(job, runs, settings.gpu_hour_price).model_dump(),
         series=series,
         cumulative=cumulative,
         refresh=job.status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.FINALIZING),

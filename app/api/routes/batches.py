@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
@@ -15,7 +15,7 @@ from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
-from app.jobs.stats import job_stats, window_series
+from app.jobs.stats import BatchStats, batch_stats
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MAX_WAIT_SECONDS = 60.0  # a long poll's longest hold: under common proxies' idle timeouts
@@ -79,11 +79,10 @@ def list_batches(
 
 
 @router.get("/{batch_id}/stats")
-def stats(batch_id: str, caller: CallerDep, records: RecordsDep, settings: SettingsDep) -> dict[str, Any]:
+def stats(batch_id: str, caller: CallerDep, records: RecordsDep, settings: SettingsDep) -> BatchStats:
     """Throughput of a batch: totals, rates, timings, cost, output lengths and the per-window series."""
     job = records.get_job(batch_id, caller.scope)
-    runs = records.windows(batch_id)
-    return {**job_stats(job, runs, settings.gpu_hour_price), "windows": window_series(runs)}
+    return batch_stats(job, records.windows(batch_id), settings.gpu_hour_price)
 
 
 @router.get(
