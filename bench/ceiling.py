@@ -80,6 +80,7 @@ def raw_side(names: list[str], one_model: bool = False) -> dict[str, dict[str, A
 
     from app.core.settings import Settings
     from app.jobs.lines import parse_line
+    from app.jobs.planning import prompt_token_ids
     from worker.engine import VllmEngine
 
     models = {workload(name, one_model)[0] for name in names}
@@ -90,7 +91,7 @@ def raw_side(names: list[str], one_model: bool = False) -> dict[str, dict[str, A
         def call(part: list[dict[str, Any]]) -> tuple[int, float, float]:
             began = time.perf_counter()
             requests = [parse_line(json.dumps(row).encode(), i, CHAT_URL) for i, row in enumerate(part)]
-            ids = [TokensPrompt(prompt_token_ids=engine.prompt_token_ids(r)) for r in requests]
+            ids = [TokensPrompt(prompt_token_ids=prompt_token_ids(r, engine.tokenizer)) for r in requests]
             params = [
                 SamplingParams(max_tokens=row["body"]["max_tokens"], temperature=row["body"].get("temperature", 1.0))
                 for row in part

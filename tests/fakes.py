@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from app.jobs.endpoints.base import ModelLimits, ServedModels
-from app.jobs.endpoints.chat import ChatBody
-from app.jobs.endpoints.completions import CompletionBody
 from app.jobs.endpoints.embed_call import Embeddings, Pooling
-from app.jobs.endpoints.embeddings import EmbeddingBody
 from app.jobs.endpoints.generate_call import Choice, Generation, Sampling
 from app.jobs.endpoints.score_call import Scores
-from app.jobs.lines import Request
 from worker.engine import RequestRejected
 
 
@@ -43,22 +38,12 @@ class FakeEngine:
         self.kind = kind
         self.model_name = "demo-embed" if kind == "embed" else "demo-llama"
         self.models = ServedModels(self.model_name)
+        self.tokenizer = ByteTokenizer()
         # prompts are their UTF-8 bytes
         self.limits = ModelLimits(max_model_len=256, vocab_size=256, embedding_size=3 if kind == "embed" else None)
         self.calls: list[int] = []
         self.priorities: list[int] = []  # each enqueue's priority
         self.max_tokens_per_call: list[list[int]] = []
-
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        body = request.body
-        assert isinstance(body, ChatBody | CompletionBody)
-        text = " ".join(m.text() for m in body.messages) if isinstance(body, ChatBody) else str(body.prompt)
-        return list(text.encode())
-
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        if not isinstance(request.body, EmbeddingBody):  # a score or rerank line: its texts' bytes
-            return request.kind.input_token_ids(_Bytes(), request.body)
-        return [list(item.encode()) if isinstance(item, str) else item for item in request.body.inputs()]
 
     def check(self, sampling: Sampling) -> None:
         pass
@@ -143,11 +128,15 @@ class FakeEngine:
             self._queue.pop(request_id, None)
 
 
-class _Bytes:
-    """A tokenizer whose tokens are a text's UTF-8 bytes."""
+class ByteTokenizer:
+    """A tokenizer whose tokens are a text's UTF-8 bytes; its chat template joins the messages'
+    contents with spaces."""
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> str:
+        return " ".join(message["content"] for message in conversation)
 
 
 def _overlap(a: str, b: str) -> float:
@@ -162,21 +151,14 @@ def _echo(prompt: list[int]) -> Generation:
     )
 
 
-class Tokens:
-    """A planning tokenizer from functions of the request (`prompt` for generation lines,
-    `inputs` for pooling lines)."""
+class FixedTokens:
+    """A planning tokenizer that reads every text as the same token ids."""
 
-    def __init__(
-        self,
-        prompt: Callable[[Request], list[int]] | None = None,
-        inputs: Callable[[Request], list[list[int]]] | None = None,
-    ) -> None:
-        self._prompt, self._inputs = prompt, inputs
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
 
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        assert self._prompt is not None
-        return self._prompt(request)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.ids)
 
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        assert self._inputs is not None
-        return self._inputs(request)
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> str:
+        return ""

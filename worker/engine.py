@@ -12,15 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from app.core.settings import Settings
-from app.jobs.endpoints.base import ModelLimits, ServedModels, WorkerKind
+from app.jobs.endpoints.base import ModelLimits, ServedModels, Tokenizer, WorkerKind
 from app.jobs.endpoints.embed_call import Embeddings, Pooling
 from app.jobs.endpoints.generate_call import Generation, Sampling
 from app.jobs.endpoints.score_call import Scores
-from app.jobs.lines import Request
-from app.jobs.planning import ModelTokens
 from worker.adapters import load_adapters, lora_requests
 from worker.engine_args import embedding_kwargs, generation_kwargs, has_cuda
 from worker.engine_outputs import generation
@@ -57,12 +55,7 @@ class Engine(Protocol):
     kv_cache_tokens: int | None  # the KV cache's capacity, when the engine says
     max_num_seqs: int  # sequences the engine's scheduler runs at once
     models: ServedModels  # what a line's `model` may name: the base model or a LoRA adapter of it
-
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        """The request's prompt as the model sees it (chat template applied)."""
-
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        """An embeddings request's inputs as the model sees them, one list per input."""
+    tokenizer: Tokenizer  # the model's, which each line's kind plans (tokenizes) it with
 
     # The engine calls' methods (`generate`, `enqueue`, `embed`, `score`, and their checks)
     # are each call's to name (app.jobs.endpoints: a call's module declares the engine surface
@@ -93,12 +86,12 @@ class VllmEngine:
         kwargs = embedding_kwargs(settings, cuda) if embed else generation_kwargs(settings, cuda)
         log.info("loading %s with %s", kwargs["model"], kwargs)
         self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        self._tokens = ModelTokens(self.tokenizer)
+        self.hf_tokenizer: Any = self.llm.get_tokenizer()  # a Hugging Face tokenizer
+        self.tokenizer = cast(Tokenizer, self.hf_tokenizer)
         self.model_name = str(kwargs["served_model_name"])
         model_config = self.llm.llm_engine.model_config
         dimensions = model_config.matryoshka_dimensions if embed else None
-        vocab_size = max(int(model_config.get_vocab_size()), len(self.tokenizer))
+        vocab_size = max(int(model_config.get_vocab_size()), len(self.hf_tokenizer))
         self.limits = ModelLimits(
             max_model_len=int(model_config.max_model_len),
             vocab_size=vocab_size,
@@ -126,17 +119,11 @@ class VllmEngine:
         from vllm import PoolingParams, SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=[self.tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
+        prompt = TokensPrompt(prompt_token_ids=[self.hf_tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
         if self.kind == "embed":
             self.llm.embed([prompt], pooling_params=PoolingParams(), use_tqdm=False)
         else:
             self.llm.generate([prompt], SamplingParams(max_tokens=1), use_tqdm=False)
-
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        return self._tokens.prompt_token_ids(request)
-
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        return self._tokens.input_token_ids(request)
 
     def _pooling_params(self, pooling: Pooling) -> Any:
         from vllm import PoolingParams
@@ -269,7 +256,7 @@ class VllmEngine:
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
-        return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
+        return [generation(out, s.logprobs, self.hf_tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[tuple[float, bool]]]:
         """One static batch read, not generated (vLLM's `prompt_logprobs`; one token is drawn
@@ -321,7 +308,7 @@ class VllmEngine:
         for out in self.llm.llm_engine.step():
             if out.finished and out.request_id in self._enqueued:
                 top_n = self._enqueued.pop(out.request_id)
-                finished.append((out.request_id, generation(out, top_n, self.tokenizer)))
+                finished.append((out.request_id, generation(out, top_n, self.hf_tokenizer)))
         return finished
 
     def unfinished(self) -> int:

@@ -157,7 +157,7 @@ class ShardRunner:
         engine = self.engine
         request = request or parse_line(raw, index, shard.endpoint)
         models = engine.models if request.kind.accepts_adapters() else None
-        plan = plan_parsed(request, PlanContext(defaults, engine.limits, engine, models))
+        plan = plan_parsed(request, PlanContext(defaults, engine.limits, engine.tokenizer, models))
         try:
             request.kind.call.check(engine, plan)
         except RequestRejected as refusal:

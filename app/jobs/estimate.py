@@ -29,7 +29,7 @@ from app.jobs.endpoints import endpoint_for
 from app.jobs.endpoints.base import ModelLimits, PlanContext, ServedModels, UnsupportedRequest
 from app.jobs.lines import LineError
 from app.jobs.output_lines import custom_id_of
-from app.jobs.planning import ModelTokens, plan_request
+from app.jobs.planning import plan_request
 
 HISTORY_DAYS = 7
 WORKER_STALE_SECONDS = 120
@@ -102,7 +102,7 @@ def count_lines(
     model, context = kind.model_files(settings)
     limits = model_limits(model, context)
     models = ServedModels.of(settings) if kind.accepts_adapters() else None
-    ctx = PlanContext(defaults, limits, ModelTokens(model_tokenizer(model)), models)
+    ctx = PlanContext(defaults, limits, model_tokenizer(model), models)
 
     def tokens_of(index: int, raw: bytes) -> tuple[int, int]:
         """(prompt tokens, requested output tokens) of a runnable line."""

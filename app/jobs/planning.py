@@ -1,9 +1,11 @@
 """Request planning: from one input line to what the engine runs, the one path the worker and
 a dry run (and an estimate) share.
 
-Parse the line, then its kind (`app.jobs.endpoints`) plans it: a generation line becomes its
-prompt as token ids (chat template applied) checked against the context, and a typed
-`Sampling`; an embeddings line one token-id list per input and a `Pooling`. A dry run plans
+Parse the line, then its kind (`app.jobs.endpoints`) plans it with the model's tokenizer: a
+generation line becomes its prompt as token ids (chat template applied) checked against the
+context, and a typed `Sampling`; an embeddings line one token-id list per input and a
+`Pooling`. The kind tokenizes its own lines (`Endpoint.prompt_token_ids`); nothing asks the
+engine to. A dry run plans
 every line this way on the same model's tokenizer, so what a dry run calls failing is what
 would fail, and both count the same tokens. Only what the engine alone can tell (a JSON
 schema its structured-output backend cannot compile, say) waits for the worker's engine
@@ -12,24 +14,14 @@ check; `line_param` names the line's field then.
 
 from __future__ import annotations
 
-from typing import Any
-
-from app.jobs.endpoints.base import PlanContext
+from app.jobs.endpoints.base import PlanContext, Tokenizer
 from app.jobs.endpoints.call import LinePlan
 from app.jobs.lines import Request, parse_line
 
 
-class ModelTokens:
-    """A Hugging Face tokenizer as planning's `Tokenizer`: each line tokenized as its kind says."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        return request.kind.prompt_token_ids(self.tokenizer, request.body)
-
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        return request.kind.input_token_ids(self.tokenizer, request.body)
+def prompt_token_ids(request: Request, tokenizer: Tokenizer) -> list[int]:
+    """A generation line's prompt as the model sees it (its kind renders and tokenizes it)."""
+    return request.kind.prompt_token_ids(tokenizer, request.body)
 
 
 def plan_request(raw: bytes, index: int, endpoint: str, ctx: PlanContext) -> LinePlan:

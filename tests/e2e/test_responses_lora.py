@@ -20,7 +20,7 @@ from openai.types import Batch
 from openai.types.responses import Response
 
 from app.jobs.lines import parse_line
-from app.jobs.planning import ModelTokens
+from app.jobs.planning import prompt_token_ids
 from tests.conftest import LORA_RANK
 from tests.e2e.conftest import Service
 from tests.helpers import jsonl
@@ -88,9 +88,7 @@ def direct_generations(lora_engine: VllmEngine, adapters: dict[str, str]) -> dic
     found = {}
     for model in MODELS:
         prompts = [
-            TokensPrompt(
-                prompt_token_ids=ModelTokens(tokenizer).prompt_token_ids(parse_line(jsonl([row]), 0, RESPONSES))
-            )
+            TokensPrompt(prompt_token_ids=prompt_token_ids(parse_line(jsonl([row]), 0, RESPONSES), tokenizer))
             for row in lines_of(model)
         ]
         outputs = llm.generate(

@@ -10,6 +10,7 @@ from app.core.storage import ObjectStore
 from app.data.keys import create_key
 from app.data.records import Records
 from app.jobs.lines import parse_line
+from app.jobs.planning import prompt_token_ids
 from tests.helpers import chat_line, create_batch, jsonl, run_worker_until_idle, upload, wait_for_estimate
 from worker.engine import VllmEngine
 
@@ -42,7 +43,7 @@ def test_a_dry_run_counts_with_the_models_tokenizer_and_queues_nothing(client: T
     runnable = [row for i, row in enumerate(data) if i not in (1, 4)]
     requests = [parse_line(jsonl([row]).strip(), 0, CHAT) for row in runnable]
     assert estimate["lines"] == 6 and estimate["runnable_lines"] == 4 and estimate["failing_lines"] == 2
-    assert estimate["prompt_tokens"] == sum(len(engine.prompt_token_ids(r)) for r in requests)
+    assert estimate["prompt_tokens"] == sum(len(prompt_token_ids(r, engine.tokenizer)) for r in requests)
     assert estimate["requested_output_tokens"] == sum(r.body.max_tokens * r.body.n for r in requests)  # type: ignore[operator]
     assert [(f["line"], f["custom_id"], f["param"]) for f in estimate["failing"]] == [
         (2, "c1", "logit_bias"),

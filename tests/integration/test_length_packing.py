@@ -14,8 +14,7 @@ from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.data.records import Records
 from app.jobs.endpoints.generate_call import Sampling
-from app.jobs.lines import Request
-from tests.fakes import FakeEngine
+from tests.fakes import ByteTokenizer, FakeEngine
 from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 
@@ -72,13 +71,7 @@ class FirstBatchFirst(FakeEngine):
         super().__init__()
         self.started = threading.Event()
         self.events: list[str] = []
-
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        long = getattr(request.body, "max_tokens", None) == LONG
-        if long:
-            self.started.wait(self.WAIT_SECONDS)
-        self.events.append("tokenize long" if long else "tokenize short")
-        return super().prompt_token_ids(request)
+        self.tokenizer: ByteTokenizer = WaitingTokenizer(self)
 
     def generate(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Any]:
         self.events.append("generate")
@@ -89,6 +82,20 @@ class FirstBatchFirst(FakeEngine):
         self.events.append("generate")  # an overlapped static batch starts
         self.started.set()
         return super().enqueue(prompts, sampling, priority)
+
+
+class WaitingTokenizer(ByteTokenizer):
+    """The engine's tokenizer, holding back a long line ("item <odd>", alternating_rows's)."""
+
+    def __init__(self, engine: FirstBatchFirst) -> None:
+        self.engine = engine
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        long = int(text.rsplit(" ", 1)[-1]) % 2 == 1
+        if long:
+            self.engine.started.wait(self.engine.WAIT_SECONDS)
+        self.engine.events.append("tokenize long" if long else "tokenize short")
+        return super().encode(text, add_special_tokens)
 
 
 @pytest.mark.parametrize("store", ["local"], indirect=True)

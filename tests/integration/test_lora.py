@@ -20,6 +20,7 @@ from app.core.settings import Settings
 from app.core.storage import ObjectStore
 from app.jobs.endpoints.generate_call import Sampling
 from app.jobs.lines import parse_line
+from app.jobs.planning import prompt_token_ids
 from tests.helpers import create_batch, download, jsonl, run_worker_until_idle, upload
 from tests.integration.conftest import make_settings
 from worker.engine import VllmEngine
@@ -69,7 +70,8 @@ def alone(engine: VllmEngine, rows: list[dict[str, Any]], model: str | None) -> 
     from vllm.inputs import TokensPrompt
 
     prompts = [
-        TokensPrompt(prompt_token_ids=engine.prompt_token_ids(parse_line(jsonl([row]), 0, None))) for row in rows
+        TokensPrompt(prompt_token_ids=prompt_token_ids(parse_line(jsonl([row]), 0, None), engine.tokenizer))
+        for row in rows
     ]
     adapter = engine.adapters[model] if model else None
     outputs = engine.llm.generate(

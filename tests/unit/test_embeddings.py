@@ -15,7 +15,7 @@ from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, Unsup
 from app.jobs.endpoints.embed_call import Embeddings, Pooling
 from app.jobs.endpoints.embeddings import EmbeddingBody, base64_vector
 from app.jobs.lines import LineError, parse_line
-from app.jobs.planning import ModelTokens, plan_request
+from app.jobs.planning import plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 
 DEFAULTS = JobDefaults(max_tokens=16)
@@ -41,7 +41,7 @@ class WordTokenizer:
 
 
 def plan(raw: bytes, limits: ModelLimits = LIMITS, defaults: JobDefaults = DEFAULTS) -> Any:
-    return plan_request(raw, 0, EMBEDDINGS, PlanContext(defaults, limits, ModelTokens(WordTokenizer())))
+    return plan_request(raw, 0, EMBEDDINGS, PlanContext(defaults, limits, WordTokenizer()))
 
 
 @pytest.mark.parametrize(

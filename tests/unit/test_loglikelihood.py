@@ -14,7 +14,7 @@ from app.jobs.endpoints import ENDPOINTS, endpoint_for
 from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, UnsupportedRequest
 from app.jobs.endpoints.loglikelihood import PROMPT_LOGPROBS, ContinuationPlan, Likelihood
 from app.jobs.lines import parse_line
-from app.jobs.planning import ModelTokens, plan_request
+from app.jobs.planning import plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from tests.fakes import FakeEngine
 from worker.strict import StrictBatches
@@ -37,7 +37,7 @@ def line(custom_id: str, **body: Any) -> bytes:
 
 
 def plan(raw: bytes) -> Any:
-    return plan_request(raw, 0, LOGLIKELIHOOD, PlanContext(DEFAULTS, LIMITS, ModelTokens(WordTokenizer())))
+    return plan_request(raw, 0, LOGLIKELIHOOD, PlanContext(DEFAULTS, LIMITS, WordTokenizer()))
 
 
 def test_the_registry_finds_the_kind_in_its_module_and_lists_it_last() -> None:
@@ -91,7 +91,7 @@ def test_a_strict_window_runs_in_one_engine_call_and_sums_the_continuations_toke
     ]
     for index, body in enumerate(bodies):
         request = parse_line(line(f"l{index}", **body), index, LOGLIKELIHOOD)
-        window.add(request.kind.plan(request, PlanContext(DEFAULTS, engine.limits, engine)))
+        window.add(request.kind.plan(request, PlanContext(DEFAULTS, engine.limits, engine.tokenizer)))
     generated = StrictBatches(engine).generate(window, batch_size=8)
     assert engine.calls[0] == 3  # one call for the window, then split to find the refused line
     assert [request.custom_id for request in window.runnable] == ["l0", "l2"] and list(window.errors) == [1]

@@ -17,7 +17,7 @@ from app.jobs.endpoints.base import JobDefaults, ModelLimits, PlanContext, Serve
 from app.jobs.endpoints.generate_call import GenerationPlan, Sampling
 from app.jobs.planning import plan_request
 from app.tools.demo_model import HIDDEN_SIZE, LORA_RANK, NUM_LAYERS, build_lora
-from tests.fakes import Tokens
+from tests.fakes import FixedTokens
 from worker.adapters import lora_engine_kwargs, lora_requests
 
 MODELS = ServedModels("demo-llama", frozenset({"pirate", "poet"}))
@@ -26,7 +26,7 @@ LIMITS = ModelLimits(max_model_len=256, vocab_size=256)
 
 def plan(endpoint: str, body: dict[str, Any], models: ServedModels | None = MODELS) -> Sampling:
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": body}).encode()
-    ctx = PlanContext(JobDefaults(max_tokens=4), LIMITS, Tokens(lambda r: [1, 2, 3]), models)
+    ctx = PlanContext(JobDefaults(max_tokens=4), LIMITS, FixedTokens([1, 2, 3]), models)
     planned = plan_request(raw, 0, endpoint, ctx)
     assert isinstance(planned, GenerationPlan)
     return planned.sampling

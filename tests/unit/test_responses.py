@@ -18,7 +18,7 @@ from app.jobs.endpoints.embeddings import EmbeddingBody
 from app.jobs.endpoints.generate_call import Choice, Generation
 from app.jobs.endpoints.responses import Responses, ResponsesBody
 from app.jobs.lines import LineError, parse_line
-from app.jobs.planning import ModelTokens
+from app.jobs.planning import prompt_token_ids
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from app.tools.cli import _guess_endpoint
 
@@ -104,7 +104,7 @@ def test_the_prompt_is_rendered_with_the_chat_template() -> None:
             return [ord(c) for c in text]
 
     request = parse_line(responses_line(instructions="sys"), 0, RESPONSES)
-    assert ModelTokens(Template()).prompt_token_ids(request) == [ord(c) for c in "system:sys|user:hi"]
+    assert prompt_token_ids(request, Template()) == [ord(c) for c in "system:sys|user:hi"]
 
 
 def test_a_plain_input_line_runs_in_a_responses_job_and_is_found_at_upload() -> None:

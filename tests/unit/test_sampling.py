@@ -14,7 +14,7 @@ from app.jobs.endpoints.generate_call import GenerationPlan
 from app.jobs.json_schemas import MAX_SCHEMA_NESTING
 from app.jobs.lines import parse_line
 from app.jobs.planning import line_param, plan_request
-from tests.fakes import Tokens
+from tests.fakes import FixedTokens
 
 DEFAULTS = JobDefaults(max_tokens=64)
 
@@ -99,7 +99,7 @@ def planning_refusal(endpoint: str, limits: ModelLimits = LIMITS, **fields: Any)
     prompt: Any = [{"role": "user", "content": "hi"}] if key == "messages" else "hi"
     raw = json.dumps({"custom_id": "a", "url": endpoint, "body": {key: prompt, **fields}}).encode()
     with pytest.raises(UnsupportedRequest) as caught:
-        plan_request(raw, 0, endpoint, PlanContext(DEFAULTS, limits, Tokens(lambda request: [1, 2, 3])))
+        plan_request(raw, 0, endpoint, PlanContext(DEFAULTS, limits, FixedTokens([1, 2, 3])))
     return caught.value
 
 
@@ -158,7 +158,7 @@ def test_more_logprobs_than_the_engine_returns_are_refused_per_line(
 
 def test_as_many_logprobs_as_the_engine_returns_are_planned() -> None:
     raw = json.dumps({"custom_id": "a", "prompt": "hi", "logprobs": 20}).encode()
-    planned = plan_request(raw, 0, COMPLETIONS, PlanContext(DEFAULTS, LIMITS, Tokens(lambda request: [1])))
+    planned = plan_request(raw, 0, COMPLETIONS, PlanContext(DEFAULTS, LIMITS, FixedTokens([1])))
     assert isinstance(planned, GenerationPlan) and planned.sampling.logprobs == 20
 
 

@@ -15,7 +15,7 @@ from app.jobs.endpoints.rerank import RerankBody
 from app.jobs.endpoints.score import ScoreBody
 from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
 from app.jobs.lines import LineError, parse_line
-from app.jobs.planning import ModelTokens, plan_request
+from app.jobs.planning import plan_request
 from app.jobs.upload_check import FileCheck, endpoint_mismatch
 from tests.fakes import FakeEngine
 from worker.strict import StrictBatches
@@ -41,7 +41,7 @@ class WordTokenizer:
 
 
 def plan(raw: bytes, endpoint: str) -> Any:
-    return plan_request(raw, 0, endpoint, PlanContext(DEFAULTS, LIMITS, ModelTokens(WordTokenizer())))
+    return plan_request(raw, 0, endpoint, PlanContext(DEFAULTS, LIMITS, WordTokenizer()))
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_a_strict_window_of_scoring_lines_runs_in_one_score_call_and_splits_out_
     window = PreparedWindow(seq=0, first_line=0, next_line=3, call=SCORE_CALL)
     for index, raw in enumerate(raws):
         request = parse_line(raw, index, RERANK)
-        window.add(request.kind.plan(request, PlanContext(DEFAULTS, engine.limits, engine)))
+        window.add(request.kind.plan(request, PlanContext(DEFAULTS, engine.limits, engine.tokenizer)))
     assert [plan.prompt_tokens for plan in window.plans] == [12, 8, 3]
     generated = StrictBatches(engine).generate(window, batch_size=8)
     assert engine.calls[0] == 3  # all three lines in one call, then split to find the refused one

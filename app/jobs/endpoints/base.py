@@ -81,14 +81,13 @@ class ServedModels:
 
 
 class Tokenizer(Protocol):
-    """What planning tokenizes with: the worker's engine, or the model's tokenizer files for
-    an estimate (`app.jobs.planning.ModelTokens`)."""
+    """The model's tokenizer as planning uses it (a Hugging Face tokenizer: the one the
+    worker's engine holds, or the model's files for an estimate). Each kind tokenizes its own
+    lines with it (`Endpoint.prompt_token_ids`, `input_token_ids`)."""
 
-    def prompt_token_ids(self, request: Request) -> list[int]:
-        """A generation line's prompt as the model sees it (chat template applied)."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
-    def input_token_ids(self, request: Request) -> list[list[int]]:
-        """A pooling line's inputs as the model sees them, one list per input."""
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -172,11 +171,11 @@ class Endpoint(ABC, Generic[B]):
         """Whether a line's `model` may name a LoRA adapter (generation engines hold them)."""
         return self.worker_kind == "generate"
 
-    def prompt_token_ids(self, tokenizer: Any, body: B) -> list[int]:
-        """A generation line's prompt as the model sees it, with the model's (Hugging Face) tokenizer."""
+    def prompt_token_ids(self, tokenizer: Tokenizer, body: B) -> list[int]:
+        """A generation line's prompt as the model sees it (chat template applied)."""
         raise UnsupportedRequest(f"A {self.url} request has no prompt to generate from.", self.required_field)
 
-    def input_token_ids(self, tokenizer: Any, body: B) -> list[list[int]]:
+    def input_token_ids(self, tokenizer: Tokenizer, body: B) -> list[list[int]]:
         """A pooling line's inputs as the model sees them, one list per input."""
         raise UnsupportedRequest(f"A {self.url} request has no inputs to pool.", self.required_field)
 

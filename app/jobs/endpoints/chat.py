@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest, refuse_unknown
+from app.jobs.endpoints.base import JobDefaults, Tokenizer, UnsupportedRequest, refuse_unknown
 from app.jobs.endpoints.generate_call import Generation, Sampling, TokenLogprob
 from app.jobs.endpoints.generation import GenerationEndpoint, SampledBody, body_sampling, usage
 from app.jobs.output_lines import Usage, answer_line
@@ -97,7 +97,7 @@ class ChatCompletions(GenerationEndpoint[ChatBody]):
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         return body_sampling(body, self.max_tokens(body, defaults), logprobs)
 
-    def prompt_token_ids(self, tokenizer: Any, body: ChatBody) -> list[int]:
+    def prompt_token_ids(self, tokenizer: Tokenizer, body: ChatBody) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer.encode(str(rendered), add_special_tokens=False))

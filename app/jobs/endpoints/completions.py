@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from app.jobs.endpoints.base import JobDefaults, refuse_unknown
+from app.jobs.endpoints.base import JobDefaults, Tokenizer, refuse_unknown
 from app.jobs.endpoints.generate_call import Generation, Sampling, TokenLogprob
 from app.jobs.endpoints.generation import GenerationEndpoint, SampledBody, body_sampling, usage
 from app.jobs.output_lines import Usage, answer_line
@@ -69,7 +69,7 @@ class Completions(GenerationEndpoint[CompletionBody]):
         refuse_unknown(body)
         return body_sampling(body, self.max_tokens(body, defaults), body.logprobs)
 
-    def prompt_token_ids(self, tokenizer: Any, body: CompletionBody) -> list[int]:
+    def prompt_token_ids(self, tokenizer: Tokenizer, body: CompletionBody) -> list[int]:
         if isinstance(body.prompt, list):
             return list(body.prompt)
         return list(tokenizer.encode(body.prompt))

@@ -17,6 +17,7 @@ from app.jobs.endpoints.base import (
     Endpoint,
     ModelLimits,
     PlanContext,
+    Tokenizer,
     UnsupportedRequest,
     check_vocabulary,
     refuse_unknown,
@@ -139,7 +140,7 @@ class EmbeddingsEndpoint(Endpoint[EmbeddingBody]):
     generates: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]] = {"model": "demo-embed", "input": ["first text", "second text"]}
 
-    def input_token_ids(self, tokenizer: Any, body: EmbeddingBody) -> list[list[int]]:
+    def input_token_ids(self, tokenizer: Tokenizer, body: EmbeddingBody) -> list[list[int]]:
         """The inputs as token ids, one list per input (the tokenizer adds the model's special
         tokens, as vLLM does for a text prompt)."""
         return [list(tokenizer.encode(item)) if isinstance(item, str) else list(item) for item in body.inputs()]
@@ -149,8 +150,9 @@ class EmbeddingsEndpoint(Endpoint[EmbeddingBody]):
         empty input, a token id out of the vocabulary, an input too long for the context.
         `truncate_prompts` keeps the start of a long input, as embedding models' tokenizers
         truncate."""
-        params = pooling(self.body_of(request), ctx.limits)
-        inputs = ctx.tokenizer.input_token_ids(request)
+        body = self.body_of(request)
+        params = pooling(body, ctx.limits)
+        inputs = self.input_token_ids(ctx.tokenizer, body)
         max_model_len = ctx.limits.max_model_len
         for position, ids in enumerate(inputs):
             if not ids:

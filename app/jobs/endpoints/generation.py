@@ -19,6 +19,7 @@ from app.jobs.endpoints.base import (
     Endpoint,
     JobDefaults,
     PlanContext,
+    Tokenizer,
     UnsupportedRequest,
     check_vocabulary,
 )
@@ -115,7 +116,7 @@ class GenerationEndpoint(Endpoint[G]):
         """The body's sampling; UnsupportedRequest for a field this service cannot honour."""
 
     @abstractmethod
-    def prompt_token_ids(self, tokenizer: Any, body: G) -> list[int]:
+    def prompt_token_ids(self, tokenizer: Tokenizer, body: G) -> list[int]:
         """The prompt as the model sees it, with the model's (Hugging Face) tokenizer."""
 
     @abstractmethod
@@ -146,7 +147,7 @@ class GenerationEndpoint(Endpoint[G]):
                 "probabilities per token.",
                 param=field,
             )
-        ids = ctx.tokenizer.prompt_token_ids(request)
+        ids = self.prompt_token_ids(ctx.tokenizer, body)
         if not ids:
             raise UnsupportedRequest("The prompt is empty: give at least one token.", param="prompt")
         check_vocabulary(ids, limits, "prompt")

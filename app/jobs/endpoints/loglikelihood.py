@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.jobs.endpoints.base import Endpoint, PlanContext, UnsupportedRequest, check_vocabulary, refuse_unknown
+from app.jobs.endpoints.base import (
+    Endpoint,
+    PlanContext,
+    Tokenizer,
+    UnsupportedRequest,
+    check_vocabulary,
+    refuse_unknown,
+)
 from app.jobs.endpoints.call import AnyCall, EngineCall
 from app.jobs.output_lines import answer_line
 
@@ -132,7 +139,7 @@ class LoglikelihoodEndpoint(Endpoint[LoglikelihoodBody]):
     def accepts_adapters(self) -> bool:
         return False  # the engine method scores with the base model: `model` names the job's
 
-    def input_token_ids(self, tokenizer: Any, body: LoglikelihoodBody) -> list[list[int]]:
+    def input_token_ids(self, tokenizer: Tokenizer, body: LoglikelihoodBody) -> list[list[int]]:
         """The context as a prompt (with the model's special tokens), the continuation without;
         token ids as given."""
         context, continuation = body.context, body.continuation
@@ -146,7 +153,7 @@ class LoglikelihoodEndpoint(Endpoint[LoglikelihoodBody]):
     def plan(self, request: Request, ctx: PlanContext) -> ContinuationPlan:
         body = self.body_of(request)
         refuse_unknown(body)
-        context, continuation = ctx.tokenizer.input_token_ids(request)
+        context, continuation = self.input_token_ids(ctx.tokenizer, body)
         check_vocabulary(context, ctx.limits, "context")
         check_vocabulary(continuation, ctx.limits, "continuation")
         if not context:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
-from app.jobs.endpoints.base import Endpoint, PlanContext
+from app.jobs.endpoints.base import Endpoint, PlanContext, Tokenizer
 from app.jobs.endpoints.call import AnyCall
 from app.jobs.endpoints.score import MAX_SCORE_TEXTS, ScoreUsage, plan_pairs, texts_token_ids
 from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
@@ -87,7 +87,7 @@ class RerankEndpoint(Endpoint[RerankBody]):
         "top_n": 1,
     }
 
-    def input_token_ids(self, tokenizer: Any, body: RerankBody) -> list[list[int]]:
+    def input_token_ids(self, tokenizer: Tokenizer, body: RerankBody) -> list[list[int]]:
         return texts_token_ids(tokenizer, [body.query], body.documents)
 
     def plan(self, request: Request, ctx: PlanContext) -> ScoringPlan:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.jobs.endpoints.base import JobDefaults, UnsupportedRequest
+from app.jobs.endpoints.base import JobDefaults, Tokenizer, UnsupportedRequest
 from app.jobs.endpoints.generate_call import Generation, Sampling
 from app.jobs.endpoints.generation import GenerationEndpoint, structured_output
 from app.jobs.output_lines import answer_line
@@ -297,7 +297,7 @@ class Responses(GenerationEndpoint[ResponsesBody]):
             structured_outputs=_text_format_output(body.text_format()),
         )
 
-    def prompt_token_ids(self, tokenizer: Any, body: ResponsesBody) -> list[int]:
+    def prompt_token_ids(self, tokenizer: Tokenizer, body: ResponsesBody) -> list[int]:
         rendered = tokenizer.apply_chat_template(body.messages(), add_generation_prompt=True, tokenize=False)
         return list(tokenizer.encode(str(rendered), add_special_tokens=False))
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.jobs.endpoints.base import Endpoint, PlanContext, UnsupportedRequest, refuse_unknown
+from app.jobs.endpoints.base import Endpoint, PlanContext, Tokenizer, UnsupportedRequest, refuse_unknown
 from app.jobs.endpoints.call import AnyCall
 from app.jobs.endpoints.score_call import SCORE_CALL, Scores, ScoringPlan
 from app.jobs.output_lines import answer_line
@@ -100,7 +100,7 @@ class ScoreList(BaseModel):
     usage: ScoreUsage
 
 
-def texts_token_ids(tokenizer: Any, first: list[str], second: list[str]) -> list[list[int]]:
+def texts_token_ids(tokenizer: Tokenizer, first: list[str], second: list[str]) -> list[list[int]]:
     """Every text as token ids, `first` then `second` (with the model's special tokens, as
     vLLM tokenizes a text prompt)."""
     return [list(tokenizer.encode(text)) for text in [*first, *second]]
@@ -114,7 +114,7 @@ def plan_pairs(
     text is read on its own by a bi-encoder; `truncate_prompts` does not apply to pairs)."""
     refuse_unknown(body)
     first, second = texts
-    ids = ctx.tokenizer.input_token_ids(request)
+    ids = request.kind.input_token_ids(ctx.tokenizer, body)
     max_model_len = ctx.limits.max_model_len
     for position, text_ids in enumerate(ids):
         side, at = (0, position) if position < len(first) else (1, position - len(first))
@@ -149,7 +149,7 @@ class ScoreEndpoint(Endpoint[ScoreBody]):
         "text_2": ["Paris is the capital of France.", "The Nile is a river."],
     }
 
-    def input_token_ids(self, tokenizer: Any, body: ScoreBody) -> list[list[int]]:
+    def input_token_ids(self, tokenizer: Tokenizer, body: ScoreBody) -> list[list[int]]:
         return texts_token_ids(tokenizer, *body.texts())
 
     def plan(self, request: Request, ctx: PlanContext) -> ScoringPlan:
