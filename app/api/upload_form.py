@@ -21,7 +21,7 @@ from app.api.text import unstorable
 from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.core.storage import ObjectStore
 from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
-from app.jobs.uploads import StoredUpload, UploadLimits, write_upload
+from app.jobs.uploads import StoredUpload, UploadLimits, remove_stored, write_upload
 
 PURPOSES = ("batch",)
 # A streaming upload holds a thread while its client sends: uploads get threads of their
@@ -108,7 +108,7 @@ async def receive_upload(request: Request, store: ObjectStore, limits: UploadLim
         policy = _expires_after(expires_after)
     except Exception:
         if stored is not None:
-            await anyio.to_thread.run_sync(store.delete, stored.storage_key)
+            await anyio.to_thread.run_sync(remove_stored, store, stored.storage_key)  # the file and its line index
         raise
     if stored is None:
         raise InvalidRequest("Missing the `file` part of the form.", param="file", code="invalid_value")

@@ -27,6 +27,7 @@ from app.data.json_values import UploadCheck
 from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
+from app.jobs.line_index import LineIndex
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.reordered import InInputOrder
 from app.jobs.retention import expiry
@@ -72,14 +73,22 @@ def finalize_job(
     def error_parts() -> Iterator[bytes]:
         # Per shard (shards cover consecutive lines): its error parts, then the lines it never ran.
         code, message = unrun_reason(JobStatus(job.status))
-        offsets = input_file.validation.line_offsets
         for shard in shards:
             for key in part_keys("err", shard.index):
                 yield from store.read_chunks(key)
-            if shard.next_line < shard.end_line:  # read from the recorded line nearest before them
-                unrun = lines_from(store, input_file.storage_key, offsets, shard.next_line)
-                for raw in itertools.islice(unrun, shard.end_line - shard.next_line):
-                    yield batch_error_line(custom_id_of(raw), message, code)
+            if shard.next_line < shard.end_line:
+                for custom_id in itertools.islice(unrun_ids(shard.next_line), shard.end_line - shard.next_line):
+                    yield batch_error_line(custom_id, message, code)
+
+    def unrun_ids(line: int) -> Iterator[str]:
+        """The custom_ids of the input's lines from `line` on: from its line index, or for a file
+        uploaded before indexes, its lines read and parsed (both from the recorded entry or line
+        nearest before `line`)."""
+        if index is not None:
+            return index.custom_ids_from(store, line)
+        return map(custom_id_of, lines_from(store, input_file.storage_key, input_file.validation.line_offsets, line))
+
+    index = LineIndex.of(input_file)
 
     unrun = sum(max(0, s.end_line - s.next_line) for s in shards)
     keep = job.output_expires_after_seconds
@@ -90,7 +99,7 @@ def finalize_job(
         streamed = partial(put_hashed, store, chunks=error_parts())
         errors = _write_file(job.owner, f"{job_id}_error.jsonl", failed, keep, streamed) if failed else None
     else:  # ran regrouped by prompt prefix: put back in input order
-        regrouped = InInputOrder(store, job, runs, shards, unrun_reason(JobStatus(job.status)))
+        regrouped = InInputOrder(store, job, runs, shards, unrun_reason(JobStatus(job.status)), index)
         try:
             outputs = partial(put_hashed, store, chunks=regrouped.lines(errors=False))
             output = _write_file(job.owner, f"{job_id}_output.jsonl", job.request_completed, keep, outputs)

@@ -5,7 +5,9 @@ Its windows hold lines of the run input, so their parts cannot be joined as they
 Every line (the output and error parts' lines, and "never ran" lines for what a cancel or
 expiry left) is spooled once to a local temporary file, its place noted by the input index
 of its line; the output and error files are then streamed from it in input order. Memory
-holds 13 bytes a line; the disk holds the answers once.
+holds 13 bytes a line (14 with lines never run); the disk holds the answers once. Lines never
+run take their custom_ids from the input's line index (app.jobs.line_index), read once in
+input order; an input uploaded before indexes has its run input's lines parsed instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import IO
 
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import Job, Shard, Window
+from app.jobs.line_index import LineIndex
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.run_order import read_order
 from app.jobs.uploads import lines_from
@@ -29,10 +32,17 @@ class InInputOrder:
     """A regrouped job's output and error lines, spooled, then read back in input order."""
 
     def __init__(
-        self, store: ObjectStore, job: Job, runs: list[Window], shards: list[Shard], unrun_reason: tuple[str, str]
+        self,
+        store: ObjectStore,
+        job: Job,
+        runs: list[Window],
+        shards: list[Shard],
+        unrun_reason: tuple[str, str],
+        index: LineIndex | None = None,
     ) -> None:
         assert job.run_input is not None
         self._store, self._job, self._runs, self._shards = store, job, runs, shards
+        self._index = index  # the input's line index; None: uploaded before indexes
         self._run = job.run_input
         self._unrun_reason = unrun_reason
         self._spool: IO[bytes] | None = None
@@ -66,8 +76,8 @@ class InInputOrder:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile(prefix=f"{self._job.id}-")  # noqa: SIM115 - closed by close()
             order = read_order(self._store, self._run.order_key)
-            for position, line, is_error in self._every_line():
-                self._note(order[position], line + b"\n", is_error)
+            for index, line, is_error in self._every_line(order):
+                self._note(index, line + b"\n", is_error)
             missing = sum(1 for start in self._start if start < 0)
             if missing:  # never write an output that silently lacks lines: finalization fails and is retried
                 raise RuntimeError(f"{missing} of {len(self._start)} lines of {self._job.id} have no answer")
@@ -82,8 +92,8 @@ class InInputOrder:
         self._error[index] = is_error
         self._spool.write(line)
 
-    def _every_line(self) -> Iterator[tuple[int, bytes, bool]]:
-        """(run position, line without its newline, whether it is an error line) of every line answered."""
+    def _every_line(self, order: array.array[int]) -> Iterator[tuple[int, bytes, bool]]:
+        """(input index, line without its newline, whether it is an error line) of every line answered."""
         job_id = self._job.id
         for run in self._runs:
             out = read_lines(self._store, part_key(job_id, run.shard_index, run.seq, "out")) if run.completed else None
@@ -93,12 +103,29 @@ class InInputOrder:
                 is_error = offset in failed
                 source = err if is_error else out
                 assert source is not None, f"window {run.seq} of shard {run.shard_index} lacks a part"
-                yield run.first_line + offset, next(source), is_error
+                yield order[run.first_line + offset], next(source), is_error
+        yield from self._unrun_lines(order)
+
+    def _unrun_lines(self, order: array.array[int]) -> Iterator[tuple[int, bytes, bool]]:
+        """The "never ran" lines: the shards' unrun run positions, as input indices."""
         code, message = self._unrun_reason
+        if self._index is None:  # uploaded before line indexes: the run input's lines parsed for their custom_ids
+            for shard in self._shards:
+                if shard.next_line < shard.end_line:
+                    unrun = lines_from(self._store, self._run.key, self._run.line_offsets, shard.next_line)
+                    for position, raw in enumerate(
+                        itertools.islice(unrun, shard.end_line - shard.next_line), shard.next_line
+                    ):
+                        yield order[position], batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n"), True
+            return
+        never_ran = bytearray(len(order))  # by input index
         for shard in self._shards:
-            if shard.next_line < shard.end_line:
-                unrun = lines_from(self._store, self._run.key, self._run.line_offsets, shard.next_line)
-                for position, raw in enumerate(
-                    itertools.islice(unrun, shard.end_line - shard.next_line), shard.next_line
-                ):
-                    yield position, batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n"), True
+            for position in range(shard.next_line, shard.end_line):
+                never_ran[order[position]] = 1
+        first, last = never_ran.find(1), never_ran.rfind(1)
+        if first < 0:
+            return
+        ids = itertools.islice(self._index.custom_ids_from(self._store, first), last + 1 - first)
+        for index, custom_id in enumerate(ids, first):
+            if never_ran[index]:
+                yield index, batch_error_line(custom_id, message, code).rstrip(b"\n"), True

@@ -10,6 +10,8 @@ earlier one, and its lines wait until the gap before them closes.
 
 from __future__ import annotations
 
+import array
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ from app.core.line_offsets import LineOffsets
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus, Shard, Window
 from app.jobs.finalize import unrun_reason
+from app.jobs.line_index import LineIndex
 from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
 from app.jobs.uploads import lines_from
 
@@ -66,23 +69,25 @@ def results_page(
     after: int,
     limit: int,
     line_offsets: LineOffsets | None = None,
+    index: LineIndex | None = None,
 ) -> ResultsPage:
-    """Up to `limit` finished lines from line `after` on (0-based), in input order."""
+    """Up to `limit` finished lines from line `after` on (0-based), in input order. Lines never
+    run take their custom_ids from the input file's line `index`; without one (a file uploaded
+    before indexes) from the lines of `input_key` (the job's run input when regrouped) parsed."""
     stretches = _stretches(job, runs, shards)
     next_after = min(_contiguous_end(stretches, after), after + limit)
     terminal = JobStatus(job.status) in TERMINAL_STATUSES
     complete = terminal and next_after >= _contiguous_end(stretches, next_after)
     wanted = [s for s in stretches if s.end > after and s.start < next_after]
-    return ResultsPage(
-        after, next_after, complete, _lines(store, job, wanted, (input_key, line_offsets), after, next_after)
-    )
+    source = _Unrun(input_key, line_offsets, index)
+    return ResultsPage(after, next_after, complete, _lines(store, job, wanted, source, after, next_after))
 
 
 def _lines(
     store: ObjectStore,
     job: Job,
     stretches: list[_Stretch],
-    source: tuple[str, LineOffsets | None],
+    source: _Unrun,
     after: int,
     end: int,
 ) -> Iterator[bytes]:
@@ -91,7 +96,7 @@ def _lines(
             first, lines = stretch.start, _run_lines(store, job.id, stretch.run)
         else:  # read from the page's first line, not the stretch's
             first = max(stretch.start, after)
-            lines = _unrun_lines(store, job, source, first)
+            lines = _unrun_lines(store, job, source, first, min(stretch.end, end))
         for index, line in enumerate(lines, start=first):
             if index >= end or index >= stretch.end:
                 break
@@ -115,9 +120,45 @@ def _run_lines(store: ObjectStore, job_id: str, run: Window) -> Iterator[bytes]:
         yield line
 
 
-def _unrun_lines(store: ObjectStore, job: Job, source: tuple[str, LineOffsets | None], start: int) -> Iterator[bytes]:
-    """The input file's lines from `start` on as "never ran" error lines (a ranged read from
-    the recorded line nearest before `start`, so paging through them reads the file once)."""
+@dataclass(frozen=True)
+class _Unrun:
+    """Where lines never run learn their custom_ids: the input's line index, or without one
+    the lines of `key` (the input, or the job's run input) with their `line_offsets`."""
+
+    key: str
+    line_offsets: LineOffsets | None
+    index: LineIndex | None
+
+
+def _unrun_lines(store: ObjectStore, job: Job, source: _Unrun, start: int, stop: int) -> Iterator[bytes]:
+    """Lines `start` to `stop` (in run order) as "never ran" error lines, each read with a
+    ranged read from the recorded entry or line nearest before `start`, so paging through them
+    reads the index (or the file) about once."""
     code, message = unrun_reason(JobStatus(job.status))
-    for raw in lines_from(store, *source, start):
-        yield batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n")
+    ids: Iterator[str]
+    if source.index is None:  # uploaded before line indexes: the lines parsed for their custom_ids
+        ids = map(custom_id_of, lines_from(store, source.key, source.line_offsets, start))
+    elif job.run_input is None:
+        ids = source.index.custom_ids_from(store, start)
+    else:  # regrouped: run positions are input lines through the run order
+        lines = _order_range(store, job.run_input.order_key, start, stop)
+        found = source.index.custom_ids_at(store, lines)
+        ids = (found[line] for line in lines)
+    for custom_id in ids:
+        yield batch_error_line(custom_id, message, code).rstrip(b"\n")
+
+
+def _order_range(store: ObjectStore, order_key: str, start: int, stop: int) -> array.array[int]:
+    """The input index of run positions `start` to `stop`, with a ranged read of the stored
+    order (app.jobs.run_order: little-endian uint32)."""
+    wanted, chunks, got = 4 * (stop - start), [], 0
+    for chunk in store.read_chunks(order_key, 4 * start):
+        chunks.append(chunk)
+        got += len(chunk)
+        if got >= wanted:
+            break
+    order = array.array("I")
+    order.frombytes(b"".join(chunks)[:wanted])
+    if sys.byteorder != "little":  # pragma: no cover - every host this runs on is little-endian
+        order.byteswap()
+    return order

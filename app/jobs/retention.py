@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from app.core.storage import ObjectStore
 from app.data.records import Records
 from app.data.retention import ExpiredFile, delete_expired_files
+from app.jobs.line_index import index_key
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ def job_prefix(job_id: str) -> str:
 def remove_file_objects(store: ObjectStore, storage_key: str, output_of_job: str | None) -> None:
     """A deleted file's object, and for the output file of an ended job the job's own
     objects: the joined output holds its parts, and results so far read them only until
-    the output is gone."""
+    the output is gone. A batch input file's line index goes with it."""
     store.delete(storage_key)
+    store.delete(index_key(storage_key))  # none for a file uploaded before indexes, or not batch input
     if output_of_job is not None:
         store.delete_prefix(job_prefix(output_of_job))
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from app.core.errors import Conflict, InvalidRequest
 from app.core.settings import Settings
 from app.core.storage import ChunkReader, ObjectStore, read_lines
-from app.data.models import TERMINAL_STATUSES, Job, JobStatus
+from app.data.models import TERMINAL_STATUSES, FileRecord, Job, JobStatus
 from app.data.queue import JobQueue
 from app.data.records import Records
 from app.jobs.create import JobSpec, Owner, check_priority, create_job
 from app.jobs.endpoints import endpoint_for
+from app.jobs.line_index import LineIndex
 from app.jobs.output_lines import custom_id_of
 from app.jobs.retention import retention_seconds
 from app.jobs.uploads import UploadLimits, store_upload
@@ -78,11 +79,10 @@ def retry_failed(
     failed = {
         _digest(custom_id_of(line)) for line in _lines_of(store, records.get_file(parent.error_file_id).storage_key)
     }
-    source = records.get_file(parent.input_file_id)
     picked = (
         _with_overrides(raw, overrides, parent.endpoint) + b"\n"
-        for raw in _lines_of(store, source.storage_key)
-        if _digest(custom_id_of(raw)) in failed
+        for raw, custom_id in _input_lines(store, records.get_file(parent.input_file_id))
+        if _digest(custom_id) in failed
     )
     retry_file = store_upload(
         records,
@@ -127,19 +127,34 @@ def merged_output(records: Records, store: ObjectStore, job_id: str, scope: str 
         if child.output_file_id is not None
     ]
     answers = [_lines_of(store, records.get_file(file_id).storage_key) for file_id in outputs]
-    inputs = _lines_of(store, records.get_file(job.input_file_id).storage_key)
-    return _merge(inputs, answers)
+    source = records.get_file(job.input_file_id)
+    index = LineIndex.of(source)
+    if index is not None:  # the input's custom_ids from its line index, not its lines parsed
+        return _merge(index.custom_ids_from(store, 0), answers)
+    return _merge(map(custom_id_of, _lines_of(store, source.storage_key)), answers)
 
 
-def _merge(inputs: Iterable[bytes], answers: list[Iterator[bytes]]) -> Iterator[bytes]:
-    """Walks the input in order beside every output (the batch's own first, then its
-    retries oldest first): each output answers some of the input's lines in input order, so
+def _input_lines(store: ObjectStore, source: FileRecord) -> Iterator[tuple[bytes, str]]:
+    """The input's lines (blank ones left out) with their custom_ids: from its line index, or
+    for a file uploaded before indexes, parsed from the line."""
+    index = LineIndex.of(source)
+    lines = read_lines(store, source.storage_key)
+    pairs: Iterator[tuple[bytes, str]]
+    if index is not None:
+        pairs = zip(lines, index.custom_ids_from(store, 0), strict=True)
+    else:
+        pairs = ((raw, custom_id_of(raw)) for raw in lines)
+    return ((raw, custom_id) for raw, custom_id in pairs if raw.strip())
+
+
+def _merge(input_ids: Iterable[str], answers: list[Iterator[bytes]]) -> Iterator[bytes]:
+    """Walks the input's custom_ids in order beside every output (the batch's own first, then
+    its retries oldest first): each output answers some of the input's lines in input order, so
     each one's next line is either this input line's answer or a later one's. A line
     answered by several takes the last one's answer."""
     heads = [next(stream, None) for stream in answers]
     head_ids = [custom_id_of(line) if line is not None else None for line in heads]
-    for raw in inputs:
-        custom_id = custom_id_of(raw)
+    for custom_id in input_ids:
         answer: bytes | None = None
         for k, stream in enumerate(answers):
             if heads[k] is not None and head_ids[k] == custom_id:

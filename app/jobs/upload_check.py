@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter, create_model
 from app.core.line_offsets import LineOffsets
 from app.data.json_values import JobError, UploadCheck
 from app.jobs.endpoints import ENDPOINTS, PLAIN_FIELDS, Endpoint, plain_line_endpoints, plain_runs_on
+from app.jobs.line_index import IndexWriter
 from app.jobs.lines import MAX_CUSTOM_ID_CHARS, LineError, parse_line
 
 # The upload check's fast path: a well-formed line validated straight from its bytes
@@ -104,6 +105,7 @@ class _DuplicateIds:
     def __init__(self) -> None:
         self.hashes = array("q")
         self.block_ids: list[str | None] = []  # the ids of the lines not yet checked against the filter
+        self.index: IndexWriter | None = None  # handed each block of ids (the file's line index)
         self._bloom = np.zeros(BLOOM_MIN_BITS // 8, dtype=np.uint8)
         self._suspects = array("q")
         self._suspect_ids: dict[int, str] = {}
@@ -117,6 +119,8 @@ class _DuplicateIds:
         self.block_ids = []
         if not ids:
             return
+        if self.index is not None:
+            self.index.add(ids)
         block = np.frombuffer(self.hashes, dtype=np.int64)[len(self.hashes) - len(ids) :]
         if len(self.hashes) * BLOOM_BITS_PER_ID > self._bloom.size * 8:
             self._grow_bloom(len(ids))
@@ -196,8 +200,12 @@ class FileCheck:
     errors: list[JobError] = field(default_factory=list)
     # endpoint, or "plain:<field>" for plain lines -> the first line using it
     first_line_of: dict[str, int] = field(default_factory=dict)
+    index: IndexWriter | None = None  # given: every line's custom_id is written to it (app.jobs.line_index)
     _ids: _DuplicateIds = field(default_factory=_DuplicateIds)
     _finished: bool = False
+
+    def __post_init__(self) -> None:
+        self._ids.index = self.index
 
     def _error(self, err: LineError) -> None:
         self.error_count += 1
@@ -258,7 +266,8 @@ class FileCheck:
         return custom_id
 
     def summary(self, line_offsets: LineOffsets | None = None) -> UploadCheck:
-        """What the check found, stored on the file with `line_offsets` (where its lines start)."""
+        """What the check found, stored on the file with `line_offsets` (where its lines start).
+        With an `index`, every id has been handed to it once this returns."""
         if not self._finished:
             self._finished = True
             count, duplicates = self._ids.duplicates(self.max_errors)

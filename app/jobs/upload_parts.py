@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from typing import IO
 
 from app.core.errors import InvalidRequest, PayloadTooLarge
-from app.core.line_offsets import LineOffsets
 from app.core.storage import CHUNK_BYTES, ChunkReader, ObjectStore
 from app.data.ids import new_id, now
-from app.data.json_values import UploadCheck
 from app.data.models import FileRecord, Upload, UploadPart, UploadStatus
 from app.data.uploads import Uploads
+from app.jobs.line_index import IndexWriter
 from app.jobs.retention import expiry
 from app.jobs.upload_check import FileCheck
-from app.jobs.uploads import LINE_OFFSET_EVERY, CheckingReader, StoredUpload, UploadLimits
+from app.jobs.uploads import CheckingReader, StoredUpload, UploadLimits, checked_with_index, remove_stored
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +107,20 @@ def _checked(
     """The parts read in order through the upload check; (the reader, with its counts and
     SHA-256, the check, and the MD5 of the bytes)."""
     source = _Md5Reader(chunk for key in keys for chunk in store.read_chunks(key))
-    check = FileCheck(max_errors=limits.max_errors) if purpose == "batch" else None
+    check = FileCheck(max_errors=limits.max_errors, index=IndexWriter()) if purpose == "batch" else None
     reader = CheckingReader(source, check, limits)  # type: ignore[arg-type]
-    while reader.read(CHUNK_BYTES):  # the empty read at the end lets the check finish its last line
-        pass
+    try:
+        while reader.read(CHUNK_BYTES):  # the empty read at the end lets the check finish its last line
+            pass
+    except BaseException:
+        _close_index(check)
+        raise
     return reader, check, source.md5.hexdigest()
+
+
+def _close_index(check: FileCheck | None) -> None:
+    if check is not None and check.index is not None:
+        check.index.close()
 
 
 @dataclass(frozen=True)
@@ -146,10 +154,14 @@ def complete_upload(
         )
     keys = [part_key(upload.id, part.id) for part in parts]
     reader, check, digest = _checked(store, keys, upload.purpose, limits)
-    if md5 is not None and md5.lower() != digest:
-        raise InvalidRequest(f"md5: the parts' MD5 is {digest}, not {md5}.", param="md5", code="md5_mismatch")
-    stored = _stored(new_id("file-"), reader, check)
-    store.concatenate(stored.storage_key, keys)
+    try:
+        if md5 is not None and md5.lower() != digest:
+            raise InvalidRequest(f"md5: the parts' MD5 is {digest}, not {md5}.", param="md5", code="md5_mismatch")
+        file_id = new_id("file-")
+        store.concatenate(f"files/{file_id}", keys)
+        stored = _stored(store, file_id, reader, check)
+    finally:
+        _close_index(check)
     created = now()
     record = FileRecord(
         id=stored.file_id,
@@ -167,17 +179,19 @@ def complete_upload(
     try:
         ended = uploads.complete(upload.id, record)
     except BaseException:
-        store.delete(stored.storage_key)
+        remove_stored(store, stored.storage_key)
         raise
     remove_parts(store, uploads, upload.id)
     return Completed(ended, record)
 
 
-def _stored(file_id: str, reader: CheckingReader, check: FileCheck | None) -> StoredUpload:
-    validation = check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets)) if check else UploadCheck()
+def _stored(store: ObjectStore, file_id: str, reader: CheckingReader, check: FileCheck | None) -> StoredUpload:
+    """The joined file, its line index stored beside it."""
+    key = f"files/{file_id}"
+    validation = checked_with_index(store, key, reader, check)
     return StoredUpload(
         file_id=file_id,
-        storage_key=f"files/{file_id}",
+        storage_key=key,
         bytes=reader.bytes,
         sha256=reader.sha256.hexdigest(),
         line_count=check.lines if check else 0,

@@ -15,6 +15,7 @@ from app.data.ids import new_id, now
 from app.data.json_values import UploadCheck
 from app.data.models import FileRecord
 from app.data.records import Records
+from app.jobs.line_index import IndexWriter, index_key
 from app.jobs.retention import expiry
 from app.jobs.upload_check import FileCheck
 
@@ -129,21 +130,48 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
     (too large, a line too long, a malformed body) leaves nothing behind."""
     file_id = new_id("file-")
     key = f"files/{file_id}"
-    check = FileCheck(max_errors=limits.max_errors) if purpose == "batch" else None
+    check = FileCheck(max_errors=limits.max_errors, index=IndexWriter()) if purpose == "batch" else None
     reader = CheckingReader(source, check, limits)
     try:
-        store.put_stream(key, reader)  # type: ignore[arg-type]
-    except ServiceError:
-        store.delete(key)  # a multipart upload aborted by the error leaves nothing; a folder may
-        raise
+        try:
+            store.put_stream(key, reader)  # type: ignore[arg-type]
+        except ServiceError:
+            store.delete(key)  # a multipart upload aborted by the error leaves nothing; a folder may
+            raise
+        validation = checked_with_index(store, key, reader, check)
+    finally:
+        if check is not None and check.index is not None:
+            check.index.close()
     return StoredUpload(
         file_id=file_id,
         storage_key=key,
         bytes=reader.bytes,
         sha256=reader.sha256.hexdigest(),
         line_count=check.lines if check else 0,
-        validation=check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets)) if check else UploadCheck(),
+        validation=validation,
     )
+
+
+def checked_with_index(store: ObjectStore, key: str, reader: CheckingReader, check: FileCheck | None) -> UploadCheck:
+    """What the check found (empty for a file not checked), with the file's line offsets, once
+    its line index is stored beside `key`; the file goes if the index cannot be stored."""
+    if check is None:
+        return UploadCheck()
+    validation = check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets))
+    if check.index is None:
+        return validation
+    try:
+        custom_ids = check.index.store(store, key)
+    except BaseException:
+        remove_stored(store, key)
+        raise
+    return validation.model_copy(update={"custom_ids": custom_ids})
+
+
+def remove_stored(store: ObjectStore, key: str) -> None:
+    """A stored upload's objects: the file and its line index."""
+    store.delete(key)
+    store.delete(index_key(key))
 
 
 def record_upload(
@@ -175,7 +203,7 @@ def record_upload(
     try:
         return records.add_file(record)
     except Exception:
-        store.delete(stored.storage_key)
+        remove_stored(store, stored.storage_key)
         raise
 
 

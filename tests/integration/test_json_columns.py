@@ -34,6 +34,7 @@ def test_an_uploads_check_is_stored_as_before_and_reads_as_an_upload_check(
         "error_count": 1,
         "first_line_of": {"/v1/completions": 1},
         "line_offsets": {"every": 10_000, "offsets": [0]},
+        "custom_ids": {"every": 8192, "offsets": [0]},  # where the line index's entries start
     }
     assert set(raw["errors"][0]) == {"code", "message", "param", "line"} and raw["errors"][0]["line"] == 2
 

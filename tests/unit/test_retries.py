@@ -7,16 +7,12 @@ import json
 from app.jobs.retries import RetryOverrides, _merge, _with_overrides
 
 
-def request(custom_id: str) -> bytes:
-    return json.dumps({"custom_id": custom_id, "prompt": "p"}).encode()
-
-
 def answer(custom_id: str, text: str) -> bytes:
     return json.dumps({"custom_id": custom_id, "response": text}).encode()
 
 
 def merged(ids: list[str], own: list[bytes], *retries: list[bytes]) -> list[bytes]:
-    return list(_merge([request(i) for i in ids], [iter(own), *(iter(r) for r in retries)]))
+    return list(_merge(ids, [iter(own), *(iter(r) for r in retries)]))
 
 
 def test_the_batchs_own_answers_come_out_in_input_order_with_newlines() -> None:

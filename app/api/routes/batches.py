@@ -13,6 +13,7 @@ from app.api.heavy_work import HeavyWork, get_heavy_work
 from app.api.schemas import BatchCreate, BatchEstimate, BatchList, BatchObject, BatchRetry
 from app.data.models import JobStatus
 from app.jobs.create import Owner, create_job
+from app.jobs.line_index import LineIndex
 from app.jobs.results import results_page
 from app.jobs.retries import merged_output, retry_failed
 from app.jobs.stats import BatchStats, batch_stats
@@ -118,9 +119,9 @@ def results(
     input_key, line_offsets = source.storage_key, source.validation.line_offsets
     if job.run_input is not None:
         input_key, line_offsets = job.run_input.key, job.run_input.line_offsets
-    page = results_page(
-        store, job, records.windows(batch_id), records.shards(batch_id), input_key, after, limit, line_offsets
-    )
+    windows, shards = records.windows(batch_id), records.shards(batch_id)
+    index = LineIndex.of(source)  # where lines never run find their custom_ids
+    page = results_page(store, job, windows, shards, input_key, after, limit, line_offsets, index)
     return StreamingResponse(
         page.lines,
         media_type="application/jsonl",
