@@ -29,7 +29,7 @@ from typing import Any
 from app.data.json_values import EngineTelemetry
 from app.jobs.telemetry import combine
 from worker.engine import Engine, EngineFailed, RequestRejected
-from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
+from worker.windows import Generated, PlannedLines, PreparedWindow, merge_parts, set_refused_aside
 
 PREFIX_BLOCK_TOKENS = 16  # vLLM's KV-cache block: its prefix cache shares whole blocks
 MAX_PREFIX_BLOCKS = 64  # a prompt's first blocks are enough to tell a shared system prompt
@@ -51,7 +51,7 @@ def prefix_blocks(prompt: list[int]) -> list[int]:
 class StaticBatchRun:
     """One static batch in the engine: its planned lines and what came back so far."""
 
-    lines: PreparedWindow
+    lines: PlannedLines
     results: list[Any]  # the call's result of each line, None until it ends
     key: object = None  # whose it is (a held shard): several shards' static batches share the engine
     priority: int = 0  # its job's priority: vLLM's scheduler takes a higher one's waiting requests first
@@ -95,7 +95,7 @@ class StaticBatchSource:
         self.key = key  # its windows' key in the OverlappedEngine
         self.priority = priority  # its job's
         self._pending = next_window()
-        self._parts: deque[Future[PreparedWindow]] = deque()
+        self._parts: deque[Future[PlannedLines]] = deque()
         self._current: WindowRun | None = None
 
     @property
@@ -119,9 +119,7 @@ class StaticBatchSource:
         planned = self._pending.result().planned
         return not planned or planned[0].done()
 
-    def take(
-        self, shared: Callable[[PreparedWindow], int] | None = None
-    ) -> tuple[WindowRun, PreparedWindow, bool] | None:
+    def take(self, shared: Callable[[PlannedLines], int] | None = None) -> tuple[WindowRun, PlannedLines, bool] | None:
         """The next static batch: (its window, its lines, whether it starts a new window).
         Among a packed window's static batches already planned, the one with the most
         `shared` (prefix-cache blocks it shares with what runs) goes first; the window is
@@ -208,7 +206,7 @@ class OverlappedEngine:
     def idle(self) -> bool:
         return not self._requests
 
-    def admit(self, run: WindowRun, lines: PreparedWindow, new_window: bool) -> None:
+    def admit(self, run: WindowRun, lines: PlannedLines, new_window: bool) -> None:
         """Adds a static batch's requests to the engine. A refused request is found by
         splitting the batch in halves, as strict mode does; it gets the engine's reason."""
         if new_window:
@@ -237,7 +235,8 @@ class OverlappedEngine:
             self._enqueue(batch, positions[middle:])
             return
         except Exception as exc:
-            raise EngineFailed(f"the engine failed adding lines {lines.first_line + 1}-{lines.next_line}") from exc
+            indexes = [lines.plans[i].request.index for i in positions]
+            raise EngineFailed(f"the engine failed adding lines {min(indexes) + 1}-{max(indexes) + 1}") from exc
         for request_id, position in zip(ids, positions, strict=True):
             self._requests[request_id] = (batch, position)
             self._blocks.update(prefix_blocks(lines.call.prefix(lines.plans[position])))
@@ -277,7 +276,7 @@ class OverlappedEngine:
             if self._blocks[block] <= 0:  # a long shard's blocks must not pile up
                 del self._blocks[block]
 
-    def shared_blocks(self, lines: PreparedWindow) -> int:
+    def shared_blocks(self, lines: PlannedLines) -> int:
         """Prefix-cache blocks the static batch's prompts share with the requests in the
         engine: the blocks the prefix cache most likely still holds for it."""
         total = 0
@@ -383,7 +382,7 @@ def run_windows(
 def window_result(run: WindowRun, kv_cache_tokens: int | None) -> Generated:
     """A window whose static batches ran overlapped: the engine's refusals moved to its
     error lines, its lines and generations in input order."""
-    parts: list[tuple[PreparedWindow, list[Any]]] = []
+    parts: list[tuple[PlannedLines, list[Any]]] = []
     telemetry: list[EngineTelemetry | None] = []
     for batch in run.batches:
         results = [g for i, g in enumerate(batch.results) if i not in batch.refused and g is not None]

@@ -41,10 +41,11 @@ from worker.engine import Engine, EngineFailed, RequestRejected
 from worker.overlap import OverlappedEngine, StaticBatchSource, WindowRun, run_windows, window_result
 from worker.packing import line_facts, packing_order
 from worker.strict import StrictBatches
-from worker.windows import Generated, PreparedWindow
+from worker.windows import Generated, PlannedLines, PreparedWindow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+L = TypeVar("L", bound=PlannedLines)
 
 DEFAULT_STATIC_BATCHES_IN_FLIGHT = 8  # Settings.max_static_batches_in_flight
 
@@ -116,7 +117,7 @@ class ShardRunner:
         facts = [line_facts(request, defaults) for _, _, request in parsed]
         order = packing_order(facts, self.engine.kv_cache_tokens)
         for start in range(0, len(order), batch_size):
-            part = PreparedWindow(seq=seq, first_line=window.first_line, next_line=window.next_line, call=call)
+            part = PlannedLines(call=call)  # one static batch of the window
             lines = [parsed[i] for i in order[start : start + batch_size]]
             window.planned.append(preparer.submit(self._plan_lines, shard, defaults, part, lines))
         return window
@@ -125,10 +126,11 @@ class ShardRunner:
         self,
         shard: ClaimedShard,
         defaults: JobDefaults,
-        window: PreparedWindow,
+        window: L,
         lines: Sequence[tuple[int, bytes, Request | None]],
-    ) -> PreparedWindow:
-        """Plans (index, raw line, its parse if already parsed) into `window`: runnable, or an error line."""
+    ) -> L:
+        """Plans (index, raw line, its parse if already parsed) into `window` (a window, or one
+        static batch of a packed window): runnable, or an error line."""
         for index, raw, request in lines:
             try:
                 plan = self._plan(shard, defaults, index, raw, request)

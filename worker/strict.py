@@ -15,7 +15,7 @@ from typing import Any
 from app.data.json_values import EngineTelemetry
 from app.jobs.telemetry import combine
 from worker.engine import Engine, RequestRejected
-from worker.windows import Generated, PreparedWindow, merge_parts, set_refused_aside
+from worker.windows import Generated, PlannedLines, PreparedWindow, merge_parts, set_refused_aside
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class StrictBatches:
     def _generate_planned(self, window: PreparedWindow) -> Generated:
         """Runs a packed window's static batches as each is planned, then puts the window's
         runnable lines and their generations back in input order."""
-        parts: list[tuple[PreparedWindow, list[Any]]] = []
+        parts: list[tuple[PlannedLines, list[Any]]] = []
         telemetry: list[EngineTelemetry | None] = []
         for planned in window.planned:
             part = planned.result()
@@ -53,7 +53,7 @@ class StrictBatches:
         return Generated(merge_parts(window, parts), combine(telemetry), len(telemetry))
 
     def _run_groups(
-        self, window: PreparedWindow, groups: list[list[int]]
+        self, window: PlannedLines, groups: list[list[int]]
     ) -> tuple[list[Any], list[EngineTelemetry | None]]:
         """Runs each group of the window's positions as a static batch: the generations in the
         window's order (the engine's refusals moved to its error lines), each batch's telemetry."""
@@ -72,12 +72,12 @@ class StrictBatches:
         set_refused_aside(window, refused)
         return [g for g in in_order if g is not None], telemetry
 
-    def _run_static_batch(self, window: PreparedWindow, positions: list[int]) -> Sequence[Any]:
+    def _run_static_batch(self, window: PlannedLines, positions: list[int]) -> Sequence[Any]:
         """One engine call for the window's requests at `positions`."""
         return window.call.run(self.engine, [window.plans[i] for i in positions])
 
     def _static_batches(
-        self, window: PreparedWindow, positions: list[int]
+        self, window: PlannedLines, positions: list[int]
     ) -> Iterator[tuple[list[int], Sequence[Any] | RequestRejected]]:
         """Runs the window's requests at `positions` as one static batch. When the engine
         refuses a request, the batch is split in two and each half run again, until the

@@ -1,7 +1,8 @@
 """A window of lines as the shard runner carries it: planned for the engine, then run.
 
 A window is one static batch, or (length-aware packing) several run in the order of
-worker.packing; either way it is recorded as one unit. Its lines are plans of one engine
+worker.packing; either way it is recorded as one unit. `PlannedLines` are lines planned for
+the engine, a static batch's or a window's; a `PreparedWindow` is a window's. Its lines are plans of one engine
 call (its endpoint's `call`), which says how they run; nothing here asks a plan's type.
 """
 
@@ -19,20 +20,15 @@ from app.jobs.planning import line_param
 from worker.engine import RequestRejected
 
 
-@dataclass
-class PreparedWindow:
-    """A window's lines, ready for the engine (runnable, or answered as error lines)."""
+@dataclass(kw_only=True)
+class PlannedLines:
+    """Lines of one engine call planned for the engine, a static batch's or a whole window's:
+    the runnable ones as plans (the call's plan type), and those answered without the engine."""
 
-    seq: int
-    first_line: int
-    next_line: int
     call: AnyCall  # the engine call its lines run on
-    plans: list[Any] = field(default_factory=list)  # its runnable lines, planned (the call's plan type)
+    plans: list[Any] = field(default_factory=list)
     # Lines answered without the engine, keyed by input index.
     errors: dict[int, bytes] = field(default_factory=dict)
-    # A packed window: its static batches in the order they run, each planned (tokenized) on
-    # the preparer while the one before it runs; `plans` fills as they run.
-    planned: list[Future[PreparedWindow]] = field(default_factory=list)
 
     @property
     def runnable(self) -> list[Request]:
@@ -47,13 +43,25 @@ class PreparedWindow:
         return self.call.length(self.plans[position])
 
     def drop(self, position: int) -> Request:
-        """Takes a runnable line out of the window."""
+        """Takes a runnable line out."""
         request: Request = self.plans.pop(position).request
         return request
 
     def clear(self) -> None:
         """Takes every runnable line out (they were answered otherwise)."""
         self.plans = []
+
+
+@dataclass(kw_only=True)
+class PreparedWindow(PlannedLines):
+    """A window (lines `first_line` to `next_line`, recorded as one unit), planned. A packed
+    window's static batches are planned one by one on the preparer while the one before it
+    runs (`planned`); their plans join the window's, in input order, once they have run."""
+
+    seq: int
+    first_line: int
+    next_line: int
+    planned: list[Future[PlannedLines]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ class Generated:
     static_batches: int  # engine calls (or overlapped static batches)
 
 
-def merge_parts(window: PreparedWindow, parts: list[tuple[PreparedWindow, list[Any]]]) -> list[Any]:
+def merge_parts(window: PreparedWindow, parts: list[tuple[PlannedLines, list[Any]]]) -> list[Any]:
     """Puts the static batches' lines (and their error lines) back into their window, in
     input order; the results in that order."""
     rows: list[tuple[Any, Any]] = []
@@ -78,11 +86,11 @@ def merge_parts(window: PreparedWindow, parts: list[tuple[PreparedWindow, list[A
     return [result for _, result in rows]
 
 
-def set_refused_aside(window: PreparedWindow, refused: dict[int, RequestRejected]) -> None:
-    """Moves the requests the engine refused (by position) to the window's error lines."""
+def set_refused_aside(lines: PlannedLines, refused: dict[int, RequestRejected]) -> None:
+    """Moves the requests the engine refused (by position) to the lines' error lines."""
     for position in sorted(refused, reverse=True):
-        request = window.drop(position)
+        request = lines.drop(position)
         refusal = refused[position]
         message = f"The engine refused this request: {refusal}"
         param = line_param(request, refusal.field)
-        window.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")
+        lines.errors[request.index] = request_error_line(request.custom_id, message, param, "invalid_request")
