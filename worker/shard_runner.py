@@ -296,8 +296,9 @@ class ShardRunner:
         writer: ThreadPoolExecutor,
         batch_size: int,
     ) -> ShardOutcome:
-        """One blocking `generate` (or `embed`) per static batch, each waiting for its
-        slowest answer before the next starts: the seed's experiment, and embeddings."""
+        """One blocking engine call (the call's `run`) per static batch, each waiting for its
+        slowest answer before the next starts: the seed's experiment, and every call whose
+        static batches do not overlap (embeddings, scoring, loglikelihood)."""
         batches = 0
         pending_prep = prepare_next()
         pending_write: Future[JobStatus] | None = None

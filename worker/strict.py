@@ -1,8 +1,9 @@
 """Strict static batches: one blocking engine call (the window's `call.run`) per static batch.
 
 Each call waits for its slowest answer before the next static batch starts: the seed's
-static batching, kept as `batching: "strict"` and as the embeddings (and scoring) path (vLLM's
-`LLM.enqueue` serves generation only). A request the engine refuses is found by splitting
+static batching, kept as `batching: "strict"` and as the path of every engine call whose
+static batches do not overlap (embeddings, scoring, loglikelihood: vLLM's `LLM.enqueue`
+serves generation only). A request the engine refuses is found by splitting
 the static batch in halves until it stands alone.
 """
 
@@ -33,7 +34,7 @@ class StrictBatches:
         count = len(window.plans)
         if count <= batch_size:
             groups = [list(range(count))] if count else []
-        else:  # an embeddings window, by its inputs' tokens
+        else:  # a window of a call that packs by length here (embeddings, say), by its lines' tokens
             order = sorted(range(count), key=window.length)
             groups = [order[start : start + batch_size] for start in range(0, count, batch_size)]
         generations, telemetry = self._run_groups(window, groups)

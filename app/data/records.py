@@ -3,11 +3,12 @@ that move nothing through a state. State changes live in `app.data.queue`."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, literal, select, union_all, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, inspect, literal, select, true, union_all, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import aliased
 
@@ -156,13 +157,21 @@ class Records:
             return list(session.scalars(select(Window).where(Window.job_id == job_id).order_by(Window.first_line)))
 
     def measured_rate(
-        self, model: str, batch_size: int | None, days: float, *, prompt_tokens: bool = False
+        self,
+        model: str,
+        batch_size: int | None,
+        days: float,
+        *,
+        prompt_tokens: bool = False,
+        endpoints: Collection[str] | None = None,
     ) -> tuple[float, int] | None:
-        """Generated tokens (or with `prompt_tokens`, prompt tokens: what an embedding model
-        reads) per generate-second of recent static batches of jobs on `model` at
-        `batch_size` (None: of jobs whose size was fitted to the engine), and how many static
-        batches that is (a packed window counts each of its static batches); None without any."""
+        """Generated tokens (or with `prompt_tokens`, prompt tokens: what a model that only
+        reads its input reads) per generate-second of recent static batches of jobs on `model`
+        at `batch_size` (None: of jobs whose size was fitted to the engine), of `endpoints`
+        only when given (those on the same engine call), and how many static batches that is
+        (a packed window counts each of its static batches); None without any."""
         sized = Job.batch_size_basis.is_not(None) if batch_size is None else Job.batch_size == batch_size
+        same_call = Job.endpoint.in_(list(endpoints)) if endpoints is not None else true()
         counted = Window.prompt_tokens if prompt_tokens else Window.completion_tokens
         with self.db.session() as session:
             tokens, seconds, count = session.execute(
@@ -171,6 +180,7 @@ class Records:
                 .where(
                     Job.model == model,
                     sized,
+                    same_call,
                     Window.prompts > 0,
                     Window.created_at > func.now() - timedelta(days=days),
                 )

@@ -136,7 +136,9 @@ def check_spec(records: Records, settings: Settings, spec: JobSpec, scope: str |
         max_tokens=spec.max_tokens or settings.default_max_tokens,
         truncate_prompts=spec.truncate_prompts,
         pack_window=settings.packing_window_batches if spec.pack_by_length else None,
-        batching=spec.batching,
+        # A kind whose engine call cannot overlap runs strict: stored so, a worker sharing its
+        # engine does not claim it only to stop sharing for it.
+        batching=spec.batching if kind.call.overlaps else "strict",
     )
     return CheckedSpec(
         source=source,

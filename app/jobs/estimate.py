@@ -1,14 +1,15 @@
 """Pricing a job before it runs: lines planned as the worker would plan them, tokens
 counted with the model's own tokenizer, and an ETA from what workers measured. A dry run
-plans every line; a queued job's estimate plans an even sample of its lines (one in every
-k, `spread_sample`) and scales the counts up, so the file is tokenized once, by the worker.
+plans every line; a queued job's estimate plans an even sample of its lines (one in each
+run of k, `spread_sample`) and scales the counts up, so the file is tokenized once, by the
+worker.
 
 The ETA divides the requested output tokens (every line's `max_tokens` times `n`,
 an upper bound: lines may stop early) by the generation rate that workers holding
-this model recorded on recent jobs at the same batch size, times the number of such
-workers that are up. With no such history it says so instead of guessing. An
-embeddings job generates nothing: its ETA divides its input tokens by the rate at
-which embedding workers read them.
+this model recorded on recent jobs of the same engine call at the same batch size, times
+the number of such workers that are up. With no such history it says so instead of
+guessing. A kind that generates nothing (embeddings, score, rerank, loglikelihood): its ETA
+divides its input tokens by the rate at which workers read them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import random
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ from app.core.settings import Settings
 from app.data.json_values import Eta, FailingLine, JobDefaults, JobEstimate, LineCounts
 from app.data.models import Job, JobStatus
 from app.data.records import Records
-from app.jobs.endpoints import endpoint_for
+from app.jobs.endpoints import ENDPOINTS, endpoint_for
 from app.jobs.endpoints.base import ModelLimits, PlanContext, ServedModels, UnsupportedRequest
 from app.jobs.lines import LineError
 from app.jobs.output_lines import custom_id_of
@@ -86,11 +88,18 @@ def preload_model_files(settings: Settings) -> None:
 
 
 def spread_sample(lines: Iterable[bytes], total_lines: int, sample_lines: int) -> Iterator[tuple[int, bytes]]:
-    """(index, line) of one line in every k, k chosen so about `sample_lines` of `total_lines`
-    are taken, from the first; every line when the file is no larger. The others are read,
-    not parsed."""
+    """(index, line) of one line in each run of k, k chosen so about `sample_lines` of
+    `total_lines` are taken; every line when the file is no larger. Which line of a run is
+    drawn (the same for the same file size), so a file with a period-k pattern is not read
+    at one phase of it. The others are read, not parsed."""
     every = max(1, math.ceil(total_lines / max(sample_lines, 1)))
-    return ((index, raw) for index, raw in enumerate(lines) if index % every == 0)
+    draw = random.Random(total_lines)
+    taken = draw.randrange(every)
+    for index, raw in enumerate(lines):
+        if index % every == taken:
+            yield index, raw
+        if index % every == every - 1:
+            taken = draw.randrange(every)
 
 
 def count_lines(
@@ -136,11 +145,15 @@ def _failing_line(index: int, raw: bytes, err: Exception) -> FailingLine:
     return FailingLine(line=index + 1, custom_id=custom_id_of(raw), code=code, param=param, message=message)
 
 
-def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, reads_input: bool = False) -> Eta:
-    """Seconds to generate `tokens` (for embeddings: to read `tokens` of input), from the
-    rate workers measured recently."""
+def eta(
+    records: Records, model: str, batch_size: int | None, tokens: int, *, endpoint: str, reads_input: bool = False
+) -> Eta:
+    """Seconds to generate `tokens` (for a kind that generates nothing: to read `tokens` of
+    input), from the rate workers measured recently on jobs of `endpoint`'s engine call."""
     size = f"size {batch_size}" if batch_size else "the size fitted to the engine"
-    measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=reads_input)
+    call = endpoint_for(endpoint).call
+    same_call = [url for url, kind in ENDPOINTS.items() if kind.call is call]
+    measured = records.measured_rate(model, batch_size, HISTORY_DAYS, prompt_tokens=reads_input, endpoints=same_call)
     workers = sum(1 for w in records.ready_workers(WORKER_STALE_SECONDS) if w.model == model)
     if measured is None or not measured[0]:
         return Eta(
@@ -149,7 +162,7 @@ def eta(records: Records, model: str, batch_size: int | None, tokens: int, *, re
             ready_workers=workers,
         )
     tokens_per_second, static_batches = measured
-    rate = "input tokens/s embedded" if reads_input else "generated tokens/s"
+    rate = "input tokens/s read" if reads_input else "generated tokens/s"
     bound = "" if reads_input else "; an upper bound, as every line is counted at its max_tokens"
     return Eta(
         eta_seconds=round(tokens / (tokens_per_second * max(workers, 1)), 3),
@@ -182,9 +195,9 @@ def estimate_job(
             setattr(counted, name, round(getattr(counted, name) * scale))
         counted.sampled_lines = read
     if endpoint_for(endpoint).generates:
-        timing = eta(records, model, batch_size, counted.requested_output_tokens)
+        timing = eta(records, model, batch_size, counted.requested_output_tokens, endpoint=endpoint)
     else:  # its workers' rate is input tokens read
-        timing = eta(records, model, batch_size, counted.prompt_tokens, reads_input=True)
+        timing = eta(records, model, batch_size, counted.prompt_tokens, endpoint=endpoint, reads_input=True)
     return JobEstimate(**counted.model_dump(), **timing.model_dump(), batch_size=batch_size)
 
 

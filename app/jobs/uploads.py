@@ -157,10 +157,10 @@ def checked_with_index(store: ObjectStore, key: str, reader: CheckingReader, che
     its line index is stored beside `key`; the file goes if the index cannot be stored."""
     if check is None:
         return UploadCheck()
-    validation = check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets))
-    if check.index is None:
-        return validation
     try:
+        validation = check.summary(LineOffsets.of(LINE_OFFSET_EVERY, reader.line_offsets))
+        if check.index is None:
+            return validation
         custom_ids = check.index.store(store, key)
     except BaseException:
         remove_stored(store, key)

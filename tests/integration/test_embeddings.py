@@ -140,7 +140,7 @@ def test_an_embeddings_batch_gives_llm_embeds_vectors_in_openais_shape(
     assert (estimate["lines"], estimate["runnable_lines"], estimate["failing_lines"]) == (7, 5, 2)
     assert estimate["prompt_tokens"] == prompt_tokens and estimate["requested_output_tokens"] == 0
     assert [(f["custom_id"], f["param"]) for f in estimate["failing"]] == [("e4", "dimensions"), ("e5", "input")]
-    assert estimate["eta_seconds"] is not None and "input tokens/s embedded" in estimate["basis"]
+    assert estimate["eta_seconds"] is not None and "input tokens/s read" in estimate["basis"]
 
 
 def test_an_embeddings_job_names_the_embedding_model_and_other_models_are_refused(

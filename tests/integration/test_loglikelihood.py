@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
 from app.core.storage import ObjectStore
-from tests.helpers import create_batch, download, jsonl, run_worker_until_idle, upload
+from tests.helpers import completion_line, create_batch, download, jsonl, run_worker_until_idle, upload
 from worker.engine import VllmEngine
 
 pytestmark = [pytest.mark.engine, pytest.mark.parametrize("store", ["local"], indirect=True)]
@@ -81,3 +81,22 @@ def test_a_continuations_logprob_follows_the_chain_rule_and_a_line_without_conte
     assert out["plain"]["logprob"] == pytest.approx(out["first"]["logprob"], rel=0.02, abs=0.05)
     assert out["whole"]["usage"]["prompt_tokens"] == len(tokens.encode(CONTEXT + first + second))
     assert out["no-context"]["error"]["param"] == "context"
+
+
+def test_a_loglikelihood_batch_runs_strict_and_leaves_the_generation_rate_to_generation(
+    client: TestClient, settings: Settings, store: ObjectStore, engine: VllmEngine
+) -> None:
+    rows = [likelihood_line(f"l{i}", CONTEXT, " the cat sat") for i in range(8)]
+    likelihood = create_batch(client, upload(client, jsonl(rows))["id"], endpoint=LOGLIKELIHOOD, batch_size=4)
+    assert likelihood["batching"] == "strict"  # its call does not overlap: a sharing worker need not stop for it
+    prompts = [completion_line(f"c{i}", f"story {i}", max_tokens=8) for i in range(8)]
+    generation = create_batch(client, upload(client, jsonl(prompts))["id"], batch_size=4)
+    run_worker_until_idle(engine, settings, store)
+    measured = client.get(f"/v1/batches/{generation['id']}/stats").json()["generation_tokens_per_second"]
+
+    # The loglikelihood windows (no tokens generated, seconds spent) are another call's: a
+    # completions estimate at the same batch size divides by the completions' rate alone.
+    body = {"input_file_id": upload(client, jsonl(prompts))["id"], "endpoint": "/v1/completions"}
+    dry = client.post("/v1/batches", json={**body, "completion_window": "24h", "dry_run": True, "batch_size": 4})
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["tokens_per_second_per_worker"] == pytest.approx(measured, rel=0.01)

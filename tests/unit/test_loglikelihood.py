@@ -69,6 +69,8 @@ def test_planning_joins_context_and_continuation_and_scores_the_continuation_alo
     ("body", "param", "code"),
     [
         ({"context": "a b c d e f g", "continuation": "h i"}, "context", "context_length_exceeded"),
+        # 8 tokens fill the context: the engine reads them as a prompt, which must leave one free
+        ({"context": "a b c d e f", "continuation": "g"}, "context", "context_length_exceeded"),
         ({"context": "a", "continuation": "b", "logprobs": 5}, "logprobs", "invalid_request"),
         ({"context": "a", "continuation": "   "}, "continuation", "invalid_request"),  # no token
     ],
@@ -102,3 +104,13 @@ def test_a_strict_window_runs_in_one_engine_call_and_sums_the_continuations_toke
     answer = json.loads(window.runnable[0].answer(generated.generations[0], "demo-llama"))["response"]["body"]
     assert answer["object"] == "loglikelihood" and answer["logprob"] == pytest.approx(-0.4)
     assert (answer["is_greedy"], answer["continuation_tokens"], answer["usage"]["prompt_tokens"]) == (False, 2, 4)
+
+
+def test_a_static_batch_runs_in_engine_calls_of_at_most_tokens_per_call_prompt_tokens() -> None:
+    engine = FakeEngine()
+    request = parse_line(line("x", context="a", continuation="b"), 0, LOGLIKELIHOOD)
+    sizes = [3000, 2000, 2000, 5000, 96]  # the 5,000-token line runs alone
+    plans = [ContinuationPlan(request, [1] * size, 1) for size in sizes]
+    results = PROMPT_LOGPROBS.run(engine, plans)
+    assert engine.calls == [1, 2, 1, 1] and len(results) == len(plans)
+    assert [result.prompt_tokens for result in results] == sizes

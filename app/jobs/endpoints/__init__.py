@@ -1,12 +1,12 @@
 """The endpoint registry: every endpoint kind the service runs, one module each.
 
 Each kind (`Endpoint`, in `base`) says its body model, how a plain line maps to it, how a line
-is planned (into a typed `GenerationPlan`, `PoolingPlan` or `ScoringPlan`), which worker kind and engine call
-serve it, how its output line is built and how its tokens count in an estimate. Every other
-module asks the registry (`endpoint_for`, `ENDPOINTS`) and compares no endpoint URL;
-`tests/unit/test_endpoints.py` says so. Adding a kind: a module here, found when the package
-is imported (docs/architecture.md has the recipe); a kind on a new engine call defines the call
-in its module too (app.jobs.endpoints.call).
+is planned (into its engine call's plan type: `GenerationPlan`, `PoolingPlan`, `ScoringPlan`,
+`ContinuationPlan`), which worker kind and engine call serve it, how its output line is built
+and how its tokens count in an estimate. Every other module asks the registry (`endpoint_for`,
+`ENDPOINTS`) and compares no endpoint URL; `tests/unit/test_endpoints.py` says so. Adding a
+kind: a module here, found when the package is imported (docs/architecture.md has the recipe);
+a kind on a new engine call defines the call in its module too (app.jobs.endpoints.call).
 """
 
 from __future__ import annotations

@@ -64,13 +64,27 @@ class PromptScorer(Protocol):
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[tuple[float, bool]]]: ...
 
 
+TOKENS_PER_CALL = 4096  # prompt tokens per engine call (see PromptLogprobsCall.run)
+
+
 class PromptLogprobsCall(EngineCall[ContinuationPlan, Likelihood, PromptScorer]):
     name: ClassVar[str] = "prompt_logprobs"
     plan_type: ClassVar[type] = ContinuationPlan
     result_type: ClassVar[type] = Likelihood
 
     def run(self, engine: PromptScorer, plans: list[ContinuationPlan]) -> list[Likelihood]:
-        scored = engine.prompt_logprobs([plan.prompt for plan in plans])
+        """The static batch in engine calls of at most TOKENS_PER_CALL prompt tokens (a longer
+        line alone): vLLM holds the whole vocabulary's log probabilities for every prompt
+        token of a step at once, memory its start-up profile does not count."""
+        scored: list[list[tuple[float, bool]]] = []
+        start = 0
+        while start < len(plans):
+            end, size = start + 1, len(plans[start].prompt)
+            while end < len(plans) and size + len(plans[end].prompt) <= TOKENS_PER_CALL:
+                size += len(plans[end].prompt)
+                end += 1
+            scored += engine.prompt_logprobs([plan.prompt for plan in plans[start:end]])
+            start = end
         results = []
         for plan, tokens in zip(plans, scored, strict=True):
             continuation = tokens[-plan.continuation_tokens :]
@@ -162,10 +176,10 @@ class LoglikelihoodEndpoint(Endpoint[LoglikelihoodBody]):
             raise UnsupportedRequest("The continuation has no tokens.", "continuation")
         prompt = context + continuation
         limit = ctx.limits.max_model_len
-        if len(prompt) > limit:
+        if len(prompt) >= limit:  # the engine reads it as a prompt, which must leave one token free
             raise UnsupportedRequest(
-                f"This model's maximum context length is {limit} tokens. However, context and continuation "
-                f"have {len(prompt)} tokens. Please shorten them.",
+                f"This model's maximum context length is {limit} tokens, and a context and continuation must "
+                f"leave one of them free. However, they have {len(prompt)} tokens. Please shorten them.",
                 param="context",
                 code="context_length_exceeded",
             )
