@@ -1,7 +1,8 @@
 """A `/v1/loglikelihood` batch end to end on the real engine (vLLM's `prompt_logprobs`): what
 greedy generation wrote (vLLM's own `generate`) is greedy and as likely as its tokens' logprobs
 said, whether given as text or token ids; a continuation's
-logprob follows the chain rule, and a line with no context token is one error line."""
+logprob follows the chain rule, an empty context is the model's start token, and a line with no
+context token id is one error line."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def test_a_continuations_logprob_follows_the_chain_rule_and_a_line_without_conte
         likelihood_line("first", CONTEXT, first),
         likelihood_line("second", CONTEXT + first, second),
         {"custom_id": "plain", "context": CONTEXT, "continuation": first},  # a plain line
-        likelihood_line("no-context", "", first),
+        likelihood_line("no-context", "", first),  # scored after the model's start token
+        likelihood_line("no-context-ids", [], first),
     ]
     out = run(client, settings, store, engine, LOGLIKELIHOOD, rows)
     assert out["whole"]["logprob"] < 0 and out["first"]["logprob"] < 0
@@ -80,7 +82,12 @@ def test_a_continuations_logprob_follows_the_chain_rule_and_a_line_without_conte
     )
     assert out["plain"]["logprob"] == pytest.approx(out["first"]["logprob"], rel=0.02, abs=0.05)
     assert out["whole"]["usage"]["prompt_tokens"] == len(tokens.encode(CONTEXT + first + second))
-    assert out["no-context"]["error"]["param"] == "context"
+    start = tokens.bos_token_id if tokens.bos_token_id is not None else tokens.eos_token_id
+    alone = likelihood_line("after-start", [start], first)
+    assert out["no-context"]["usage"]["prompt_tokens"] == 1 + len(tokens.encode(first, add_special_tokens=False))
+    scored_after_start = run(client, settings, store, engine, LOGLIKELIHOOD, [alone])["after-start"]
+    assert out["no-context"]["logprob"] == pytest.approx(scored_after_start["logprob"], rel=0.02, abs=0.05)
+    assert out["no-context-ids"]["error"]["param"] == "context"  # token ids are taken as given
 
 
 def test_a_loglikelihood_batch_runs_strict_and_leaves_the_generation_rate_to_generation(

@@ -114,3 +114,29 @@ def test_a_static_batch_runs_in_engine_calls_of_at_most_tokens_per_call_prompt_t
     results = PROMPT_LOGPROBS.run(engine, plans)
     assert engine.calls == [1, 2, 1, 1] and len(results) == len(plans)
     assert [result.prompt_tokens for result in results] == sizes
+
+
+class BareTokenizer(WordTokenizer):
+    """A word tokenizer that adds no start token, and has no start or end-of-text id."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return super().encode(text, add_special_tokens=False)
+
+
+class EndOfTextTokenizer(BareTokenizer):
+    """One with an end-of-text id and no start id."""
+
+    bos_token_id: int | None = None
+    eos_token_id = 2
+
+
+def test_an_empty_context_text_stands_as_the_models_start_or_end_of_text_token() -> None:
+    def planned(tokenizer: Any, **body: Any) -> Any:
+        return plan_request(line("a", **body), 0, LOGLIKELIHOOD, PlanContext(DEFAULTS, LIMITS, tokenizer))
+
+    with_end_of_text = planned(EndOfTextTokenizer(), continuation="big dog")
+    assert with_end_of_text.prompt == [2, 13, 13] and with_end_of_text.continuation_tokens == 2
+    for tokenizer, body in [(EndOfTextTokenizer(), {"context": []}), (BareTokenizer(), {"context": ""})]:
+        with pytest.raises(UnsupportedRequest) as caught:  # ids are taken as given; no token to stand for it
+            planned(tokenizer, continuation="dog", **body)
+        assert caught.value.param == "context"

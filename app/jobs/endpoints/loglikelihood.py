@@ -155,10 +155,16 @@ class LoglikelihoodEndpoint(Endpoint[LoglikelihoodBody]):
 
     def input_token_ids(self, tokenizer: Tokenizer, body: LoglikelihoodBody) -> list[list[int]]:
         """The context as a prompt (with the model's special tokens), the continuation without;
-        token ids as given."""
+        token ids as given. A context text that gives no token is the model's start token (or,
+        without one, its end-of-text token), as evaluation harnesses score a text on its own."""
         context, continuation = body.context, body.continuation
+        context_ids = list(context) if isinstance(context, list) else list(tokenizer.encode(context))
+        if not context_ids and isinstance(context, str):
+            start = getattr(tokenizer, "bos_token_id", None)
+            start = start if start is not None else getattr(tokenizer, "eos_token_id", None)
+            context_ids = [start] if isinstance(start, int) else []
         return [
-            list(context) if isinstance(context, list) else list(tokenizer.encode(context)),
+            context_ids,
             list(continuation)
             if isinstance(continuation, list)
             else list(tokenizer.encode(continuation, add_special_tokens=False)),
@@ -171,7 +177,11 @@ class LoglikelihoodEndpoint(Endpoint[LoglikelihoodBody]):
         check_vocabulary(context, ctx.limits, "context")
         check_vocabulary(continuation, ctx.limits, "continuation")
         if not context:
-            raise UnsupportedRequest("The context has no tokens: the first token has no probability.", "context")
+            raise UnsupportedRequest(
+                "The context has no tokens (and the model no start or end-of-text token to stand for it): "
+                "the first token has no probability.",
+                "context",
+            )
         if not continuation:
             raise UnsupportedRequest("The continuation has no tokens.", "continuation")
         prompt = context + continuation
