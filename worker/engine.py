@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from app.core.settings import Settings
 from app.jobs.endpoints.base import ModelLimits, ServedModels, Tokenizer, WorkerKind
@@ -86,12 +86,11 @@ class VllmEngine:
         kwargs = embedding_kwargs(settings, cuda) if embed else generation_kwargs(settings, cuda)
         log.info("loading %s with %s", kwargs["model"], kwargs)
         self.llm = LLM(**kwargs)
-        self.hf_tokenizer: Any = self.llm.get_tokenizer()  # a Hugging Face tokenizer
-        self.tokenizer = cast(Tokenizer, self.hf_tokenizer)
+        self.tokenizer: Any = self.llm.get_tokenizer()  # a Hugging Face tokenizer: the Tokenizer planning uses
         self.model_name = str(kwargs["served_model_name"])
         model_config = self.llm.llm_engine.model_config
         dimensions = model_config.matryoshka_dimensions if embed else None
-        vocab_size = max(int(model_config.get_vocab_size()), len(self.hf_tokenizer))
+        vocab_size = max(int(model_config.get_vocab_size()), len(self.tokenizer))
         self.limits = ModelLimits(
             max_model_len=int(model_config.max_model_len),
             vocab_size=vocab_size,
@@ -119,7 +118,7 @@ class VllmEngine:
         from vllm import PoolingParams, SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=[self.hf_tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
+        prompt = TokensPrompt(prompt_token_ids=[self.tokenizer.eos_token_id or 0] * WARM_UP_TOKENS)
         if self.kind == "embed":
             self.llm.embed([prompt], pooling_params=PoolingParams(), use_tqdm=False)
         else:
@@ -256,7 +255,7 @@ class VllmEngine:
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False, lora_request=lora
             )
-        return [generation(out, s.logprobs, self.hf_tokenizer) for out, s in zip(outputs, sampling, strict=True)]
+        return [generation(out, s.logprobs, self.tokenizer) for out, s in zip(outputs, sampling, strict=True)]
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[tuple[float, bool]]]:
         """One static batch read, not generated (vLLM's `prompt_logprobs`; one token is drawn
@@ -308,7 +307,7 @@ class VllmEngine:
         for out in self.llm.llm_engine.step():
             if out.finished and out.request_id in self._enqueued:
                 top_n = self._enqueued.pop(out.request_id)
-                finished.append((out.request_id, generation(out, top_n, self.hf_tokenizer)))
+                finished.append((out.request_id, generation(out, top_n, self.tokenizer)))
         return finished
 
     def unfinished(self) -> int:
