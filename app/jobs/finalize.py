@@ -28,11 +28,11 @@ from app.data.models import FileRecord, JobStatus
 from app.data.queue import FinalizationLost, JobQueue
 from app.data.records import Records
 from app.jobs.line_index import LineIndex
-from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.output_lines import batch_error_line, part_key
 from app.jobs.reordered import InInputOrder
 from app.jobs.retention import expiry
 from app.jobs.stats import batch_stats
-from app.jobs.uploads import lines_from
+from app.jobs.uploads import custom_ids_from
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,12 @@ def finalize_job(
         for shard in shards:
             for key in part_keys("err", shard.index):
                 yield from store.read_chunks(key)
-            if shard.next_line < shard.end_line:
-                for custom_id in itertools.islice(unrun_ids(shard.next_line), shard.end_line - shard.next_line):
+            if shard.next_line < shard.end_line:  # from the recorded entry (or line) nearest before them
+                ids = custom_ids_from(
+                    store, index, input_file.storage_key, input_file.validation.line_offsets, shard.next_line
+                )
+                for custom_id in itertools.islice(ids, shard.end_line - shard.next_line):
                     yield batch_error_line(custom_id, message, code)
-
-    def unrun_ids(line: int) -> Iterator[str]:
-        """The custom_ids of the input's lines from `line` on: from its line index, or for a file
-        uploaded before indexes, its lines read and parsed (both from the recorded entry or line
-        nearest before `line`)."""
-        if index is not None:
-            return index.custom_ids_from(store, line)
-        return map(custom_id_of, lines_from(store, input_file.storage_key, input_file.validation.line_offsets, line))
 
     index = LineIndex.of(input_file)
 

@@ -21,9 +21,9 @@ from typing import IO
 from app.core.storage import ObjectStore, read_lines
 from app.data.models import Job, Shard, Window
 from app.jobs.line_index import LineIndex
-from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
+from app.jobs.output_lines import batch_error_line, part_key
 from app.jobs.run_order import read_order
-from app.jobs.uploads import lines_from
+from app.jobs.uploads import custom_ids_from
 
 CHUNK_BYTES = 1 << 20  # what is handed to the store at a time
 
@@ -112,11 +112,11 @@ class InInputOrder:
         if self._index is None:  # uploaded before line indexes: the run input's lines parsed for their custom_ids
             for shard in self._shards:
                 if shard.next_line < shard.end_line:
-                    unrun = lines_from(self._store, self._run.key, self._run.line_offsets, shard.next_line)
-                    for position, raw in enumerate(
-                        itertools.islice(unrun, shard.end_line - shard.next_line), shard.next_line
+                    run_ids = custom_ids_from(self._store, None, self._run.key, self._run.line_offsets, shard.next_line)
+                    for position, custom_id in enumerate(
+                        itertools.islice(run_ids, shard.end_line - shard.next_line), shard.next_line
                     ):
-                        yield order[position], batch_error_line(custom_id_of(raw), message, code).rstrip(b"\n"), True
+                        yield order[position], batch_error_line(custom_id, message, code).rstrip(b"\n"), True
             return
         never_ran = bytearray(len(order))  # by input index
         for shard in self._shards:

@@ -10,8 +10,6 @@ earlier one, and its lines wait until the gap before them closes.
 
 from __future__ import annotations
 
-import array
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,8 +18,9 @@ from app.core.storage import ObjectStore, read_lines
 from app.data.models import TERMINAL_STATUSES, Job, JobStatus, Shard, Window
 from app.jobs.finalize import unrun_reason
 from app.jobs.line_index import LineIndex
-from app.jobs.output_lines import batch_error_line, custom_id_of, part_key
-from app.jobs.uploads import lines_from
+from app.jobs.output_lines import batch_error_line, part_key
+from app.jobs.run_order import read_order
+from app.jobs.uploads import custom_ids_from
 
 
 @dataclass(frozen=True)
@@ -136,29 +135,11 @@ def _unrun_lines(store: ObjectStore, job: Job, source: _Unrun, start: int, stop:
     reads the index (or the file) about once."""
     code, message = unrun_reason(JobStatus(job.status))
     ids: Iterator[str]
-    if source.index is None:  # uploaded before line indexes: the lines parsed for their custom_ids
-        ids = map(custom_id_of, lines_from(store, source.key, source.line_offsets, start))
-    elif job.run_input is None:
-        ids = source.index.custom_ids_from(store, start)
-    else:  # regrouped: run positions are input lines through the run order
-        lines = _order_range(store, job.run_input.order_key, start, stop)
+    if job.run_input is not None and source.index is not None:  # run positions are input lines through the run order
+        lines = read_order(store, job.run_input.order_key, start, stop)
         found = source.index.custom_ids_at(store, lines)
         ids = (found[line] for line in lines)
+    else:  # without an index (uploaded before indexes), the lines of `source.key` parsed
+        ids = custom_ids_from(store, source.index, source.key, source.line_offsets, start)
     for custom_id in ids:
         yield batch_error_line(custom_id, message, code).rstrip(b"\n")
-
-
-def _order_range(store: ObjectStore, order_key: str, start: int, stop: int) -> array.array[int]:
-    """The input index of run positions `start` to `stop`, with a ranged read of the stored
-    order (app.jobs.run_order: little-endian uint32)."""
-    wanted, chunks, got = 4 * (stop - start), [], 0
-    for chunk in store.read_chunks(order_key, 4 * start):
-        chunks.append(chunk)
-        got += len(chunk)
-        if got >= wanted:
-            break
-    order = array.array("I")
-    order.frombytes(b"".join(chunks)[:wanted])
-    if sys.byteorder != "little":  # pragma: no cover - every host this runs on is little-endian
-        order.byteswap()
-    return order

@@ -159,10 +159,19 @@ def order_bytes(order: Sequence[int]) -> bytes:
     return stored.tobytes()
 
 
-def read_order(store: ObjectStore, order_key: str) -> array.array[int]:
-    """A stored order: the input index of each line of the run input."""
+def read_order(store: ObjectStore, order_key: str, start: int = 0, stop: int | None = None) -> array.array[int]:
+    """A stored order: the input index of each line of the run input, or (`start`, `stop`) of
+    run positions `start` to `stop`, with a ranged read."""
+    wanted = None if stop is None else 4 * (stop - start)
+    chunks, got = [], 0
+    for chunk in store.read_chunks(order_key, 4 * start):
+        chunks.append(chunk)
+        got += len(chunk)
+        if wanted is not None and got >= wanted:
+            break
+    data = b"".join(chunks)
     order = array.array("I")
-    order.frombytes(b"".join(store.read_chunks(order_key)))
+    order.frombytes(data if wanted is None else data[:wanted])
     if sys.byteorder != "little":  # pragma: no cover
         order.byteswap()
     return order

@@ -15,7 +15,8 @@ from app.data.ids import new_id, now
 from app.data.json_values import UploadCheck
 from app.data.models import FileRecord
 from app.data.records import Records
-from app.jobs.line_index import IndexWriter, index_key
+from app.jobs.line_index import IndexWriter, LineIndex, index_key
+from app.jobs.output_lines import custom_id_of
 from app.jobs.retention import expiry
 from app.jobs.upload_check import FileCheck
 
@@ -38,6 +39,16 @@ def lines_from(
     reopens the object and carries on."""
     first, start = line_start(line_offsets, line)
     return itertools.islice(resilient_lines(store, key, give_up_after_seconds, start), line - first, None)
+
+
+def custom_ids_from(
+    store: ObjectStore, index: LineIndex | None, key: str, line_offsets: LineOffsets | None, line: int
+) -> Iterator[str]:
+    """The custom_ids of a file's lines from `line` on: from its line index, or without one
+    (a file uploaded before indexes) its lines stored at `key` read and parsed."""
+    if index is not None:
+        return index.custom_ids_from(store, line)
+    return map(custom_id_of, lines_from(store, key, line_offsets, line))
 
 
 @dataclass(frozen=True)
