@@ -20,8 +20,8 @@ from app.api.schemas import ExpiresAfter
 from app.api.text import unstorable
 from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.core.storage import ObjectStore
-from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
-from app.jobs.uploads import StoredUpload, UploadLimits, remove_stored, write_upload
+from app.jobs.retention import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, remove_stored
+from app.jobs.uploads import StoredUpload, UploadLimits, write_upload
 
 PURPOSES = ("batch",)
 # A streaming upload holds a thread while its client sends: uploads get threads of their

@@ -46,12 +46,18 @@ def job_prefix(job_id: str) -> str:
     return f"batches/{job_id}/"
 
 
+def remove_stored(store: ObjectStore, storage_key: str) -> None:
+    """A stored file's objects: the file and its line index (none for a file uploaded before
+    indexes, or not batch input)."""
+    store.delete(storage_key)
+    store.delete(index_key(storage_key))
+
+
 def remove_file_objects(store: ObjectStore, storage_key: str, output_of_job: str | None) -> None:
     """A deleted file's object, and for the output file of an ended job the job's own
     objects: the joined output holds its parts, and results so far read them only until
     the output is gone. A batch input file's line index goes with it."""
-    store.delete(storage_key)
-    store.delete(index_key(storage_key))  # none for a file uploaded before indexes, or not batch input
+    remove_stored(store, storage_key)
     if output_of_job is not None:
         store.delete_prefix(job_prefix(output_of_job))
 

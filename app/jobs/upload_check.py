@@ -265,6 +265,11 @@ class FileCheck:
             self.first_line_of[used] = index + 1
         return custom_id
 
+    def close(self) -> None:
+        """Lets go of the line index's local spool (stored or not)."""
+        if self.index is not None:
+            self.index.close()
+
     def summary(self, line_offsets: LineOffsets | None = None) -> UploadCheck:
         """What the check found, stored on the file with `line_offsets` (where its lines start).
         With an `index`, every id has been handed to it once this returns."""

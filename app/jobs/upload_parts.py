@@ -25,9 +25,9 @@ from app.data.ids import new_id, now
 from app.data.models import FileRecord, Upload, UploadPart, UploadStatus
 from app.data.uploads import Uploads
 from app.jobs.line_index import IndexWriter
-from app.jobs.retention import expiry
+from app.jobs.retention import expiry, remove_stored
 from app.jobs.upload_check import FileCheck
-from app.jobs.uploads import CheckingReader, StoredUpload, UploadLimits, checked_with_index, remove_stored
+from app.jobs.uploads import CheckingReader, StoredUpload, UploadLimits, checked_with_index
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,10 @@ def _checked(
         while reader.read(CHUNK_BYTES):  # the empty read at the end lets the check finish its last line
             pass
     except BaseException:
-        _close_index(check)
+        if check is not None:
+            check.close()
         raise
     return reader, check, source.md5.hexdigest()
-
-
-def _close_index(check: FileCheck | None) -> None:
-    if check is not None and check.index is not None:
-        check.index.close()
 
 
 @dataclass(frozen=True)
@@ -161,7 +157,8 @@ def complete_upload(
         store.concatenate(f"files/{file_id}", keys)
         stored = _stored(store, file_id, reader, check)
     finally:
-        _close_index(check)
+        if check is not None:
+            check.close()
     created = now()
     record = FileRecord(
         id=stored.file_id,

@@ -15,9 +15,9 @@ from app.data.ids import new_id, now
 from app.data.json_values import UploadCheck
 from app.data.models import FileRecord
 from app.data.records import Records
-from app.jobs.line_index import IndexWriter, LineIndex, index_key
+from app.jobs.line_index import IndexWriter, LineIndex
 from app.jobs.output_lines import custom_id_of
-from app.jobs.retention import expiry
+from app.jobs.retention import expiry, remove_stored
 from app.jobs.upload_check import FileCheck
 
 # Lines between the byte offsets an upload records: a shard then reads its input from the
@@ -151,8 +151,8 @@ def write_upload(store: ObjectStore, source: IO[bytes], *, purpose: str, limits:
             raise
         validation = checked_with_index(store, key, reader, check)
     finally:
-        if check is not None and check.index is not None:
-            check.index.close()
+        if check is not None:
+            check.close()
     return StoredUpload(
         file_id=file_id,
         storage_key=key,
@@ -177,12 +177,6 @@ def checked_with_index(store: ObjectStore, key: str, reader: CheckingReader, che
         remove_stored(store, key)
         raise
     return validation.model_copy(update={"custom_ids": custom_ids})
-
-
-def remove_stored(store: ObjectStore, key: str) -> None:
-    """A stored upload's objects: the file and its line index."""
-    store.delete(key)
-    store.delete(index_key(key))
 
 
 def record_upload(
